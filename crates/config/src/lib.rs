@@ -1,0 +1,134 @@
+//! The daemon's configuration: a TOML file, loaded in two stages (raw
+//! document with spans, then validated types) so that every error is
+//! collected and reported with file, line and column before any device is
+//! opened.
+//!
+//! The key names are an interface technicians write against; the example
+//! `config/gated.example.toml` documents each of them.
+
+mod keyfile;
+mod load;
+
+pub use keyfile::{KeyFileError, load_site_key, write_new_site_key};
+pub use load::{ConfigError, ConfigErrors, load, parse};
+
+use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A validated configuration. Paths are absolute (relative ones were
+/// resolved against the config file's folder).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub source: PathBuf,
+    pub site: SiteConfig,
+    pub gate: GateConfig,
+    pub store: StoreConfig,
+    pub mqtt: MqttConfig,
+    pub identity: IdentityConfig,
+    pub devices: DevicesConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    /// `[site] id`
+    pub id: SiteId,
+    /// `[site] utc_offset`, default `+08:00`: turns validity dates into instants.
+    pub utc_offset: UtcOffset,
+}
+
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// `[gate] id`
+    pub id: GateId,
+    /// `[gate] lane`, default pedestrian.
+    pub lane: Lane,
+    /// `[gate] direction`, default entry.
+    pub direction: Direction,
+    /// `[gate] flexible`, default false: a flexible checkpoint closes in wartime.
+    pub flexible: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `[store] path`: the SQLite database file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// `[mqtt] host`, default `127.0.0.1`.
+    pub host: String,
+    /// `[mqtt] port`, default 1883.
+    pub port: u16,
+    /// `[mqtt] client_id`, default `gated-{site}-{gate}`.
+    pub client_id: String,
+    /// `[mqtt] topic_prefix`, default `village`.
+    pub topic_prefix: String,
+    /// `[mqtt] keep_alive_s`, default 30.
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// `[identity] hmac_key_file`
+    pub hmac_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DevicesConfig {
+    /// `[devices.id_card]`, absent when the box has no reader.
+    pub id_card: Option<IdCardConfig>,
+    /// `[devices.gate]`, absent when the box drives no gate.
+    pub gate: Option<GateIoConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdCardConfig {
+    /// `[devices.id_card] port`
+    pub port: PathBuf,
+    /// `[devices.id_card] baud`, default 115200.
+    pub baud: u32,
+    /// `[devices.id_card] poll_interval_ms`, default 300.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateDriver {
+    ModbusRtu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlockMode {
+    /// Coil on, then off after `unlock_ms`.
+    Pulse,
+    /// Coil on until passage is seen or `unlock_ms` runs out.
+    Level,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateIoConfig {
+    /// `[devices.gate] driver`, only `"modbus-rtu"` for now.
+    pub driver: GateDriver,
+    /// `[devices.gate] port`
+    pub port: PathBuf,
+    /// `[devices.gate] baud`, default 9600.
+    pub baud: u32,
+    /// `[devices.gate] unit_id`, default 1 (1..=247).
+    pub unit_id: u8,
+    /// `[devices.gate] unlock_entry_coil`, default 0 (zero-based coil address).
+    pub unlock_entry_coil: u16,
+    /// `[devices.gate] unlock_exit_coil`, default 1.
+    pub unlock_exit_coil: u16,
+    /// `[devices.gate] unlock_mode`, default pulse.
+    pub unlock_mode: UnlockMode,
+    /// `[devices.gate] unlock_ms`, default 500 for pulse, 5000 for level.
+    pub unlock: Duration,
+    /// `[devices.gate] passage_entry_input`, default 0 (zero-based input address).
+    pub passage_entry_input: u16,
+    /// `[devices.gate] passage_exit_input`, default 1.
+    pub passage_exit_input: u16,
+    /// `[devices.gate] poll_interval_ms`, default 100.
+    pub poll_interval: Duration,
+}

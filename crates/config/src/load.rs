@@ -1,0 +1,844 @@
+//! Reads the TOML configuration file and validates every key into a
+//! [`Config`], collecting all errors (with file, line, column and dotted key)
+//! instead of stopping at the first one.
+//!
+//! The document is parsed with `toml_edit`, which keeps byte spans, and then
+//! walked by hand: each table lists the keys it knows, so an unknown or
+//! misspelt key is always reported, never ignored.
+
+use crate::{
+    Config, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig, IdentityConfig,
+    MqttConfig, SiteConfig, StoreConfig, UnlockMode,
+};
+use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+use toml_edit::{Document, Item, TableLike, Value};
+
+/// Serial speeds the devices accept.
+const BAUD_RATES: &[i64] = &[9600, 19200, 38400, 57600, 115200];
+
+const ROOT_KEYS: &[&str] = &["site", "gate", "store", "mqtt", "identity", "devices"];
+const SITE_KEYS: &[&str] = &["id", "utc_offset"];
+const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible"];
+const STORE_KEYS: &[&str] = &["path"];
+const MQTT_KEYS: &[&str] = &["host", "port", "client_id", "topic_prefix", "keep_alive_s"];
+const IDENTITY_KEYS: &[&str] = &["hmac_key_file"];
+const DEVICES_KEYS: &[&str] = &["id_card", "gate"];
+const ID_CARD_KEYS: &[&str] = &["port", "baud", "poll_interval_ms"];
+const GATE_IO_KEYS: &[&str] = &[
+    "driver",
+    "port",
+    "baud",
+    "unit_id",
+    "unlock_entry_coil",
+    "unlock_exit_coil",
+    "unlock_mode",
+    "unlock_ms",
+    "passage_entry_input",
+    "passage_exit_input",
+    "poll_interval_ms",
+];
+
+/// Every table and the keys it accepts ("" is the document root). The walk
+/// below uses the per-table constants; this list lets tests check that the
+/// example file documents every key.
+#[cfg(test)]
+pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
+    ("", ROOT_KEYS),
+    ("site", SITE_KEYS),
+    ("gate", GATE_KEYS),
+    ("store", STORE_KEYS),
+    ("mqtt", MQTT_KEYS),
+    ("identity", IDENTITY_KEYS),
+    ("devices", DEVICES_KEYS),
+    ("devices.id_card", ID_CARD_KEYS),
+    ("devices.gate", GATE_IO_KEYS),
+];
+
+/// One problem in the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, absent when the file could not be read at all.
+    pub line: Option<usize>,
+    /// 1-based column, counted in characters.
+    pub column: Option<usize>,
+    /// Dotted key, e.g. `devices.gate.baud`.
+    pub key: Option<String>,
+    /// What was found and what is expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    /// `FILE:LINE:COL: KEY: MESSAGE`, leaving out the parts that are missing.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in a configuration file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    /// One error per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(path, &text),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            key: None,
+            message: format!("cannot read the configuration file: {e}"),
+        }])),
+    }
+}
+
+/// Validates configuration text. `source` names the file in messages, and
+/// its folder is the base of relative paths. Opens nothing.
+pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let doc = match Document::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let (line, column) = position(text, e.span().map_or(0, |span| span.start));
+            return Err(ConfigErrors(vec![ConfigError {
+                file: source.to_path_buf(),
+                line: Some(line),
+                column: Some(column),
+                key: None,
+                message: format!("invalid TOML: {}", e.message()),
+            }]));
+        }
+    };
+    let mut checker = Checker {
+        file: source,
+        text,
+        base: base_folder(source),
+        errors: Vec::new(),
+    };
+    let config = checker.config(doc.as_table());
+    let mut errors = checker.errors;
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => {
+            if errors.is_empty() {
+                // Unreachable by construction: every `None` above pushed an error.
+                errors.push(ConfigError {
+                    file: source.to_path_buf(),
+                    line: None,
+                    column: None,
+                    key: None,
+                    message: "invalid configuration".to_owned(),
+                });
+            }
+            errors.sort_by_key(|e| (e.line, e.column));
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// The folder relative paths are resolved against, made absolute.
+fn base_folder(source: &Path) -> PathBuf {
+    let folder = match source.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest candidate within an edit distance of 2 (and closer than
+/// rewriting the whole word), if any.
+fn suggest<'k>(found: &str, candidates: &[&'k str]) -> Option<&'k str> {
+    let len = found.chars().count();
+    candidates
+        .iter()
+        .map(|&c| (edit_distance(found, c), c))
+        .filter(|&(d, _)| d <= 2 && d < len)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
+fn alternatives(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    }
+}
+
+/// What an item is, for "found ..." in messages.
+fn describe(item: &Item) -> String {
+    match item {
+        Item::None => "nothing".to_owned(),
+        Item::Table(_) => "a table".to_owned(),
+        Item::ArrayOfTables(_) => "an array of tables".to_owned(),
+        Item::Value(v) => match v {
+            Value::String(s) => format!("string {:?}", s.value()),
+            Value::Integer(i) => format!("integer {}", i.value()),
+            Value::Float(x) => format!("float {}", x.value()),
+            Value::Boolean(b) => format!("boolean {}", b.value()),
+            Value::Datetime(d) => format!("datetime {}", d.value()),
+            Value::Array(_) => "an array".to_owned(),
+            Value::InlineTable(_) => "an inline table".to_owned(),
+        },
+    }
+}
+
+/// The outcome of looking up one key.
+enum Got<T> {
+    /// Not in the file.
+    Absent,
+    /// In the file but wrong; the error is already recorded.
+    Invalid,
+    Found(T),
+}
+
+impl<T> Got<T> {
+    /// The value, or `default` when the key is absent.
+    fn or(self, default: T) -> Option<T> {
+        match self {
+            Got::Absent => Some(default),
+            Got::Invalid => None,
+            Got::Found(v) => Some(v),
+        }
+    }
+}
+
+/// A table being validated.
+#[derive(Clone, Copy)]
+struct Section<'d> {
+    /// Dotted path, "" for the root.
+    path: &'static str,
+    table: &'d dyn TableLike,
+    /// Byte offset of its header (0 when the table is absent).
+    at: usize,
+}
+
+impl Section<'_> {
+    fn dotted(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// Where `key`'s value starts, or the table's header.
+    fn value_at(&self, key: &str) -> usize {
+        self.table
+            .get(key)
+            .and_then(Item::span)
+            .map_or(self.at, |span| span.start)
+    }
+
+    /// Where `key`'s name starts, or its value, or the table's header.
+    fn key_at(&self, key: &str) -> usize {
+        self.table
+            .key(key)
+            .and_then(|k| k.span())
+            .map_or_else(|| self.value_at(key), |span| span.start)
+    }
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+    base: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, at: usize, key: String, message: String) {
+        let (line, column) = position(self.text, at);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line: Some(line),
+            column: Some(column),
+            key: Some(key),
+            message,
+        });
+    }
+
+    fn unknown_keys(&mut self, sec: Section<'_>, known: &[&str]) {
+        for (name, item) in sec.table.iter() {
+            if known.contains(&name) {
+                continue;
+            }
+            let what = if item.is_table() || item.is_array_of_tables() {
+                "table"
+            } else {
+                "key"
+            };
+            let mut message = format!(
+                "unknown {what} `{name}` (expected one of: {})",
+                known.join(", ")
+            );
+            if let Some(close) = suggest(name, known) {
+                message.push_str(&format!("; did you mean `{close}`?"));
+            }
+            self.push(sec.key_at(name), sec.dotted(name), message);
+        }
+    }
+
+    fn section<'d>(
+        &mut self,
+        parent: Section<'d>,
+        name: &str,
+        path: &'static str,
+    ) -> Got<Section<'d>> {
+        let Some(item) = parent.table.get(name) else {
+            return Got::Absent;
+        };
+        match item.as_table_like() {
+            Some(table) => Got::Found(Section {
+                path,
+                table,
+                at: item.span().map_or(parent.at, |span| span.start),
+            }),
+            None => {
+                let message = format!("expected a table, found {}", describe(item));
+                self.push(parent.value_at(name), path.to_owned(), message);
+                Got::Invalid
+            }
+        }
+    }
+
+    fn required_section<'d>(
+        &mut self,
+        root: Section<'d>,
+        name: &'static str,
+        must_set: &str,
+    ) -> Option<Section<'d>> {
+        match self.section(root, name, name) {
+            Got::Found(sec) => Some(sec),
+            Got::Invalid => None,
+            Got::Absent => {
+                self.push(
+                    0,
+                    name.to_owned(),
+                    format!("missing required table `[{name}]` (it must set {must_set})"),
+                );
+                None
+            }
+        }
+    }
+
+    fn required<T>(&mut self, sec: Section<'_>, key: &str, got: Got<T>) -> Option<T> {
+        match got {
+            Got::Found(v) => Some(v),
+            Got::Invalid => None,
+            Got::Absent => {
+                let message = format!("missing required key `{key}` in `[{}]`", sec.path);
+                self.push(sec.at, sec.dotted(key), message);
+                None
+            }
+        }
+    }
+
+    /// A value of one TOML type; anything else is a type error.
+    fn value<'d, T>(
+        &mut self,
+        sec: Section<'d>,
+        key: &str,
+        expected: &str,
+        cast: impl Fn(&'d Value) -> Option<T>,
+    ) -> Got<(T, usize)> {
+        let Some(item) = sec.table.get(key) else {
+            return Got::Absent;
+        };
+        let at = item.span().map_or(sec.at, |span| span.start);
+        if let Some(v) = item.as_value().and_then(cast) {
+            return Got::Found((v, at));
+        }
+        self.push(
+            at,
+            sec.dotted(key),
+            format!("expected {expected}, found {}", describe(item)),
+        );
+        Got::Invalid
+    }
+
+    fn string<'d>(&mut self, sec: Section<'d>, key: &str) -> Got<(&'d str, usize)> {
+        self.value(sec, key, "a string", Value::as_str)
+    }
+
+    fn boolean(&mut self, sec: Section<'_>, key: &str) -> Got<bool> {
+        match self.value(sec, key, "a boolean (true or false)", Value::as_bool) {
+            Got::Found((b, _)) => Got::Found(b),
+            Got::Absent => Got::Absent,
+            Got::Invalid => Got::Invalid,
+        }
+    }
+
+    /// An integer within `range`, converted to `T`.
+    fn int_in<T: TryFrom<i64>>(
+        &mut self,
+        sec: Section<'_>,
+        key: &str,
+        range: RangeInclusive<i64>,
+    ) -> Got<T> {
+        let expected = format!("an integer from {} to {}", range.start(), range.end());
+        match self.value(sec, key, &expected, Value::as_integer) {
+            Got::Found((v, at)) => {
+                match T::try_from(v) {
+                    Ok(t) if range.contains(&v) => return Got::Found(t),
+                    _ => {}
+                }
+                self.push(
+                    at,
+                    sec.dotted(key),
+                    format!("expected {expected}, found {v}"),
+                );
+                Got::Invalid
+            }
+            Got::Absent => Got::Absent,
+            Got::Invalid => Got::Invalid,
+        }
+    }
+
+    fn baud(&mut self, sec: Section<'_>, key: &str) -> Got<u32> {
+        let listed: Vec<String> = BAUD_RATES.iter().map(i64::to_string).collect();
+        let expected = format!("one of {}", listed.join(", "));
+        match self.value(sec, key, &expected, Value::as_integer) {
+            Got::Found((v, at)) => match u32::try_from(v) {
+                Ok(baud) if BAUD_RATES.contains(&v) => Got::Found(baud),
+                _ => {
+                    self.push(
+                        at,
+                        sec.dotted(key),
+                        format!("expected {expected}, found {v}"),
+                    );
+                    Got::Invalid
+                }
+            },
+            Got::Absent => Got::Absent,
+            Got::Invalid => Got::Invalid,
+        }
+    }
+
+    /// One of a fixed set of strings.
+    fn choice<T: Copy>(&mut self, sec: Section<'_>, key: &str, options: &[(&str, T)]) -> Got<T> {
+        let names: Vec<&str> = options.iter().map(|&(name, _)| name).collect();
+        let expected = alternatives(&names);
+        match self.value(sec, key, &expected, Value::as_str) {
+            Got::Found((s, at)) => match options.iter().find(|&&(name, _)| name == s) {
+                Some(&(_, t)) => Got::Found(t),
+                None => {
+                    let mut message = format!("expected {expected}, found {s:?}");
+                    if let Some(close) = suggest(s, &names) {
+                        message.push_str(&format!("; did you mean {close:?}?"));
+                    }
+                    self.push(at, sec.dotted(key), message);
+                    Got::Invalid
+                }
+            },
+            Got::Absent => Got::Absent,
+            Got::Invalid => Got::Invalid,
+        }
+    }
+
+    /// A string turned into a domain type by `parse`.
+    fn parsed<T, E: fmt::Display>(
+        &mut self,
+        sec: Section<'_>,
+        key: &str,
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Got<T> {
+        match self.string(sec, key) {
+            Got::Found((s, at)) => match parse(s) {
+                Ok(t) => Got::Found(t),
+                Err(e) => {
+                    self.push(at, sec.dotted(key), format!("invalid {what} {s:?}: {e}"));
+                    Got::Invalid
+                }
+            },
+            Got::Absent => Got::Absent,
+            Got::Invalid => Got::Invalid,
+        }
+    }
+
+    /// A file or device path; relative ones are resolved against the
+    /// config file's folder.
+    fn path(&mut self, sec: Section<'_>, key: &str) -> Got<PathBuf> {
+        match self.string(sec, key) {
+            Got::Found((s, at)) => {
+                if s.is_empty() || s.contains('\0') {
+                    self.push(
+                        at,
+                        sec.dotted(key),
+                        format!("expected a non-empty path, found {s:?}"),
+                    );
+                    return Got::Invalid;
+                }
+                let raw = Path::new(s);
+                if raw.is_absolute() {
+                    return Got::Found(raw.to_path_buf());
+                }
+                let mut resolved = self.base.clone();
+                for part in raw.components().filter(|c| *c != Component::CurDir) {
+                    resolved.push(part);
+                }
+                Got::Found(resolved)
+            }
+            Got::Absent => Got::Absent,
+            Got::Invalid => Got::Invalid,
+        }
+    }
+
+    fn config(&mut self, root_table: &toml_edit::Table) -> Option<Config> {
+        let root = Section {
+            path: "",
+            table: root_table,
+            at: 0,
+        };
+        self.unknown_keys(root, ROOT_KEYS);
+
+        let site = self
+            .required_section(root, "site", "`id`")
+            .and_then(|s| self.site(s));
+        let gate = self
+            .required_section(root, "gate", "`id`")
+            .and_then(|s| self.gate(s));
+        let store = self
+            .required_section(root, "store", "`path`")
+            .and_then(|s| self.store(s));
+        let identity = self
+            .required_section(root, "identity", "`hmac_key_file`")
+            .and_then(|s| self.identity(s));
+        let empty = toml_edit::Table::new();
+        let mqtt = match self.section(root, "mqtt", "mqtt") {
+            Got::Found(s) => self.mqtt(s, site.as_ref(), gate.as_ref()),
+            Got::Absent => self.mqtt(
+                Section {
+                    path: "mqtt",
+                    table: &empty,
+                    at: 0,
+                },
+                site.as_ref(),
+                gate.as_ref(),
+            ),
+            Got::Invalid => None,
+        };
+        let devices = match self.section(root, "devices", "devices") {
+            Got::Found(s) => self.devices(s),
+            Got::Absent => Some(DevicesConfig::default()),
+            Got::Invalid => None,
+        };
+
+        Some(Config {
+            source: self.file.to_path_buf(),
+            site: site?,
+            gate: gate?,
+            store: store?,
+            mqtt: mqtt?,
+            identity: identity?,
+            devices: devices?,
+        })
+    }
+
+    fn site(&mut self, s: Section<'_>) -> Option<SiteConfig> {
+        self.unknown_keys(s, SITE_KEYS);
+        let id = self.parsed(s, "id", "site id", |raw| SiteId::try_new(raw));
+        let id = self.required(s, "id", id);
+        let utc_offset = self
+            .parsed(s, "utc_offset", "UTC offset", UtcOffset::parse)
+            .or(UtcOffset::CHINA);
+        Some(SiteConfig {
+            id: id?,
+            utc_offset: utc_offset?,
+        })
+    }
+
+    fn gate(&mut self, s: Section<'_>) -> Option<GateConfig> {
+        self.unknown_keys(s, GATE_KEYS);
+        let id = self.parsed(s, "id", "gate id", |raw| GateId::try_new(raw));
+        let id = self.required(s, "id", id);
+        let lane = self
+            .choice(
+                s,
+                "lane",
+                &[("pedestrian", Lane::Pedestrian), ("vehicle", Lane::Vehicle)],
+            )
+            .or(Lane::Pedestrian);
+        let direction = self
+            .choice(
+                s,
+                "direction",
+                &[
+                    ("entry", Direction::Entry),
+                    ("exit", Direction::Exit),
+                    ("both", Direction::Both),
+                ],
+            )
+            .or(Direction::Entry);
+        let flexible = self.boolean(s, "flexible").or(false);
+        Some(GateConfig {
+            id: id?,
+            lane: lane?,
+            direction: direction?,
+            flexible: flexible?,
+        })
+    }
+
+    fn store(&mut self, s: Section<'_>) -> Option<StoreConfig> {
+        self.unknown_keys(s, STORE_KEYS);
+        let path = self.path(s, "path");
+        Some(StoreConfig {
+            path: self.required(s, "path", path)?,
+        })
+    }
+
+    fn identity(&mut self, s: Section<'_>) -> Option<IdentityConfig> {
+        self.unknown_keys(s, IDENTITY_KEYS);
+        let file = self.path(s, "hmac_key_file");
+        Some(IdentityConfig {
+            hmac_key_file: self.required(s, "hmac_key_file", file)?,
+        })
+    }
+
+    fn mqtt(
+        &mut self,
+        s: Section<'_>,
+        site: Option<&SiteConfig>,
+        gate: Option<&GateConfig>,
+    ) -> Option<MqttConfig> {
+        self.unknown_keys(s, MQTT_KEYS);
+        let host = match self.string(s, "host") {
+            Got::Found((h, at)) => {
+                if h.is_empty() || h.chars().any(char::is_whitespace) {
+                    self.push(
+                        at,
+                        s.dotted("host"),
+                        format!("expected a host name or IP address, found {h:?}"),
+                    );
+                    None
+                } else {
+                    Some(h.to_owned())
+                }
+            }
+            Got::Absent => Some("127.0.0.1".to_owned()),
+            Got::Invalid => None,
+        };
+        let port = self.int_in(s, "port", 1..=65535).or(1883u16);
+        let client_id = match self.string(s, "client_id") {
+            Got::Found((id, at)) => {
+                let n = id.chars().count();
+                if (1..=128).contains(&n) {
+                    Some(id.to_owned())
+                } else {
+                    let message = format!(
+                        "expected a client id of 1 to 128 characters, found {n} characters"
+                    );
+                    self.push(at, s.dotted("client_id"), message);
+                    None
+                }
+            }
+            Got::Absent => match (site, gate) {
+                (Some(site), Some(gate)) => {
+                    let derived = format!("gated-{}-{}", site.id, gate.id);
+                    let n = derived.chars().count();
+                    if n <= 128 {
+                        Some(derived)
+                    } else {
+                        let message = format!(
+                            "the default client id `gated-{{site}}-{{gate}}` would be {n} characters, \
+                             at most 128 are allowed; set a shorter `client_id` in `[mqtt]`"
+                        );
+                        self.push(s.at, s.dotted("client_id"), message);
+                        None
+                    }
+                }
+                _ => None,
+            },
+            Got::Invalid => None,
+        };
+        let topic_prefix = match self.string(s, "topic_prefix") {
+            Got::Found((p, at)) => {
+                let problem = if p.is_empty() {
+                    Some("a non-empty topic prefix")
+                } else if p.contains(['+', '#']) {
+                    Some("a topic prefix without the MQTT wildcards '+' and '#'")
+                } else if p.starts_with('/') || p.ends_with('/') {
+                    Some("a topic prefix without a leading or trailing '/'")
+                } else {
+                    None
+                };
+                match problem {
+                    Some(expected) => {
+                        self.push(
+                            at,
+                            s.dotted("topic_prefix"),
+                            format!("expected {expected}, found {p:?}"),
+                        );
+                        None
+                    }
+                    None => Some(p.to_owned()),
+                }
+            }
+            Got::Absent => Some("village".to_owned()),
+            Got::Invalid => None,
+        };
+        let keep_alive = self.int_in(s, "keep_alive_s", 5..=3600).or(30u64);
+        Some(MqttConfig {
+            host: host?,
+            port: port?,
+            client_id: client_id?,
+            topic_prefix: topic_prefix?,
+            keep_alive: Duration::from_secs(keep_alive?),
+        })
+    }
+
+    fn devices(&mut self, d: Section<'_>) -> Option<DevicesConfig> {
+        self.unknown_keys(d, DEVICES_KEYS);
+        let id_card = match self.section(d, "id_card", "devices.id_card") {
+            Got::Found(s) => self.id_card(s).map(Some),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        let gate_section = self.section(d, "gate", "devices.gate");
+        let gate = match gate_section {
+            Got::Found(s) => self.gate_io(s).map(Some),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        // The ID card reader speaks its own protocol: it cannot share a
+        // serial port with the gate controller.
+        match (&id_card, &gate, gate_section) {
+            (Some(Some(card)), Some(Some(io)), Got::Found(s)) if card.port == io.port => {
+                let message = format!(
+                    "expected a serial port other than the ID card reader's, found {} (also `devices.id_card.port`)",
+                    io.port.display()
+                );
+                self.push(s.value_at("port"), s.dotted("port"), message);
+                return None;
+            }
+            _ => {}
+        }
+        Some(DevicesConfig {
+            id_card: id_card?,
+            gate: gate?,
+        })
+    }
+
+    fn id_card(&mut self, s: Section<'_>) -> Option<IdCardConfig> {
+        self.unknown_keys(s, ID_CARD_KEYS);
+        let port = self.path(s, "port");
+        let port = self.required(s, "port", port);
+        let baud = self.baud(s, "baud").or(115_200);
+        let poll = self.int_in(s, "poll_interval_ms", 50..=10_000).or(300u64);
+        Some(IdCardConfig {
+            port: port?,
+            baud: baud?,
+            poll_interval: Duration::from_millis(poll?),
+        })
+    }
+
+    fn gate_io(&mut self, s: Section<'_>) -> Option<GateIoConfig> {
+        self.unknown_keys(s, GATE_IO_KEYS);
+        let driver = self.choice(s, "driver", &[("modbus-rtu", GateDriver::ModbusRtu)]);
+        let driver = self.required(s, "driver", driver);
+        let port = self.path(s, "port");
+        let port = self.required(s, "port", port);
+        let baud = self.baud(s, "baud").or(9600);
+        let unit_id = self.int_in(s, "unit_id", 1..=247).or(1u8);
+        let unlock_entry_coil = self.int_in(s, "unlock_entry_coil", 0..=65_535).or(0u16);
+        let unlock_exit_coil = self.int_in(s, "unlock_exit_coil", 0..=65_535).or(1u16);
+        let unlock_mode = self
+            .choice(
+                s,
+                "unlock_mode",
+                &[("pulse", UnlockMode::Pulse), ("level", UnlockMode::Level)],
+            )
+            .or(UnlockMode::Pulse);
+        let unlock_ms = match self.int_in::<u64>(s, "unlock_ms", 50..=60_000) {
+            Got::Found(ms) => Some(ms),
+            Got::Invalid => None,
+            Got::Absent => unlock_mode.map(|mode| match mode {
+                UnlockMode::Pulse => 500,
+                UnlockMode::Level => 5000,
+            }),
+        };
+        let passage_entry_input = self.int_in(s, "passage_entry_input", 0..=65_535).or(0u16);
+        let passage_exit_input = self.int_in(s, "passage_exit_input", 0..=65_535).or(1u16);
+        let poll = self.int_in(s, "poll_interval_ms", 10..=5000).or(100u64);
+        Some(GateIoConfig {
+            driver: driver?,
+            port: port?,
+            baud: baud?,
+            unit_id: unit_id?,
+            unlock_entry_coil: unlock_entry_coil?,
+            unlock_exit_coil: unlock_exit_coil?,
+            unlock_mode: unlock_mode?,
+            unlock: Duration::from_millis(unlock_ms?),
+            passage_entry_input: passage_entry_input?,
+            passage_exit_input: passage_exit_input?,
+            poll_interval: Duration::from_millis(poll?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

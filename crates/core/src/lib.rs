@@ -1,0 +1,23 @@
+//! Domain types of the gate daemon: identifiers, categories, credentials,
+//! decisions and their reasons, the resident ID number and its masking.
+//!
+//! Nothing here does I/O or reads a clock; every other crate builds on these
+//! types, and converts them at its own boundary (SQL rows, protobuf, TOML).
+
+mod date;
+pub mod id_number;
+mod ids;
+mod identity;
+mod key;
+mod verdict;
+
+pub use date::{CivilDate, DateError, UtcOffset};
+pub use id_number::{IdNumber, IdNumberError, check_character};
+pub use identity::{CardKind, CardRecord, CardValidTo, Category, PersonRecord, PersonStatus, Sex};
+pub use ids::{GateId, IdError, SiteId};
+pub use key::{CredentialKind, KeyError, SiteKey};
+pub use verdict::{BlockReason, Decision, Direction, Lane, Verdict};
+
+/// Milliseconds since the Unix epoch, UTC. Decision logic takes it as an
+/// argument so tests control time.
+pub type UnixMillis = i64;

@@ -1,0 +1,129 @@
+//! `gated`, the gate-control daemon: argument parsing, logging, signals and
+//! exit codes. Everything else lives in `gate-app`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// EX_USAGE of sysexits.h: the configuration is wrong.
+const EXIT_BAD_CONFIG: u8 = 64;
+/// EX_CONFIG of sysexits.h: a file the configuration names is unusable.
+const EXIT_CANNOT_START: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(name = "gated", version, about = "Gate-control daemon for urban-village checkpoints")]
+struct Cli {
+    /// Run the daemon with this configuration file.
+    #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+    config: PathBuf,
+    /// Log format: `text` for people, `json` for collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file without opening any device; prints every
+    /// error with file, line and column. Exit status 64 on a bad file.
+    CheckConfig {
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { path }) => check_config(&path),
+        None => {
+            init_logging(cli.log_format);
+            match serve(cli.config) {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match gate_config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Under systemd, journald stamps each line itself and shows no colours.
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text if under_journald => builder.without_time().with_ansi(false).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn serve(config_path: PathBuf) -> Result<ExitCode> {
+    let config = match gate_config::load(&config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s); not starting", config_path.display(), errors.0.len());
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            signals.cancel();
+        });
+        match gate_app::run(config, shutdown).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                tracing::error!("cannot start: {e}");
+                Ok(ExitCode::from(EXIT_CANNOT_START))
+            }
+        }
+    })
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,365 @@
+//! Turnstile IO board simulator: a Modbus RTU relay/input board (HARDWARE.md
+//! §4) served on a pty, with simulated people walking through after an unlock.
+
+pub mod modbus;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::pty::{self, Input, SimPty};
+use modbus::{Bank, Split, split_request};
+
+/// RTU frames end with 3.5 character times of silence; a pty loses timing, so
+/// this much quiet marks any half-received bytes as garbage.
+const IDLE_RESYNC: Duration = Duration::from_millis(50);
+
+/// Board configuration.
+#[derive(Clone, Debug)]
+pub struct GateSimConfig {
+    /// Modbus unit address, default 1.
+    pub unit_id: u8,
+    /// Number of coils, default 8.
+    pub coils: u16,
+    /// Number of discrete inputs, default 8.
+    pub inputs: u16,
+    /// When an unlock coil turns on, pulse the mapped discrete input (on for
+    /// `pulse`, then off) after `delay`: a person walking through. (coil, input) pairs.
+    pub auto_passage: Vec<(u16, u16)>,
+    /// Default 300 ms.
+    pub auto_passage_delay: Duration,
+    /// Default 200 ms.
+    pub auto_passage_pulse: Duration,
+}
+
+impl Default for GateSimConfig {
+    fn default() -> Self {
+        GateSimConfig {
+            unit_id: 1,
+            coils: 8,
+            inputs: 8,
+            auto_passage: vec![(0, 0), (1, 1)],
+            auto_passage_delay: Duration::from_millis(300),
+            auto_passage_pulse: Duration::from_millis(200),
+        }
+    }
+}
+
+/// One coil write as received (FC0F gives one entry per coil).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoilWrite {
+    /// Coil address.
+    pub coil: u16,
+    /// Written value.
+    pub on: bool,
+    /// When the request was executed.
+    pub at: Instant,
+}
+
+/// Something the board did, for tools that want to narrate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GateEvent {
+    /// A coil changed state (writes that keep the state are not events).
+    Coil {
+        /// Coil address.
+        coil: u16,
+        /// New state.
+        on: bool,
+    },
+    /// A simulated passage raised this input.
+    Passage {
+        /// Input address.
+        input: u16,
+    },
+}
+
+struct BoardState {
+    bank: Bank,
+    rx: Vec<u8>,
+    silent: bool,
+    served: u64,
+    writes: Vec<CoilWrite>,
+}
+
+impl BoardState {
+    /// Feeds bytes (or an idle gap) in; returns reply bytes and the coil
+    /// transitions to react to.
+    fn on_input(&mut self, input: Input<'_>, changes: &mut Vec<(u16, bool)>) -> Vec<u8> {
+        let idle = match input {
+            Input::Bytes(b) => {
+                self.rx.extend_from_slice(b);
+                false
+            }
+            Input::Idle => true,
+        };
+        let mut out = Vec::new();
+        while !self.rx.is_empty() {
+            match split_request(&self.rx, idle) {
+                Split::NeedMore => break,
+                Split::Drop1 => {
+                    self.rx.remove(0);
+                }
+                Split::Frame(n) => {
+                    let frame: Vec<u8> = self.rx.drain(..n).collect();
+                    if self.silent {
+                        continue;
+                    }
+                    let outcome = self.bank.execute(&frame);
+                    let now = Instant::now();
+                    for (coil, on, was) in outcome.writes {
+                        self.writes.push(CoilWrite { coil, on, at: now });
+                        if on != was {
+                            changes.push((coil, on));
+                        }
+                    }
+                    if outcome.served {
+                        self.served += 1;
+                    }
+                    if let Some(reply) = outcome.reply {
+                        out.extend(reply);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+struct Shared {
+    state: Mutex<BoardState>,
+    config: GateSimConfig,
+    cancel: CancellationToken,
+    stopped: watch::Sender<bool>,
+    events: broadcast::Sender<GateEvent>,
+    device_path: PathBuf,
+    slave_path: PathBuf,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, BoardState> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_input(&self, input: u16, on: bool) {
+        if let Some(slot) = self.state().bank.inputs.get_mut(usize::from(input)) {
+            *slot = on;
+        }
+    }
+
+    /// A person walks through: after the delay the passage sensor pulses.
+    fn schedule_passage(self: &Arc<Self>, input: u16) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let walk = async {
+                tokio::time::sleep(me.config.auto_passage_delay).await;
+                me.set_input(input, true);
+                let _ = me.events.send(GateEvent::Passage { input });
+                tokio::time::sleep(me.config.auto_passage_pulse).await;
+            };
+            tokio::select! {
+                _ = me.cancel.cancelled() => {}
+                _ = walk => {}
+            }
+            me.set_input(input, false);
+        });
+    }
+}
+
+/// Entry point for the IO board simulator.
+#[derive(Debug)]
+pub struct GateSim;
+
+impl GateSim {
+    /// Opens a pty (see [`SimPty::open`]) and spawns a tokio task serving
+    /// Modbus RTU on it. Returns at once. Must be called inside a tokio
+    /// runtime; the task lives until [`GateHandle::stop`] or runtime shutdown.
+    pub fn start(link: Option<&Path>, config: GateSimConfig) -> anyhow::Result<GateHandle> {
+        let pty = SimPty::open(link)?;
+        let (stopped, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(BoardState {
+                bank: Bank::new(config.unit_id, config.coils, config.inputs),
+                rx: Vec::new(),
+                silent: false,
+                served: 0,
+                writes: Vec::new(),
+            }),
+            config,
+            cancel: CancellationToken::new(),
+            stopped,
+            events: broadcast::channel(256).0,
+            device_path: pty.device_path().to_path_buf(),
+            slave_path: pty.slave_path().to_path_buf(),
+        });
+        let task_shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let s = Arc::clone(&task_shared);
+            pty::serve(pty, task_shared.cancel.clone(), IDLE_RESYNC, move |input| {
+                let mut changes = Vec::new();
+                let out = s.state().on_input(input, &mut changes);
+                for (coil, on) in changes {
+                    let _ = s.events.send(GateEvent::Coil { coil, on });
+                    if on {
+                        let mapped = s.config.auto_passage.iter().filter(|(c, _)| *c == coil);
+                        for &(_, input) in mapped {
+                            s.schedule_passage(input);
+                        }
+                    }
+                }
+                out
+            })
+            .await;
+            task_shared.stopped.send_replace(true);
+        });
+        Ok(GateHandle { shared })
+    }
+}
+
+/// Control handle for a running IO board simulator; cheap to clone.
+#[derive(Clone)]
+pub struct GateHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for GateHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GateHandle")
+            .field("device_path", &self.shared.device_path)
+            .field("unit_id", &self.shared.config.unit_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GateHandle {
+    /// Path the daemon should open (the symlink if one was given).
+    pub fn device_path(&self) -> PathBuf {
+        self.shared.device_path.clone()
+    }
+
+    /// The `/dev/pts/N` slave behind [`Self::device_path`].
+    pub fn slave_path(&self) -> PathBuf {
+        self.shared.slave_path.clone()
+    }
+
+    /// Every FC05/FC0F write in order (FC0F: one entry per coil), including
+    /// broadcasts and writes that did not change the state.
+    pub fn coil_writes(&self) -> Vec<CoilWrite> {
+        self.shared.state().writes.clone()
+    }
+
+    /// Current state of a coil (false if out of range).
+    pub fn coil(&self, coil: u16) -> bool {
+        self.shared
+            .state()
+            .bank
+            .coils
+            .get(usize::from(coil))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Current state of a discrete input (false if out of range).
+    pub fn input(&self, input: u16) -> bool {
+        self.shared
+            .state()
+            .bank
+            .inputs
+            .get(usize::from(input))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Sets a discrete input, e.g. a passage sensor or a fire alarm contact.
+    /// Out-of-range inputs are ignored.
+    pub fn set_input(&self, input: u16, on: bool) {
+        self.shared.set_input(input, on);
+    }
+
+    /// Requests executed for this unit (or broadcast), exceptions included;
+    /// requests swallowed while silent are not counted.
+    pub fn requests_served(&self) -> u64 {
+        self.shared.state().served
+    }
+
+    /// Board stops answering (requests are swallowed, not executed).
+    pub fn set_silent(&self, silent: bool) {
+        self.shared.state().silent = silent;
+    }
+
+    /// Narration of coil changes and passages.
+    pub fn subscribe(&self) -> broadcast::Receiver<GateEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Ends the task and closes the pty (removing the symlink), asynchronously;
+    /// await [`Self::wait_stopped`] to know it is done.
+    pub fn stop(&self) {
+        self.shared.cancel.cancel();
+    }
+
+    /// Resolves once the serving task has ended and the pty is closed.
+    pub async fn wait_stopped(&self) {
+        let mut rx = self.shared.stopped.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modbus::with_crc;
+
+    fn board() -> BoardState {
+        BoardState {
+            bank: Bank::new(1, 8, 8),
+            rx: Vec::new(),
+            silent: false,
+            served: 0,
+            writes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn records_writes_and_transitions() {
+        let mut b = board();
+        let mut changes = Vec::new();
+        let on = with_crc(vec![1, 5, 0, 0, 0xFF, 0]);
+        let out = b.on_input(Input::Bytes(&on), &mut changes);
+        assert_eq!(out, on);
+        b.on_input(Input::Bytes(&on), &mut changes);
+        assert_eq!(changes, vec![(0, true)], "second write is no transition");
+        assert_eq!(b.writes.len(), 2);
+        assert_eq!(b.served, 2);
+    }
+
+    #[test]
+    fn garbage_then_frame_across_reads_and_idle() {
+        let mut b = board();
+        let mut changes = Vec::new();
+        let req = with_crc(vec![1, 1, 0, 0, 0, 8]);
+        // Garbage that looks like the start of a long FC0F frame stalls until idle.
+        let mut bytes = vec![0x01, 0x0F, 0x00, 0x00, 0x00, 0x10, 0xF0];
+        bytes.extend(&req);
+        assert!(b.on_input(Input::Bytes(&bytes), &mut changes).is_empty());
+        assert_eq!(
+            b.on_input(Input::Idle, &mut changes),
+            with_crc(vec![1, 1, 1, 0])
+        );
+        assert!(b.rx.is_empty());
+    }
+
+    #[test]
+    fn silent_swallows() {
+        let mut b = board();
+        b.silent = true;
+        let on = with_crc(vec![1, 5, 0, 0, 0xFF, 0]);
+        assert!(b.on_input(Input::Bytes(&on), &mut Vec::new()).is_empty());
+        assert!(!b.bank.coils[0]);
+        assert_eq!(b.served, 0);
+    }
+}

@@ -1,0 +1,403 @@
+//! Test support for the end-to-end suites: a real Mosquitto broker on an
+//! ephemeral port, an MQTT subscriber that decodes what the gate publishes,
+//! and a gate fixture (site key, config file, simulated devices on
+//! pseudo-terminals, identities) in a temporary folder.
+
+use anyhow::{Context, Result, bail};
+use gate_core::{CredentialKind, IdNumber, PersonRecord, PersonStatus, SiteKey, UtcOffset, CivilDate, Category};
+use gate_proto::v1 as pb;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Where Debian puts the broker; `PATH` is searched first.
+fn mosquitto_binary() -> Result<PathBuf> {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/sbin"]) {
+        let candidate = Path::new(dir).join("mosquitto");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("mosquitto is not installed: the end-to-end tests need a real broker (apt-get install -y mosquitto)")
+}
+
+/// A free TCP port on loopback (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// A Mosquitto broker started by the test, stopped on drop.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut broker = Mosquitto { child: None, port: free_port(), dir };
+        broker.resume()?;
+        Ok(broker)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the broker with SIGTERM, so it saves its sessions (the port
+    /// stays reserved for `resume`).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port.
+    pub fn resume(&mut self) -> Result<()> {
+        let conf = self.dir.path().join("mosquitto.conf");
+        // Persistence keeps the test subscriber's session (and the messages
+        // queued for it) across a broker restart; `user root` keeps the
+        // broker able to write its folder when the tests run as root.
+        let store = self.dir.path().join("data");
+        std::fs::create_dir_all(&store)?;
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nuser root\n",
+                self.port,
+                store.display()
+            ),
+        )?;
+        let child = Command::new(mosquitto_binary()?)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting mosquitto")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("mosquitto did not listen on port {} within 10 s", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One message the subscriber received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// Subscribes to everything under a prefix and keeps what arrives.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    messages: Arc<Mutex<Vec<Received>>>,
+    stop: CancellationToken,
+}
+
+impl Subscriber {
+    /// Connects, subscribes to `filter` and returns once the subscription is
+    /// acknowledged. The session is persistent: across a broker restart
+    /// nothing published for the subscriber is lost.
+    pub async fn connect(port: u16, filter: &str) -> Result<Self> {
+        let mut options = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(false)
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        client.subscribe(filter, QoS::AtLeastOnce).await?;
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let sink = messages.clone();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    event = eventloop.poll() => match event {
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            if let Some(tx) = ready_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            sink.lock().expect("lock").push(Received { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain });
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx).await.context("no SUBACK within 10 s")??;
+        Ok(Subscriber { messages, stop })
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.messages.lock().expect("lock").clone()
+    }
+
+    /// Every `GateEvent` received on `topic`, decoded, in arrival order.
+    pub fn events(&self, topic: &str) -> Vec<pb::GateEvent> {
+        self.messages()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| pb::GateEvent::decode(m.payload.as_slice()).expect("a GateEvent"))
+            .collect()
+    }
+
+    /// Events deduplicated by `event_id` (delivery is at least once), first arrival kept.
+    pub fn unique_events(&self, topic: &str) -> Vec<pb::GateEvent> {
+        let mut seen = std::collections::HashSet::new();
+        self.events(topic).into_iter().filter(|e| seen.insert(e.event_id.clone())).collect()
+    }
+
+    /// The last `GateStatus` received on `topic`.
+    pub fn last_status(&self, topic: &str) -> Option<pb::GateStatus> {
+        self.messages()
+            .iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .map(|m| pb::GateStatus::decode(m.payload.as_slice()).expect("a GateStatus"))
+    }
+
+    /// Waits until `done` holds for the subscriber, or fails after `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, what: &str, done: impl Fn(&Subscriber) -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}; received {} messages", self.messages().len());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.messages) <= 2 {
+            self.stop.cancel();
+        }
+    }
+}
+
+/// A person to put into the identity table.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub person_id: &'static str,
+    pub category: Category,
+    pub id_number: &'static str,
+    pub name: &'static str,
+    pub status: PersonStatus,
+}
+
+/// A resident with a valid ID number (checked by `IdNumber::parse`).
+pub fn resident(person_id: &'static str, id_number: &'static str, name: &'static str) -> Person {
+    Person { person_id, category: Category::Resident, id_number, name, status: PersonStatus::Active }
+}
+
+/// A temporary gate: folder, site key, simulated devices, config file.
+pub struct GateFixture {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub store_path: PathBuf,
+    pub key: SiteKey,
+    pub idcard: hw_sim::idcard::IdCardHandle,
+    pub gate: hw_sim::gate::GateHandle,
+}
+
+impl std::fmt::Debug for GateFixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateFixture").field("dir", &self.dir.path()).finish_non_exhaustive()
+    }
+}
+
+pub const SITE: &str = "heshan-c03";
+pub const GATE: &str = "east-1";
+pub const EVENTS_TOPIC: &str = "village/heshan-c03/east-1/events";
+pub const STATUS_TOPIC: &str = "village/heshan-c03/east-1/status";
+
+impl GateFixture {
+    /// Builds the fixture; must be called inside a tokio runtime (the
+    /// simulators run as tasks).
+    pub fn new(mqtt_port: u16, people: &[Person]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let key_path = dir.path().join("site.key");
+        gate_config::write_new_site_key(&key_path)?;
+        let key = gate_config::load_site_key(&key_path)?;
+        let idcard = hw_sim::idcard::IdCardSim::start(Some(&dir.path().join("idcard")))?;
+        let gate = hw_sim::gate::GateSim::start(Some(&dir.path().join("gate-io")), hw_sim::gate::GateSimConfig::default())?;
+        let config_path = dir.path().join("gated.toml");
+        std::fs::write(&config_path, config_text(mqtt_port))?;
+        let store_path = dir.path().join("state/gated.db");
+        std::fs::create_dir_all(dir.path().join("state"))?;
+        let fixture = GateFixture { dir, config_path, store_path, key, idcard, gate };
+        fixture.import(people)?;
+        Ok(fixture)
+    }
+
+    pub fn config(&self) -> gate_config::Config {
+        gate_config::load(&self.config_path).expect("the fixture's config is valid")
+    }
+
+    /// Writes people straight into the store (the CLI path has its own tests).
+    pub fn import(&self, people: &[Person]) -> Result<()> {
+        let mut store = gate_store::Store::open(&self.store_path)?;
+        let from = CivilDate::try_new(2020, 1, 1).expect("date").start_ms(UtcOffset::CHINA);
+        let to = CivilDate::try_new(2099, 12, 31).expect("date").end_ms(UtcOffset::CHINA);
+        let rows: Vec<gate_store::NewPerson> = people
+            .iter()
+            .map(|p| {
+                let id = IdNumber::parse(p.id_number).expect("fixture ID numbers are valid");
+                gate_store::NewPerson {
+                    person: PersonRecord {
+                        person_id: p.person_id.into(),
+                        category: p.category,
+                        status: p.status,
+                        valid_from_ms: from,
+                        valid_to_ms: to,
+                        display_name: p.name.into(),
+                    },
+                    credentials: vec![(CredentialKind::IdNumber, self.key.credential_key(CredentialKind::IdNumber, id.expose()))],
+                }
+            })
+            .collect();
+        store.import_people(&rows)?;
+        Ok(())
+    }
+
+    /// Places a card, waits until the reader has read it, and removes it.
+    pub async fn present_card(&self, id_number: &str, name: &str) -> Result<()> {
+        let before = self.idcard.base_info_reads();
+        self.idcard.place(hw_sim::idcard::SimCard::resident(id_number, name));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.idcard.base_info_reads() == before {
+            if Instant::now() > deadline {
+                self.idcard.remove();
+                bail!("the daemon did not read the card within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.idcard.remove();
+        // A hand takes longer than a few polls to swap cards; the reader must
+        // see the field empty before it reports the next card.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
+    }
+}
+
+fn config_text(mqtt_port: u16) -> String {
+    format!(
+        r#"[site]
+id = "{SITE}"
+
+[gate]
+id = "{GATE}"
+lane = "pedestrian"
+direction = "entry"
+
+[store]
+path = "state/gated.db"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+keep_alive_s = 5
+
+[identity]
+hmac_key_file = "site.key"
+
+[devices.id_card]
+port = "idcard"
+poll_interval_ms = 50
+
+[devices.gate]
+driver = "modbus-rtu"
+port = "gate-io"
+baud = 9600
+unit_id = 1
+unlock_entry_coil = 0
+unlock_exit_coil = 1
+unlock_mode = "pulse"
+unlock_ms = 200
+passage_entry_input = 0
+passage_exit_input = 1
+poll_interval_ms = 50
+"#
+    )
+}
+
+/// The daemon running in-process on a fixture.
+#[derive(Debug)]
+pub struct RunningDaemon {
+    pub shutdown: CancellationToken,
+    pub observed: Arc<gate_app::Observed>,
+    handle: tokio::task::JoinHandle<Result<(), gate_app::StartError>>,
+}
+
+impl RunningDaemon {
+    pub fn start(config: gate_config::Config) -> Self {
+        let shutdown = CancellationToken::new();
+        let observed = Arc::new(gate_app::Observed::default());
+        let handle = tokio::spawn(gate_app::run_observed(config, shutdown.clone(), observed.clone()));
+        RunningDaemon { shutdown, observed, handle }
+    }
+
+    /// Stops the daemon and waits for every task to finish.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle).await.context("daemon did not stop within 10 s")???;
+        Ok(())
+    }
+
+    /// Waits until the uplink is connected.
+    pub async fn wait_connected(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.observed.broker_connected() {
+            if Instant::now() > deadline {
+                bail!("the daemon did not connect to the broker within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Installs a test log subscriber once (output captured by the test harness).
+pub fn init_test_logging() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
+}
