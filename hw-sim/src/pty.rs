@@ -18,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 /// How long to back off when the master reports EIO (no slave side open).
 const EIO_BACKOFF: Duration = Duration::from_millis(50);
 
+/// After this long without traffic the client may have died holding the
+/// port's exclusive lock; see [`SimPty::release_exclusive`].
+const QUIET: Duration = Duration::from_secs(1);
+
 /// A real UART never blocks the device: bytes go onto the wire whether anyone
 /// listens or not. If the slave's buffer stays full this long, the rest of the
 /// reply is dropped, as it would be on a cable nobody reads.
@@ -32,7 +36,7 @@ pub struct SimPty {
     io: Option<(pipe::Receiver, pipe::Sender)>,
     /// Held open so the master never sees EIO/HUP while the daemon closes and
     /// reopens the port.
-    _slave: OwnedFd,
+    slave: OwnedFd,
     slave_path: PathBuf,
     link: Option<PathBuf>,
 }
@@ -80,7 +84,7 @@ impl SimPty {
         Ok(SimPty {
             master: Some((pair.master, master_w)),
             io: None,
-            _slave: pair.slave,
+            slave: pair.slave,
             slave_path,
             link,
         })
@@ -95,6 +99,14 @@ impl SimPty {
     /// The `/dev/pts/N` slave device itself.
     pub fn slave_path(&self) -> &Path {
         &self.slave_path
+    }
+
+    /// Clears `TIOCEXCL` on the slave. tokio-serial sets exclusive mode on
+    /// open and clears it on close; a client killed in between leaves it set,
+    /// and because we hold the slave open the flag would outlive it, so a
+    /// restarted non-root daemon would get EBUSY. Called when the line is quiet.
+    pub fn release_exclusive(&self) -> io::Result<()> {
+        rustix::termios::ioctl_tiocnxcl(&self.slave).map_err(io::Error::from)
     }
 
     /// Registers the master with the reactor on first use. tokio's pipe types
@@ -197,9 +209,12 @@ pub(crate) async fn serve(
     let mut buf = vec![0u8; 4096];
     let mut pending_partial = false;
     loop {
+        // Short timeout only while a frame may be half-received; otherwise
+        // wake rarely, just to release a dead client's exclusive lock.
+        let wait = if pending_partial { idle } else { QUIET };
         let read = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = tokio::time::timeout(idle, pty.read(&mut buf)) => r,
+            r = tokio::time::timeout(wait, pty.read(&mut buf)) => r,
         };
         let out = match read {
             Ok(Ok(n)) => {
@@ -212,7 +227,11 @@ pub(crate) async fn serve(
                 pending_partial = false;
                 on_input(Input::Idle)
             }
-            Err(_elapsed) => continue,
+            Err(_elapsed) => {
+                // Best effort: failure only means a stale lock may remain.
+                let _ = pty.release_exclusive();
+                continue;
+            }
         };
         if out.is_empty() {
             continue;

@@ -4,7 +4,9 @@
 //! pseudo-terminals, identities) in a temporary folder.
 
 use anyhow::{Context, Result, bail};
-use gate_core::{CredentialKind, IdNumber, PersonRecord, PersonStatus, SiteKey, UtcOffset, CivilDate, Category};
+use gate_core::{
+    Category, CivilDate, CredentialKind, IdNumber, PersonRecord, PersonStatus, SiteKey, UtcOffset,
+};
 use gate_proto::v1 as pb;
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -17,18 +19,27 @@ use tokio_util::sync::CancellationToken;
 
 /// Where Debian puts the broker; `PATH` is searched first.
 fn mosquitto_binary() -> Result<PathBuf> {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/sbin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin"])
+    {
         let candidate = Path::new(dir).join("mosquitto");
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    bail!("mosquitto is not installed: the end-to-end tests need a real broker (apt-get install -y mosquitto)")
+    bail!(
+        "mosquitto is not installed: the end-to-end tests need a real broker (apt-get install -y mosquitto)"
+    )
 }
 
 /// A free TCP port on loopback (the OS picks it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// A Mosquitto broker started by the test, stopped on drop.
@@ -42,7 +53,11 @@ pub struct Mosquitto {
 impl Mosquitto {
     pub fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut broker = Mosquitto { child: None, port: free_port(), dir };
+        let mut broker = Mosquitto {
+            child: None,
+            port: free_port(),
+            dir,
+        };
         broker.resume()?;
         Ok(broker)
     }
@@ -55,7 +70,10 @@ impl Mosquitto {
     /// stays reserved for `resume`).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -162,7 +180,9 @@ impl Subscriber {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx).await.context("no SUBACK within 10 s")??;
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .context("no SUBACK within 10 s")??;
         Ok(Subscriber { messages, stop })
     }
 
@@ -182,7 +202,10 @@ impl Subscriber {
     /// Events deduplicated by `event_id` (delivery is at least once), first arrival kept.
     pub fn unique_events(&self, topic: &str) -> Vec<pb::GateEvent> {
         let mut seen = std::collections::HashSet::new();
-        self.events(topic).into_iter().filter(|e| seen.insert(e.event_id.clone())).collect()
+        self.events(topic)
+            .into_iter()
+            .filter(|e| seen.insert(e.event_id.clone()))
+            .collect()
     }
 
     /// The last `GateStatus` received on `topic`.
@@ -195,11 +218,19 @@ impl Subscriber {
     }
 
     /// Waits until `done` holds for the subscriber, or fails after `timeout`.
-    pub async fn wait_until(&self, timeout: Duration, what: &str, done: impl Fn(&Subscriber) -> bool) -> Result<()> {
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&Subscriber) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             if Instant::now() > deadline {
-                bail!("timed out after {timeout:?} waiting for {what}; received {} messages", self.messages().len());
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; received {} messages",
+                    self.messages().len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -227,7 +258,13 @@ pub struct Person {
 
 /// A resident with a valid ID number (checked by `IdNumber::parse`).
 pub fn resident(person_id: &'static str, id_number: &'static str, name: &'static str) -> Person {
-    Person { person_id, category: Category::Resident, id_number, name, status: PersonStatus::Active }
+    Person {
+        person_id,
+        category: Category::Resident,
+        id_number,
+        name,
+        status: PersonStatus::Active,
+    }
 }
 
 /// A temporary gate: folder, site key, simulated devices, config file.
@@ -242,7 +279,9 @@ pub struct GateFixture {
 
 impl std::fmt::Debug for GateFixture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GateFixture").field("dir", &self.dir.path()).finish_non_exhaustive()
+        f.debug_struct("GateFixture")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
     }
 }
 
@@ -260,12 +299,22 @@ impl GateFixture {
         gate_config::write_new_site_key(&key_path)?;
         let key = gate_config::load_site_key(&key_path)?;
         let idcard = hw_sim::idcard::IdCardSim::start(Some(&dir.path().join("idcard")))?;
-        let gate = hw_sim::gate::GateSim::start(Some(&dir.path().join("gate-io")), hw_sim::gate::GateSimConfig::default())?;
+        let gate = hw_sim::gate::GateSim::start(
+            Some(&dir.path().join("gate-io")),
+            hw_sim::gate::GateSimConfig::default(),
+        )?;
         let config_path = dir.path().join("gated.toml");
         std::fs::write(&config_path, config_text(mqtt_port))?;
         let store_path = dir.path().join("state/gated.db");
         std::fs::create_dir_all(dir.path().join("state"))?;
-        let fixture = GateFixture { dir, config_path, store_path, key, idcard, gate };
+        let fixture = GateFixture {
+            dir,
+            config_path,
+            store_path,
+            key,
+            idcard,
+            gate,
+        };
         fixture.import(people)?;
         Ok(fixture)
     }
@@ -277,8 +326,12 @@ impl GateFixture {
     /// Writes people straight into the store (the CLI path has its own tests).
     pub fn import(&self, people: &[Person]) -> Result<()> {
         let mut store = gate_store::Store::open(&self.store_path)?;
-        let from = CivilDate::try_new(2020, 1, 1).expect("date").start_ms(UtcOffset::CHINA);
-        let to = CivilDate::try_new(2099, 12, 31).expect("date").end_ms(UtcOffset::CHINA);
+        let from = CivilDate::try_new(2020, 1, 1)
+            .expect("date")
+            .start_ms(UtcOffset::CHINA);
+        let to = CivilDate::try_new(2099, 12, 31)
+            .expect("date")
+            .end_ms(UtcOffset::CHINA);
         let rows: Vec<gate_store::NewPerson> = people
             .iter()
             .map(|p| {
@@ -292,7 +345,11 @@ impl GateFixture {
                         valid_to_ms: to,
                         display_name: p.name.into(),
                     },
-                    credentials: vec![(CredentialKind::IdNumber, self.key.credential_key(CredentialKind::IdNumber, id.expose()))],
+                    credentials: vec![(
+                        CredentialKind::IdNumber,
+                        self.key
+                            .credential_key(CredentialKind::IdNumber, id.expose()),
+                    )],
                 }
             })
             .collect();
@@ -303,7 +360,8 @@ impl GateFixture {
     /// Places a card, waits until the reader has read it, and removes it.
     pub async fn present_card(&self, id_number: &str, name: &str) -> Result<()> {
         let before = self.idcard.base_info_reads();
-        self.idcard.place(hw_sim::idcard::SimCard::resident(id_number, name));
+        self.idcard
+            .place(hw_sim::idcard::SimCard::resident(id_number, name));
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.idcard.base_info_reads() == before {
             if Instant::now() > deadline {
@@ -373,14 +431,24 @@ impl RunningDaemon {
     pub fn start(config: gate_config::Config) -> Self {
         let shutdown = CancellationToken::new();
         let observed = Arc::new(gate_app::Observed::default());
-        let handle = tokio::spawn(gate_app::run_observed(config, shutdown.clone(), observed.clone()));
-        RunningDaemon { shutdown, observed, handle }
+        let handle = tokio::spawn(gate_app::run_observed(
+            config,
+            shutdown.clone(),
+            observed.clone(),
+        ));
+        RunningDaemon {
+            shutdown,
+            observed,
+            handle,
+        }
     }
 
     /// Stops the daemon and waits for every task to finish.
     pub async fn stop(self) -> Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.handle).await.context("daemon did not stop within 10 s")???;
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .context("daemon did not stop within 10 s")???;
         Ok(())
     }
 
@@ -399,5 +467,8 @@ impl RunningDaemon {
 
 /// Installs a test log subscriber once (output captured by the test harness).
 pub fn init_test_logging() {
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
 }

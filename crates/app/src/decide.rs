@@ -93,8 +93,13 @@ impl DecisionLoop {
     async fn on_card(&mut self, card: CardEvent, now: gate_core::UnixMillis) {
         let (facts, subject, person) = match &card {
             CardEvent::Read(record) => {
-                let key = self.site_key.credential_key(CredentialKind::IdNumber, record.id_number.expose());
-                let person = match self.store.find_person_by_credential(CredentialKind::IdNumber, &key) {
+                let key = self
+                    .site_key
+                    .credential_key(CredentialKind::IdNumber, record.id_number.expose());
+                let person = match self
+                    .store
+                    .find_person_by_credential(CredentialKind::IdNumber, &key)
+                {
                     Ok(person) => person,
                     Err(e) => {
                         self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -102,21 +107,40 @@ impl DecisionLoop {
                         return;
                     }
                 };
-                (CredentialFacts::IdCard { card_valid_to: record.valid_to }, record.id_number.masked(), person)
+                (
+                    CredentialFacts::IdCard {
+                        card_valid_to: record.valid_to,
+                    },
+                    record.id_number.masked(),
+                    person,
+                )
             }
-            CardEvent::Rejected(CardError::InvalidIdNumber { masked }) => {
-                (CredentialFacts::Refused(BlockReason::InvalidIdNumber), masked.clone(), None)
-            }
-            CardEvent::Rejected(CardError::UnsupportedCardType { .. }) => {
-                (CredentialFacts::Refused(BlockReason::UnsupportedCard), String::new(), None)
-            }
+            CardEvent::Rejected(CardError::InvalidIdNumber { masked }) => (
+                CredentialFacts::Refused(BlockReason::InvalidIdNumber),
+                masked.clone(),
+                None,
+            ),
+            CardEvent::Rejected(CardError::UnsupportedCardType { .. }) => (
+                CredentialFacts::Refused(BlockReason::UnsupportedCard),
+                String::new(),
+                None,
+            ),
             CardEvent::Rejected(other) => {
-                self.counters.unreadable_cards.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .unreadable_cards
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!(error = %other, "card could not be read; no decision made");
                 return;
             }
         };
-        let verdict = decide(Attempt { credential: facts, person: person.as_ref() }, now, self.offset);
+        let verdict = decide(
+            Attempt {
+                credential: facts,
+                person: person.as_ref(),
+            },
+            now,
+            self.offset,
+        );
         let record = DecisionRecord {
             event_id: uuid::Uuid::new_v4().to_string(),
             site_id: self.site_id.clone(),
@@ -130,9 +154,11 @@ impl DecisionLoop {
         };
         // Recorded before the gate moves: a pass that cannot be recorded is
         // not a pass.
-        let seq = match self.store.append_event(EVENT_STREAM, &self.topics.events, now, |seq| {
-            encode_decision_event(&record, seq)
-        }) {
+        let seq = match self
+            .store
+            .append_event(EVENT_STREAM, &self.topics.events, now, |seq| {
+                encode_decision_event(&record, seq)
+            }) {
             Ok(seq) => seq,
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);

@@ -44,7 +44,9 @@ pub enum StartError {
 
 /// The wall clock, read only at the edge: the engine gets `now` as an argument.
 pub fn wall_clock_ms() -> gate_core::UnixMillis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Live state shared with diagnostics (status message, tests).
@@ -64,10 +66,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 }
 
 /// [`run`], sharing its live counters through `observed`.
-pub async fn run_observed(config: Config, shutdown: CancellationToken, observed: Arc<Observed>) -> Result<(), StartError> {
+pub async fn run_observed(
+    config: Config,
+    shutdown: CancellationToken,
+    observed: Arc<Observed>,
+) -> Result<(), StartError> {
     let site_key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
     if let Some(dir) = config.store.path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
     }
     let store = Store::open(&config.store.path)?;
     let people = store.person_count()?;
@@ -93,8 +102,13 @@ pub async fn run_observed(config: Config, shutdown: CancellationToken, observed:
             reply_timeout: Duration::from_secs(1),
         };
         tracker.spawn(
-            gate_devices::idcard::run_id_card_reader(settings, card_tx, observed.id_card.clone(), shutdown.clone())
-                .instrument(info_span!(parent: &span, "id_card", port = %reader.port.display())),
+            gate_devices::idcard::run_id_card_reader(
+                settings,
+                card_tx,
+                observed.id_card.clone(),
+                shutdown.clone(),
+            )
+            .instrument(info_span!(parent: &span, "id_card", port = %reader.port.display())),
         );
     } else {
         drop(card_tx);
@@ -119,12 +133,20 @@ pub async fn run_observed(config: Config, shutdown: CancellationToken, observed:
             request_timeout: Duration::from_millis(500),
         };
         tracker.spawn(
-            gate_devices::gate_io::run_gate_io(settings, gate_cmd_rx, gate_evt_tx, observed.gate_io.clone(), shutdown.clone())
-                .instrument(info_span!(parent: &span, "gate_io", port = %io.port.display())),
+            gate_devices::gate_io::run_gate_io(
+                settings,
+                gate_cmd_rx,
+                gate_evt_tx,
+                observed.gate_io.clone(),
+                shutdown.clone(),
+            )
+            .instrument(info_span!(parent: &span, "gate_io", port = %io.port.display())),
         );
         Some(gate_cmd_tx)
     } else {
-        span.in_scope(|| info!("no [devices.gate] configured: decisions are recorded, nothing is unlocked"));
+        span.in_scope(|| {
+            info!("no [devices.gate] configured: decisions are recorded, nothing is unlocked")
+        });
         None
     };
 
@@ -146,20 +168,37 @@ pub async fn run_observed(config: Config, shutdown: CancellationToken, observed:
             .instrument(info_span!(parent: &span, "uplink", broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port))),
     );
 
-    let decider = decide::DecisionLoop::new(&config, site_key, store, outbox_changed, gate_commands, observed.decisions.clone());
-    tracker.spawn(decider.run(card_rx, gate_evt_rx, shutdown.clone()).instrument(info_span!(parent: &span, "decisions")));
+    let decider = decide::DecisionLoop::new(
+        &config,
+        site_key,
+        store,
+        outbox_changed,
+        gate_commands,
+        observed.decisions.clone(),
+    );
+    tracker.spawn(
+        decider
+            .run(card_rx, gate_evt_rx, shutdown.clone())
+            .instrument(info_span!(parent: &span, "decisions")),
+    );
 
     tracker.close();
     shutdown.cancelled().await;
     span.in_scope(|| info!("stopping"));
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
         span.in_scope(|| warn!("some tasks did not stop within 5 s"));
     }
     span.in_scope(|| info!("stopped"));
     Ok(())
 }
 
-fn device_reporter(config: &Config, observed: &Observed) -> Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync> {
+fn device_reporter(
+    config: &Config,
+    observed: &Observed,
+) -> Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync> {
     let mut sources = Vec::new();
     if config.devices.id_card.is_some() {
         sources.push(("id_card".to_owned(), observed.id_card.clone()));
@@ -175,7 +214,11 @@ fn device_reporter(config: &Config, observed: &Observed) -> Arc<dyn Fn() -> Vec<
                 DeviceReport {
                     name: name.clone(),
                     connected: s.connected,
-                    errors: s.checksum_errors + s.length_errors + s.timeouts + s.status_errors + s.auth_errors,
+                    errors: s.checksum_errors
+                        + s.length_errors
+                        + s.timeouts
+                        + s.status_errors
+                        + s.auth_errors,
                     reconnects: s.reconnects,
                     last_error: s.last_error,
                 }

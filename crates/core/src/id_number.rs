@@ -50,7 +50,9 @@ impl IdNumber {
         // multi-byte characters, and slicing it by bytes would panic.
         let upper: Vec<char> = raw.chars().map(|c| c.to_ascii_uppercase()).collect();
         if let Some(position) = upper[..17].iter().position(|c| !c.is_ascii_digit()) {
-            return Err(IdNumberError::NotADigit { position: position + 1 });
+            return Err(IdNumberError::NotADigit {
+                position: position + 1,
+            });
         }
         let last = upper[17];
         if !(last.is_ascii_digit() || last == 'X') {
@@ -138,10 +140,19 @@ mod tests {
             IdNumber::parse("11010519491231002Y"),
             Err(IdNumberError::NotADigit { position: 18 })
         );
-        assert_eq!(IdNumber::parse(&"x".repeat(18)).map(|_| ()), Err(IdNumberError::NotADigit { position: 1 }));
+        assert_eq!(
+            IdNumber::parse(&"x".repeat(18)).map(|_| ()),
+            Err(IdNumberError::NotADigit { position: 1 })
+        );
         // Multi-byte characters must be refused, not sliced through.
-        assert_eq!(IdNumber::parse(&"长".repeat(18)).map(|_| ()), Err(IdNumberError::NotADigit { position: 1 }));
-        assert_eq!(IdNumber::parse("11010519491231002长").map(|_| ()), Err(IdNumberError::NotADigit { position: 18 }));
+        assert_eq!(
+            IdNumber::parse(&"长".repeat(18)).map(|_| ()),
+            Err(IdNumberError::NotADigit { position: 1 })
+        );
+        assert_eq!(
+            IdNumber::parse("11010519491231002长").map(|_| ()),
+            Err(IdNumberError::NotADigit { position: 18 })
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 
 mod date;
 pub mod id_number;
-mod ids;
 mod identity;
+mod ids;
 mod key;
 mod verdict;
 

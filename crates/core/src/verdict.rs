@@ -87,7 +87,12 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn block(reason: BlockReason) -> Self {
-        Self { decision: Decision::Block, reason: Some(reason), person_id: None, category: None }
+        Self {
+            decision: Decision::Block,
+            reason: Some(reason),
+            person_id: None,
+            category: None,
+        }
     }
 }
 

@@ -147,7 +147,12 @@ struct GateState {
 
 impl GateState {
     fn new(mode: UnlockMode, unlock: Duration) -> Self {
-        Self { mode, unlock, relock_at: [None, None], inputs: None }
+        Self {
+            mode,
+            unlock,
+            relock_at: [None, None],
+            inputs: None,
+        }
     }
 
     fn unlocked(&mut self, side: PassageSide, now: Instant) {
@@ -163,7 +168,10 @@ impl GateState {
     }
 
     fn unlocked_sides(&self) -> Vec<PassageSide> {
-        PassageSide::BOTH.into_iter().filter(|&s| self.is_unlocked(s)).collect()
+        PassageSide::BOTH
+            .into_iter()
+            .filter(|&s| self.is_unlocked(s))
+            .collect()
     }
 
     fn next_relock(&self) -> Option<Instant> {
@@ -171,7 +179,10 @@ impl GateState {
     }
 
     fn due(&self, now: Instant) -> Vec<PassageSide> {
-        PassageSide::BOTH.into_iter().filter(|s| self.relock_at[s.index()].is_some_and(|at| at <= now)).collect()
+        PassageSide::BOTH
+            .into_iter()
+            .filter(|s| self.relock_at[s.index()].is_some_and(|at| at <= now))
+            .collect()
     }
 
     /// A new link: the next reading is a baseline again.
@@ -182,8 +193,13 @@ impl GateState {
     /// Rising edges since the last reading.
     fn read_inputs(&mut self, levels: [bool; 2]) -> Vec<PassageSide> {
         let previous = self.inputs.replace(levels);
-        let Some(previous) = previous else { return Vec::new() };
-        PassageSide::BOTH.into_iter().filter(|s| levels[s.index()] && !previous[s.index()]).collect()
+        let Some(previous) = previous else {
+            return Vec::new();
+        };
+        PassageSide::BOTH
+            .into_iter()
+            .filter(|s| levels[s.index()] && !previous[s.index()])
+            .collect()
     }
 
     /// In level mode a passage on an unlocked side ends the unlock.
@@ -226,7 +242,9 @@ impl Link<'_> {
         let result = match tokio::time::timeout(self.timeout, self.ctx.call(request)).await {
             Err(_elapsed) => Err(CallError::Timeout),
             Ok(Err(tokio_modbus::Error::Transport(err))) => Err(CallError::Io(err)),
-            Ok(Err(tokio_modbus::Error::Protocol(err))) => Err(CallError::Protocol(err.to_string())),
+            Ok(Err(tokio_modbus::Error::Protocol(err))) => {
+                Err(CallError::Protocol(err.to_string()))
+            }
             Ok(Ok(Err(code))) => Err(CallError::Exception(code)),
             Ok(Ok(Ok(response))) => Ok(response),
         };
@@ -238,7 +256,9 @@ impl Link<'_> {
             }
             // tokio-modbus silently drops bytes with a bad CRC and gives up
             // with InvalidData after too many: that is a corrupt line.
-            Err(CallError::Io(err)) if err.kind() == io::ErrorKind::InvalidData => &self.health.checksum_errors,
+            Err(CallError::Io(err)) if err.kind() == io::ErrorKind::InvalidData => {
+                &self.health.checksum_errors
+            }
             Err(CallError::Io(_)) => return result,
         };
         DeviceHealth::bump(counter, 1);
@@ -251,10 +271,14 @@ impl Link<'_> {
         // only debug-asserts the echo, which would panic on a bad board
         // instead of reporting it.
         match self.call(Request::WriteSingleCoil(addr, on)).await? {
-            Response::WriteSingleCoil(echo_addr, echo_on) if echo_addr == addr && echo_on == on => Ok(()),
+            Response::WriteSingleCoil(echo_addr, echo_on) if echo_addr == addr && echo_on == on => {
+                Ok(())
+            }
             other => {
                 DeviceHealth::bump(&self.health.status_errors, 1);
-                Err(CallError::BadReply(format!("write coil {addr} = {on} answered {other:?}")))
+                Err(CallError::BadReply(format!(
+                    "write coil {addr} = {on} answered {other:?}"
+                )))
             }
         }
     }
@@ -265,7 +289,9 @@ impl Link<'_> {
             Response::ReadDiscreteInputs(bits) if bits.len() >= usize::from(count) => Ok(bits),
             other => {
                 DeviceHealth::bump(&self.health.status_errors, 1);
-                Err(CallError::BadReply(format!("read {count} inputs from {first} answered {other:?}")))
+                Err(CallError::BadReply(format!(
+                    "read {count} inputs from {first} answered {other:?}"
+                )))
             }
         }
     }
@@ -284,7 +310,10 @@ enum SessionEnd {
     Stop,
     /// `connected`: the session got as far as switching the coils off, so
     /// this failure starts a new outage.
-    Failed { problem: String, connected: bool },
+    Failed {
+        problem: String,
+        connected: bool,
+    },
 }
 
 /// Runs until `shutdown` is cancelled (or the command sender is dropped).
@@ -306,7 +335,13 @@ pub async fn run_gate_io(
 ) {
     let port_name = settings.port.display().to_string();
     let span = tracing::info_span!("gate_io", port = %port_name, unit = settings.unit_id);
-    let driver = Driver { settings: &settings, port_name, events: &events, health: &health, shutdown: &shutdown };
+    let driver = Driver {
+        settings: &settings,
+        port_name,
+        events: &events,
+        health: &health,
+        shutdown: &shutdown,
+    };
     driver.run(&mut commands).instrument(span).await;
     health.set_connected(false);
 }
@@ -325,7 +360,10 @@ impl Driver<'_> {
             }
             first_attempt = false;
             let problem = match self.open() {
-                Ok(mut link) => match self.session(&mut link, &mut state, commands, &mut backoff).await {
+                Ok(mut link) => match self
+                    .session(&mut link, &mut state, commands, &mut backoff)
+                    .await
+                {
                     SessionEnd::Stop => return,
                     SessionEnd::Failed { problem, connected } => {
                         // Dropping the link closes the port; the next
@@ -356,12 +394,20 @@ impl Driver<'_> {
     fn open(&self) -> Result<Link<'_>, tokio_serial::Error> {
         let port = tokio_serial::new(&self.port_name, self.settings.baud).open_native_async()?;
         let ctx = tokio_modbus::client::rtu::attach_slave(port, Slave(self.settings.unit_id));
-        Ok(Link { ctx, timeout: self.settings.request_timeout, health: self.health })
+        Ok(Link {
+            ctx,
+            timeout: self.settings.request_timeout,
+            health: self.health,
+        })
     }
 
     /// Sleeps out the back-off, refusing any unlock that comes in meanwhile.
     /// `false` when the driver must stop.
-    async fn wait_offline(&self, delay: Duration, commands: &mut mpsc::Receiver<GateCommand>) -> bool {
+    async fn wait_offline(
+        &self,
+        delay: Duration,
+        commands: &mut mpsc::Receiver<GateCommand>,
+    ) -> bool {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
@@ -402,7 +448,10 @@ impl Driver<'_> {
         for side in PassageSide::BOTH {
             if let Err(err) = link.write_coil(self.settings.coil(side), false).await {
                 let problem = format!("switching the {side} unlock coil off on connect: {err}");
-                return SessionEnd::Failed { problem, connected: false };
+                return SessionEnd::Failed {
+                    problem,
+                    connected: false,
+                };
             }
         }
         for side in state.unlocked_sides() {
@@ -475,9 +524,16 @@ impl Driver<'_> {
         }
     }
 
-    async fn relock(&self, link: &mut Link<'_>, state: &mut GateState, side: PassageSide) -> Result<(), String> {
+    async fn relock(
+        &self,
+        link: &mut Link<'_>,
+        state: &mut GateState,
+        side: PassageSide,
+    ) -> Result<(), String> {
         let coil = self.settings.coil(side);
-        link.write_coil(coil, false).await.map_err(|err| format!("relock {side} (coil {coil} off): {err}"))?;
+        link.write_coil(coil, false)
+            .await
+            .map_err(|err| format!("relock {side} (coil {coil} off): {err}"))?;
         state.relocked(side);
         debug!(side = side.as_str(), coil, "relocked");
         self.emit(GateIoEvent::Relocked(side));
@@ -495,7 +551,8 @@ impl Driver<'_> {
                 }
                 Ok(()) => {}
                 Err(err) => {
-                    let problem = format!("switching the {side} unlock coil {coil} off at shutdown: {err}");
+                    let problem =
+                        format!("switching the {side} unlock coil {coil} off at shutdown: {err}");
                     warn!(error = %problem, "gate IO shutdown");
                     self.health.set_last_error(problem);
                 }
@@ -509,7 +566,9 @@ impl Driver<'_> {
     fn emit(&self, event: GateIoEvent) {
         match self.events.try_send(event) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(event)) => warn!(?event, "gate IO event dropped: channel full"),
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                warn!(?event, "gate IO event dropped: channel full")
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => debug!("gate IO event receiver gone"),
         }
     }
@@ -517,8 +576,12 @@ impl Driver<'_> {
 
 /// The smallest FC02 read covering both passage inputs.
 fn input_span(settings: &GateIoSettings) -> (u16, u16) {
-    let first = settings.passage_entry_input.min(settings.passage_exit_input);
-    let last = settings.passage_entry_input.max(settings.passage_exit_input);
+    let first = settings
+        .passage_entry_input
+        .min(settings.passage_exit_input);
+    let last = settings
+        .passage_entry_input
+        .max(settings.passage_exit_input);
     (first, last - first + 1)
 }
 
@@ -544,7 +607,10 @@ mod tests {
         assert!(s.read_inputs([true, true]).is_empty());
         s.forget_inputs();
         assert!(s.read_inputs([false, false]).is_empty());
-        assert_eq!(s.read_inputs([true, true]), [PassageSide::Entry, PassageSide::Exit]);
+        assert_eq!(
+            s.read_inputs([true, true]),
+            [PassageSide::Entry, PassageSide::Exit]
+        );
     }
 
     #[test]
@@ -557,7 +623,10 @@ mod tests {
         assert_eq!(s.next_relock(), Some(t0 + Duration::from_millis(200)));
         assert!(s.due(t0 + Duration::from_millis(199)).is_empty());
         assert_eq!(s.due(t0 + Duration::from_millis(200)), [PassageSide::Exit]);
-        assert_eq!(s.due(t0 + Duration::from_millis(250)), [PassageSide::Entry, PassageSide::Exit]);
+        assert_eq!(
+            s.due(t0 + Duration::from_millis(250)),
+            [PassageSide::Entry, PassageSide::Exit]
+        );
         assert!(s.relock_on_passage(PassageSide::Exit));
         s.relocked(PassageSide::Exit);
         assert!(!s.relock_on_passage(PassageSide::Exit));

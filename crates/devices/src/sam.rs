@@ -10,7 +10,10 @@ mod card;
 mod frame;
 
 pub use card::{CardError, parse_base_info, parse_text_block};
-pub use frame::{FrameDecoder, FrameError, MAX_DECLARED_LEN, MIN_DECLARED_LEN, PREAMBLE, Response, Status, encode_command};
+pub use frame::{
+    FrameDecoder, FrameError, MAX_DECLARED_LEN, MIN_DECLARED_LEN, PREAMBLE, Response, Status,
+    encode_command,
+};
 
 /// The commands the driver sends, as `(CMD, PARA)`.
 pub mod cmd {

@@ -2,7 +2,10 @@
 //! [`Verdict`] out. It never awaits, never reads a clock and never touches a
 //! device or a database, so every rule is tested with plain values.
 
-use gate_core::{BlockReason, CardValidTo, CivilDate, Decision, PersonRecord, PersonStatus, UnixMillis, UtcOffset, Verdict};
+use gate_core::{
+    BlockReason, CardValidTo, CivilDate, Decision, PersonRecord, PersonStatus, UnixMillis,
+    UtcOffset, Verdict,
+};
 
 /// What the credential itself tells us, before the identity table is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +33,9 @@ pub struct Attempt<'a> {
 pub fn decide(attempt: Attempt<'_>, now: UnixMillis, site_offset: UtcOffset) -> Verdict {
     match attempt.credential {
         CredentialFacts::Refused(reason) => return Verdict::block(reason),
-        CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(valid_to)) }
-            if CivilDate::of_instant(now, site_offset) > valid_to =>
-        {
+        CredentialFacts::IdCard {
+            card_valid_to: Some(CardValidTo::Date(valid_to)),
+        } if CivilDate::of_instant(now, site_offset) > valid_to => {
             return with_person(Verdict::block(BlockReason::CardExpired), attempt.person);
         }
         CredentialFacts::IdCard { .. } => {}
@@ -49,7 +52,12 @@ pub fn decide(attempt: Attempt<'_>, now: UnixMillis, site_offset: UtcOffset) -> 
     };
     let verdict = match reason {
         Some(reason) => Verdict::block(reason),
-        None => Verdict { decision: Decision::Pass, reason: None, person_id: None, category: None },
+        None => Verdict {
+            decision: Decision::Pass,
+            reason: None,
+            person_id: None,
+            category: None,
+        },
     };
     with_person(verdict, Some(person))
 }
@@ -84,21 +92,88 @@ mod tests {
         }
     }
 
+    type Case = (
+        &'static str,
+        CredentialFacts,
+        Option<PersonRecord>,
+        i64,
+        Decision,
+        Option<BlockReason>,
+    );
+
     /// One row per rule: (what, credential, person, now, expected decision, expected reason).
     #[test]
     fn decision_table() {
         let noon = date(2026, 6, 1).start_ms(UtcOffset::CHINA) + DAY / 2;
-        let card = CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::LongTerm) };
+        let card = CredentialFacts::IdCard {
+            card_valid_to: Some(CardValidTo::LongTerm),
+        };
         let active = person(PersonStatus::Active);
-        let cases: Vec<(&str, CredentialFacts, Option<PersonRecord>, i64, Decision, Option<BlockReason>)> = vec![
-            ("active in window", card, Some(active.clone()), noon, Decision::Pass, None),
-            ("unknown", card, None, noon, Decision::Block, Some(BlockReason::UnknownPerson)),
-            ("suspended", card, Some(person(PersonStatus::Suspended)), noon, Decision::Block, Some(BlockReason::Suspended)),
-            ("blocked", card, Some(person(PersonStatus::Blocked)), noon, Decision::Block, Some(BlockReason::Blocked)),
-            ("first ms of window", card, Some(active.clone()), active.valid_from_ms, Decision::Pass, None),
-            ("before window", card, Some(active.clone()), active.valid_from_ms - 1, Decision::Block, Some(BlockReason::NotYetValid)),
-            ("last ms of window", card, Some(active.clone()), active.valid_to_ms, Decision::Pass, None),
-            ("after window", card, Some(active.clone()), active.valid_to_ms + 1, Decision::Block, Some(BlockReason::Expired)),
+        let cases: Vec<Case> = vec![
+            (
+                "active in window",
+                card,
+                Some(active.clone()),
+                noon,
+                Decision::Pass,
+                None,
+            ),
+            (
+                "unknown",
+                card,
+                None,
+                noon,
+                Decision::Block,
+                Some(BlockReason::UnknownPerson),
+            ),
+            (
+                "suspended",
+                card,
+                Some(person(PersonStatus::Suspended)),
+                noon,
+                Decision::Block,
+                Some(BlockReason::Suspended),
+            ),
+            (
+                "blocked",
+                card,
+                Some(person(PersonStatus::Blocked)),
+                noon,
+                Decision::Block,
+                Some(BlockReason::Blocked),
+            ),
+            (
+                "first ms of window",
+                card,
+                Some(active.clone()),
+                active.valid_from_ms,
+                Decision::Pass,
+                None,
+            ),
+            (
+                "before window",
+                card,
+                Some(active.clone()),
+                active.valid_from_ms - 1,
+                Decision::Block,
+                Some(BlockReason::NotYetValid),
+            ),
+            (
+                "last ms of window",
+                card,
+                Some(active.clone()),
+                active.valid_to_ms,
+                Decision::Pass,
+                None,
+            ),
+            (
+                "after window",
+                card,
+                Some(active.clone()),
+                active.valid_to_ms + 1,
+                Decision::Block,
+                Some(BlockReason::Expired),
+            ),
             (
                 "refused at reading",
                 CredentialFacts::Refused(BlockReason::InvalidIdNumber),
@@ -109,7 +184,9 @@ mod tests {
             ),
             (
                 "card expired yesterday (site time)",
-                CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(date(2026, 5, 31))) },
+                CredentialFacts::IdCard {
+                    card_valid_to: Some(CardValidTo::Date(date(2026, 5, 31))),
+                },
                 Some(active.clone()),
                 noon,
                 Decision::Block,
@@ -117,7 +194,9 @@ mod tests {
             ),
             (
                 "card valid through today",
-                CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(date(2026, 6, 1))) },
+                CredentialFacts::IdCard {
+                    card_valid_to: Some(CardValidTo::Date(date(2026, 6, 1))),
+                },
                 Some(active.clone()),
                 noon,
                 Decision::Pass,
@@ -125,8 +204,19 @@ mod tests {
             ),
         ];
         for (what, credential, person, now, decision, reason) in cases {
-            let verdict = decide(Attempt { credential, person: person.as_ref() }, now, UtcOffset::CHINA);
-            assert_eq!((verdict.decision, verdict.reason), (decision, reason), "{what}");
+            let verdict = decide(
+                Attempt {
+                    credential,
+                    person: person.as_ref(),
+                },
+                now,
+                UtcOffset::CHINA,
+            );
+            assert_eq!(
+                (verdict.decision, verdict.reason),
+                (decision, reason),
+                "{what}"
+            );
             if person.is_some() && !matches!(credential, CredentialFacts::Refused(_)) {
                 assert_eq!(verdict.person_id.as_deref(), Some("p-1"), "{what}");
                 assert_eq!(verdict.category, Some(Category::Worker), "{what}");
@@ -139,10 +229,19 @@ mod tests {
         // 2026-06-01T23:30+08:00 is still 2026-06-01 at the site but 15:30Z.
         // 2026-06-02T00:30+08:00 is 2026-06-01T16:30Z: UTC still says June 1st,
         // the site says June 2nd, so a card valid to June 1st has expired.
-        let card = CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(date(2026, 6, 1))) };
+        let card = CredentialFacts::IdCard {
+            card_valid_to: Some(CardValidTo::Date(date(2026, 6, 1))),
+        };
         let active = person(PersonStatus::Active);
         let just_after_midnight = date(2026, 6, 2).start_ms(UtcOffset::CHINA) + 30 * 60_000;
-        let v = decide(Attempt { credential: card, person: Some(&active) }, just_after_midnight, UtcOffset::CHINA);
+        let v = decide(
+            Attempt {
+                credential: card,
+                person: Some(&active),
+            },
+            just_after_midnight,
+            UtcOffset::CHINA,
+        );
         assert_eq!(v.reason, Some(BlockReason::CardExpired));
     }
 }

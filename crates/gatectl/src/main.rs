@@ -12,7 +12,11 @@ use std::process::ExitCode;
 const EXIT_BAD_INPUT: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "gatectl", version, about = "Technician tool for the gate-control daemon")]
+#[command(
+    name = "gatectl",
+    version,
+    about = "Technician tool for the gate-control daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,7 +68,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Keygen { path } => {
             gate_config::write_new_site_key(&path)?;
-            println!("wrote a new site key to {} (mode 0600); keep it secret and back it up", path.display());
+            println!(
+                "wrote a new site key to {} (mode 0600); keep it secret and back it up",
+                path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { path } => Ok(match gate_config::load(&path) {
@@ -78,7 +85,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(EXIT_BAD_INPUT)
             }
         }),
-        Command::Identity { command: IdentityCommand::Import { config, file } } => {
+        Command::Identity {
+            command: IdentityCommand::Import { config, file },
+        } => {
             let config = match gate_config::load(&config) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -87,19 +96,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
-            let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let people = match import::parse_people(&file, &text, &key, config.site.utc_offset) {
                 Ok(people) => people,
                 Err(errors) => {
                     for e in &errors {
                         eprintln!("{e}");
                     }
-                    eprintln!("{}: {} bad row(s); nothing was imported", file.display(), errors.len());
+                    eprintln!(
+                        "{}: {} bad row(s); nothing was imported",
+                        file.display(),
+                        errors.len()
+                    );
                     return Ok(ExitCode::from(EXIT_BAD_INPUT));
                 }
             };
             if let Some(dir) = config.store.path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             let mut store = gate_store::Store::open(&config.store.path)?;
             let summary = store.import_people(&people)?;

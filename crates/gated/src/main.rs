@@ -14,7 +14,11 @@ const EXIT_BAD_CONFIG: u8 = 64;
 const EXIT_CANNOT_START: u8 = 78;
 
 #[derive(Debug, Parser)]
-#[command(name = "gated", version, about = "Gate-control daemon for urban-village checkpoints")]
+#[command(
+    name = "gated",
+    version,
+    about = "Gate-control daemon for urban-village checkpoints"
+)]
 struct Cli {
     /// Run the daemon with this configuration file.
     #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
@@ -78,7 +82,9 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd, journald stamps each line itself and shows no colours.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().with_current_span(true).init(),
         LogFormat::Text if under_journald => builder.without_time().with_ansi(false).init(),
@@ -91,11 +97,17 @@ fn serve(config_path: PathBuf) -> Result<ExitCode> {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{}: {} error(s); not starting", config_path.display(), errors.0.len());
+            eprintln!(
+                "{}: {} error(s); not starting",
+                config_path.display(),
+                errors.0.len()
+            );
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();

@@ -25,10 +25,20 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("database {path}: schema version {found} is newer than this daemon understands ({supported})")]
-    SchemaTooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error(
+        "database {path}: schema version {found} is newer than this daemon understands ({supported})"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("database {path}: corrupt row in {table}: {detail}")]
-    CorruptRow { path: PathBuf, table: &'static str, detail: String },
+    CorruptRow {
+        path: PathBuf,
+        table: &'static str,
+        detail: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -76,18 +86,32 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        let wrap = |source| StoreError::Sqlite { path: path.to_owned(), source };
+        let wrap = |source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
         let conn = Connection::open(path).map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(wrap)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(wrap)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(wrap)?;
-        let mut store = Store { conn, path: path.to_owned() };
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrap)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(wrap)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(wrap)?;
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+        };
         schema::migrate(&mut store.conn).map_err(|e| match e {
-            schema::MigrateError::Sqlite(source) => StoreError::Sqlite { path: path.to_owned(), source },
-            schema::MigrateError::TooNew { found, supported } => {
-                StoreError::SchemaTooNew { path: path.to_owned(), found, supported }
-            }
+            schema::MigrateError::Sqlite(source) => StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            },
+            schema::MigrateError::TooNew { found, supported } => StoreError::SchemaTooNew {
+                path: path.to_owned(),
+                found,
+                supported,
+            },
         })?;
         Ok(store)
     }
@@ -97,11 +121,18 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { path: self.path.clone(), source }
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// The person a credential's keyed hash belongs to.
-    pub fn find_person_by_credential(&self, kind: CredentialKind, key: &[u8; 32]) -> Result<Option<PersonRecord>> {
+    pub fn find_person_by_credential(
+        &self,
+        kind: CredentialKind,
+        key: &[u8; 32],
+    ) -> Result<Option<PersonRecord>> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -123,20 +154,37 @@ impl Store {
             })
             .optional()
             .map_err(|e| self.err(e))?;
-        let Some((person_id, category, status, valid_from_ms, valid_to_ms, display_name)) = row else {
+        let Some((person_id, category, status, valid_from_ms, valid_to_ms, display_name)) = row
+        else {
             return Ok(None);
         };
-        let corrupt = |detail: String| StoreError::CorruptRow { path: self.path.clone(), table: "person", detail };
-        let category = Category::parse(&category).ok_or_else(|| corrupt(format!("unknown category {category:?}")))?;
-        let status = PersonStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?;
-        Ok(Some(PersonRecord { person_id, category, status, valid_from_ms, valid_to_ms, display_name }))
+        let corrupt = |detail: String| StoreError::CorruptRow {
+            path: self.path.clone(),
+            table: "person",
+            detail,
+        };
+        let category = Category::parse(&category)
+            .ok_or_else(|| corrupt(format!("unknown category {category:?}")))?;
+        let status = PersonStatus::parse(&status)
+            .ok_or_else(|| corrupt(format!("unknown status {status:?}")))?;
+        Ok(Some(PersonRecord {
+            person_id,
+            category,
+            status,
+            valid_from_ms,
+            valid_to_ms,
+            display_name,
+        }))
     }
 
     /// Writes people and their credentials in one transaction: all or
     /// nothing. An existing person is replaced, credentials included.
     pub fn import_people(&mut self, people: &[NewPerson]) -> Result<ImportSummary> {
         let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite { path: path.clone(), source };
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         let tx = self.conn.transaction().map_err(wrap)?;
         let mut summary = ImportSummary::default();
         {
@@ -150,8 +198,9 @@ impl Store {
                        display_name = excluded.display_name",
                 )
                 .map_err(wrap)?;
-            let mut drop_credentials =
-                tx.prepare_cached("DELETE FROM credential WHERE person_id = ?1").map_err(wrap)?;
+            let mut drop_credentials = tx
+                .prepare_cached("DELETE FROM credential WHERE person_id = ?1")
+                .map_err(wrap)?;
             let mut bind = tx
                 .prepare_cached(
                     "INSERT INTO credential (kind, key, person_id) VALUES (?1, ?2, ?3)
@@ -170,9 +219,12 @@ impl Store {
                         p.display_name
                     ])
                     .map_err(wrap)?;
-                drop_credentials.execute(params![p.person_id]).map_err(wrap)?;
+                drop_credentials
+                    .execute(params![p.person_id])
+                    .map_err(wrap)?;
                 for (kind, key) in &new.credentials {
-                    bind.execute(params![kind.as_str(), &key[..], p.person_id]).map_err(wrap)?;
+                    bind.execute(params![kind.as_str(), &key[..], p.person_id])
+                        .map_err(wrap)?;
                     summary.credentials += 1;
                 }
                 summary.people += 1;
@@ -203,10 +255,20 @@ impl Store {
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<u64> {
         let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(wrap)?;
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(wrap)?;
         let seq: i64 = tx
-            .query_row("SELECT next_seq FROM sequence WHERE stream = ?1", params![stream], |r| r.get(0))
+            .query_row(
+                "SELECT next_seq FROM sequence WHERE stream = ?1",
+                params![stream],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(wrap)?
             .unwrap_or(1);
@@ -229,7 +291,11 @@ impl Store {
     /// The next sequence number a stream would take (1 for a new stream).
     pub fn next_seq(&self, stream: &str) -> Result<u64> {
         self.conn
-            .query_row("SELECT next_seq FROM sequence WHERE stream = ?1", params![stream], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT next_seq FROM sequence WHERE stream = ?1",
+                params![stream],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()
             .map(|n| n.unwrap_or(1) as u64)
             .map_err(|e| self.err(e))
@@ -271,7 +337,10 @@ impl Store {
     pub fn outbox_stats(&self) -> Result<OutboxStats> {
         self.conn
             .query_row("SELECT count(*), min(created_ms) FROM outbox", [], |r| {
-                Ok(OutboxStats { depth: r.get::<_, i64>(0)? as u64, oldest_created_ms: r.get(1)? })
+                Ok(OutboxStats {
+                    depth: r.get::<_, i64>(0)? as u64,
+                    oldest_created_ms: r.get(1)?,
+                })
             })
             .map_err(|e| self.err(e))
     }
@@ -279,7 +348,9 @@ impl Store {
     /// A small key/value table for local state (mode, sync versions).
     pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))
     }

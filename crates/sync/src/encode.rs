@@ -1,7 +1,9 @@
 //! Domain facts to protobuf bytes. The wire types never leak out of this
 //! crate: callers hand over plain records and get bytes back.
 
-use gate_core::{BlockReason, Category, CredentialKind, Decision, Direction, Lane, UnixMillis, Verdict};
+use gate_core::{
+    BlockReason, Category, CredentialKind, Decision, Direction, Lane, UnixMillis, Verdict,
+};
 use gate_proto::v1 as pb;
 use prost::Message;
 
@@ -31,9 +33,15 @@ pub fn encode_decision_event(record: &DecisionRecord, seq: u64) -> Vec<u8> {
         credential_type: credential_type(record.credential) as i32,
         subject: record.subject_masked.clone(),
         person_id: record.verdict.person_id.clone().unwrap_or_default(),
-        category: record.verdict.category.map_or(pb::Category::Unspecified, category) as i32,
+        category: record
+            .verdict
+            .category
+            .map_or(pb::Category::Unspecified, category) as i32,
         decision: decision(record.verdict.decision) as i32,
-        reason: record.verdict.reason.map_or(pb::Reason::Unspecified, reason) as i32,
+        reason: record
+            .verdict
+            .reason
+            .map_or(pb::Reason::Unspecified, reason) as i32,
         kind: pb::EventKind::Decision as i32,
         lane: lane(record.lane) as i32,
         direction: direction(record.direction) as i32,
@@ -154,7 +162,8 @@ mod tests {
             lane: Lane::Pedestrian,
             direction: Direction::Entry,
         };
-        let event = pb::GateEvent::decode(encode_decision_event(&record, 7).as_slice()).expect("decode");
+        let event =
+            pb::GateEvent::decode(encode_decision_event(&record, 7).as_slice()).expect("decode");
         assert_eq!(event.seq, 7);
         assert_eq!(event.reason(), pb::Reason::UnknownPerson);
         assert_eq!(event.decision(), pb::Decision::Block);

@@ -28,7 +28,10 @@ pub struct Topics {
 impl Topics {
     pub fn new(prefix: &str, site: &SiteId, gate: &GateId) -> Self {
         let base = format!("{prefix}/{site}/{gate}");
-        Topics { events: format!("{base}/events"), status: format!("{base}/status") }
+        Topics {
+            events: format!("{base}/events"),
+            status: format!("{base}/status"),
+        }
     }
 }
 

@@ -76,7 +76,9 @@ struct InFlight {
 }
 
 fn now_ms() -> UnixMillis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs the MQTT session until `shutdown`; `outbox_changed` is notified
@@ -121,7 +123,12 @@ pub async fn run_sync(
         .set_keep_alive(settings.keep_alive)
         .set_clean_session(true)
         .set_inflight(WINDOW as u16)
-        .set_last_will(LastWill::new(&topics.status, status(false, &store), QoS::AtLeastOnce, true));
+        .set_last_will(LastWill::new(
+            &topics.status,
+            status(false, &store),
+            QoS::AtLeastOnce,
+            true,
+        ));
     // Room for a full window plus status messages: try_publish never blocks
     // the task that also drives the event loop.
     let (client, mut eventloop) = AsyncClient::new(options, WINDOW * 2 + 8);
@@ -196,7 +203,12 @@ pub async fn run_sync(
     // A clean stop says so in the retained status, instead of leaving the
     // last will to the broker's keep-alive timeout.
     if link.connected.load(Ordering::Relaxed) {
-        let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, status(false, &store));
+        let _ = client.try_publish(
+            &topics.status,
+            QoS::AtLeastOnce,
+            true,
+            status(false, &store),
+        );
         let _ = client.try_disconnect();
         let drain = async {
             while let Ok(event) = eventloop.poll().await {
@@ -211,7 +223,12 @@ pub async fn run_sync(
     info!("uplink stopped");
 }
 
-fn publish_status(client: &AsyncClient, topics: &Topics, payload: Vec<u8>, inflight: &mut InFlight) {
+fn publish_status(
+    client: &AsyncClient,
+    topics: &Topics,
+    payload: Vec<u8>,
+    inflight: &mut InFlight,
+) {
     match client.try_publish(&topics.status, QoS::AtLeastOnce, true, payload) {
         Ok(()) => inflight.awaiting_pkid.push_back(Tracked::Status),
         Err(e) => debug!(error = %e, "status not published this time"),
@@ -233,7 +250,8 @@ fn pump(client: &AsyncClient, store: &Store, inflight: &mut InFlight, link: &Lin
             return;
         }
         for entry in batch {
-            if let Err(e) = client.try_publish(&entry.topic, QoS::AtLeastOnce, false, entry.payload) {
+            if let Err(e) = client.try_publish(&entry.topic, QoS::AtLeastOnce, false, entry.payload)
+            {
                 // The client queue is full: the rest waits for acknowledgements.
                 debug!(error = %e, "publish deferred");
                 return;
