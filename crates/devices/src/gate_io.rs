@@ -8,7 +8,7 @@
 //! refused, never queued: a stale unlock executed minutes later would let the
 //! wrong person through.
 //!
-//! The per-side timing and edge detection live in the pure [`GateState`];
+//! The per-side timing and edge detection live in the pure `GateState`;
 //! the async functions only do Modbus calls.
 
 use crate::backoff::Backoff;

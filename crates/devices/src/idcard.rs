@@ -1,7 +1,7 @@
 //! The ID card reader driver: one task owns the serial port of a SAM module,
 //! polls for cards and sends each card read (or refused) as a [`CardEvent`].
 //!
-//! The protocol decisions live in the pure [`cycle::ReaderCycle`]; this file
+//! The protocol decisions live in the pure `cycle::ReaderCycle`; this file
 //! only moves bytes, keeps time, counts problems in [`DeviceHealth`] and
 //! reopens the port when it is lost.
 
@@ -84,7 +84,11 @@ enum Exchange {
 /// FIND answers "no card". Reply timeouts and corrupt frames are counted and
 /// the cycle retried at the next poll; a lost port is reopened with a
 /// back-off of 200 ms doubling to 5 s. Never panics, and never emits an
-/// event from a frame that failed its checksum.
+/// event from a frame that failed its checksum. A card event is never
+/// dropped: the driver waits for room in the channel.
+///
+/// `health.connected` means "port open": a module that stays silent on an
+/// open port shows as a growing `timeouts` count instead.
 pub async fn run_id_card_reader(
     settings: IdCardSettings,
     events: mpsc::Sender<CardEvent>,

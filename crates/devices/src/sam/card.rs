@@ -45,8 +45,8 @@ fn unsupported_reason(type_byte: u8) -> &'static str {
 }
 
 /// Parses the read-base-info payload (the data after SW1..SW3: text length,
-/// photo length, [fingerprint length if `with_fingerprint`], text, photo,
-/// [fingerprint]) into a [`CardRecord`]. The photo and fingerprint bytes are
+/// photo length, fingerprint length if `with_fingerprint`, text, photo,
+/// fingerprint) into a [`CardRecord`]. The photo and fingerprint bytes are
 /// dropped, never kept.
 pub fn parse_base_info(data: &[u8], with_fingerprint: bool) -> Result<CardRecord, CardError> {
     let header = if with_fingerprint { 6 } else { 4 };
