@@ -115,6 +115,11 @@ impl CivilDate {
         self.start_ms(offset) + MS_PER_DAY - 1
     }
 
+    /// Day of the week, 0 = Monday ... 6 = Sunday (1970-01-01 was a Thursday).
+    pub fn weekday(self) -> u8 {
+        (self.days_since_epoch() + 3).rem_euclid(7) as u8
+    }
+
     /// The site-local calendar day of an instant.
     pub fn of_instant(at: UnixMillis, offset: UtcOffset) -> Self {
         Self::from_days_since_epoch((at + offset.millis()).div_euclid(MS_PER_DAY))
@@ -156,6 +161,13 @@ impl UtcOffset {
         Ok(Self {
             minutes: if b[0] == b'-' { -total } else { total },
         })
+    }
+
+    /// Site-local weekday (0 = Monday) and minute of the day of an instant.
+    pub fn local_weekday_minute(self, at: UnixMillis) -> (u8, u16) {
+        let local = at + self.millis();
+        let day = CivilDate::from_days_since_epoch(local.div_euclid(MS_PER_DAY));
+        (day.weekday(), (local.rem_euclid(MS_PER_DAY) / 60_000) as u16)
     }
 
     pub fn millis(self) -> i64 {

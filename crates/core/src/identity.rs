@@ -77,6 +77,186 @@ pub struct PersonRecord {
     pub valid_to_ms: UnixMillis,
     /// For the local display only; never published, never logged.
     pub display_name: String,
+    /// Free labels the platform assigns (tenant, landlord, catering worker);
+    /// carried into events.
+    pub tags: Vec<String>,
+    /// The gates this person may use.
+    pub allowed_gates: AllowedGates,
+    /// For workers: when they may pass, in site-local time. Empty means any time.
+    pub time_windows: Vec<TimeWindow>,
+}
+
+impl PersonRecord {
+    /// A person with no restrictions beyond category, status and validity.
+    pub fn new(
+        person_id: impl Into<String>,
+        category: Category,
+        status: PersonStatus,
+        valid_from_ms: UnixMillis,
+        valid_to_ms: UnixMillis,
+    ) -> Self {
+        PersonRecord {
+            person_id: person_id.into(),
+            category,
+            status,
+            valid_from_ms,
+            valid_to_ms,
+            display_name: String::new(),
+            tags: Vec::new(),
+            allowed_gates: AllowedGates::All,
+            time_windows: Vec::new(),
+        }
+    }
+}
+
+/// Which gates a person may use.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AllowedGates {
+    #[default]
+    All,
+    /// Only these gate ids.
+    Only(Vec<String>),
+}
+
+impl AllowedGates {
+    pub fn allows(&self, gate_id: &str) -> bool {
+        match self {
+            AllowedGates::All => true,
+            AllowedGates::Only(gates) => gates.iter().any(|g| g == gate_id),
+        }
+    }
+}
+
+/// A weekly time window in site-local time: some weekdays, from `start_min`
+/// (inclusive) to `end_min` (exclusive) minutes after midnight. A window
+/// with `end_min <= start_min` runs past midnight into the next day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// Bit 0 = Monday ... bit 6 = Sunday.
+    pub weekdays: u8,
+    pub start_min: u16,
+    pub end_min: u16,
+}
+
+impl TimeWindow {
+    pub const ALL_DAYS: u8 = 0b111_1111;
+
+    /// Parses `mon-fri 07:00-19:00`, `sat,sun 09:30-12:00`, `daily 22:00-06:00`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let (days, hours) = raw.trim().split_once(' ').ok_or("expected `DAYS HH:MM-HH:MM`")?;
+        let weekdays = parse_weekdays(days.trim())?;
+        let (start, end) = hours.trim().split_once('-').ok_or("expected HH:MM-HH:MM")?;
+        let start_min = parse_hhmm(start)?;
+        let end_min = parse_hhmm(end)?;
+        if start_min == end_min {
+            return Err("a window must not be empty".into());
+        }
+        Ok(TimeWindow { weekdays, start_min, end_min })
+    }
+
+    /// Whether site-local minute-of-week falls inside the window.
+    /// `weekday` 0 = Monday.
+    pub fn contains(&self, weekday: u8, minute: u16) -> bool {
+        let on = |day: u8| self.weekdays & (1 << (day % 7)) != 0;
+        if self.start_min < self.end_min {
+            on(weekday) && minute >= self.start_min && minute < self.end_min
+        } else {
+            // Over midnight: the evening part belongs to the listed day, the
+            // early-morning part to the day after it.
+            (on(weekday) && minute >= self.start_min) || (on((weekday + 6) % 7) && minute < self.end_min)
+        }
+    }
+}
+
+fn parse_hhmm(raw: &str) -> Result<u16, String> {
+    let (h, m) = raw.trim().split_once(':').ok_or_else(|| format!("expected HH:MM, found {raw:?}"))?;
+    let h: u16 = h.parse().map_err(|_| format!("bad hour in {raw:?}"))?;
+    let m: u16 = m.parse().map_err(|_| format!("bad minute in {raw:?}"))?;
+    if h > 24 || m > 59 || (h == 24 && m != 0) {
+        return Err(format!("no such time {raw:?}"));
+    }
+    Ok(h * 60 + m)
+}
+
+const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+fn parse_weekdays(raw: &str) -> Result<u8, String> {
+    if raw == "daily" {
+        return Ok(TimeWindow::ALL_DAYS);
+    }
+    let day = |name: &str| {
+        DAY_NAMES.iter().position(|d| *d == name).map(|i| i as u8).ok_or_else(|| format!("unknown weekday {name:?}"))
+    };
+    let mut mask = 0u8;
+    for part in raw.split(',') {
+        if let Some((a, b)) = part.split_once('-') {
+            let (a, b) = (day(a)?, day(b)?);
+            if a > b {
+                return Err(format!("weekday range {part:?} runs backwards"));
+            }
+            for d in a..=b {
+                mask |= 1 << d;
+            }
+        } else {
+            mask |= 1 << day(part)?;
+        }
+    }
+    Ok(mask)
+}
+
+/// The site's mode (疫情防控等级).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// 常态
+    #[default]
+    Normal,
+    /// 散发: sporadic outbreak
+    Sporadic,
+    /// 战时: wartime / lockdown
+    Wartime,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Normal, Mode::Sporadic, Mode::Wartime];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Sporadic => "sporadic",
+            Mode::Wartime => "wartime",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == raw)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Normalises a vehicle plate: upper case, separators removed, the province
+/// character kept. `None` when what remains cannot be a plate.
+pub fn normalise_plate(raw: &str) -> Option<String> {
+    let cleaned: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace() && !matches!(c, '·' | '.' | '-' | '•'))
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let count = cleaned.chars().count();
+    if !(5..=9).contains(&count) {
+        return None;
+    }
+    let mut chars = cleaned.chars();
+    let first = chars.next()?;
+    if !(first.is_ascii_uppercase() || !first.is_ascii()) {
+        return None;
+    }
+    let rest_ok = chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || "挂学警港澳领使".contains(c));
+    rest_ok.then_some(cleaned)
 }
 
 /// Sex code of GB/T 2261.1 as printed on the card.
@@ -141,5 +321,43 @@ impl fmt::Debug for CardRecord {
             .field("name", &"<redacted>")
             .field("valid_to", &self.valid_to)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_windows_parse_and_contain() {
+        let day = TimeWindow::parse("mon-fri 07:00-19:00").expect("valid");
+        assert_eq!(day.weekdays, 0b001_1111);
+        assert!(day.contains(0, 7 * 60));
+        assert!(!day.contains(0, 19 * 60), "end is exclusive");
+        assert!(!day.contains(5, 8 * 60), "Saturday");
+        let night = TimeWindow::parse("fri 22:00-06:00").expect("valid");
+        assert!(night.contains(4, 23 * 60), "Friday evening");
+        assert!(night.contains(5, 5 * 60), "Saturday early morning belongs to Friday's shift");
+        assert!(!night.contains(4, 5 * 60), "Friday early morning belongs to Thursday");
+        assert_eq!(TimeWindow::parse("daily 00:00-24:00").map(|w| w.weekdays), Ok(TimeWindow::ALL_DAYS));
+        assert!(TimeWindow::parse("sat,sun 09:30-12:00").is_ok());
+        for bad in ["mon 7-19", "xyz 07:00-08:00", "fri-mon 07:00-08:00", "mon 25:00-26:00", "mon 08:00-08:00", "mon"] {
+            assert!(TimeWindow::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plates_normalise() {
+        let cases = [
+            ("闽d 12345", Some("闽D12345")),
+            ("粤B·D12345", Some("粤BD12345")),
+            ("京A-F0236", Some("京AF0236")),
+            ("闽D1234学", Some("闽D1234学")),
+            ("12", None),
+            ("闽D12#45", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalise_plate(raw).as_deref(), want, "{raw}");
+        }
     }
 }

@@ -13,7 +13,9 @@ mod verdict;
 
 pub use date::{CivilDate, DateError, UtcOffset};
 pub use id_number::{IdNumber, IdNumberError, check_character};
-pub use identity::{CardKind, CardRecord, CardValidTo, Category, PersonRecord, PersonStatus, Sex};
+pub use identity::{
+    AllowedGates, CardKind, CardRecord, CardValidTo, Category, Mode, PersonRecord, PersonStatus, Sex, TimeWindow, normalise_plate,
+};
 pub use ids::{GateId, IdError, SiteId};
 pub use key::{CredentialKind, KeyError, SiteKey};
 pub use verdict::{BlockReason, Decision, Direction, Lane, Verdict};

@@ -21,7 +21,7 @@ impl Decision {
 
 /// Why a person was blocked. A closed set: the platform counts by it, so a
 /// block never carries free text. The protobuf enum `gate.v1.Reason` mirrors
-/// it (`REASON_` + upper case).
+/// it (`REASON_` + upper case); a test keeps the two in step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlockReason {
     /// No identity-table entry for this credential.
@@ -32,7 +32,7 @@ pub enum BlockReason {
     NotYetValid,
     /// The entry is suspended.
     Suspended,
-    /// The entry is blocked by the management office.
+    /// The entry's status is blocked by the management office.
     Blocked,
     /// The card's ID number fails its check character.
     InvalidIdNumber,
@@ -40,10 +40,54 @@ pub enum BlockReason {
     UnsupportedCard,
     /// The physical card is past its printed validity.
     CardExpired,
+    /// Wartime: this flexible checkpoint is closed.
+    CheckpointClosed,
+    /// The mode's policy does not admit this category.
+    CategoryNotAllowed,
+    /// The person may not use this gate.
+    GateNotAllowed,
+    /// A worker outside their weekly time windows.
+    OutsideTimeWindow,
+    /// The credential is on the watchlist / blocklist (raises an alert).
+    Blocklisted,
+    /// A visitor without a valid pass where the policy requires one.
+    VisitorPassRequired,
+    /// A QR pass that does not parse or whose signature fails (a forgery).
+    PassInvalid,
+    /// A QR pass outside its validity window.
+    PassExpired,
+    /// A QR pass not valid at this gate.
+    PassWrongGate,
+    /// A QR pass whose uses are spent.
+    PassUsedUp,
+    /// A QR pass the platform revoked.
+    PassRevoked,
+    /// Entered and not exited yet, or again too soon.
+    AntiPassback,
+    /// A plate with no vehicle credential.
+    UnknownVehicle,
+    /// Health code red.
+    HealthCodeRed,
+    /// Health code yellow.
+    HealthCodeYellow,
+    /// No nucleic-acid test on record where one is required.
+    NatMissing,
+    /// The last nucleic-acid sample is older than the window.
+    NatExpired,
+    /// The last nucleic-acid test was positive.
+    NatPositive,
+    /// Fewer vaccine doses than required.
+    VaccinationInsufficient,
+    /// Visited a risk area within 14 days.
+    TravelRisk,
+    /// The health record is older than the policy accepts.
+    HealthRecordStale,
+    /// Health verification required and not possible (no record, platform unreachable).
+    HealthUnverified,
 }
 
 impl BlockReason {
-    pub const ALL: [BlockReason; 8] = [
+    pub const ALL: [BlockReason; 30] = [
         BlockReason::UnknownPerson,
         BlockReason::Expired,
         BlockReason::NotYetValid,
@@ -52,6 +96,28 @@ impl BlockReason {
         BlockReason::InvalidIdNumber,
         BlockReason::UnsupportedCard,
         BlockReason::CardExpired,
+        BlockReason::CheckpointClosed,
+        BlockReason::CategoryNotAllowed,
+        BlockReason::GateNotAllowed,
+        BlockReason::OutsideTimeWindow,
+        BlockReason::Blocklisted,
+        BlockReason::VisitorPassRequired,
+        BlockReason::PassInvalid,
+        BlockReason::PassExpired,
+        BlockReason::PassWrongGate,
+        BlockReason::PassUsedUp,
+        BlockReason::PassRevoked,
+        BlockReason::AntiPassback,
+        BlockReason::UnknownVehicle,
+        BlockReason::HealthCodeRed,
+        BlockReason::HealthCodeYellow,
+        BlockReason::NatMissing,
+        BlockReason::NatExpired,
+        BlockReason::NatPositive,
+        BlockReason::VaccinationInsufficient,
+        BlockReason::TravelRisk,
+        BlockReason::HealthRecordStale,
+        BlockReason::HealthUnverified,
     ];
 
     /// The reason's stable name, as in configs, logs and metrics.
@@ -65,7 +131,52 @@ impl BlockReason {
             BlockReason::InvalidIdNumber => "invalid_id_number",
             BlockReason::UnsupportedCard => "unsupported_card",
             BlockReason::CardExpired => "card_expired",
+            BlockReason::CheckpointClosed => "checkpoint_closed",
+            BlockReason::CategoryNotAllowed => "category_not_allowed",
+            BlockReason::GateNotAllowed => "gate_not_allowed",
+            BlockReason::OutsideTimeWindow => "outside_time_window",
+            BlockReason::Blocklisted => "blocklisted",
+            BlockReason::VisitorPassRequired => "visitor_pass_required",
+            BlockReason::PassInvalid => "pass_invalid",
+            BlockReason::PassExpired => "pass_expired",
+            BlockReason::PassWrongGate => "pass_wrong_gate",
+            BlockReason::PassUsedUp => "pass_used_up",
+            BlockReason::PassRevoked => "pass_revoked",
+            BlockReason::AntiPassback => "anti_passback",
+            BlockReason::UnknownVehicle => "unknown_vehicle",
+            BlockReason::HealthCodeRed => "health_code_red",
+            BlockReason::HealthCodeYellow => "health_code_yellow",
+            BlockReason::NatMissing => "nat_missing",
+            BlockReason::NatExpired => "nat_expired",
+            BlockReason::NatPositive => "nat_positive",
+            BlockReason::VaccinationInsufficient => "vaccination_insufficient",
+            BlockReason::TravelRisk => "travel_risk",
+            BlockReason::HealthRecordStale => "health_record_stale",
+            BlockReason::HealthUnverified => "health_unverified",
         }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == raw)
+    }
+
+    /// Whether a block for this reason must alert the management departments.
+    pub fn raises_alert(self) -> bool {
+        matches!(
+            self,
+            BlockReason::Blocklisted
+                | BlockReason::PassInvalid
+                | BlockReason::InvalidIdNumber
+                | BlockReason::HealthCodeRed
+                | BlockReason::HealthCodeYellow
+                | BlockReason::NatMissing
+                | BlockReason::NatExpired
+                | BlockReason::NatPositive
+                | BlockReason::VaccinationInsufficient
+                | BlockReason::TravelRisk
+                | BlockReason::HealthRecordStale
+                | BlockReason::HealthUnverified
+        )
     }
 }
 
@@ -83,16 +194,17 @@ pub struct Verdict {
     pub reason: Option<BlockReason>,
     pub person_id: Option<String>,
     pub category: Option<Category>,
+    /// The person's identity tags, carried into the event.
+    pub tags: Vec<String>,
 }
 
 impl Verdict {
     pub fn block(reason: BlockReason) -> Self {
-        Self {
-            decision: Decision::Block,
-            reason: Some(reason),
-            person_id: None,
-            category: None,
-        }
+        Self { decision: Decision::Block, reason: Some(reason), person_id: None, category: None, tags: Vec::new() }
+    }
+
+    pub fn pass() -> Self {
+        Self { decision: Decision::Pass, reason: None, person_id: None, category: None, tags: Vec::new() }
     }
 }
 

@@ -1,247 +1,189 @@
-//! The pure decision engine: facts about an attempt and `now` in, a
-//! [`Verdict`] out. It never awaits, never reads a clock and never touches a
-//! device or a database, so every rule is tested with plain values.
+//! The pure decision engine: facts about an attempt, the gate's context and
+//! `now` in, a [`Verdict`] out. It never awaits, never reads a clock and
+//! never touches a device or a database, so every rule is tested with plain
+//! values.
+//!
+//! The order of the checks is part of the contract (the first failing rule
+//! names the reason): the credential itself, the checkpoint, the watchlist,
+//! the pass, the identity entry, the mode's policy, the person's own limits,
+//! anti-passback, and last health.
+
+mod policy;
+
+pub use policy::{AntiPassback, CategorySet, HealthCheck, LastPassage, PassFacts, PassState, Policy, Side};
 
 use gate_core::{
-    BlockReason, CardValidTo, CivilDate, Decision, PersonRecord, PersonStatus, UnixMillis,
-    UtcOffset, Verdict,
+    BlockReason, CardValidTo, Category, CivilDate, Mode, PersonRecord, PersonStatus, UnixMillis, UtcOffset, Verdict,
 };
 
 /// What the credential itself tells us, before the identity table is asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialFacts {
     /// A resident ID card that parsed and passed its check character.
     IdCard {
         /// The card's printed validity end.
         card_valid_to: Option<CardValidTo>,
     },
-    /// The credential was refused at reading (bad check character,
-    /// unsupported card type): the reason is final.
+    /// A vehicle plate read with enough confidence.
+    Plate,
+    /// A visitor QR pass whose signature verified.
+    VisitorPass(PassFacts),
+    /// The credential was refused before any lookup (bad check character,
+    /// unsupported card type, forged pass): the reason is final.
     Refused(BlockReason),
+}
+
+/// The gate and the site state an attempt is decided in.
+#[derive(Debug, Clone, Copy)]
+pub struct GateContext<'a> {
+    pub gate_id: &'a str,
+    /// A flexible checkpoint closes in wartime.
+    pub flexible: bool,
+    pub mode: Mode,
+    /// The policy of the current mode.
+    pub policy: &'a Policy,
+    pub offset: UtcOffset,
+    pub anti_passback: AntiPassback,
+    /// The side of the gate the credential was presented at.
+    pub side: Side,
 }
 
 /// Everything the engine needs for one attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt<'a> {
-    pub credential: CredentialFacts,
+    pub credential: &'a CredentialFacts,
     /// The identity-table entry the credential's keyed hash matched.
     pub person: Option<&'a PersonRecord>,
+    /// The credential (or its person) is on the watchlist.
+    pub watchlisted: bool,
+    /// This person's last granted passage at this gate, for anti-passback.
+    pub last_passage: Option<LastPassage>,
+    /// A valid visitor pass for this person was scanned in the same
+    /// transaction window (a visitor's ID card then counts as covered).
+    pub companion_pass: bool,
+    pub health: HealthCheck,
 }
 
-/// Decides one attempt at instant `now`; `site_offset` places the card's
-/// printed dates in the site's day.
-pub fn decide(attempt: Attempt<'_>, now: UnixMillis, site_offset: UtcOffset) -> Verdict {
-    match attempt.credential {
-        CredentialFacts::Refused(reason) => return Verdict::block(reason),
-        CredentialFacts::IdCard {
-            card_valid_to: Some(CardValidTo::Date(valid_to)),
-        } if CivilDate::of_instant(now, site_offset) > valid_to => {
-            return with_person(Verdict::block(BlockReason::CardExpired), attempt.person);
+/// Decides one attempt at instant `now`.
+pub fn decide(attempt: Attempt<'_>, gate: GateContext<'_>, now: UnixMillis) -> Verdict {
+    match check(&attempt, &gate, now) {
+        Ok(()) => with_person(Verdict::pass(), attempt.person),
+        Err(reason) => with_person(Verdict::block(reason), attempt.person),
+    }
+}
+
+fn check(attempt: &Attempt<'_>, gate: &GateContext<'_>, now: UnixMillis) -> Result<(), BlockReason> {
+    if let CredentialFacts::Refused(reason) = attempt.credential {
+        return Err(*reason);
+    }
+    if gate.mode == Mode::Wartime && gate.flexible {
+        return Err(BlockReason::CheckpointClosed);
+    }
+    if let CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(valid_to)) } = attempt.credential {
+        if CivilDate::of_instant(now, gate.offset) > *valid_to {
+            return Err(BlockReason::CardExpired);
         }
-        CredentialFacts::IdCard { .. } => {}
+    }
+    if attempt.watchlisted {
+        return Err(BlockReason::Blocklisted);
+    }
+    if let CredentialFacts::VisitorPass(pass) = attempt.credential {
+        check_pass(pass, gate, now)?;
     }
     let Some(person) = attempt.person else {
-        return Verdict::block(BlockReason::UnknownPerson);
+        return match attempt.credential {
+            CredentialFacts::Plate => Err(BlockReason::UnknownVehicle),
+            // A valid pass stands for a visitor the platform registered; the
+            // pass itself is the identity entry.
+            CredentialFacts::VisitorPass(_) => check_category(Category::Visitor, gate).and(health(attempt, Category::Visitor, gate)),
+            _ => Err(BlockReason::UnknownPerson),
+        };
     };
-    let reason = match person.status {
-        PersonStatus::Blocked => Some(BlockReason::Blocked),
-        PersonStatus::Suspended => Some(BlockReason::Suspended),
-        PersonStatus::Active if now < person.valid_from_ms => Some(BlockReason::NotYetValid),
-        PersonStatus::Active if now > person.valid_to_ms => Some(BlockReason::Expired),
-        PersonStatus::Active => None,
-    };
-    let verdict = match reason {
-        Some(reason) => Verdict::block(reason),
-        None => Verdict {
-            decision: Decision::Pass,
-            reason: None,
-            person_id: None,
-            category: None,
-        },
-    };
-    with_person(verdict, Some(person))
+    match person.status {
+        PersonStatus::Blocked => return Err(BlockReason::Blocked),
+        PersonStatus::Suspended => return Err(BlockReason::Suspended),
+        PersonStatus::Active => {}
+    }
+    if now < person.valid_from_ms {
+        return Err(BlockReason::NotYetValid);
+    }
+    if now > person.valid_to_ms {
+        return Err(BlockReason::Expired);
+    }
+    check_category(person.category, gate)?;
+    if !person.allowed_gates.allows(gate.gate_id) {
+        return Err(BlockReason::GateNotAllowed);
+    }
+    if gate.policy.enforce_time_windows && person.category == Category::Worker && !person.time_windows.is_empty() {
+        let (weekday, minute) = gate.offset.local_weekday_minute(now);
+        if !person.time_windows.iter().any(|w| w.contains(weekday, minute)) {
+            return Err(BlockReason::OutsideTimeWindow);
+        }
+    }
+    if person.category == Category::Visitor
+        && gate.policy.visitor_pass_required
+        && !matches!(attempt.credential, CredentialFacts::VisitorPass(_))
+        && !attempt.companion_pass
+    {
+        return Err(BlockReason::VisitorPassRequired);
+    }
+    check_passback(attempt.last_passage, gate, now)?;
+    health(attempt, person.category, gate)
+}
+
+fn check_category(category: Category, gate: &GateContext<'_>) -> Result<(), BlockReason> {
+    if gate.policy.allowed_categories.contains(category) { Ok(()) } else { Err(BlockReason::CategoryNotAllowed) }
+}
+
+fn check_pass(pass: &PassFacts, gate: &GateContext<'_>, now: UnixMillis) -> Result<(), BlockReason> {
+    if pass.revoked {
+        return Err(BlockReason::PassRevoked);
+    }
+    if now < pass.valid_from_ms || now > pass.valid_to_ms {
+        return Err(BlockReason::PassExpired);
+    }
+    if !pass.allowed_gates.is_empty() && !pass.allowed_gates.iter().any(|g| g == gate.gate_id) {
+        return Err(BlockReason::PassWrongGate);
+    }
+    if pass.max_uses > 0 && pass.uses_so_far >= pass.max_uses {
+        return Err(BlockReason::PassUsedUp);
+    }
+    Ok(())
+}
+
+fn check_passback(last: Option<LastPassage>, gate: &GateContext<'_>, now: UnixMillis) -> Result<(), BlockReason> {
+    let Some(last) = last else { return Ok(()) };
+    match gate.anti_passback {
+        AntiPassback::Off => Ok(()),
+        // Entered and not exited since: no second entry.
+        AntiPassback::Paired if gate.side == Side::Entry && last.side == Side::Entry => Err(BlockReason::AntiPassback),
+        AntiPassback::Paired => Ok(()),
+        AntiPassback::Timed { window_ms } if last.side == gate.side && now - last.at_ms < window_ms => {
+            Err(BlockReason::AntiPassback)
+        }
+        AntiPassback::Timed { .. } => Ok(()),
+    }
+}
+
+fn health(attempt: &Attempt<'_>, category: Category, gate: &GateContext<'_>) -> Result<(), BlockReason> {
+    if !gate.policy.health_required_for.contains(category) {
+        return Ok(());
+    }
+    match attempt.health {
+        HealthCheck::Passed => Ok(()),
+        HealthCheck::Failed(reason) => Err(reason),
+        HealthCheck::NotChecked | HealthCheck::Unavailable => Err(BlockReason::HealthUnverified),
+    }
 }
 
 fn with_person(mut verdict: Verdict, person: Option<&PersonRecord>) -> Verdict {
     if let Some(person) = person {
         verdict.person_id = Some(person.person_id.clone());
         verdict.category = Some(person.category);
+        verdict.tags = person.tags.clone();
     }
     verdict
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use gate_core::Category;
-
-    const DAY: i64 = 86_400_000;
-
-    fn date(y: i32, m: u8, d: u8) -> CivilDate {
-        CivilDate::try_new(y, m, d).expect("test date")
-    }
-
-    fn person(status: PersonStatus) -> PersonRecord {
-        PersonRecord {
-            person_id: "p-1".into(),
-            category: Category::Worker,
-            status,
-            valid_from_ms: date(2026, 1, 1).start_ms(UtcOffset::CHINA),
-            valid_to_ms: date(2026, 12, 31).end_ms(UtcOffset::CHINA),
-            display_name: "x".into(),
-        }
-    }
-
-    type Case = (
-        &'static str,
-        CredentialFacts,
-        Option<PersonRecord>,
-        i64,
-        Decision,
-        Option<BlockReason>,
-    );
-
-    /// One row per rule: (what, credential, person, now, expected decision, expected reason).
-    #[test]
-    fn decision_table() {
-        let noon = date(2026, 6, 1).start_ms(UtcOffset::CHINA) + DAY / 2;
-        let card = CredentialFacts::IdCard {
-            card_valid_to: Some(CardValidTo::LongTerm),
-        };
-        let active = person(PersonStatus::Active);
-        let cases: Vec<Case> = vec![
-            (
-                "active in window",
-                card,
-                Some(active.clone()),
-                noon,
-                Decision::Pass,
-                None,
-            ),
-            (
-                "unknown",
-                card,
-                None,
-                noon,
-                Decision::Block,
-                Some(BlockReason::UnknownPerson),
-            ),
-            (
-                "suspended",
-                card,
-                Some(person(PersonStatus::Suspended)),
-                noon,
-                Decision::Block,
-                Some(BlockReason::Suspended),
-            ),
-            (
-                "blocked",
-                card,
-                Some(person(PersonStatus::Blocked)),
-                noon,
-                Decision::Block,
-                Some(BlockReason::Blocked),
-            ),
-            (
-                "first ms of window",
-                card,
-                Some(active.clone()),
-                active.valid_from_ms,
-                Decision::Pass,
-                None,
-            ),
-            (
-                "before window",
-                card,
-                Some(active.clone()),
-                active.valid_from_ms - 1,
-                Decision::Block,
-                Some(BlockReason::NotYetValid),
-            ),
-            (
-                "last ms of window",
-                card,
-                Some(active.clone()),
-                active.valid_to_ms,
-                Decision::Pass,
-                None,
-            ),
-            (
-                "after window",
-                card,
-                Some(active.clone()),
-                active.valid_to_ms + 1,
-                Decision::Block,
-                Some(BlockReason::Expired),
-            ),
-            (
-                "refused at reading",
-                CredentialFacts::Refused(BlockReason::InvalidIdNumber),
-                Some(active.clone()),
-                noon,
-                Decision::Block,
-                Some(BlockReason::InvalidIdNumber),
-            ),
-            (
-                "card expired yesterday (site time)",
-                CredentialFacts::IdCard {
-                    card_valid_to: Some(CardValidTo::Date(date(2026, 5, 31))),
-                },
-                Some(active.clone()),
-                noon,
-                Decision::Block,
-                Some(BlockReason::CardExpired),
-            ),
-            (
-                "card valid through today",
-                CredentialFacts::IdCard {
-                    card_valid_to: Some(CardValidTo::Date(date(2026, 6, 1))),
-                },
-                Some(active.clone()),
-                noon,
-                Decision::Pass,
-                None,
-            ),
-        ];
-        for (what, credential, person, now, decision, reason) in cases {
-            let verdict = decide(
-                Attempt {
-                    credential,
-                    person: person.as_ref(),
-                },
-                now,
-                UtcOffset::CHINA,
-            );
-            assert_eq!(
-                (verdict.decision, verdict.reason),
-                (decision, reason),
-                "{what}"
-            );
-            if person.is_some() && !matches!(credential, CredentialFacts::Refused(_)) {
-                assert_eq!(verdict.person_id.as_deref(), Some("p-1"), "{what}");
-                assert_eq!(verdict.category, Some(Category::Worker), "{what}");
-            }
-        }
-    }
-
-    #[test]
-    fn card_expiry_uses_site_day_not_utc_day() {
-        // 2026-06-01T23:30+08:00 is still 2026-06-01 at the site but 15:30Z.
-        // 2026-06-02T00:30+08:00 is 2026-06-01T16:30Z: UTC still says June 1st,
-        // the site says June 2nd, so a card valid to June 1st has expired.
-        let card = CredentialFacts::IdCard {
-            card_valid_to: Some(CardValidTo::Date(date(2026, 6, 1))),
-        };
-        let active = person(PersonStatus::Active);
-        let just_after_midnight = date(2026, 6, 2).start_ms(UtcOffset::CHINA) + 30 * 60_000;
-        let v = decide(
-            Attempt {
-                credential: card,
-                person: Some(&active),
-            },
-            just_after_midnight,
-            UtcOffset::CHINA,
-        );
-        assert_eq!(v.reason, Some(BlockReason::CardExpired));
-    }
-}
+mod tests;

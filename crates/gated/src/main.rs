@@ -1,11 +1,14 @@
 //! `gated`, the gate-control daemon: argument parsing, logging, signals and
 //! exit codes. Everything else lives in `gate-app`.
 
+mod notify;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// EX_USAGE of sysexits.h: the configuration is wrong.
@@ -105,16 +108,33 @@ fn serve(config_path: PathBuf) -> Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
+    // systemd (Type=notify): absent when not run by a service manager.
+    let notifier = notify::Notifier::from_env().map(Arc::new);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
+        let stop_notifier = notifier.clone();
         tokio::spawn(async move {
             wait_for_stop_signal().await;
+            if let Some(n) = &stop_notifier {
+                n.stopping();
+            }
             signals.cancel();
         });
+        if let Some(n) = &notifier {
+            // READY=1 as soon as the configuration is valid. It belongs after
+            // `gate_app::run` has loaded the key, opened the store and spawned
+            // its tasks: move it there once `gate_app` offers a ready hook.
+            n.ready();
+            if let Some(period) = n.watchdog_interval() {
+                // For now this only proves the runtime is alive; once the
+                // decision loop can, it should feed the watchdog instead.
+                tokio::spawn(feed_watchdog(n.clone(), period));
+            }
+        }
         match gate_app::run(config, shutdown).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => {
@@ -123,6 +143,17 @@ fn serve(config_path: PathBuf) -> Result<ExitCode> {
             }
         }
     })
+}
+
+/// Sends `WATCHDOG=1` every `period` until the runtime shuts down.
+async fn feed_watchdog(notifier: Arc<notify::Notifier>, period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // One datagram; a send waits at most 1 s (notify::SEND_TIMEOUT).
+        notifier.watchdog();
+    }
 }
 
 async fn wait_for_stop_signal() {

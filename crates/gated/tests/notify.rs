@@ -1,0 +1,167 @@
+//! `gated` under a stand-in for systemd: the daemon is started with
+//! `NOTIFY_SOCKET` and `WATCHDOG_USEC` pointing at a socket of the test, and
+//! must report `READY=1`, keep sending `WATCHDOG=1`, and on SIGTERM report
+//! `STOPPING=1` and exit 0. No device is configured and the broker port is
+//! closed: the daemon must run all the same, queueing its events.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the daemon if the test fails half-way.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+    // dropped here: nothing listens on the port any more
+}
+
+fn write_site_key(path: &Path) {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create the key file");
+    writeln!(file, "{}", "5a".repeat(32)).expect("write the key");
+}
+
+fn write_config(dir: &Path, mqtt_port: u16) -> std::path::PathBuf {
+    let path = dir.join("gated.toml");
+    let text = format!(
+        r#"[site]
+id = "notify-test"
+
+[gate]
+id = "lane-1"
+
+[store]
+path = "state/gated.db"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+keep_alive_s = 5
+
+[identity]
+hmac_key_file = "site.key"
+"#
+    );
+    std::fs::write(&path, text).expect("write the config");
+    path
+}
+
+/// Reads notifications until one equals `wanted`; returns all read.
+fn wait_for(socket: &UnixDatagram, wanted: &str, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        socket
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(10)),
+            ))
+            .expect("read timeout");
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = message.lines().any(|line| line == wanted);
+                seen.push(message);
+                if done {
+                    return seen;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("notify socket: {e}"),
+        }
+    }
+    panic!("no {wanted} within {within:?}; received {seen:?}");
+}
+
+fn wait_for_log(path: &Path, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) {
+            return log;
+        }
+        if Instant::now() >= deadline {
+            panic!("the daemon never logged {needle:?}; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn reports_ready_watchdog_and_stopping_to_systemd() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_site_key(&dir.path().join("site.key"));
+    let config = write_config(dir.path(), closed_port());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    let log_path = dir.path().join("gated.log");
+    let log = File::create(&log_path).expect("log file");
+
+    let child = Command::new(env!("CARGO_BIN_EXE_gated"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        // 1 s watchdog: a keep-alive every 0.5 s.
+        .env("WATCHDOG_USEC", "1000000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("JOURNAL_STREAM")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start gated");
+    let mut daemon = Daemon(child);
+
+    wait_for(&socket, "READY=1", Duration::from_secs(30));
+    wait_for(&socket, "WATCHDOG=1", Duration::from_secs(5));
+    // Started without a broker, it says where its events go.
+    wait_for_log(&log_path, "events queue", Duration::from_secs(10));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM failed");
+    wait_for(&socket, "STOPPING=1", Duration::from_secs(10));
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = daemon.0.try_wait().expect("wait for gated") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gated did not exit within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(exit.code(), Some(0), "gated exited with {exit}; log:\n{log}");
+    assert!(log.contains("stopped"), "no orderly stop in the log:\n{log}");
+}
