@@ -12,7 +12,18 @@ mod load;
 pub use keyfile::{KeyFileError, load_site_key, write_new_site_key};
 pub use load::{ConfigError, ConfigErrors, load, parse};
 
-use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
+impl GateConfig {
+    /// The side a reader is on when its config does not say: exit gates read at the exit, others at the entry.
+    pub fn default_side(&self) -> Side {
+        match self.direction {
+            Direction::Exit => Side::Exit,
+            Direction::Entry | Direction::Both => Side::Entry,
+        }
+    }
+}
+
+use gate_core::{Direction, GateId, Lane, Mode, SiteId, UtcOffset};
+pub use gate_engine::{AntiPassback, CategorySet, Policy, Side};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +39,40 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub identity: IdentityConfig,
     pub devices: DevicesConfig,
+    pub policy: PolicyConfig,
+    pub passes: PassesConfig,
+}
+
+/// `[policy]` and `[policy.<mode>]`: what each mode allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// `[policy] version`, default derived from the policy's content
+    /// (`auto-` and 8 hex digits), carried in every event.
+    pub version: String,
+    pub normal: Policy,
+    pub sporadic: Policy,
+    pub wartime: Policy,
+}
+
+impl PolicyConfig {
+    pub fn for_mode(&self, mode: Mode) -> &Policy {
+        match mode {
+            Mode::Normal => &self.normal,
+            Mode::Sporadic => &self.sporadic,
+            Mode::Wartime => &self.wartime,
+        }
+    }
+}
+
+/// `[passes]`: visitor QR passes signed by the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PassesConfig {
+    /// `[passes] platform_keys`: Ed25519 public keys (64 hex characters each)
+    /// whose signatures the gate accepts.
+    pub platform_keys: Vec<[u8; 32]>,
+    /// `[passes] companion_window_s`, default 60: a visitor's ID card read
+    /// this long after their pass was scanned counts as covered by it.
+    pub companion_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +93,9 @@ pub struct GateConfig {
     pub direction: Direction,
     /// `[gate] flexible`, default false: a flexible checkpoint closes in wartime.
     pub flexible: bool,
+    /// `[gate] anti_passback` = "off" | "paired" | "timed", with
+    /// `[gate] anti_passback_s` (default 30) for "timed".
+    pub anti_passback: AntiPassback,
 }
 
 #[derive(Debug, Clone)]
@@ -76,12 +124,53 @@ pub struct IdentityConfig {
     pub hmac_key_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DevicesConfig {
     /// `[devices.id_card]`, absent when the box has no reader.
     pub id_card: Option<IdCardConfig>,
     /// `[devices.gate]`, absent when the box drives no gate.
     pub gate: Option<GateIoConfig>,
+    /// `[devices.qr_scanner]`, absent when the box has no serial QR scanner.
+    pub qr_scanner: Option<QrScannerConfig>,
+    /// `[devices.plate_reader]`, absent when the lane has no plate camera.
+    pub plate_reader: Option<PlateReaderConfig>,
+}
+
+/// How a QR scanner module ends each code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QrTerminator {
+    Cr,
+    Lf,
+    CrLf,
+    Tab,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QrScannerConfig {
+    /// `[devices.qr_scanner] port`
+    pub port: PathBuf,
+    /// `[devices.qr_scanner] baud`, default 9600.
+    pub baud: u32,
+    /// `[devices.qr_scanner] terminator`, default "cr".
+    pub terminator: QrTerminator,
+    /// `[devices.qr_scanner] prefix`, default none (e.g. "]Q1").
+    pub prefix: Option<String>,
+    /// `[devices.qr_scanner] side`, default the gate's direction.
+    pub side: Option<Side>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlateReaderConfig {
+    /// `[devices.plate_reader] port`
+    pub port: PathBuf,
+    /// `[devices.plate_reader] baud`, default 9600.
+    pub baud: u32,
+    /// `[devices.plate_reader] min_confidence`, default 0.8: lower reads are
+    /// not decisions.
+    pub min_confidence: f32,
+    /// `[devices.plate_reader] side`, default the gate's direction.
+    pub side: Option<Side>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +181,8 @@ pub struct IdCardConfig {
     pub baud: u32,
     /// `[devices.id_card] poll_interval_ms`, default 300.
     pub poll_interval: Duration,
+    /// `[devices.id_card] side` = "entry" | "exit", default the gate's direction.
+    pub side: Option<Side>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,9 @@
 //! misspelt key is always reported, never ignored.
 
 use crate::{
-    Config, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig, IdentityConfig,
-    MqttConfig, SiteConfig, StoreConfig, UnlockMode,
+    AntiPassback, CategorySet, Config, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig, IdentityConfig,
+    MqttConfig, PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator, Side, SiteConfig,
+    StoreConfig, UnlockMode,
 };
 use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
 use std::fmt;
@@ -16,18 +17,25 @@ use std::ops::RangeInclusive;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 use toml_edit::{Document, Item, TableLike, Value};
+use gate_core::{Category, Mode};
 
 /// Serial speeds the devices accept.
 const BAUD_RATES: &[i64] = &[9600, 19200, 38400, 57600, 115200];
 
-const ROOT_KEYS: &[&str] = &["site", "gate", "store", "mqtt", "identity", "devices"];
+const ROOT_KEYS: &[&str] = &["site", "gate", "store", "mqtt", "identity", "devices", "policy", "passes"];
 const SITE_KEYS: &[&str] = &["id", "utc_offset"];
-const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible"];
+const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible", "anti_passback", "anti_passback_s"];
 const STORE_KEYS: &[&str] = &["path"];
 const MQTT_KEYS: &[&str] = &["host", "port", "client_id", "topic_prefix", "keep_alive_s"];
 const IDENTITY_KEYS: &[&str] = &["hmac_key_file"];
-const DEVICES_KEYS: &[&str] = &["id_card", "gate"];
-const ID_CARD_KEYS: &[&str] = &["port", "baud", "poll_interval_ms"];
+const DEVICES_KEYS: &[&str] = &["id_card", "gate", "qr_scanner", "plate_reader"];
+const ID_CARD_KEYS: &[&str] = &["port", "baud", "poll_interval_ms", "side"];
+const QR_SCANNER_KEYS: &[&str] = &["port", "baud", "terminator", "prefix", "side"];
+const PLATE_READER_KEYS: &[&str] = &["port", "baud", "min_confidence", "side"];
+const POLICY_KEYS: &[&str] = &["version", "normal", "sporadic", "wartime"];
+const POLICY_MODE_KEYS: &[&str] =
+    &["allowed_categories", "visitor_pass_required", "enforce_time_windows", "health_required_for"];
+const PASSES_KEYS: &[&str] = &["platform_keys", "companion_window_s"];
 const GATE_IO_KEYS: &[&str] = &[
     "driver",
     "port",
@@ -55,6 +63,13 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
     ("identity", IDENTITY_KEYS),
     ("devices", DEVICES_KEYS),
     ("devices.id_card", ID_CARD_KEYS),
+    ("devices.qr_scanner", QR_SCANNER_KEYS),
+    ("devices.plate_reader", PLATE_READER_KEYS),
+    ("policy", POLICY_KEYS),
+    ("policy.normal", POLICY_MODE_KEYS),
+    ("policy.sporadic", POLICY_MODE_KEYS),
+    ("policy.wartime", POLICY_MODE_KEYS),
+    ("passes", PASSES_KEYS),
     ("devices.gate", GATE_IO_KEYS),
 ];
 
@@ -588,7 +603,20 @@ impl Checker<'_> {
             Got::Invalid => None,
         };
 
+        let policy = match self.section(root, "policy", "policy") {
+            Got::Found(s) => self.policy(s),
+            Got::Absent => self.policy(Section { path: "policy", table: &empty, at: 0 }),
+            Got::Invalid => None,
+        };
+        let passes = match self.section(root, "passes", "passes") {
+            Got::Found(s) => self.passes(s),
+            Got::Absent => self.passes(Section { path: "passes", table: &empty, at: 0 }),
+            Got::Invalid => None,
+        };
+
         Some(Config {
+            policy: policy?,
+            passes: passes?,
             source: self.file.to_path_buf(),
             site: site?,
             gate: gate?,
@@ -635,11 +663,28 @@ impl Checker<'_> {
             )
             .or(Direction::Entry);
         let flexible = self.boolean(s, "flexible").or(false);
+        #[derive(Clone, Copy)]
+        enum Apb {
+            Off,
+            Paired,
+            Timed,
+        }
+        let apb = self
+            .choice(s, "anti_passback", &[("off", Apb::Off), ("paired", Apb::Paired), ("timed", Apb::Timed)])
+            .or(Apb::Off);
+        let apb_s = self.int_in::<i64>(s, "anti_passback_s", 1..=86_400).or(30);
+        let anti_passback = match (apb, apb_s) {
+            (Some(Apb::Off), _) => Some(AntiPassback::Off),
+            (Some(Apb::Paired), _) => Some(AntiPassback::Paired),
+            (Some(Apb::Timed), Some(secs)) => Some(AntiPassback::Timed { window_ms: secs * 1000 }),
+            _ => None,
+        };
         Some(GateConfig {
             id: id?,
             lane: lane?,
             direction: direction?,
             flexible: flexible?,
+            anti_passback: anti_passback?,
         })
     }
 
@@ -777,10 +822,17 @@ impl Checker<'_> {
             }
             _ => {}
         }
-        Some(DevicesConfig {
-            id_card: id_card?,
-            gate: gate?,
-        })
+        let qr_scanner = match self.section(d, "qr_scanner", "devices.qr_scanner") {
+            Got::Found(s) => self.qr_scanner(s).map(Some),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        let plate_reader = match self.section(d, "plate_reader", "devices.plate_reader") {
+            Got::Found(s) => self.plate_reader(s).map(Some),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        Some(DevicesConfig { id_card: id_card?, gate: gate?, qr_scanner: qr_scanner?, plate_reader: plate_reader? })
     }
 
     fn id_card(&mut self, s: Section<'_>) -> Option<IdCardConfig> {
@@ -789,11 +841,201 @@ impl Checker<'_> {
         let port = self.required(s, "port", port);
         let baud = self.baud(s, "baud").or(115_200);
         let poll = self.int_in(s, "poll_interval_ms", 50..=10_000).or(300u64);
-        Some(IdCardConfig {
+        let side = self.side(s);
+        Some(IdCardConfig { port: port?, baud: baud?, poll_interval: Duration::from_millis(poll?), side: side? })
+    }
+
+    fn side(&mut self, s: Section<'_>) -> Option<Option<Side>> {
+        match self.choice(s, "side", &[("entry", Side::Entry), ("exit", Side::Exit)]) {
+            Got::Found(side) => Some(Some(side)),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        }
+    }
+
+    fn qr_scanner(&mut self, s: Section<'_>) -> Option<QrScannerConfig> {
+        self.unknown_keys(s, QR_SCANNER_KEYS);
+        let port = self.path(s, "port");
+        let port = self.required(s, "port", port);
+        let baud = self.baud(s, "baud").or(9600);
+        let terminator = self
+            .choice(
+                s,
+                "terminator",
+                &[
+                    ("cr", QrTerminator::Cr),
+                    ("lf", QrTerminator::Lf),
+                    ("crlf", QrTerminator::CrLf),
+                    ("tab", QrTerminator::Tab),
+                    ("none", QrTerminator::None),
+                ],
+            )
+            .or(QrTerminator::Cr);
+        let prefix = match self.string(s, "prefix") {
+            Got::Found((p, at)) => {
+                if p.is_empty() || p.chars().count() > 16 {
+                    self.push(at, s.dotted("prefix"), format!("expected 1 to 16 characters, found {p:?}"));
+                    None
+                } else {
+                    Some(Some(p.to_owned()))
+                }
+            }
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        let side = self.side(s);
+        Some(QrScannerConfig {
             port: port?,
             baud: baud?,
-            poll_interval: Duration::from_millis(poll?),
+            terminator: terminator?,
+            prefix: prefix?,
+            side: side?,
         })
+    }
+
+    fn plate_reader(&mut self, s: Section<'_>) -> Option<PlateReaderConfig> {
+        self.unknown_keys(s, PLATE_READER_KEYS);
+        let port = self.path(s, "port");
+        let port = self.required(s, "port", port);
+        let baud = self.baud(s, "baud").or(9600);
+        let min_confidence = match self.value(s, "min_confidence", "a number from 0.0 to 1.0", |v| {
+            v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
+        }) {
+            Got::Found((c, at)) => {
+                if (0.0..=1.0).contains(&c) {
+                    Some(c as f32)
+                } else {
+                    self.push(at, s.dotted("min_confidence"), format!("expected a number from 0.0 to 1.0, found {c}"));
+                    None
+                }
+            }
+            Got::Absent => Some(0.8),
+            Got::Invalid => None,
+        };
+        let side = self.side(s);
+        Some(PlateReaderConfig { port: port?, baud: baud?, min_confidence: min_confidence?, side: side? })
+    }
+
+    fn string_list(&mut self, sec: Section<'_>, key: &str) -> Got<Vec<(String, usize)>> {
+        let Some(item) = sec.table.get(key) else { return Got::Absent };
+        let at = item.span().map_or(sec.at, |span| span.start);
+        let Some(array) = item.as_array() else {
+            self.push(at, sec.dotted(key), format!("expected an array of strings, found {}", describe(item)));
+            return Got::Invalid;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for v in array.iter() {
+            let vat = v.span().map_or(at, |span| span.start);
+            match v.as_str() {
+                Some(s) => out.push((s.to_owned(), vat)),
+                None => {
+                    ok = false;
+                    self.push(vat, sec.dotted(key), "expected a string in the array".to_owned());
+                }
+            }
+        }
+        if ok { Got::Found(out) } else { Got::Invalid }
+    }
+
+    fn categories(&mut self, sec: Section<'_>, key: &str, default: CategorySet) -> Option<CategorySet> {
+        match self.string_list(sec, key) {
+            Got::Found(list) => {
+                let mut cats = Vec::new();
+                let mut ok = true;
+                for (name, at) in list {
+                    match Category::parse(&name) {
+                        Some(c) => cats.push(c),
+                        None => {
+                            ok = false;
+                            self.push(
+                                at,
+                                sec.dotted(key),
+                                format!("expected \"resident\", \"worker\" or \"visitor\", found {name:?}"),
+                            );
+                        }
+                    }
+                }
+                ok.then(|| CategorySet::of(&cats))
+            }
+            Got::Absent => Some(default),
+            Got::Invalid => None,
+        }
+    }
+
+    fn policy(&mut self, s: Section<'_>) -> Option<PolicyConfig> {
+        self.unknown_keys(s, POLICY_KEYS);
+        let version = match self.string(s, "version") {
+            Got::Found((v, at)) => {
+                if v.is_empty() || v.chars().count() > 64 {
+                    self.push(at, s.dotted("version"), format!("expected 1 to 64 characters, found {v:?}"));
+                    None
+                } else {
+                    Some(Some(v.to_owned()))
+                }
+            }
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        let empty = toml_edit::Table::new();
+        let mode_policy = |this: &mut Self, name: &'static str, path: &'static str, mode: Mode| {
+            let sec = match this.section(s, name, path) {
+                Got::Found(sec) => sec,
+                Got::Absent => Section { path, table: &empty, at: s.at },
+                Got::Invalid => return None,
+            };
+            this.unknown_keys(sec, POLICY_MODE_KEYS);
+            let d = Policy::default_for(mode);
+            let allowed_categories = this.categories(sec, "allowed_categories", d.allowed_categories);
+            let visitor_pass_required = this.boolean(sec, "visitor_pass_required").or(d.visitor_pass_required);
+            let enforce_time_windows = this.boolean(sec, "enforce_time_windows").or(d.enforce_time_windows);
+            let health_required_for = this.categories(sec, "health_required_for", d.health_required_for);
+            Some(Policy {
+                allowed_categories: allowed_categories?,
+                visitor_pass_required: visitor_pass_required?,
+                enforce_time_windows: enforce_time_windows?,
+                health_required_for: health_required_for?,
+            })
+        };
+        let normal = mode_policy(self, "normal", "policy.normal", Mode::Normal);
+        let sporadic = mode_policy(self, "sporadic", "policy.sporadic", Mode::Sporadic);
+        let wartime = mode_policy(self, "wartime", "policy.wartime", Mode::Wartime);
+        let (normal, sporadic, wartime) = (normal?, sporadic?, wartime?);
+        let version = version?.unwrap_or_else(|| {
+            // Stable across builds and machines: FNV-1a over a canonical text.
+            let text = format!("{normal:?}|{sporadic:?}|{wartime:?}");
+            let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+            format!("auto-{:08x}", hash >> 32)
+        });
+        Some(PolicyConfig { version, normal, sporadic, wartime })
+    }
+
+    fn passes(&mut self, s: Section<'_>) -> Option<PassesConfig> {
+        self.unknown_keys(s, PASSES_KEYS);
+        let keys = match self.string_list(s, "platform_keys") {
+            Got::Found(list) => {
+                let mut keys = Vec::new();
+                let mut ok = true;
+                for (hex_key, at) in list {
+                    let mut bytes = [0u8; 32];
+                    if hex_key.len() == 64 && hex::decode_to_slice(&hex_key, &mut bytes).is_ok() {
+                        keys.push(bytes);
+                    } else {
+                        ok = false;
+                        self.push(
+                            at,
+                            s.dotted("platform_keys"),
+                            format!("expected an Ed25519 public key as 64 hex characters, found {} characters", hex_key.chars().count()),
+                        );
+                    }
+                }
+                ok.then_some(keys)
+            }
+            Got::Absent => Some(Vec::new()),
+            Got::Invalid => None,
+        };
+        let window = self.int_in::<u64>(s, "companion_window_s", 1..=3600).or(60);
+        Some(PassesConfig { platform_keys: keys?, companion_window: Duration::from_secs(window?) })
     }
 
     fn gate_io(&mut self, s: Section<'_>) -> Option<GateIoConfig> {

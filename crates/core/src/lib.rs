@@ -9,6 +9,7 @@ pub mod id_number;
 mod identity;
 mod ids;
 mod key;
+mod mode;
 mod verdict;
 
 pub use date::{CivilDate, DateError, UtcOffset};
@@ -18,6 +19,7 @@ pub use identity::{
 };
 pub use ids::{GateId, IdError, SiteId};
 pub use key::{CredentialKind, KeyError, SiteKey};
+pub use mode::{ModeOrigin, ModeSchedule};
 pub use verdict::{BlockReason, Decision, Direction, Lane, Verdict};
 
 /// Milliseconds since the Unix epoch, UTC. Decision logic takes it as an

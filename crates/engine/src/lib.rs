@@ -12,6 +12,8 @@ mod policy;
 
 pub use policy::{AntiPassback, CategorySet, HealthCheck, LastPassage, PassFacts, PassState, Policy, Side};
 
+pub mod gate_fsm;
+
 use gate_core::{
     BlockReason, CardValidTo, Category, CivilDate, Mode, PersonRecord, PersonStatus, UnixMillis, UtcOffset, Verdict,
 };
@@ -95,7 +97,9 @@ fn check(attempt: &Attempt<'_>, gate: &GateContext<'_>, now: UnixMillis) -> Resu
             CredentialFacts::Plate => Err(BlockReason::UnknownVehicle),
             // A valid pass stands for a visitor the platform registered; the
             // pass itself is the identity entry.
-            CredentialFacts::VisitorPass(_) => check_category(Category::Visitor, gate).and(health(attempt, Category::Visitor, gate)),
+            CredentialFacts::VisitorPass(_) => {
+                check_category(Category::Visitor, gate).and(health(attempt, Category::Visitor, gate))
+            }
             _ => Err(BlockReason::UnknownPerson),
         };
     };

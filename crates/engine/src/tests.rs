@@ -170,7 +170,10 @@ fn visitor_pass_table() {
     // A forged pass never gets that far.
     let forged = CredentialFacts::Refused(BlockReason::PassInvalid);
     let policy = Policy::default_for(Mode::Normal);
-    assert_eq!(decide(attempt(&forged, None), gate(Mode::Normal, false, &policy), noon()).reason, Some(BlockReason::PassInvalid));
+    assert_eq!(
+        decide(attempt(&forged, None), gate(Mode::Normal, false, &policy), noon()).reason,
+        Some(BlockReason::PassInvalid)
+    );
 }
 
 #[test]
@@ -200,7 +203,11 @@ fn workers_time_windows_in_site_time() {
         (monday + 5 * DAY + 10 * 3_600_000, Some(BlockReason::OutsideTimeWindow)), // Saturday
     ];
     for (now, want) in cases {
-        assert_eq!(decide(attempt(&CARD, Some(&worker)), gate(Mode::Normal, false, &policy), now).reason, want, "{now}");
+        assert_eq!(
+            decide(attempt(&CARD, Some(&worker)), gate(Mode::Normal, false, &policy), now).reason,
+            want,
+            "{now}"
+        );
     }
     let relaxed = Policy { enforce_time_windows: false, ..policy };
     assert_eq!(decide(attempt(&CARD, Some(&worker)), gate(Mode::Normal, false, &relaxed), monday).reason, None);

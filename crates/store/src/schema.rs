@@ -13,26 +13,10 @@ impl From<rusqlite::Error> for MigrateError {
     }
 }
 
-/// Each entry takes the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[
-    // 1: identity table, credentials by keyed hash, sequences, outbox, meta.
-    "CREATE TABLE person (
-        person_id     TEXT PRIMARY KEY,
-        category      TEXT NOT NULL CHECK (category IN ('resident', 'worker', 'visitor')),
-        status        TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'blocked')),
-        valid_from_ms INTEGER NOT NULL,
-        valid_to_ms   INTEGER NOT NULL,
-        display_name  TEXT NOT NULL
-     );
-     -- key = HMAC-SHA256(site key, kind || 0x00 || value): never the value itself.
-     CREATE TABLE credential (
-        kind      TEXT NOT NULL,
-        key       BLOB NOT NULL CHECK (length(key) = 32),
-        person_id TEXT NOT NULL REFERENCES person (person_id) ON DELETE CASCADE,
-        PRIMARY KEY (kind, key)
-     ) WITHOUT ROWID;
-     CREATE INDEX credential_person ON credential (person_id);
-     CREATE TABLE sequence (
+/// Each entry takes the main database from version `index` to `index + 1`.
+const MAIN_MIGRATIONS: &[&str] = &[
+    // 1: sequences, outbox, pass uses and revocations, anti-passback, meta.
+    "CREATE TABLE sequence (
         stream   TEXT PRIMARY KEY,
         next_seq INTEGER NOT NULL
      );
@@ -45,22 +29,79 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL,
         UNIQUE (stream, seq)
      );
+     CREATE TABLE pass_use (
+        pass_id TEXT PRIMARY KEY,
+        uses    INTEGER NOT NULL
+     );
+     CREATE TABLE passback (
+        subject TEXT PRIMARY KEY,
+        side    TEXT NOT NULL,
+        at_ms   INTEGER NOT NULL
+     );
      CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
      );",
 ];
 
+/// The identity database (attached as `ident`), migrated the same way. It
+/// is a separate file so that applying a two-million-row snapshot never
+/// holds the lock the decision loop needs to record events.
+const IDENTITY_MIGRATIONS: &[&str] = &[
+    // 1: people, credentials and watchlist by keyed hash, pass revocations,
+    //    the synced version.
+    "CREATE TABLE ident.identity_state (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        version       INTEGER NOT NULL,
+        synced_at_ms  INTEGER
+     );
+     INSERT INTO ident.identity_state (id, version) VALUES (1, 0);
+     CREATE TABLE ident.person (
+        person_id     TEXT PRIMARY KEY,
+        category      TEXT NOT NULL CHECK (category IN ('resident', 'worker', 'visitor')),
+        status        TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'blocked')),
+        valid_from_ms INTEGER NOT NULL,
+        valid_to_ms   INTEGER NOT NULL,
+        display_name  TEXT NOT NULL,
+        -- unit-separator (0x1f) joined lists; NULL allowed_gates = all gates
+        tags          TEXT NOT NULL DEFAULT '',
+        allowed_gates TEXT,
+        -- 'mask:start:end' entries joined by ';'
+        time_windows  TEXT NOT NULL DEFAULT ''
+     );
+     -- key = HMAC-SHA256(site key, kind || 0x00 || value): never the value itself.
+     CREATE TABLE ident.credential (
+        kind       TEXT NOT NULL,
+        key        BLOB NOT NULL CHECK (length(key) = 32),
+        person_id  TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+     ) WITHOUT ROWID;
+     CREATE INDEX ident.credential_person ON credential (person_id);
+     CREATE TABLE ident.watchlist (
+        kind       TEXT NOT NULL,
+        key        BLOB NOT NULL CHECK (length(key) = 32),
+        PRIMARY KEY (kind, key)
+     ) WITHOUT ROWID;
+     CREATE TABLE ident.pass_revoked (
+        pass_id TEXT PRIMARY KEY
+     );",
+];
+
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
-    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let supported = MIGRATIONS.len() as i64;
+    migrate_schema(conn, "main", MAIN_MIGRATIONS)?;
+    migrate_schema(conn, "ident", IDENTITY_MIGRATIONS)
+}
+
+fn migrate_schema(conn: &mut Connection, schema: &str, migrations: &[&str]) -> Result<(), MigrateError> {
+    let found: i64 = conn.pragma_query_value(Some(schema), "user_version", |r| r.get(0))?;
+    let supported = migrations.len() as i64;
     if found > supported {
         return Err(MigrateError::TooNew { found, supported });
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (index, sql) in migrations.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.pragma_update(Some(schema), "user_version", index as i64 + 1)?;
         tx.commit()?;
     }
     Ok(())

@@ -1,17 +1,14 @@
 //! Store tests against real SQLite files in temporary folders.
 
 use super::*;
+use gate_core::{AllowedGates, Category, CredentialKind, PersonRecord, PersonStatus, TimeWindow};
+use rusqlite::Connection;
 use gate_core::SiteKey;
 
 fn person(id: &str) -> PersonRecord {
-    PersonRecord {
-        person_id: id.into(),
-        category: Category::Resident,
-        status: PersonStatus::Active,
-        valid_from_ms: 0,
-        valid_to_ms: i64::MAX,
-        display_name: "张三".into(),
-    }
+    let mut p = PersonRecord::new(id, Category::Resident, PersonStatus::Active, 0, i64::MAX);
+    p.display_name = "张三".into();
+    p
 }
 
 #[test]
@@ -153,4 +150,84 @@ fn a_newer_schema_is_refused() {
         Store::open(&path),
         Err(StoreError::SchemaTooNew { found: 99, .. })
     ));
+}
+
+#[test]
+fn person_fields_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+    let mut p = person("w1");
+    p.category = Category::Worker;
+    p.tags = vec!["catering".into(), "tenant".into()];
+    p.allowed_gates = AllowedGates::Only(vec!["east-1".into(), "west-2".into()]);
+    p.time_windows = vec![TimeWindow::parse("mon-fri 07:00-19:00").expect("w"), TimeWindow::parse("sat 22:00-02:00").expect("w")];
+    let key = [5u8; 32];
+    store.import_people(&[NewPerson { person: p.clone(), credentials: vec![(CredentialKind::IcCard, key)] }]).expect("import");
+    assert_eq!(store.find_person_by_credential(CredentialKind::IcCard, &key).expect("query"), Some(p.clone()));
+    assert_eq!(store.find_person("w1").expect("query"), Some(p));
+    assert_eq!(store.find_person("nobody").expect("query"), None);
+}
+
+#[test]
+fn deltas_apply_in_order_once_and_report_gaps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+    let d1 = IdentityDelta {
+        from_version: 0,
+        to_version: 1,
+        upserts: vec![NewPerson { person: person("p1"), credentials: vec![(CredentialKind::IdNumber, [1; 32])] }],
+        watch_add: vec![(CredentialKind::IdNumber, [9; 32])],
+        revoke_passes: vec!["vp-1".into()],
+        ..Default::default()
+    };
+    assert_eq!(store.apply_delta(&d1, 100).expect("apply"), DeltaOutcome::Applied);
+    assert_eq!(store.apply_delta(&d1, 101).expect("apply"), DeltaOutcome::AlreadyApplied);
+    assert_eq!(store.identity_state().expect("state"), IdentityState { version: 1, synced_at_ms: Some(100) });
+    assert!(store.is_watchlisted(CredentialKind::IdNumber, &[9; 32]).expect("watch"));
+    assert!(store.is_pass_revoked("vp-1").expect("revoked"));
+    let d3 = IdentityDelta { from_version: 2, to_version: 3, deletes: vec!["p1".into()], ..Default::default() };
+    assert_eq!(store.apply_delta(&d3, 102).expect("apply"), DeltaOutcome::Gap { local_version: 1 });
+    assert_eq!(store.person_count().expect("count"), 1, "a gap changes nothing");
+    let d2 = IdentityDelta {
+        from_version: 1,
+        to_version: 2,
+        deletes: vec!["p1".into()],
+        watch_remove: vec![(CredentialKind::IdNumber, [9; 32])],
+        ..Default::default()
+    };
+    assert_eq!(store.apply_delta(&d2, 103).expect("apply"), DeltaOutcome::Applied);
+    assert_eq!(store.person_count().expect("count"), 0);
+    assert_eq!(store.find_person_by_credential(CredentialKind::IdNumber, &[1; 32]).expect("query"), None);
+    assert!(!store.is_watchlisted(CredentialKind::IdNumber, &[9; 32]).expect("watch"));
+}
+
+#[test]
+fn pass_uses_and_passback_are_local_and_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    {
+        let store = Store::open(&path).expect("open");
+        assert_eq!(store.pass_uses("vp-1").expect("uses"), 0);
+        assert_eq!(store.count_pass_use("vp-1").expect("count"), 1);
+        assert_eq!(store.count_pass_use("vp-1").expect("count"), 2);
+        store.record_passage("p1", "entry", 10).expect("record");
+        store.record_passage("p1", "exit", 20).expect("record");
+        store.meta_set("mode", "wartime").expect("meta");
+        assert_eq!(store.mode_schedule().expect("mode"), None);
+        let schedule = gate_core::ModeSchedule::constant(gate_core::Mode::Normal).with_change(
+            5,
+            gate_core::Mode::Wartime,
+            7,
+            gate_core::ModeOrigin { operator: "technician:li".into(), reason: "drill".into() },
+        );
+        store.set_mode_schedule(&schedule).expect("set mode");
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.pass_uses("vp-1").expect("uses"), 2);
+    assert_eq!(store.last_passage("p1").expect("last"), Some(PassbackEntry { side: "exit".into(), at_ms: 20 }));
+    assert_eq!(store.meta_get("mode").expect("meta").as_deref(), Some("wartime"));
+    let schedule = store.mode_schedule().expect("mode").expect("set");
+    assert_eq!((schedule.at(6), schedule.at(7)), (gate_core::Mode::Normal, gate_core::Mode::Wartime));
+    assert_eq!(schedule.origin.operator, "technician:li");
+    assert!(identity_path(&path).exists(), "the identity database is its own file");
 }

@@ -1,52 +1,147 @@
 //! Domain facts to protobuf bytes. The wire types never leak out of this
 //! crate: callers hand over plain records and get bytes back.
 
-use gate_core::{
-    BlockReason, Category, CredentialKind, Decision, Direction, Lane, UnixMillis, Verdict,
-};
+use gate_core::{BlockReason, Category, CredentialKind, Decision, Direction, Lane, Mode, UnixMillis, Verdict};
 use gate_proto::v1 as pb;
 use prost::Message;
 
-/// One decision, as the daemon recorded it.
+/// What happened, by kind of event.
 #[derive(Debug, Clone)]
-pub struct DecisionRecord {
+pub enum EventBody {
+    /// A credential was presented and decided.
+    Decision {
+        credential: CredentialKind,
+        /// Already masked; never a credential in clear.
+        subject_masked: String,
+        verdict: Verdict,
+        side: Side,
+        pass_id: Option<String>,
+    },
+    /// The mode changed (platform or technician).
+    ModeChange { mode: Mode, operator: String, note: String },
+    /// A technician opened the gate by hand.
+    ManualOpen { side: Side, operator: String, note: String },
+    /// Someone went through after a grant.
+    Passage { side: Side },
+    /// A gate alarm.
+    Alarm { name: String },
+}
+
+/// One event, as the daemon recorded it.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
     pub event_id: String,
     pub site_id: String,
     pub gate_id: String,
     pub occurred_at_ms: UnixMillis,
-    pub credential: CredentialKind,
-    /// Already masked; never a credential in clear.
-    pub subject_masked: String,
-    pub verdict: Verdict,
     pub lane: Lane,
     pub direction: Direction,
+    pub mode: Mode,
+    pub policy_version: String,
+    pub body: EventBody,
 }
 
-/// The `GateEvent` bytes for a decision that took sequence number `seq`.
-pub fn encode_decision_event(record: &DecisionRecord, seq: u64) -> Vec<u8> {
-    let event = pb::GateEvent {
+/// Which side of the gate, as the wire knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Entry,
+    Exit,
+}
+
+/// The `GateEvent` bytes for an event that took sequence number `seq`.
+pub fn encode_event(record: &EventRecord, seq: u64) -> Vec<u8> {
+    let mut event = pb::GateEvent {
         event_id: record.event_id.clone(),
         seq,
         site_id: record.site_id.clone(),
         gate_id: record.gate_id.clone(),
         occurred_at_ms: record.occurred_at_ms,
-        credential_type: credential_type(record.credential) as i32,
-        subject: record.subject_masked.clone(),
-        person_id: record.verdict.person_id.clone().unwrap_or_default(),
-        category: record
-            .verdict
-            .category
-            .map_or(pb::Category::Unspecified, category) as i32,
-        decision: decision(record.verdict.decision) as i32,
-        reason: record
-            .verdict
-            .reason
-            .map_or(pb::Reason::Unspecified, reason) as i32,
-        kind: pb::EventKind::Decision as i32,
         lane: lane(record.lane) as i32,
         direction: direction(record.direction) as i32,
+        mode: crate::convert::mode_to_wire(record.mode) as i32,
+        policy_version: record.policy_version.clone(),
+        ..Default::default()
     };
+    let side_wire = |s: Side| match s {
+        Side::Entry => pb::Direction::Entry as i32,
+        Side::Exit => pb::Direction::Exit as i32,
+    };
+    match &record.body {
+        EventBody::Decision { credential, subject_masked, verdict, side, pass_id } => {
+            event.kind = pb::EventKind::Decision as i32;
+            event.credential_type = credential_type(*credential) as i32;
+            event.subject = subject_masked.clone();
+            event.person_id = verdict.person_id.clone().unwrap_or_default();
+            event.category = verdict.category.map_or(pb::Category::Unspecified, category) as i32;
+            event.decision = decision(verdict.decision) as i32;
+            event.reason = verdict.reason.map_or(pb::Reason::Unspecified, reason) as i32;
+            event.tags = verdict.tags.clone();
+            event.side = side_wire(*side);
+            event.pass_id = pass_id.clone().unwrap_or_default();
+        }
+        EventBody::ModeChange { mode, operator, note } => {
+            event.kind = pb::EventKind::ModeChange as i32;
+            event.mode = crate::convert::mode_to_wire(*mode) as i32;
+            event.operator = operator.clone();
+            event.note = note.clone();
+        }
+        EventBody::ManualOpen { side, operator, note } => {
+            event.kind = pb::EventKind::ManualOpen as i32;
+            event.side = side_wire(*side);
+            event.operator = operator.clone();
+            event.note = note.clone();
+        }
+        EventBody::Passage { side } => {
+            event.kind = pb::EventKind::Passage as i32;
+            event.side = side_wire(*side);
+        }
+        EventBody::Alarm { name } => {
+            event.kind = pb::EventKind::Alarm as i32;
+            event.alarm = name.clone();
+        }
+    }
     event.encode_to_vec()
+}
+
+/// One alert for the management departments.
+#[derive(Debug, Clone)]
+pub struct AlertRecord {
+    pub alert_id: String,
+    pub site_id: String,
+    pub gate_id: String,
+    pub occurred_at_ms: UnixMillis,
+    /// Masked.
+    pub subject: String,
+    pub person_id: Option<String>,
+    pub category: Option<Category>,
+    pub reason: Option<BlockReason>,
+    pub alarm: Option<String>,
+    /// The facts behind the reason; never more personal data than needed.
+    pub facts: Vec<(String, String)>,
+    pub repeat_count: u32,
+    pub first_occurred_at_ms: UnixMillis,
+    pub mode: Mode,
+}
+
+/// The `Alert` bytes for an alert that took sequence number `seq`.
+pub fn encode_alert(record: &AlertRecord, seq: u64) -> Vec<u8> {
+    pb::Alert {
+        alert_id: record.alert_id.clone(),
+        seq,
+        site_id: record.site_id.clone(),
+        gate_id: record.gate_id.clone(),
+        occurred_at_ms: record.occurred_at_ms,
+        subject: record.subject.clone(),
+        person_id: record.person_id.clone().unwrap_or_default(),
+        category: record.category.map_or(pb::Category::Unspecified, category) as i32,
+        reason: record.reason.map_or(pb::Reason::Unspecified, reason) as i32,
+        facts: record.facts.iter().cloned().collect(),
+        repeat_count: record.repeat_count,
+        first_occurred_at_ms: record.first_occurred_at_ms,
+        alarm: record.alarm.clone().unwrap_or_default(),
+        mode: crate::convert::mode_to_wire(record.mode) as i32,
+    }
+    .encode_to_vec()
 }
 
 /// Health of one device for the status message.
@@ -60,6 +155,14 @@ pub(crate) fn device_status(report: &crate::DeviceReport) -> pb::DeviceStatus {
     }
 }
 
+/// The site state reported in the status message.
+#[derive(Debug, Clone, Default)]
+pub struct SiteState {
+    pub mode: Mode,
+    pub policy_version: String,
+    pub identity: gate_store::IdentityState,
+}
+
 /// The retained status message.
 pub fn encode_status(
     online: bool,
@@ -68,9 +171,14 @@ pub fn encode_status(
     version: &str,
     outbox: gate_store::OutboxStats,
     devices: &[crate::DeviceReport],
+    site: &SiteState,
     now: UnixMillis,
 ) -> Vec<u8> {
     pb::GateStatus {
+        mode: crate::convert::mode_to_wire(site.mode) as i32,
+        policy_version: site.policy_version.clone(),
+        identity_version: site.identity.version,
+        identity_synced_at_ms: site.identity.synced_at_ms.unwrap_or(0),
         online,
         site_id: site_id.to_owned(),
         gate_id: gate_id.to_owned(),
@@ -119,6 +227,28 @@ fn reason(r: BlockReason) -> pb::Reason {
         BlockReason::InvalidIdNumber => pb::Reason::InvalidIdNumber,
         BlockReason::UnsupportedCard => pb::Reason::UnsupportedCard,
         BlockReason::CardExpired => pb::Reason::CardExpired,
+        BlockReason::CheckpointClosed => pb::Reason::CheckpointClosed,
+        BlockReason::CategoryNotAllowed => pb::Reason::CategoryNotAllowed,
+        BlockReason::GateNotAllowed => pb::Reason::GateNotAllowed,
+        BlockReason::OutsideTimeWindow => pb::Reason::OutsideTimeWindow,
+        BlockReason::Blocklisted => pb::Reason::Blocklisted,
+        BlockReason::VisitorPassRequired => pb::Reason::VisitorPassRequired,
+        BlockReason::PassInvalid => pb::Reason::PassInvalid,
+        BlockReason::PassExpired => pb::Reason::PassExpired,
+        BlockReason::PassWrongGate => pb::Reason::PassWrongGate,
+        BlockReason::PassUsedUp => pb::Reason::PassUsedUp,
+        BlockReason::PassRevoked => pb::Reason::PassRevoked,
+        BlockReason::AntiPassback => pb::Reason::AntiPassback,
+        BlockReason::UnknownVehicle => pb::Reason::UnknownVehicle,
+        BlockReason::HealthCodeRed => pb::Reason::HealthCodeRed,
+        BlockReason::HealthCodeYellow => pb::Reason::HealthCodeYellow,
+        BlockReason::NatMissing => pb::Reason::NatMissing,
+        BlockReason::NatExpired => pb::Reason::NatExpired,
+        BlockReason::NatPositive => pb::Reason::NatPositive,
+        BlockReason::VaccinationInsufficient => pb::Reason::VaccinationInsufficient,
+        BlockReason::TravelRisk => pb::Reason::TravelRisk,
+        BlockReason::HealthRecordStale => pb::Reason::HealthRecordStale,
+        BlockReason::HealthUnverified => pb::Reason::HealthUnverified,
     }
 }
 
@@ -151,19 +281,27 @@ mod tests {
 
     #[test]
     fn decision_event_round_trips() {
-        let record = DecisionRecord {
+        let record = EventRecord {
             event_id: "e-1".into(),
             site_id: "s".into(),
             gate_id: "g".into(),
             occurred_at_ms: 42,
-            credential: CredentialKind::IdNumber,
-            subject_masked: "350203********123X".into(),
-            verdict: Verdict::block(BlockReason::UnknownPerson),
             lane: Lane::Pedestrian,
             direction: Direction::Entry,
+            mode: Mode::Wartime,
+            policy_version: "p1".into(),
+            body: EventBody::Decision {
+                credential: CredentialKind::IdNumber,
+                subject_masked: "350203********123X".into(),
+                verdict: Verdict::block(BlockReason::UnknownPerson),
+                side: Side::Entry,
+                pass_id: None,
+            },
         };
-        let event =
-            pb::GateEvent::decode(encode_decision_event(&record, 7).as_slice()).expect("decode");
+        let event = pb::GateEvent::decode(encode_event(&record, 7).as_slice()).expect("decode");
+        assert_eq!(event.mode(), pb::Mode::Wartime);
+        assert_eq!(event.policy_version, "p1");
+        assert_eq!(event.side(), pb::Direction::Entry);
         assert_eq!(event.seq, 7);
         assert_eq!(event.reason(), pb::Reason::UnknownPerson);
         assert_eq!(event.decision(), pb::Decision::Block);

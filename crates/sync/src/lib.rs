@@ -9,11 +9,21 @@
 //!
 //! Status: a retained `GateStatus` on `{prefix}/{site}/{gate}/status` on every
 //! connection and periodically, and a retained last will saying offline.
+//!
+//! Downlink: the site mode (`{prefix}/{site}/mode`, retained) and the
+//! identity table (`{prefix}/{site}/identity`). Every message is checked
+//! whole before anything is applied; a malformed one is counted, logged with
+//! its topic and dropped.
 
+mod convert;
+mod downlink;
 mod encode;
+mod identity;
 mod uplink;
 
-pub use encode::{DecisionRecord, encode_decision_event, encode_status};
+pub use downlink::DownlinkCounters;
+pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_alert, encode_event, encode_status};
+pub use identity::{IdentityOutcome, handle_identity};
 pub use uplink::{DeviceReport, LinkState, SyncSettings, run_sync};
 
 use gate_core::{GateId, SiteId};
@@ -21,8 +31,18 @@ use gate_core::{GateId, SiteId};
 /// The MQTT topics of one gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
+    /// `{prefix}/{site}/{gate}/events`, up: `GateEvent`.
     pub events: String,
+    /// `{prefix}/{site}/{gate}/status`, up, retained: `GateStatus`.
     pub status: String,
+    /// `{prefix}/{site}/{gate}/sync`, up: `SyncRequest`.
+    pub sync: String,
+    /// `{prefix}/{site}/alerts`, up: `Alert`.
+    pub alerts: String,
+    /// `{prefix}/{site}/mode`, down, retained: `ModeChange`.
+    pub mode: String,
+    /// `{prefix}/{site}/identity`, down: `IdentityBatch`.
+    pub identity: String,
 }
 
 impl Topics {
@@ -31,9 +51,15 @@ impl Topics {
         Topics {
             events: format!("{base}/events"),
             status: format!("{base}/status"),
+            sync: format!("{base}/sync"),
+            alerts: format!("{prefix}/{site}/alerts"),
+            mode: format!("{prefix}/{site}/mode"),
+            identity: format!("{prefix}/{site}/identity"),
         }
     }
 }
 
 /// The outbox stream that carries a gate's `GateEvent`s (one `seq` space).
 pub const EVENT_STREAM: &str = "events";
+/// The outbox stream of a gate's `Alert`s (its own gap-free `seq`).
+pub const ALERT_STREAM: &str = "alerts";

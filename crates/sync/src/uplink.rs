@@ -1,9 +1,14 @@
 //! The MQTT session task: owns the client and its event loop, publishes the
-//! outbox in order, removes entries on PUBACK, keeps the retained status.
+//! outbox in order, removes entries on PUBACK, keeps the retained status,
+//! and hands downlink messages to `downlink`.
 
-use crate::{EVENT_STREAM, Topics, encode_status};
-use gate_core::{GateId, SiteId, UnixMillis};
+use crate::downlink::{self, DownlinkCounters, EventContext, Reply};
+use crate::encode::SiteState;
+use crate::{Topics, encode_status};
+use gate_core::{Direction, GateId, Lane, Mode, SiteId, UnixMillis};
+use gate_proto::v1 as pb;
 use gate_store::Store;
+use prost::Message;
 use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -30,9 +35,15 @@ pub struct SyncSettings {
     pub topic_prefix: String,
     pub site: SiteId,
     pub gate: GateId,
+    pub lane: Lane,
+    pub direction: Direction,
     pub store_path: PathBuf,
     /// The daemon's version, reported in the status message.
     pub version: String,
+    /// The policy version, reported in status and mode-change events.
+    pub policy_version: String,
+    /// The mode before any was ever set.
+    pub default_mode: Mode,
     /// How often the retained status is refreshed while connected.
     pub status_interval: Duration,
 }
@@ -55,12 +66,13 @@ pub struct LinkState {
     pub acked: AtomicU64,
     pub connections: AtomicU64,
     pub connection_errors: AtomicU64,
+    pub downlink: DownlinkCounters,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Tracked {
     Outbox(i64),
-    Status,
+    Other,
 }
 
 /// Per-connection bookkeeping: which publish got which packet id.
@@ -76,9 +88,147 @@ struct InFlight {
 }
 
 fn now_ms() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Session<'a> {
+    settings: &'a SyncSettings,
+    topics: Topics,
+    client: AsyncClient,
+    store: Store,
+    inflight: InFlight,
+    link: &'a LinkState,
+    devices: Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync>,
+    context: EventContext,
+}
+
+impl Session<'_> {
+    fn site_state(&self, now: UnixMillis) -> SiteState {
+        let mode = match self.store.mode_schedule() {
+            Ok(Some(schedule)) => schedule.at(now),
+            _ => self.settings.default_mode,
+        };
+        SiteState {
+            mode,
+            policy_version: self.settings.policy_version.clone(),
+            identity: self.store.identity_state().unwrap_or_default(),
+        }
+    }
+
+    fn status(&self, online: bool) -> Vec<u8> {
+        let now = now_ms();
+        encode_status(
+            online,
+            self.settings.site.as_str(),
+            self.settings.gate.as_str(),
+            &self.settings.version,
+            self.store.outbox_stats().unwrap_or_default(),
+            &(self.devices)(),
+            &self.site_state(now),
+            now,
+        )
+    }
+
+    fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
+        match self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
+            Ok(()) => self.inflight.awaiting_pkid.push_back(Tracked::Other),
+            Err(e) => debug!(topic, error = %e, "not published this time"),
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let payload = self.status(true);
+        let topic = self.topics.status.clone();
+        self.publish(&topic, payload, true);
+    }
+
+    fn request_resync(&mut self, local_version: u64, reason: &str) {
+        self.link.downlink.resync_requests.fetch_add(1, Ordering::Relaxed);
+        let request = pb::SyncRequest {
+            site_id: self.settings.site.to_string(),
+            gate_id: self.settings.gate.to_string(),
+            local_version,
+            reason: reason.to_owned(),
+            requested_at_ms: now_ms(),
+        };
+        let topic = self.topics.sync.clone();
+        self.publish(&topic, request.encode_to_vec(), false);
+    }
+
+    fn on_connected(&mut self) {
+        self.inflight = InFlight::default();
+        for topic in [self.topics.mode.clone(), self.topics.identity.clone()] {
+            if let Err(e) = self.client.try_subscribe(&topic, QoS::AtLeastOnce) {
+                warn!(topic, error = %e, "could not subscribe");
+            }
+        }
+        self.publish_status();
+        // Deltas published while we were away are lost with the clean
+        // session: say where we are, so the platform sends what is missing.
+        let local = self.store.identity_state().map(|s| s.version).unwrap_or(0);
+        self.request_resync(local, "connect");
+        self.pump();
+    }
+
+    fn on_publish(&mut self, topic: &str, payload: &[u8]) -> bool {
+        let reply = downlink::handle(
+            &mut self.store,
+            &self.topics,
+            &self.context,
+            &self.link.downlink,
+            topic,
+            payload,
+            now_ms(),
+        );
+        match reply {
+            Reply::None => false,
+            Reply::OutboxChanged => true,
+            Reply::Resync { local_version, reason } => {
+                self.request_resync(local_version, reason);
+                false
+            }
+        }
+    }
+
+    /// Hands queued outbox entries to the client until the window is full.
+    fn pump(&mut self) {
+        while self.inflight.outbox_outstanding < WINDOW {
+            let room = WINDOW - self.inflight.outbox_outstanding;
+            let batch = match self.store.outbox_after(self.inflight.cursor, room) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the outbox");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                return;
+            }
+            for entry in batch {
+                if let Err(e) = self.client.try_publish(&entry.topic, QoS::AtLeastOnce, false, entry.payload) {
+                    // The client queue is full: the rest waits for acknowledgements.
+                    debug!(error = %e, "publish deferred");
+                    return;
+                }
+                debug!(stream = %entry.stream, seq = entry.seq, "queued entry handed to the broker connection");
+                self.inflight.awaiting_pkid.push_back(Tracked::Outbox(entry.id));
+                self.inflight.cursor = entry.id;
+                self.inflight.outbox_outstanding += 1;
+                self.link.published.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn on_puback(&mut self, pkid: u16) {
+        if let Some(Tracked::Outbox(id)) = self.inflight.by_pkid.remove(&pkid) {
+            if let Err(e) = self.store.outbox_remove(id) {
+                warn!(error = %e, "could not remove an acknowledged outbox entry; it will be sent again");
+            }
+            self.link.acked.fetch_add(1, Ordering::Relaxed);
+            self.inflight.outbox_outstanding = self.inflight.outbox_outstanding.saturating_sub(1);
+            self.pump();
+        }
+    }
 }
 
 /// Runs the MQTT session until `shutdown`; `outbox_changed` is notified
@@ -105,35 +255,36 @@ pub async fn run_sync(
         }
     };
     let topics = Topics::new(&settings.topic_prefix, &settings.site, &settings.gate);
-    let status = |online: bool, store: &Store| {
-        let outbox = store.outbox_stats().unwrap_or_default();
-        encode_status(
-            online,
-            settings.site.as_str(),
-            settings.gate.as_str(),
-            &settings.version,
-            outbox,
-            &devices(),
-            now_ms(),
-        )
-    };
-
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
         .set_keep_alive(settings.keep_alive)
         .set_clean_session(true)
         .set_inflight(WINDOW as u16)
-        .set_last_will(LastWill::new(
-            &topics.status,
-            status(false, &store),
-            QoS::AtLeastOnce,
-            true,
-        ));
-    // Room for a full window plus status messages: try_publish never blocks
-    // the task that also drives the event loop.
-    let (client, mut eventloop) = AsyncClient::new(options, WINDOW * 2 + 8);
+        .set_max_packet_size(downlink::MAX_DOWNLINK_BYTES + 1024, 1 << 20);
+    // Room for a full window plus status and resync messages: try_publish
+    // never blocks the task that also drives the event loop.
+    let (client, mut eventloop) = AsyncClient::new(options.clone(), WINDOW * 2 + 16);
+    let context = EventContext {
+        site_id: settings.site.to_string(),
+        gate_id: settings.gate.to_string(),
+        lane: settings.lane,
+        direction: settings.direction,
+        policy_version: settings.policy_version.clone(),
+    };
+    let mut session = Session {
+        settings: &settings,
+        topics: topics.clone(),
+        client,
+        store,
+        inflight: InFlight::default(),
+        link: &link,
+        devices,
+        context,
+    };
+    // The last will is fixed at connect time; it says offline with the
+    // state at start, which is what the platform needs to know.
+    eventloop.mqtt_options.set_last_will(LastWill::new(&topics.status, session.status(false), QoS::AtLeastOnce, true));
 
-    let mut inflight = InFlight::default();
     let mut backoff = BACKOFF_START;
     let mut status_tick = tokio::time::interval(settings.status_interval);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,26 +302,17 @@ pub async fn run_sync(
                     backoff = BACKOFF_START;
                     // Clean session: nothing of the last connection survives,
                     // so publishing restarts at the oldest queued entry.
-                    inflight = InFlight::default();
-                    publish_status(&client, &topics, status(true, &store), &mut inflight);
-                    pump(&client, &store, &mut inflight, &link);
+                    session.on_connected();
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(tracked) = inflight.awaiting_pkid.pop_front() {
-                        inflight.by_pkid.insert(pkid, tracked);
+                    if let Some(tracked) = session.inflight.awaiting_pkid.pop_front() {
+                        session.inflight.by_pkid.insert(pkid, tracked);
                     }
                 }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    match inflight.by_pkid.remove(&ack.pkid) {
-                        Some(Tracked::Outbox(id)) => {
-                            if let Err(e) = store.outbox_remove(id) {
-                                warn!(error = %e, "could not remove an acknowledged outbox entry; it will be sent again");
-                            }
-                            link.acked.fetch_add(1, Ordering::Relaxed);
-                            inflight.outbox_outstanding = inflight.outbox_outstanding.saturating_sub(1);
-                            pump(&client, &store, &mut inflight, &link);
-                        }
-                        Some(Tracked::Status) | None => {}
+                Ok(Event::Incoming(Packet::PubAck(ack))) => session.on_puback(ack.pkid),
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if session.on_publish(&publish.topic, &publish.payload) {
+                        session.pump();
                     }
                 }
                 Ok(_) => {}
@@ -178,14 +320,13 @@ pub async fn run_sync(
                     link.connection_errors.fetch_add(1, Ordering::Relaxed);
                     if connected {
                         warn!(%broker, error = %e, "lost the broker; events queue in the outbox");
+                    } else if link.connection_errors.load(Ordering::Relaxed) == 1 {
+                        warn!(%broker, error = %e, "broker unreachable; decisions go on and events queue in the outbox until it returns");
                     } else {
                         debug!(%broker, error = %e, "broker still unreachable");
                     }
-                    if link.connections.load(Ordering::Relaxed) == 0 && link.connection_errors.load(Ordering::Relaxed) == 1 {
-                        warn!(%broker, error = %e, "broker unreachable; decisions go on and events queue in the outbox until it returns");
-                    }
                     link.connected.store(false, Ordering::Relaxed);
-                    inflight = InFlight::default();
+                    session.inflight = InFlight::default();
                     if !matches!(e, ConnectionError::RequestsDone) {
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
@@ -195,21 +336,17 @@ pub async fn run_sync(
                     }
                 }
             },
-            _ = outbox_changed.notified(), if connected => pump(&client, &store, &mut inflight, &link),
-            _ = status_tick.tick(), if connected => publish_status(&client, &topics, status(true, &store), &mut inflight),
+            _ = outbox_changed.notified(), if connected => session.pump(),
+            _ = status_tick.tick(), if connected => session.publish_status(),
         }
     }
 
     // A clean stop says so in the retained status, instead of leaving the
     // last will to the broker's keep-alive timeout.
     if link.connected.load(Ordering::Relaxed) {
-        let _ = client.try_publish(
-            &topics.status,
-            QoS::AtLeastOnce,
-            true,
-            status(false, &store),
-        );
-        let _ = client.try_disconnect();
+        let offline = session.status(false);
+        let _ = session.client.try_publish(&topics.status, QoS::AtLeastOnce, true, offline);
+        let _ = session.client.try_disconnect();
         let drain = async {
             while let Ok(event) = eventloop.poll().await {
                 if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
@@ -221,48 +358,4 @@ pub async fn run_sync(
     }
     link.connected.store(false, Ordering::Relaxed);
     info!("uplink stopped");
-}
-
-fn publish_status(
-    client: &AsyncClient,
-    topics: &Topics,
-    payload: Vec<u8>,
-    inflight: &mut InFlight,
-) {
-    match client.try_publish(&topics.status, QoS::AtLeastOnce, true, payload) {
-        Ok(()) => inflight.awaiting_pkid.push_back(Tracked::Status),
-        Err(e) => debug!(error = %e, "status not published this time"),
-    }
-}
-
-/// Hands queued outbox entries to the client until the window is full.
-fn pump(client: &AsyncClient, store: &Store, inflight: &mut InFlight, link: &LinkState) {
-    while inflight.outbox_outstanding < WINDOW {
-        let room = WINDOW - inflight.outbox_outstanding;
-        let batch = match store.outbox_after(inflight.cursor, room) {
-            Ok(batch) => batch,
-            Err(e) => {
-                warn!(error = %e, "cannot read the outbox");
-                return;
-            }
-        };
-        if batch.is_empty() {
-            return;
-        }
-        for entry in batch {
-            if let Err(e) = client.try_publish(&entry.topic, QoS::AtLeastOnce, false, entry.payload)
-            {
-                // The client queue is full: the rest waits for acknowledgements.
-                debug!(error = %e, "publish deferred");
-                return;
-            }
-            if entry.stream == EVENT_STREAM {
-                debug!(seq = entry.seq, "event handed to the broker connection");
-            }
-            inflight.awaiting_pkid.push_back(Tracked::Outbox(entry.id));
-            inflight.cursor = entry.id;
-            inflight.outbox_outstanding += 1;
-            link.published.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }

@@ -132,18 +132,23 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
                 9,
                 2,
                 "mqqt",
-                "unknown table `mqqt` (expected one of: site, gate, store, mqtt, identity, devices); did you mean `mqtt`?",
+                "unknown table `mqqt` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes); did you mean `mqtt`?",
             )],
         ),
         (
-            "device not supported yet",
-            with_base("[devices.qr_scanner]\nport = \"/dev/qr\"\n"),
-            &[(9, 10, "devices.qr_scanner", "unknown table `qr_scanner` (expected one of: id_card, gate)")],
+            "device not supported",
+            with_base("[devices.rfid]\nport = \"/dev/rfid\"\n"),
+            &[(
+                9,
+                10,
+                "devices.rfid",
+                "unknown table `rfid` (expected one of: id_card, gate, qr_scanner, plate_reader)",
+            )],
         ),
         (
             "top-level key",
             format!("log_levl = \"debug\"\n{BASE}"),
-            &[(1, 1, "log_levl", "unknown key `log_levl` (expected one of: site, gate, store, mqtt, identity, devices)")],
+            &[(1, 1, "log_levl", "unknown key `log_levl` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes)")],
         ),
         (
             "case matters",
@@ -162,7 +167,7 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
                 10,
                 40,
                 "devices.id_card.bauds",
-                "unknown key `bauds` (expected one of: port, baud, poll_interval_ms); did you mean `baud`?",
+                "unknown key `bauds` (expected one of: port, baud, poll_interval_ms, side); did you mean `baud`?",
             )],
         ),
     ];
@@ -215,6 +220,62 @@ fn each_kind_of_bad_value_is_pinned_to_its_position() {
             "array of tables for table",
             with_base("[[mqtt]]\nport = 1883\n"),
             vec![(9, 1, "mqtt", "expected a table, found an array of tables")],
+        ),
+        // Policy, passes and the newer device sections.
+        (
+            "unknown category in a policy",
+            with_base("[policy.wartime]\nallowed_categories = [\"resident\", \"tourist\"]\n"),
+            vec![(10, 35, "policy.wartime.allowed_categories", "expected \"resident\", \"worker\" or \"visitor\", found \"tourist\"")],
+        ),
+        (
+            "policy categories not an array",
+            with_base("[policy.normal]\nhealth_required_for = \"resident\"\n"),
+            vec![(10, 23, "policy.normal.health_required_for", "expected an array of strings, found string \"resident\"")],
+        ),
+        (
+            "unknown policy key",
+            with_base("[policy.sporadic]\nvisitor_pass = true\n"),
+            vec![(
+                10,
+                1,
+                "policy.sporadic.visitor_pass",
+                "unknown key `visitor_pass` (expected one of: allowed_categories, visitor_pass_required, enforce_time_windows, health_required_for)",
+            )],
+        ),
+        (
+            "short platform key",
+            with_base("[passes]\nplatform_keys = [\"abcd\"]\n"),
+            vec![(10, 18, "passes.platform_keys", "expected an Ed25519 public key as 64 hex characters, found 4 characters")],
+        ),
+        (
+            "anti-passback misspelt",
+            gate("anti_passback = \"pared\""),
+            vec![(
+                5,
+                17,
+                "gate.anti_passback",
+                "expected \"off\", \"paired\" or \"timed\", found \"pared\"; did you mean \"paired\"?",
+            )],
+        ),
+        (
+            "qr terminator",
+            with_base("[devices.qr_scanner]\nport = \"/dev/qr\"\nterminator = \"newline\"\n"),
+            vec![(
+                11,
+                14,
+                "devices.qr_scanner.terminator",
+                "expected \"cr\", \"lf\", \"crlf\", \"tab\" or \"none\", found \"newline\"",
+            )],
+        ),
+        (
+            "plate confidence out of range",
+            with_base("[devices.plate_reader]\nport = \"/dev/plate\"\nmin_confidence = 1.5\n"),
+            vec![(11, 18, "devices.plate_reader.min_confidence", "expected a number from 0.0 to 1.0, found 1.5")],
+        ),
+        (
+            "reader side",
+            with_base("[devices.id_card]\nport = \"/dev/idcard\"\nside = \"inside\"\n"),
+            vec![(11, 8, "devices.id_card.side", "expected \"entry\" or \"exit\", found \"inside\"")],
         ),
         // Values outside their set.
         (
@@ -491,6 +552,7 @@ fn defaults_fill_every_optional_key() {
             port: PathBuf::from("/dev/gate-idcard"),
             baud: 115_200,
             poll_interval: Duration::from_millis(300),
+            side: None,
         })
     );
     assert_eq!(
@@ -660,11 +722,33 @@ fn example_config_documents_every_key() {
 }
 
 #[test]
+fn policies_default_per_mode_and_take_overrides() {
+    let config = ok(BASE);
+    assert_eq!(config.policy.normal, Policy::default_for(Mode::Normal));
+    assert_eq!(config.policy.wartime, Policy::default_for(Mode::Wartime));
+    assert!(config.policy.version.starts_with("auto-"), "{}", config.policy.version);
+    let custom = ok(&with_base(
+        "[policy]\nversion = \"2026-11-a\"\n[policy.wartime]\nallowed_categories = [\"resident\"]\nhealth_required_for = []\n",
+    ));
+    assert_eq!(custom.policy.version, "2026-11-a");
+    assert_eq!(custom.policy.wartime.allowed_categories, CategorySet::of(&[Category::Resident]));
+    assert_eq!(custom.policy.wartime.health_required_for, CategorySet::NONE);
+    assert_eq!(custom.policy.for_mode(Mode::Sporadic), &Policy::default_for(Mode::Sporadic));
+    // The derived version follows the content.
+    let other = ok(&with_base("[policy.normal]\nvisitor_pass_required = false\n"));
+    assert_ne!(other.policy.version, config.policy.version);
+    assert_eq!(ok(BASE).policy.version, config.policy.version, "stable");
+    let timed = ok(&format!("{BASE}"));
+    assert_eq!(timed.gate.anti_passback, AntiPassback::Off);
+}
+
+#[test]
 fn suggestions_need_a_close_match() {
     assert_eq!(suggest("buad", GATE_IO_KEYS), Some("baud"));
     assert_eq!(suggest("unlock_m", GATE_IO_KEYS), Some("unlock_ms"));
     assert_eq!(suggest("x", SITE_KEYS), None);
-    assert_eq!(suggest("qr_scanner", DEVICES_KEYS), None);
+    assert_eq!(suggest("qr_scaner", DEVICES_KEYS), Some("qr_scanner"));
+    assert_eq!(suggest("rfid", DEVICES_KEYS), None);
     assert_eq!(edit_distance("pluse", "pulse"), 2);
     assert_eq!(edit_distance("", "abc"), 3);
     assert_eq!(position("a\nbé c", 6), (2, 4));

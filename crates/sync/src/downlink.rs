@@ -1,0 +1,175 @@
+//! Messages from the platform: the site mode and the identity table. Each
+//! handler checks the whole message before applying anything and reports
+//! what happened; the session task publishes any resync request.
+
+use crate::convert;
+use crate::encode::{EventBody, EventRecord, encode_event};
+use crate::identity::{IdentityOutcome, handle_identity};
+use crate::{EVENT_STREAM, Topics};
+use gate_core::{Direction, Lane, ModeOrigin, ModeSchedule, UnixMillis};
+use gate_proto::v1 as pb;
+use gate_store::Store;
+use prost::Message;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::{info, warn};
+
+/// The largest downlink message accepted; anything bigger is hostile or a
+/// mistake, and is refused before decoding.
+pub const MAX_DOWNLINK_BYTES: usize = 8 << 20;
+
+/// Counts of what came down.
+#[derive(Debug, Default)]
+pub struct DownlinkCounters {
+    pub mode_changes: AtomicU64,
+    pub identity_applied: AtomicU64,
+    pub identity_staged: AtomicU64,
+    pub identity_duplicates: AtomicU64,
+    pub resync_requests: AtomicU64,
+    /// Malformed, oversized or unknown messages, dropped.
+    pub rejected: AtomicU64,
+}
+
+/// What the gate must say back after a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reply {
+    None,
+    Resync { local_version: u64, reason: &'static str },
+    /// The outbox gained an entry (a recorded mode change).
+    OutboxChanged,
+}
+
+/// Everything a mode-change event needs to say where it happened.
+#[derive(Debug, Clone)]
+pub(crate) struct EventContext {
+    pub site_id: String,
+    pub gate_id: String,
+    pub lane: Lane,
+    pub direction: Direction,
+    pub policy_version: String,
+}
+
+pub(crate) fn handle(
+    store: &mut Store,
+    topics: &Topics,
+    context: &EventContext,
+    counters: &DownlinkCounters,
+    topic: &str,
+    payload: &[u8],
+    now: UnixMillis,
+) -> Reply {
+    if payload.len() > MAX_DOWNLINK_BYTES {
+        counters.rejected.fetch_add(1, Ordering::Relaxed);
+        warn!(topic, bytes = payload.len(), "downlink message too large; dropped");
+        return Reply::None;
+    }
+    if topic == topics.mode {
+        handle_mode(store, topics, context, counters, payload, now)
+    } else if topic == topics.identity {
+        match handle_identity(store, payload, now) {
+            IdentityOutcome::Applied { version } => {
+                counters.identity_applied.fetch_add(1, Ordering::Relaxed);
+                info!(topic, version, "identity table updated");
+                Reply::None
+            }
+            IdentityOutcome::Staged { version, chunk_index, chunk_count } => {
+                counters.identity_staged.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(topic, version, chunk_index, chunk_count, "snapshot chunk staged");
+                Reply::None
+            }
+            IdentityOutcome::Duplicate => {
+                counters.identity_duplicates.fetch_add(1, Ordering::Relaxed);
+                Reply::None
+            }
+            IdentityOutcome::Resync { local_version, reason } => {
+                info!(topic, local_version, reason, "identity out of step; asking for a resync");
+                Reply::Resync { local_version, reason }
+            }
+            IdentityOutcome::Rejected { why } => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, %why, "identity message rejected; nothing applied");
+                let local_version = store.identity_state().map(|s| s.version).unwrap_or(0);
+                Reply::Resync { local_version, reason: "corrupt" }
+            }
+        }
+    } else {
+        counters.rejected.fetch_add(1, Ordering::Relaxed);
+        warn!(topic, "message on a topic this gate does not handle; dropped");
+        Reply::None
+    }
+}
+
+fn handle_mode(
+    store: &mut Store,
+    topics: &Topics,
+    context: &EventContext,
+    counters: &DownlinkCounters,
+    payload: &[u8],
+    now: UnixMillis,
+) -> Reply {
+    let topic = topics.mode.as_str();
+    if payload.is_empty() {
+        // A cleared retained message: keep the mode we have.
+        return Reply::None;
+    }
+    let change = match pb::ModeChange::decode(payload) {
+        Ok(change) => change,
+        Err(e) => {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(topic, error = %e, "not a ModeChange; ignored");
+            return Reply::None;
+        }
+    };
+    let mode = match convert::mode_from_wire(change.mode) {
+        Ok(mode) => mode,
+        Err(why) => {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(topic, %why, "ModeChange refused; the mode stays");
+            return Reply::None;
+        }
+    };
+    let origin = ModeOrigin { operator: format!("platform:{}", change.issued_by), reason: change.reason.clone() };
+    let current = match store.mode_schedule() {
+        Ok(current) => current,
+        Err(e) => {
+            warn!(topic, error = %e, "cannot read the stored mode; ModeChange not applied");
+            return Reply::None;
+        }
+    };
+    // The retained message comes again on every connection: the same change
+    // is not a new one.
+    if let Some(current) = &current {
+        if current.after == mode && current.effective_at_ms == change.effective_at_ms && current.origin == origin {
+            return Reply::None;
+        }
+    }
+    let schedule = current.unwrap_or_else(|| ModeSchedule::constant(gate_core::Mode::Normal)).with_change(
+        now,
+        mode,
+        change.effective_at_ms,
+        origin.clone(),
+    );
+    if let Err(e) = store.set_mode_schedule(&schedule) {
+        warn!(topic, error = %e, "cannot persist the mode; ModeChange not applied");
+        return Reply::None;
+    }
+    counters.mode_changes.fetch_add(1, Ordering::Relaxed);
+    info!(topic, mode = mode.as_str(), effective_at_ms = change.effective_at_ms, operator = %origin.operator, "site mode set by the platform");
+    let record = EventRecord {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        site_id: context.site_id.clone(),
+        gate_id: context.gate_id.clone(),
+        occurred_at_ms: now,
+        lane: context.lane,
+        direction: context.direction,
+        mode: schedule.at(now),
+        policy_version: context.policy_version.clone(),
+        body: EventBody::ModeChange { mode, operator: origin.operator, note: origin.reason },
+    };
+    match store.append_event(EVENT_STREAM, &topics.events, now, |seq| encode_event(&record, seq)) {
+        Ok(_) => Reply::OutboxChanged,
+        Err(e) => {
+            warn!(error = %e, "could not record the mode change event");
+            Reply::None
+        }
+    }
+}
