@@ -199,6 +199,20 @@ impl Subscriber {
             .collect()
     }
 
+    /// Decision events only (passages, alarms and mode changes left out), in arrival order.
+    pub fn decisions(&self, topic: &str) -> Vec<pb::GateEvent> {
+        self.events(topic).into_iter().filter(|e| e.kind() == pb::EventKind::Decision).collect()
+    }
+
+    /// Decoded alerts received on `topic`, in arrival order.
+    pub fn alerts(&self, topic: &str) -> Vec<pb::Alert> {
+        self.messages()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| pb::Alert::decode(m.payload.as_slice()).expect("an Alert"))
+            .collect()
+    }
+
     /// Events deduplicated by `event_id` (delivery is at least once), first arrival kept.
     pub fn unique_events(&self, topic: &str) -> Vec<pb::GateEvent> {
         let mut seen = std::collections::HashSet::new();
@@ -336,15 +350,10 @@ impl GateFixture {
             .iter()
             .map(|p| {
                 let id = IdNumber::parse(p.id_number).expect("fixture ID numbers are valid");
+                let mut person = PersonRecord::new(p.person_id, p.category, p.status, from, to);
+                person.display_name = p.name.into();
                 gate_store::NewPerson {
-                    person: PersonRecord {
-                        person_id: p.person_id.into(),
-                        category: p.category,
-                        status: p.status,
-                        valid_from_ms: from,
-                        valid_to_ms: to,
-                        display_name: p.name.into(),
-                    },
+                    person,
                     credentials: vec![(
                         CredentialKind::IdNumber,
                         self.key

@@ -5,8 +5,8 @@
 use anyhow::Result;
 use gate_proto::v1 as pb;
 use gate_tests::{
-    EVENTS_TOPIC, GATE, GateFixture, Mosquitto, RunningDaemon, SITE, STATUS_TOPIC, Subscriber,
-    init_test_logging, resident,
+    EVENTS_TOPIC, GATE, GateFixture, Mosquitto, RunningDaemon, SITE, STATUS_TOPIC, Subscriber, init_test_logging,
+    resident,
 };
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,11 +21,7 @@ const FORGED: &str = "350203199001011237";
 const WAIT: Duration = Duration::from_secs(10);
 
 fn unlocks(fx: &GateFixture, coil: u16) -> usize {
-    fx.gate
-        .coil_writes()
-        .iter()
-        .filter(|w| w.coil == coil && w.on)
-        .count()
+    fx.gate.coil_writes().iter().filter(|w| w.coil == coil && w.on).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,21 +34,15 @@ async fn resident_passes_and_stranger_is_blocked_without_unlock() -> Result<()> 
     daemon.wait_connected().await?;
 
     fx.present_card(ZHANG, "张三").await?;
-    sub.wait_until(WAIT, "the pass event", |s| {
-        s.events(EVENTS_TOPIC).len() == 1
-    })
-    .await?;
-    let pass = &sub.events(EVENTS_TOPIC)[0];
+    sub.wait_until(WAIT, "the pass event", |s| s.decisions(EVENTS_TOPIC).len() == 1).await?;
+    let pass = &sub.decisions(EVENTS_TOPIC)[0];
     assert_eq!(pass.decision(), pb::Decision::Pass);
     assert_eq!(pass.reason(), pb::Reason::Unspecified);
     assert_eq!(pass.person_id, "p-001");
     assert_eq!(pass.category(), pb::Category::Resident);
     assert_eq!(pass.credential_type(), pb::CredentialType::IdCard);
     assert_eq!(pass.subject, "350203********123X");
-    assert_eq!(
-        (pass.seq, pass.site_id.as_str(), pass.gate_id.as_str()),
-        (1, SITE, GATE)
-    );
+    assert_eq!((pass.seq, pass.site_id.as_str(), pass.gate_id.as_str()), (1, SITE, GATE));
     assert_eq!(pass.event_id.len(), 36, "a UUID");
     // Pulse mode: the entry coil went on, then off again.
     tokio::time::timeout(WAIT, async {
@@ -63,11 +53,8 @@ async fn resident_passes_and_stranger_is_blocked_without_unlock() -> Result<()> 
     .await?;
 
     fx.present_card(STRANGER, "陌生人").await?;
-    sub.wait_until(WAIT, "the block event", |s| {
-        s.events(EVENTS_TOPIC).len() == 2
-    })
-    .await?;
-    let block = &sub.events(EVENTS_TOPIC)[1];
+    sub.wait_until(WAIT, "the block event", |s| s.decisions(EVENTS_TOPIC).len() == 2).await?;
+    let block = &sub.decisions(EVENTS_TOPIC)[1];
     assert_eq!(block.decision(), pb::Decision::Block);
     assert_eq!(block.reason(), pb::Reason::UnknownPerson);
     assert_eq!(block.person_id, "");
@@ -75,11 +62,8 @@ async fn resident_passes_and_stranger_is_blocked_without_unlock() -> Result<()> 
     assert_eq!(block.subject, "440524********0014");
 
     fx.present_card(FORGED, "伪造").await?;
-    sub.wait_until(WAIT, "the invalid-number event", |s| {
-        s.events(EVENTS_TOPIC).len() == 3
-    })
-    .await?;
-    let forged = &sub.events(EVENTS_TOPIC)[2];
+    sub.wait_until(WAIT, "the invalid-number event", |s| s.decisions(EVENTS_TOPIC).len() == 3).await?;
+    let forged = &sub.decisions(EVENTS_TOPIC)[2];
     assert_eq!(forged.reason(), pb::Reason::InvalidIdNumber);
     assert_eq!(forged.subject, "350203********1237");
 
@@ -95,10 +79,7 @@ async fn resident_passes_and_stranger_is_blocked_without_unlock() -> Result<()> 
     assert_eq!(names, ["id_card", "gate"]);
     daemon.stop().await?;
     // A clean stop replaces the retained status with offline.
-    sub.wait_until(WAIT, "the offline status", |s| {
-        s.last_status(STATUS_TOPIC).is_some_and(|st| !st.online)
-    })
-    .await?;
+    sub.wait_until(WAIT, "the offline status", |s| s.last_status(STATUS_TOPIC).is_some_and(|st| !st.online)).await?;
     Ok(())
 }
 
@@ -108,61 +89,49 @@ async fn backlog_survives_broker_outage_and_daemon_restart_in_seq_order() -> Res
     let mut broker = Mosquitto::start()?;
     let sub = Subscriber::connect(broker.port(), "village/#").await?;
     broker.stop();
-    let fx = GateFixture::new(
-        broker.port(),
-        &[
-            resident("p-001", ZHANG, "张三"),
-            resident("p-002", LI, "李四"),
-        ],
-    )?;
+    let fx = GateFixture::new(broker.port(), &[resident("p-001", ZHANG, "张三"), resident("p-002", LI, "李四")])?;
 
     // Broker down: the daemon keeps deciding and queues.
     let daemon = RunningDaemon::start(fx.config());
-    for id in [ZHANG, LI, STRANGER] {
+    // Each resident walks through before the next card (the simulated
+    // turnstile reports one passage per unlock).
+    for (id, passages) in [(ZHANG, 1), (LI, 2), (STRANGER, 2)] {
         fx.present_card(id, "x").await?;
+        wait_for(|| daemon.observed.decisions.passages.load(Ordering::Relaxed) == passages).await?;
     }
     wait_for(|| daemon.observed.decisions.passed.load(Ordering::Relaxed) == 2).await?;
     wait_for(|| daemon.observed.decisions.blocked.load(Ordering::Relaxed) == 1).await?;
-    assert_eq!(outbox_depth(&fx), 3);
     wait_for(|| unlocks(&fx, 0) == 2).await?;
+    // Three decisions and the two passages the simulated turnstile reported.
+    wait_for(|| daemon.observed.decisions.passages.load(Ordering::Relaxed) == 2).await?;
+    assert_eq!(outbox_depth(&fx), 5);
 
     broker.resume()?;
-    sub.wait_until(WAIT, "the three queued events", |s| {
-        s.unique_events(EVENTS_TOPIC).len() == 3
-    })
-    .await?;
+    sub.wait_until(WAIT, "the five queued events", |s| s.unique_events(EVENTS_TOPIC).len() == 5).await?;
     wait_for(|| outbox_depth(&fx) == 0).await?;
 
     // Down again; two more cards; the daemon restarts mid-way; one more card.
     broker.stop();
-    for id in [LI, ZHANG] {
+    for (id, passages) in [(LI, 3), (ZHANG, 4)] {
         fx.present_card(id, "x").await?;
+        wait_for(|| daemon.observed.decisions.passages.load(Ordering::Relaxed) == passages).await?;
     }
     wait_for(|| daemon.observed.decisions.passed.load(Ordering::Relaxed) == 4).await?;
+    wait_for(|| daemon.observed.decisions.passages.load(Ordering::Relaxed) == 4).await?;
     daemon.stop().await?;
     let daemon = RunningDaemon::start(fx.config());
     fx.present_card(STRANGER, "x").await?;
     wait_for(|| daemon.observed.decisions.blocked.load(Ordering::Relaxed) == 1).await?;
-    assert_eq!(outbox_depth(&fx), 3);
+    assert_eq!(outbox_depth(&fx), 5, "two decisions, two passages, one decision after the restart");
 
     broker.resume()?;
-    sub.wait_until(WAIT, "all six events", |s| {
-        s.unique_events(EVENTS_TOPIC).len() == 6
-    })
-    .await?;
-    let seqs: Vec<u64> = sub
-        .unique_events(EVENTS_TOPIC)
-        .iter()
-        .map(|e| e.seq)
-        .collect();
-    assert_eq!(
-        seqs,
-        [1, 2, 3, 4, 5, 6],
-        "gap-free and in order across the outage and the restart"
-    );
+    sub.wait_until(WAIT, "all ten events", |s| s.unique_events(EVENTS_TOPIC).len() == 10).await?;
+    let seqs: Vec<u64> = sub.unique_events(EVENTS_TOPIC).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>(), "gap-free and in order across the outage and the restart");
     let reasons: Vec<pb::Reason> = sub
         .unique_events(EVENTS_TOPIC)
         .iter()
+        .filter(|e| e.kind() == pb::EventKind::Decision)
         .map(|e| e.reason())
         .collect();
     use pb::Reason::{UnknownPerson, Unspecified as Ok_};
@@ -198,11 +167,7 @@ async fn corrupt_frames_and_a_silent_reader_never_unlock_and_recover() -> Result
     wait_for(|| daemon.observed.decisions.passed.load(Ordering::Relaxed) == 1).await?;
     wait_for(|| unlocks(&fx, 0) == 1).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        daemon.observed.decisions.passed.load(Ordering::Relaxed),
-        1,
-        "a card is read once"
-    );
+    assert_eq!(daemon.observed.decisions.passed.load(Ordering::Relaxed), 1, "a card is read once");
     assert_eq!(daemon.observed.decisions.blocked.load(Ordering::Relaxed), 0);
     daemon.stop().await?;
     Ok(())
@@ -219,10 +184,7 @@ async fn wait_for(done: impl Fn() -> bool) -> Result<()> {
 }
 
 fn outbox_depth(fx: &GateFixture) -> u64 {
-    gate_store::Store::open(&fx.store_path)
-        .and_then(|s| s.outbox_stats())
-        .map(|s| s.depth)
-        .expect("outbox stats")
+    gate_store::Store::open(&fx.store_path).and_then(|s| s.outbox_stats()).map(|s| s.depth).expect("outbox stats")
 }
 
 fn assert_no_id_numbers_in(fx: &GateFixture, numbers: &[&str]) {

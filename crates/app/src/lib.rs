@@ -6,12 +6,15 @@
 //! [`run`] returns only after all of them have stopped, so a SIGTERM never
 //! cuts a SQLite write or a coil command in half.
 
+mod alerts;
 mod decide;
 
 use gate_config::Config;
 use gate_devices::DeviceHealth;
 use gate_devices::gate_io::{GateIoSettings, UnlockMode};
 use gate_devices::idcard::IdCardSettings;
+use gate_devices::plate_reader::PlateReaderSettings;
+use gate_devices::qr_scanner::{QrScannerSettings, Terminator};
 use gate_store::Store;
 use gate_sync::{DeviceReport, LinkState, SyncSettings};
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-pub use decide::DecisionCounters;
+pub use decide::{DecisionCounters, set_mode_locally};
 
 /// The daemon's version, as reported to the platform.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -54,6 +57,8 @@ pub fn wall_clock_ms() -> gate_core::UnixMillis {
 pub struct Observed {
     pub id_card: Arc<DeviceHealth>,
     pub gate_io: Arc<DeviceHealth>,
+    pub qr_scanner: Arc<DeviceHealth>,
+    pub plate_reader: Arc<DeviceHealth>,
     pub link: Arc<LinkState>,
     pub decisions: Arc<DecisionCounters>,
 }
@@ -90,9 +95,10 @@ pub async fn run_observed(
 
     let tracker = TaskTracker::new();
     let outbox_changed = Arc::new(Notify::new());
-    let (card_tx, card_rx) = mpsc::channel(16);
+    let (presented_tx, presented_rx) = mpsc::channel::<decide::Presented>(32);
     let (gate_cmd_tx, gate_cmd_rx) = mpsc::channel(16);
     let (gate_evt_tx, gate_evt_rx) = mpsc::channel(64);
+    let default_side = config.gate.default_side();
 
     if let Some(reader) = &config.devices.id_card {
         let settings = IdCardSettings {
@@ -101,19 +107,46 @@ pub async fn run_observed(
             poll_interval: reader.poll_interval,
             reply_timeout: Duration::from_secs(1),
         };
+        let side = reader.side.unwrap_or(default_side);
+        let (tx, rx) = mpsc::channel(16);
         tracker.spawn(
-            gate_devices::idcard::run_id_card_reader(
-                settings,
-                card_tx,
-                observed.id_card.clone(),
-                shutdown.clone(),
-            )
-            .instrument(info_span!(parent: &span, "id_card", port = %reader.port.display())),
+            gate_devices::idcard::run_id_card_reader(settings, tx, observed.id_card.clone(), shutdown.clone())
+                .instrument(info_span!(parent: &span, "id_card")),
         );
-    } else {
-        drop(card_tx);
-        span.in_scope(|| info!("no [devices.id_card] configured"));
+        tracker.spawn(forward(rx, presented_tx.clone(), move |e| decide::Presented::Card(e, side)));
     }
+    if let Some(scanner) = &config.devices.qr_scanner {
+        let mut settings = QrScannerSettings::new(scanner.port.clone());
+        settings.baud = scanner.baud;
+        settings.prefix = scanner.prefix.clone();
+        settings.terminator = match scanner.terminator {
+            gate_config::QrTerminator::Cr => Terminator::Cr,
+            gate_config::QrTerminator::Lf => Terminator::Lf,
+            gate_config::QrTerminator::CrLf => Terminator::CrLf,
+            gate_config::QrTerminator::Tab => Terminator::Tab,
+            gate_config::QrTerminator::None => Terminator::None,
+        };
+        let side = scanner.side.unwrap_or(default_side);
+        let (tx, rx) = mpsc::channel(16);
+        tracker.spawn(
+            gate_devices::qr_scanner::run_qr_scanner(settings, tx, observed.qr_scanner.clone(), shutdown.clone())
+                .instrument(info_span!(parent: &span, "qr_scanner")),
+        );
+        tracker.spawn(forward(rx, presented_tx.clone(), move |e| decide::Presented::Qr(e, side)));
+    }
+    if let Some(camera) = &config.devices.plate_reader {
+        let mut settings = PlateReaderSettings::new(camera.port.clone());
+        settings.baud = camera.baud;
+        settings.min_confidence = camera.min_confidence;
+        let side = camera.side.unwrap_or(default_side);
+        let (tx, rx) = mpsc::channel(16);
+        tracker.spawn(
+            gate_devices::plate_reader::run_plate_reader(settings, tx, observed.plate_reader.clone(), shutdown.clone())
+                .instrument(info_span!(parent: &span, "plate_reader")),
+        );
+        tracker.spawn(forward(rx, presented_tx.clone(), move |e| decide::Presented::Plate(e, side)));
+    }
+    drop(presented_tx);
 
     let gate_commands = if let Some(io) = &config.devices.gate {
         let settings = GateIoSettings {
@@ -159,6 +192,10 @@ pub async fn run_observed(
         site: config.site.id.clone(),
         gate: config.gate.id.clone(),
         store_path: config.store.path.clone(),
+        lane: config.gate.lane,
+        direction: config.gate.direction,
+        policy_version: config.policy.version.clone(),
+        default_mode: gate_core::Mode::Normal,
         version: VERSION.to_owned(),
         status_interval: Duration::from_secs(15),
     };
@@ -178,7 +215,7 @@ pub async fn run_observed(
     );
     tracker.spawn(
         decider
-            .run(card_rx, gate_evt_rx, shutdown.clone())
+            .run(presented_rx, gate_evt_rx, shutdown.clone())
             .instrument(info_span!(parent: &span, "decisions")),
     );
 
@@ -206,6 +243,12 @@ fn device_reporter(
     if config.devices.gate.is_some() {
         sources.push(("gate".to_owned(), observed.gate_io.clone()));
     }
+    if config.devices.qr_scanner.is_some() {
+        sources.push(("qr_scanner".to_owned(), observed.qr_scanner.clone()));
+    }
+    if config.devices.plate_reader.is_some() {
+        sources.push(("plate_reader".to_owned(), observed.plate_reader.clone()));
+    }
     Arc::new(move || {
         sources
             .iter()
@@ -231,5 +274,15 @@ impl Observed {
     /// Whether the uplink currently holds a broker connection.
     pub fn broker_connected(&self) -> bool {
         self.link.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Moves one device's events into the decision loop's single queue, tagged
+/// with where they came from; ends when either side closes.
+async fn forward<T>(mut from: mpsc::Receiver<T>, to: mpsc::Sender<decide::Presented>, tag: impl Fn(T) -> decide::Presented) {
+    while let Some(event) = from.recv().await {
+        if to.send(tag(event)).await.is_err() {
+            break;
+        }
     }
 }

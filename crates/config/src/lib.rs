@@ -41,6 +41,16 @@ pub struct Config {
     pub devices: DevicesConfig,
     pub policy: PolicyConfig,
     pub passes: PassesConfig,
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: alerts to the management departments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    /// `[alerts] quiet_period_s`, default 300: the same subject refused for
+    /// the same reason within this period raises the open alert's repeat
+    /// count instead of a new alert.
+    pub quiet_period: Duration,
 }
 
 /// `[policy]` and `[policy.<mode>]`: what each mode allows.

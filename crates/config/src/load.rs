@@ -7,7 +7,7 @@
 //! misspelt key is always reported, never ignored.
 
 use crate::{
-    AntiPassback, CategorySet, Config, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig, IdentityConfig,
+    AlertsConfig, AntiPassback, CategorySet, Config, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig, IdentityConfig,
     MqttConfig, PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator, Side, SiteConfig,
     StoreConfig, UnlockMode,
 };
@@ -22,7 +22,7 @@ use gate_core::{Category, Mode};
 /// Serial speeds the devices accept.
 const BAUD_RATES: &[i64] = &[9600, 19200, 38400, 57600, 115200];
 
-const ROOT_KEYS: &[&str] = &["site", "gate", "store", "mqtt", "identity", "devices", "policy", "passes"];
+const ROOT_KEYS: &[&str] = &["site", "gate", "store", "mqtt", "identity", "devices", "policy", "passes", "alerts"];
 const SITE_KEYS: &[&str] = &["id", "utc_offset"];
 const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible", "anti_passback", "anti_passback_s"];
 const STORE_KEYS: &[&str] = &["path"];
@@ -36,6 +36,7 @@ const POLICY_KEYS: &[&str] = &["version", "normal", "sporadic", "wartime"];
 const POLICY_MODE_KEYS: &[&str] =
     &["allowed_categories", "visitor_pass_required", "enforce_time_windows", "health_required_for"];
 const PASSES_KEYS: &[&str] = &["platform_keys", "companion_window_s"];
+const ALERTS_KEYS: &[&str] = &["quiet_period_s"];
 const GATE_IO_KEYS: &[&str] = &[
     "driver",
     "port",
@@ -70,6 +71,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
     ("policy.sporadic", POLICY_MODE_KEYS),
     ("policy.wartime", POLICY_MODE_KEYS),
     ("passes", PASSES_KEYS),
+    ("alerts", ALERTS_KEYS),
     ("devices.gate", GATE_IO_KEYS),
 ];
 
@@ -614,7 +616,14 @@ impl Checker<'_> {
             Got::Invalid => None,
         };
 
+        let alerts = match self.section(root, "alerts", "alerts") {
+            Got::Found(s) => self.alerts(s),
+            Got::Absent => self.alerts(Section { path: "alerts", table: &empty, at: 0 }),
+            Got::Invalid => None,
+        };
+
         Some(Config {
+            alerts: alerts?,
             policy: policy?,
             passes: passes?,
             source: self.file.to_path_buf(),
@@ -1008,6 +1017,12 @@ impl Checker<'_> {
             format!("auto-{:08x}", hash >> 32)
         });
         Some(PolicyConfig { version, normal, sporadic, wartime })
+    }
+
+    fn alerts(&mut self, s: Section<'_>) -> Option<AlertsConfig> {
+        self.unknown_keys(s, ALERTS_KEYS);
+        let quiet = self.int_in::<u64>(s, "quiet_period_s", 0..=86_400).or(300);
+        Some(AlertsConfig { quiet_period: Duration::from_secs(quiet?) })
     }
 
     fn passes(&mut self, s: Section<'_>) -> Option<PassesConfig> {

@@ -252,7 +252,8 @@ pub fn normalise_plate(raw: &str) -> Option<String> {
     }
     let mut chars = cleaned.chars();
     let first = chars.next()?;
-    if !(first.is_ascii_uppercase() || !first.is_ascii()) {
+    // The province character (non-ASCII) or a letter (embassy, army plates).
+    if first.is_ascii() && !first.is_ascii_uppercase() {
         return None;
     }
     let rest_ok = chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || "挂学警港澳领使".contains(c));

@@ -128,17 +128,10 @@ pub fn parse_people(
         if let (Some(category), Some(from), Some(to), Some(hash)) =
             (category, valid_from, valid_to, hash)
         {
-            people.push(NewPerson {
-                person: PersonRecord {
-                    person_id: person_id.to_owned(),
-                    category,
-                    status: PersonStatus::Active,
-                    valid_from_ms: from.start_ms(offset),
-                    valid_to_ms: to.end_ms(offset),
-                    display_name: name.to_owned(),
-                },
-                credentials: vec![(CredentialKind::IdNumber, hash)],
-            });
+            let mut person =
+                PersonRecord::new(person_id, category, PersonStatus::Active, from.start_ms(offset), to.end_ms(offset));
+            person.display_name = name.to_owned();
+            people.push(NewPerson { person, credentials: vec![(CredentialKind::IdNumber, hash)] });
         }
     }
     if errors.is_empty() {

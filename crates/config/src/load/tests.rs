@@ -132,7 +132,7 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
                 9,
                 2,
                 "mqqt",
-                "unknown table `mqqt` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes); did you mean `mqtt`?",
+                "unknown table `mqqt` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts); did you mean `mqtt`?",
             )],
         ),
         (
@@ -148,7 +148,7 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
         (
             "top-level key",
             format!("log_levl = \"debug\"\n{BASE}"),
-            &[(1, 1, "log_levl", "unknown key `log_levl` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes)")],
+            &[(1, 1, "log_levl", "unknown key `log_levl` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts)")],
         ),
         (
             "case matters",

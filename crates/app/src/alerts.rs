@@ -1,0 +1,72 @@
+//! Alert deduplication: the same subject refused for the same reason within
+//! the quiet period raises the repeat count of the open alert (same
+//! `alert_id`) instead of opening a new one.
+
+use gate_core::UnixMillis;
+use std::collections::HashMap;
+
+/// One alert as it goes out: new (`repeat_count == 1`) or a repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Occurrence {
+    pub alert_id: String,
+    pub repeat_count: u32,
+    pub first_at_ms: UnixMillis,
+}
+
+#[derive(Debug)]
+struct Open {
+    alert_id: String,
+    count: u32,
+    first_at_ms: UnixMillis,
+    last_at_ms: UnixMillis,
+}
+
+/// Open alerts by (subject, reason). Pure: time is an argument.
+#[derive(Debug)]
+pub(crate) struct AlertBook {
+    quiet_ms: i64,
+    open: HashMap<(String, String), Open>,
+}
+
+impl AlertBook {
+    pub(crate) fn new(quiet_ms: i64) -> Self {
+        AlertBook { quiet_ms, open: HashMap::new() }
+    }
+
+    pub(crate) fn record(&mut self, subject: &str, reason: &str, now: UnixMillis) -> Occurrence {
+        let quiet = self.quiet_ms;
+        self.open.retain(|_, o| now - o.last_at_ms <= quiet);
+        let key = (subject.to_owned(), reason.to_owned());
+        let open = self.open.entry(key).or_insert_with(|| Open {
+            alert_id: uuid::Uuid::new_v4().to_string(),
+            count: 0,
+            first_at_ms: now,
+            last_at_ms: now,
+        });
+        open.count += 1;
+        open.last_at_ms = now;
+        Occurrence { alert_id: open.alert_id.clone(), repeat_count: open.count, first_at_ms: open.first_at_ms }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_within_the_quiet_period_share_one_alert() {
+        let mut book = AlertBook::new(1_000);
+        let a = book.record("s1", "blocklisted", 0);
+        let b = book.record("s1", "blocklisted", 900);
+        assert_eq!((b.alert_id == a.alert_id, b.repeat_count, b.first_at_ms), (true, 2, 0));
+        // The quiet period runs from the last refusal.
+        let c = book.record("s1", "blocklisted", 1_800);
+        assert_eq!((c.alert_id == a.alert_id, c.repeat_count), (true, 3));
+        let d = book.record("s1", "blocklisted", 2_801);
+        assert_ne!(d.alert_id, a.alert_id);
+        assert_eq!(d.repeat_count, 1);
+        // Another reason or subject is another alert.
+        assert_ne!(book.record("s1", "health_code_red", 2_802).alert_id, d.alert_id);
+        assert_ne!(book.record("s2", "blocklisted", 2_803).alert_id, d.alert_id);
+    }
+}

@@ -1,0 +1,252 @@
+//! Visitor QR passes: compact tokens the platform signs with Ed25519 and
+//! the gate verifies offline.
+//!
+//! Token: `VP1.` + base64url(payload JSON) + `.` + base64url(signature), the
+//! signature over the exact payload bytes. The payload names the signing key
+//! (`kid`: the first 4 bytes of SHA-256 of the public key, in hex), the
+//! site, the pass id, the host, the visitor's ID-number hash (the same
+//! HMAC under the site key the identity table uses, so the pass carries no
+//! ID number in clear), a validity window, allowed gates and a use count.
+//!
+//! This crate checks form and signature only. Whether a valid pass admits
+//! someone now (window, gate, uses, revocation) is the decision engine's
+//! job, with the gate's local use counts.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fmt;
+
+/// The prefix that marks a visitor pass among QR payloads.
+pub const PREFIX: &str = "VP1.";
+/// Longer QR payloads are refused before any decoding.
+pub const MAX_TOKEN_LEN: usize = 2048;
+
+/// The signed content of a pass.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorPass {
+    /// Which platform key signed it.
+    pub kid: String,
+    pub site: String,
+    pub pass_id: String,
+    /// The resident or office who invited the visitor.
+    pub host_person_id: String,
+    /// HMAC-SHA256 of the visitor's ID number under the site key, hex.
+    pub visitor_id_hash: String,
+    pub valid_from_ms: i64,
+    pub valid_to_ms: i64,
+    /// Empty: every gate of the site.
+    #[serde(default)]
+    pub gates: Vec<String>,
+    /// 0: unlimited.
+    pub max_uses: u32,
+}
+
+impl fmt::Debug for VisitorPass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VisitorPass")
+            .field("pass_id", &self.pass_id)
+            .field("site", &self.site)
+            .field("kid", &self.kid)
+            .field("valid_from_ms", &self.valid_from_ms)
+            .field("valid_to_ms", &self.valid_to_ms)
+            .field("gates", &self.gates)
+            .field("max_uses", &self.max_uses)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a token is not a valid pass. Every variant is a forgery or a
+/// corruption from the gate's point of view (`pass_invalid`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PassError {
+    #[error("not a visitor pass (no {PREFIX} prefix)")]
+    NotAPass,
+    #[error("token too long ({0} characters)")]
+    TooLong(usize),
+    #[error("token is not PREFIX.payload.signature")]
+    Shape,
+    #[error("token is not valid base64url")]
+    Encoding,
+    #[error("signed by an unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("payload is not a pass: {0}")]
+    Payload(String),
+    #[error("pass for site {found:?}, this is {expected:?}")]
+    WrongSite { expected: String, found: String },
+}
+
+/// The key id of a public key.
+pub fn key_id(key: &VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(key.as_bytes())[..4])
+}
+
+/// The platform keys a gate trusts, by key id.
+#[derive(Debug, Clone, Default)]
+pub struct PlatformKeys {
+    keys: HashMap<String, VerifyingKey>,
+}
+
+impl PlatformKeys {
+    /// Keys from their 32 raw bytes; an invalid point is refused with its index.
+    pub fn from_raw(raw: &[[u8; 32]]) -> Result<Self, usize> {
+        let mut keys = HashMap::new();
+        for (i, bytes) in raw.iter().enumerate() {
+            let key = VerifyingKey::from_bytes(bytes).map_err(|_| i)?;
+            keys.insert(key_id(&key), key);
+        }
+        Ok(PlatformKeys { keys })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Checks form, key and signature; then that the pass is for `site`.
+    pub fn verify(&self, token: &str, site: &str) -> Result<VisitorPass, PassError> {
+        let token = token.trim();
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(PassError::TooLong(token.len()));
+        }
+        let rest = token.strip_prefix(PREFIX).ok_or(PassError::NotAPass)?;
+        let (payload_b64, sig_b64) = rest.split_once('.').ok_or(PassError::Shape)?;
+        if sig_b64.contains('.') {
+            return Err(PassError::Shape);
+        }
+        let payload = B64.decode(payload_b64).map_err(|_| PassError::Encoding)?;
+        let sig_bytes: [u8; 64] =
+            B64.decode(sig_b64).map_err(|_| PassError::Encoding)?.try_into().map_err(|_| PassError::Shape)?;
+        // The key id is read before the signature is checked, only to pick
+        // the key; nothing else of the payload is trusted until it verifies.
+        #[derive(Deserialize)]
+        struct KidOnly {
+            kid: String,
+        }
+        let kid = serde_json::from_slice::<KidOnly>(&payload).map_err(|e| PassError::Payload(e.to_string()))?.kid;
+        let key = self.keys.get(&kid).ok_or_else(|| PassError::UnknownKey(kid.clone()))?;
+        key.verify_strict(&payload, &Signature::from_bytes(&sig_bytes)).map_err(|_| PassError::BadSignature)?;
+        let pass: VisitorPass = serde_json::from_slice(&payload).map_err(|e| PassError::Payload(e.to_string()))?;
+        if pass.site != site {
+            return Err(PassError::WrongSite { expected: site.to_owned(), found: pass.site });
+        }
+        Ok(pass)
+    }
+}
+
+/// Signs a pass (platform side; `gatectl pass issue` uses it for demos and
+/// tests). The pass's `kid` is set from the key.
+pub fn sign(pass: &VisitorPass, key: &SigningKey) -> String {
+    let mut pass = pass.clone();
+    pass.kid = key_id(&key.verifying_key());
+    #[allow(clippy::expect_used)] // A struct of strings and integers always serialises.
+    let payload = serde_json::to_vec(&pass).expect("a pass serialises");
+    let signature = key.sign(&payload);
+    format!("{PREFIX}{}.{}", B64.encode(&payload), B64.encode(signature.to_bytes()))
+}
+
+/// A signing key from 64 hex characters (the private key file's content).
+pub fn signing_key_from_hex(text: &str) -> Option<SigningKey> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes).ok()?;
+    Some(SigningKey::from_bytes(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn pass() -> VisitorPass {
+        VisitorPass {
+            kid: String::new(),
+            site: "heshan-c03".into(),
+            pass_id: "vp-1".into(),
+            host_person_id: "R-0001".into(),
+            visitor_id_hash: "00".repeat(32),
+            valid_from_ms: 1,
+            valid_to_ms: 2,
+            gates: vec!["east-1".into()],
+            max_uses: 2,
+        }
+    }
+
+    fn keys(seeds: &[u8]) -> PlatformKeys {
+        let raw: Vec<[u8; 32]> = seeds.iter().map(|s| key(*s).verifying_key().to_bytes()).collect();
+        PlatformKeys::from_raw(&raw).expect("valid keys")
+    }
+
+    #[test]
+    fn a_signed_pass_verifies_with_the_right_key_only() {
+        let token = sign(&pass(), &key(1));
+        let got = keys(&[2, 1]).verify(&token, "heshan-c03").expect("valid");
+        assert_eq!(got.pass_id, "vp-1");
+        assert_eq!(got.kid, key_id(&key(1).verifying_key()));
+        assert!(matches!(keys(&[2]).verify(&token, "heshan-c03"), Err(PassError::UnknownKey(_))));
+        assert_eq!(
+            keys(&[1]).verify(&token, "other-site"),
+            Err(PassError::WrongSite { expected: "other-site".into(), found: "heshan-c03".into() })
+        );
+    }
+
+    #[test]
+    fn tampering_is_caught() {
+        let token = sign(&pass(), &key(1));
+        let (head, sig) = token.rsplit_once('.').expect("shape");
+        // A payload with more uses, keeping the old signature.
+        let mut more = pass();
+        more.max_uses = 99;
+        more.kid = key_id(&key(1).verifying_key());
+        let forged_payload = B64.encode(serde_json::to_vec(&more).expect("json"));
+        let forged = format!("{PREFIX}{forged_payload}.{sig}");
+        assert_eq!(keys(&[1]).verify(&forged, "heshan-c03"), Err(PassError::BadSignature));
+        // A flipped signature bit.
+        let mut sig_bytes = B64.decode(sig).expect("b64");
+        sig_bytes[10] ^= 1;
+        let flipped = format!("{head}.{}", B64.encode(&sig_bytes));
+        assert_eq!(keys(&[1]).verify(&flipped, "heshan-c03"), Err(PassError::BadSignature));
+        // Signed by an attacker who claims the platform's key id.
+        let mut claimed = pass();
+        claimed.kid = key_id(&key(1).verifying_key());
+        let payload = serde_json::to_vec(&claimed).expect("json");
+        let attacker = format!("{PREFIX}{}.{}", B64.encode(&payload), B64.encode(key(9).sign(&payload).to_bytes()));
+        assert_eq!(keys(&[1]).verify(&attacker, "heshan-c03"), Err(PassError::BadSignature));
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_without_panic() {
+        let k = keys(&[1]);
+        let cases: Vec<(String, PassError)> = vec![
+            ("hello".into(), PassError::NotAPass),
+            ("VP1.".into(), PassError::Shape),
+            ("VP1.abc".into(), PassError::Shape),
+            ("VP1.a.b.c".into(), PassError::Shape),
+            ("VP1.!!!.AAAA".into(), PassError::Encoding),
+            (format!("VP1.{}.AAAA", B64.encode(b"{}")), PassError::Shape),
+            ("VP1.".to_owned() + &"A".repeat(3000), PassError::TooLong(3004)),
+        ];
+        for (token, want) in cases {
+            assert_eq!(k.verify(&token, "heshan-c03"), Err(want), "{token:.40}");
+        }
+        let sig = B64.encode([0u8; 64]);
+        assert!(matches!(k.verify(&format!("VP1.{}.{sig}", B64.encode(b"not json")), "s"), Err(PassError::Payload(_))));
+    }
+
+    #[test]
+    fn debug_does_not_show_the_visitor_hash() {
+        let shown = format!("{:?}", pass());
+        assert!(!shown.contains(&"00".repeat(32)), "{shown}");
+    }
+}
