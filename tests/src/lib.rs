@@ -4,9 +4,7 @@
 //! pseudo-terminals, identities) in a temporary folder.
 
 use anyhow::{Context, Result, bail};
-use gate_core::{
-    Category, CivilDate, CredentialKind, IdNumber, PersonRecord, PersonStatus, SiteKey, UtcOffset,
-};
+use gate_core::{Category, CivilDate, CredentialKind, IdNumber, PersonRecord, PersonStatus, SiteKey, UtcOffset};
 use gate_proto::v1 as pb;
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -19,27 +17,18 @@ use tokio_util::sync::CancellationToken;
 
 /// Where Debian puts the broker; `PATH` is searched first.
 fn mosquitto_binary() -> Result<PathBuf> {
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin"])
-    {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/sbin"]) {
         let candidate = Path::new(dir).join("mosquitto");
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    bail!(
-        "mosquitto is not installed: the end-to-end tests need a real broker (apt-get install -y mosquitto)"
-    )
+    bail!("mosquitto is not installed: the end-to-end tests need a real broker (apt-get install -y mosquitto)")
 }
 
 /// A free TCP port on loopback (the OS picks it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
 /// A Mosquitto broker started by the test, stopped on drop.
@@ -53,11 +42,7 @@ pub struct Mosquitto {
 impl Mosquitto {
     pub fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut broker = Mosquitto {
-            child: None,
-            port: free_port(),
-            dir,
-        };
+        let mut broker = Mosquitto { child: None, port: free_port(), dir };
         broker.resume()?;
         Ok(broker)
     }
@@ -70,10 +55,7 @@ impl Mosquitto {
     /// stays reserved for `resume`).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -148,10 +130,7 @@ impl Subscriber {
     /// nothing published for the subscriber is lost.
     pub async fn connect(port: u16, filter: &str) -> Result<Self> {
         let mut options = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
-        options
-            .set_keep_alive(Duration::from_secs(5))
-            .set_clean_session(false)
-            .set_max_packet_size(1 << 20, 1 << 20);
+        options.set_keep_alive(Duration::from_secs(5)).set_clean_session(false).set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         client.subscribe(filter, QoS::AtLeastOnce).await?;
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -180,9 +159,7 @@ impl Subscriber {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx)
-            .await
-            .context("no SUBACK within 10 s")??;
+        tokio::time::timeout(Duration::from_secs(10), ready_rx).await.context("no SUBACK within 10 s")??;
         Ok(Subscriber { messages, stop })
     }
 
@@ -216,10 +193,7 @@ impl Subscriber {
     /// Events deduplicated by `event_id` (delivery is at least once), first arrival kept.
     pub fn unique_events(&self, topic: &str) -> Vec<pb::GateEvent> {
         let mut seen = std::collections::HashSet::new();
-        self.events(topic)
-            .into_iter()
-            .filter(|e| seen.insert(e.event_id.clone()))
-            .collect()
+        self.events(topic).into_iter().filter(|e| seen.insert(e.event_id.clone())).collect()
     }
 
     /// The last `GateStatus` received on `topic`.
@@ -232,19 +206,11 @@ impl Subscriber {
     }
 
     /// Waits until `done` holds for the subscriber, or fails after `timeout`.
-    pub async fn wait_until(
-        &self,
-        timeout: Duration,
-        what: &str,
-        done: impl Fn(&Subscriber) -> bool,
-    ) -> Result<()> {
+    pub async fn wait_until(&self, timeout: Duration, what: &str, done: impl Fn(&Subscriber) -> bool) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             if Instant::now() > deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}; received {} messages",
-                    self.messages().len()
-                );
+                bail!("timed out after {timeout:?} waiting for {what}; received {} messages", self.messages().len());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -272,13 +238,7 @@ pub struct Person {
 
 /// A resident with a valid ID number (checked by `IdNumber::parse`).
 pub fn resident(person_id: &'static str, id_number: &'static str, name: &'static str) -> Person {
-    Person {
-        person_id,
-        category: Category::Resident,
-        id_number,
-        name,
-        status: PersonStatus::Active,
-    }
+    Person { person_id, category: Category::Resident, id_number, name, status: PersonStatus::Active }
 }
 
 /// A temporary gate: folder, site key, simulated devices, config file.
@@ -289,13 +249,32 @@ pub struct GateFixture {
     pub key: SiteKey,
     pub idcard: hw_sim::idcard::IdCardHandle,
     pub gate: hw_sim::gate::GateHandle,
+    /// Present when the fixture was built with a QR scanner.
+    pub qr: Option<hw_sim::qr::QrHandle>,
+    /// Present when the fixture was built with a plate reader.
+    pub plate: Option<hw_sim::plate::PlateHandle>,
+}
+
+/// What a fixture's gate looks like beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct FixtureOptions {
+    /// `[gate] flexible = true`.
+    pub flexible: bool,
+    /// `[gate] lane = "vehicle"`.
+    pub vehicle_lane: bool,
+    /// A serial QR scanner (`[devices.qr_scanner]`).
+    pub qr_scanner: bool,
+    /// A plate reader (`[devices.plate_reader]`).
+    pub plate_reader: bool,
+    /// More TOML appended to the config (e.g. `[passes]`, `[policy.*]`).
+    pub extra_toml: String,
+    /// `[gate] anti_passback` value, if any.
+    pub anti_passback: Option<&'static str>,
 }
 
 impl std::fmt::Debug for GateFixture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GateFixture")
-            .field("dir", &self.dir.path())
-            .finish_non_exhaustive()
+        f.debug_struct("GateFixture").field("dir", &self.dir.path()).finish_non_exhaustive()
     }
 }
 
@@ -308,29 +287,43 @@ impl GateFixture {
     /// Builds the fixture; must be called inside a tokio runtime (the
     /// simulators run as tasks).
     pub fn new(mqtt_port: u16, people: &[Person]) -> Result<Self> {
+        Self::build(mqtt_port, people, FixtureOptions::default())
+    }
+
+    /// A fixture with `options`; must be called inside a tokio runtime.
+    pub fn build(mqtt_port: u16, people: &[Person], options: FixtureOptions) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let key_path = dir.path().join("site.key");
         gate_config::write_new_site_key(&key_path)?;
         let key = gate_config::load_site_key(&key_path)?;
         let idcard = hw_sim::idcard::IdCardSim::start(Some(&dir.path().join("idcard")))?;
-        let gate = hw_sim::gate::GateSim::start(
-            Some(&dir.path().join("gate-io")),
-            hw_sim::gate::GateSimConfig::default(),
-        )?;
+        let gate =
+            hw_sim::gate::GateSim::start(Some(&dir.path().join("gate-io")), hw_sim::gate::GateSimConfig::default())?;
+        let qr = if options.qr_scanner {
+            Some(hw_sim::qr::QrSim::start(Some(&dir.path().join("qr")), hw_sim::qr::SimTerminator::Cr, None)?)
+        } else {
+            None
+        };
+        let plate =
+            if options.plate_reader { Some(hw_sim::plate::PlateSim::start(Some(&dir.path().join("plate")))?) } else { None };
         let config_path = dir.path().join("gated.toml");
-        std::fs::write(&config_path, config_text(mqtt_port))?;
+        std::fs::write(&config_path, config_text(mqtt_port, &options))?;
         let store_path = dir.path().join("state/gated.db");
         std::fs::create_dir_all(dir.path().join("state"))?;
-        let fixture = GateFixture {
-            dir,
-            config_path,
-            store_path,
-            key,
-            idcard,
-            gate,
-        };
+        let fixture = GateFixture { dir, config_path, store_path, key, idcard, gate, qr, plate };
         fixture.import(people)?;
         Ok(fixture)
+    }
+
+    /// Writes people with arbitrary records and credentials.
+    pub fn import_records(&self, rows: &[gate_store::NewPerson]) -> Result<()> {
+        gate_store::Store::open(&self.store_path)?.import_people(rows)?;
+        Ok(())
+    }
+
+    /// The keyed hash of a credential under this fixture's site key.
+    pub fn credential_key(&self, kind: CredentialKind, value: &str) -> [u8; 32] {
+        self.key.credential_key(kind, value)
     }
 
     pub fn config(&self) -> gate_config::Config {
@@ -340,12 +333,8 @@ impl GateFixture {
     /// Writes people straight into the store (the CLI path has its own tests).
     pub fn import(&self, people: &[Person]) -> Result<()> {
         let mut store = gate_store::Store::open(&self.store_path)?;
-        let from = CivilDate::try_new(2020, 1, 1)
-            .expect("date")
-            .start_ms(UtcOffset::CHINA);
-        let to = CivilDate::try_new(2099, 12, 31)
-            .expect("date")
-            .end_ms(UtcOffset::CHINA);
+        let from = CivilDate::try_new(2020, 1, 1).expect("date").start_ms(UtcOffset::CHINA);
+        let to = CivilDate::try_new(2099, 12, 31).expect("date").end_ms(UtcOffset::CHINA);
         let rows: Vec<gate_store::NewPerson> = people
             .iter()
             .map(|p| {
@@ -356,8 +345,7 @@ impl GateFixture {
                     person,
                     credentials: vec![(
                         CredentialKind::IdNumber,
-                        self.key
-                            .credential_key(CredentialKind::IdNumber, id.expose()),
+                        self.key.credential_key(CredentialKind::IdNumber, id.expose()),
                     )],
                 }
             })
@@ -369,8 +357,7 @@ impl GateFixture {
     /// Places a card, waits until the reader has read it, and removes it.
     pub async fn present_card(&self, id_number: &str, name: &str) -> Result<()> {
         let before = self.idcard.base_info_reads();
-        self.idcard
-            .place(hw_sim::idcard::SimCard::resident(id_number, name));
+        self.idcard.place(hw_sim::idcard::SimCard::resident(id_number, name));
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.idcard.base_info_reads() == before {
             if Instant::now() > deadline {
@@ -387,8 +374,8 @@ impl GateFixture {
     }
 }
 
-fn config_text(mqtt_port: u16) -> String {
-    format!(
+fn config_text(mqtt_port: u16, options: &FixtureOptions) -> String {
+    let mut text = format!(
         r#"[site]
 id = "{SITE}"
 
@@ -425,7 +412,23 @@ passage_entry_input = 0
 passage_exit_input = 1
 poll_interval_ms = 50
 "#
-    )
+    );
+    if options.qr_scanner {
+        text.push_str("\n[devices.qr_scanner]\nport = \"qr\"\nterminator = \"cr\"\n");
+    }
+    if options.plate_reader {
+        text.push_str("\n[devices.plate_reader]\nport = \"plate\"\nmin_confidence = 0.8\n");
+    }
+    let mut gate_extra = String::new();
+    if options.flexible {
+        gate_extra.push_str("flexible = true\n");
+    }
+    if let Some(apb) = options.anti_passback {
+        gate_extra.push_str(&format!("anti_passback = \"{apb}\"\n"));
+    }
+    let text = text.replace("direction = \"entry\"\n", &format!("direction = \"entry\"\n{gate_extra}"));
+    let text = if options.vehicle_lane { text.replace("lane = \"pedestrian\"\n", "lane = \"vehicle\"\n") } else { text };
+    format!("{text}\n{}", options.extra_toml)
 }
 
 /// The daemon running in-process on a fixture.
@@ -440,16 +443,8 @@ impl RunningDaemon {
     pub fn start(config: gate_config::Config) -> Self {
         let shutdown = CancellationToken::new();
         let observed = Arc::new(gate_app::Observed::default());
-        let handle = tokio::spawn(gate_app::run_observed(
-            config,
-            shutdown.clone(),
-            observed.clone(),
-        ));
-        RunningDaemon {
-            shutdown,
-            observed,
-            handle,
-        }
+        let handle = tokio::spawn(gate_app::run_observed(config, shutdown.clone(), observed.clone()));
+        RunningDaemon { shutdown, observed, handle }
     }
 
     /// Stops the daemon and waits for every task to finish.
@@ -476,8 +471,38 @@ impl RunningDaemon {
 
 /// Installs a test log subscriber once (output captured by the test harness).
 pub fn init_test_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("info")
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
 }
+
+/// Publishes one message as the platform would (QoS 1), and waits for the
+/// broker's acknowledgement.
+pub async fn publish(port: u16, topic: &str, payload: Vec<u8>, retain: bool) -> Result<()> {
+    let mut options = MqttOptions::new(format!("test-pub-{}", free_port()), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5)).set_max_packet_size(16 << 20, 16 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client.publish(topic, QoS::AtLeastOnce, retain, payload).await?;
+    let acked = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("publish failed: {e}")),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), acked).await.context("no PUBACK within 10 s")??;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+    Ok(())
+}
+
+/// A `ModeChange` as the platform sends it.
+pub fn mode_change(mode: pb::Mode, effective_at_ms: i64, issued_by: &str) -> Vec<u8> {
+    pb::ModeChange { mode: mode as i32, effective_at_ms, issued_by: issued_by.into(), reason: "test".into() }
+        .encode_to_vec()
+}
+
+pub const ALERTS_TOPIC: &str = "village/heshan-c03/alerts";
+pub const MODE_TOPIC: &str = "village/heshan-c03/mode";
+pub const IDENTITY_TOPIC: &str = "village/heshan-c03/identity";
+pub const SYNC_TOPIC: &str = "village/heshan-c03/east-1/sync";

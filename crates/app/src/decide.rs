@@ -192,7 +192,11 @@ impl DecisionLoop {
         match card {
             CardEvent::Read(record) => {
                 let key = self.site_key.credential_key(CredentialKind::IdNumber, record.id_number.expose());
-                Some(g(CredentialFacts::IdCard { card_valid_to: record.valid_to }, record.id_number.masked(), Some(key)))
+                Some(g(
+                    CredentialFacts::IdCard { card_valid_to: record.valid_to },
+                    record.id_number.masked(),
+                    Some(key),
+                ))
             }
             CardEvent::Rejected(CardError::InvalidIdNumber { masked }) => {
                 Some(g(CredentialFacts::Refused(BlockReason::InvalidIdNumber), masked, None))
@@ -313,7 +317,9 @@ impl DecisionLoop {
         }
         let lookup = |store: &Store, key: &Option<[u8; 32]>| -> gate_store::Result<_> {
             match key {
-                Some(key) => Ok((store.find_person_by_credential(g.credential, key)?, store.is_watchlisted(g.credential, key)?)),
+                Some(key) => {
+                    Ok((store.find_person_by_credential(g.credential, key)?, store.is_watchlisted(g.credential, key)?))
+                }
                 None => Ok((None, false)),
             }
         };
@@ -377,15 +383,15 @@ impl DecisionLoop {
         );
         // Recorded before the gate moves: a pass that cannot be recorded is
         // not a pass.
-        let seq = match self.store.append_event(EVENT_STREAM, &self.topics.events, now, |seq| encode_event(&record, seq))
-        {
-            Ok(seq) => seq,
-            Err(e) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                error!(error = %e, "could not record the decision; gate stays shut");
-                return None;
-            }
-        };
+        let seq =
+            match self.store.append_event(EVENT_STREAM, &self.topics.events, now, |seq| encode_event(&record, seq)) {
+                Ok(seq) => seq,
+                Err(e) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    error!(error = %e, "could not record the decision; gate stays shut");
+                    return None;
+                }
+            };
         let reason = verdict.reason.map_or("", BlockReason::as_str);
         let person_id = verdict.person_id.as_deref().unwrap_or("");
         let category = verdict.category.map_or("", |c| c.as_str());
@@ -467,7 +473,13 @@ impl DecisionLoop {
         match self.store.append_event(ALERT_STREAM, &self.topics.alerts, now, |seq| encode_alert(&record, seq)) {
             Ok(seq) => {
                 self.counters.alerts.fetch_add(1, Ordering::Relaxed);
-                warn!(seq, reason = reason.as_str(), subject, repeat = occurrence.repeat_count, "alert to the management departments");
+                warn!(
+                    seq,
+                    reason = reason.as_str(),
+                    subject,
+                    repeat = occurrence.repeat_count,
+                    "alert to the management departments"
+                );
             }
             Err(e) => error!(error = %e, "could not record an alert"),
         }
@@ -483,7 +495,8 @@ impl DecisionLoop {
                 };
                 let mode = self.mode(now);
                 let record = self.event_record(now, mode, EventBody::Passage { side: wire_side(side) });
-                match self.store.append_event(EVENT_STREAM, &self.topics.events, now, |seq| encode_event(&record, seq)) {
+                match self.store.append_event(EVENT_STREAM, &self.topics.events, now, |seq| encode_event(&record, seq))
+                {
                     Ok(seq) => info!(seq, side = side.as_str(), "passage"),
                     Err(e) => error!(error = %e, "could not record a passage"),
                 }
@@ -506,11 +519,7 @@ fn wire_side(side: Side) -> gate_sync::Side {
 /// Plates: province and the last two characters kept.
 fn mask_plate(plate: &str) -> String {
     let chars: Vec<char> = plate.chars().collect();
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, c)| if i == 0 || i + 2 >= chars.len() { *c } else { '*' })
-        .collect()
+    chars.iter().enumerate().map(|(i, c)| if i == 0 || i + 2 >= chars.len() { *c } else { '*' }).collect()
 }
 
 async fn unlock(gate: Option<mpsc::Sender<GateCommand>>, side: Side) {

@@ -47,9 +47,7 @@ pub enum StartError {
 
 /// The wall clock, read only at the edge: the engine gets `now` as an argument.
 pub fn wall_clock_ms() -> gate_core::UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Live state shared with diagnostics (status message, tests).
@@ -78,10 +76,7 @@ pub async fn run_observed(
 ) -> Result<(), StartError> {
     let site_key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
     if let Some(dir) = config.store.path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir { path: dir.to_owned(), source })?;
     }
     let store = Store::open(&config.store.path)?;
     let people = store.person_count()?;
@@ -177,9 +172,7 @@ pub async fn run_observed(
         );
         Some(gate_cmd_tx)
     } else {
-        span.in_scope(|| {
-            info!("no [devices.gate] configured: decisions are recorded, nothing is unlocked")
-        });
+        span.in_scope(|| info!("no [devices.gate] configured: decisions are recorded, nothing is unlocked"));
         None
     };
 
@@ -202,40 +195,28 @@ pub async fn run_observed(
     let devices = device_reporter(&config, &observed);
     tracker.spawn(
         gate_sync::run_sync(sync_settings, outbox_changed.clone(), devices, observed.link.clone(), shutdown.clone())
-            .instrument(info_span!(parent: &span, "uplink", broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port))),
+            .instrument(
+                info_span!(parent: &span, "uplink", broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port)),
+            ),
     );
 
-    let decider = decide::DecisionLoop::new(
-        &config,
-        site_key,
-        store,
-        outbox_changed,
-        gate_commands,
-        observed.decisions.clone(),
-    );
+    let decider =
+        decide::DecisionLoop::new(&config, site_key, store, outbox_changed, gate_commands, observed.decisions.clone());
     tracker.spawn(
-        decider
-            .run(presented_rx, gate_evt_rx, shutdown.clone())
-            .instrument(info_span!(parent: &span, "decisions")),
+        decider.run(presented_rx, gate_evt_rx, shutdown.clone()).instrument(info_span!(parent: &span, "decisions")),
     );
 
     tracker.close();
     shutdown.cancelled().await;
     span.in_scope(|| info!("stopping"));
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
         span.in_scope(|| warn!("some tasks did not stop within 5 s"));
     }
     span.in_scope(|| info!("stopped"));
     Ok(())
 }
 
-fn device_reporter(
-    config: &Config,
-    observed: &Observed,
-) -> Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync> {
+fn device_reporter(config: &Config, observed: &Observed) -> Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync> {
     let mut sources = Vec::new();
     if config.devices.id_card.is_some() {
         sources.push(("id_card".to_owned(), observed.id_card.clone()));
@@ -257,11 +238,7 @@ fn device_reporter(
                 DeviceReport {
                     name: name.clone(),
                     connected: s.connected,
-                    errors: s.checksum_errors
-                        + s.length_errors
-                        + s.timeouts
-                        + s.status_errors
-                        + s.auth_errors,
+                    errors: s.checksum_errors + s.length_errors + s.timeouts + s.status_errors + s.auth_errors,
                     reconnects: s.reconnects,
                     last_error: s.last_error,
                 }
@@ -279,7 +256,11 @@ impl Observed {
 
 /// Moves one device's events into the decision loop's single queue, tagged
 /// with where they came from; ends when either side closes.
-async fn forward<T>(mut from: mpsc::Receiver<T>, to: mpsc::Sender<decide::Presented>, tag: impl Fn(T) -> decide::Presented) {
+async fn forward<T>(
+    mut from: mpsc::Receiver<T>,
+    to: mpsc::Sender<decide::Presented>,
+    tag: impl Fn(T) -> decide::Presented,
+) {
     while let Some(event) = from.recv().await {
         if to.send(tag(event)).await.is_err() {
             break;

@@ -72,11 +72,7 @@ impl CivilDate {
         if !(all_digits(y) && all_digits(m) && all_digits(d)) {
             return None;
         }
-        Some(Self::try_new(
-            y.parse().ok()?,
-            m.parse().ok()?,
-            d.parse().ok()?,
-        ))
+        Some(Self::try_new(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?))
     }
 
     /// Days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
@@ -158,9 +154,7 @@ impl UtcOffset {
             return Err(DateError::Offset);
         }
         let total = hours * 60 + mins;
-        Ok(Self {
-            minutes: if b[0] == b'-' { -total } else { total },
-        })
+        Ok(Self { minutes: if b[0] == b'-' { -total } else { total } })
     }
 
     /// Site-local weekday (0 = Monday) and minute of the day of an instant.
@@ -185,34 +179,16 @@ mod tests {
             let d = CivilDate::from_days_since_epoch(days);
             assert_eq!(d.days_since_epoch(), days, "{d}");
         }
-        assert_eq!(
-            CivilDate::try_new(2000, 1, 1).map(CivilDate::days_since_epoch),
-            Ok(10_957)
-        );
+        assert_eq!(CivilDate::try_new(2000, 1, 1).map(CivilDate::days_since_epoch), Ok(10_957));
     }
 
     #[test]
     fn parses_and_refuses() {
-        assert_eq!(
-            CivilDate::parse_iso("2024-02-29"),
-            CivilDate::try_new(2024, 2, 29)
-        );
-        assert_eq!(
-            CivilDate::parse_iso("2023-02-29"),
-            Err(DateError::NoSuchDay)
-        );
-        assert_eq!(
-            CivilDate::parse_iso("2023/02/01"),
-            Err(DateError::Shape("YYYY-MM-DD"))
-        );
-        assert_eq!(
-            CivilDate::parse_compact("20301231"),
-            CivilDate::try_new(2030, 12, 31)
-        );
-        assert_eq!(
-            CivilDate::parse_compact("长期"),
-            Err(DateError::Shape("YYYYMMDD"))
-        );
+        assert_eq!(CivilDate::parse_iso("2024-02-29"), CivilDate::try_new(2024, 2, 29));
+        assert_eq!(CivilDate::parse_iso("2023-02-29"), Err(DateError::NoSuchDay));
+        assert_eq!(CivilDate::parse_iso("2023/02/01"), Err(DateError::Shape("YYYY-MM-DD")));
+        assert_eq!(CivilDate::parse_compact("20301231"), CivilDate::try_new(2030, 12, 31));
+        assert_eq!(CivilDate::parse_compact("长期"), Err(DateError::Shape("YYYYMMDD")));
     }
 
     #[test]
@@ -220,26 +196,11 @@ mod tests {
         let d = CivilDate::try_new(2026, 11, 26).expect("day");
         let start = d.start_ms(UtcOffset::CHINA);
         // 2026-11-26T00:00+08:00 is 2026-11-25T16:00Z.
-        assert_eq!(
-            start,
-            CivilDate::try_new(2026, 11, 25)
-                .expect("day")
-                .start_ms(UtcOffset::UTC)
-                + 16 * 3_600_000
-        );
+        assert_eq!(start, CivilDate::try_new(2026, 11, 25).expect("day").start_ms(UtcOffset::UTC) + 16 * 3_600_000);
         assert_eq!(CivilDate::of_instant(start, UtcOffset::CHINA), d);
-        assert_eq!(
-            CivilDate::of_instant(start - 1, UtcOffset::CHINA),
-            CivilDate::try_new(2026, 11, 25).expect("day")
-        );
-        assert_eq!(
-            CivilDate::of_instant(d.end_ms(UtcOffset::CHINA), UtcOffset::CHINA),
-            d
-        );
-        assert_eq!(
-            UtcOffset::parse("-03:30").map(UtcOffset::millis),
-            Ok(-210 * 60_000)
-        );
+        assert_eq!(CivilDate::of_instant(start - 1, UtcOffset::CHINA), CivilDate::try_new(2026, 11, 25).expect("day"));
+        assert_eq!(CivilDate::of_instant(d.end_ms(UtcOffset::CHINA), UtcOffset::CHINA), d);
+        assert_eq!(UtcOffset::parse("-03:30").map(UtcOffset::millis), Ok(-210 * 60_000));
         assert!(UtcOffset::parse("8").is_err());
     }
 }

@@ -50,9 +50,7 @@ impl IdNumber {
         // multi-byte characters, and slicing it by bytes would panic.
         let upper: Vec<char> = raw.chars().map(|c| c.to_ascii_uppercase()).collect();
         if let Some(position) = upper[..17].iter().position(|c| !c.is_ascii_digit()) {
-            return Err(IdNumberError::NotADigit {
-                position: position + 1,
-            });
+            return Err(IdNumberError::NotADigit { position: position + 1 });
         }
         let last = upper[17];
         if !(last.is_ascii_digit() || last == 'X') {
@@ -85,11 +83,7 @@ pub fn mask_id_like(raw: &str) -> String {
         return "*".repeat(chars.len());
     }
     let n = chars.len();
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, c)| if i < 6 || i >= n - 4 { *c } else { '*' })
-        .collect()
+    chars.iter().enumerate().map(|(i, c)| if i < 6 || i >= n - 4 { *c } else { '*' }).collect()
 }
 
 impl fmt::Debug for IdNumber {
@@ -132,27 +126,12 @@ mod tests {
     #[test]
     fn shape_errors_are_specific() {
         assert_eq!(IdNumber::parse("1234"), Err(IdNumberError::Length(4)));
-        assert_eq!(
-            IdNumber::parse("11010519491231A02X"),
-            Err(IdNumberError::NotADigit { position: 15 })
-        );
-        assert_eq!(
-            IdNumber::parse("11010519491231002Y"),
-            Err(IdNumberError::NotADigit { position: 18 })
-        );
-        assert_eq!(
-            IdNumber::parse(&"x".repeat(18)).map(|_| ()),
-            Err(IdNumberError::NotADigit { position: 1 })
-        );
+        assert_eq!(IdNumber::parse("11010519491231A02X"), Err(IdNumberError::NotADigit { position: 15 }));
+        assert_eq!(IdNumber::parse("11010519491231002Y"), Err(IdNumberError::NotADigit { position: 18 }));
+        assert_eq!(IdNumber::parse(&"x".repeat(18)).map(|_| ()), Err(IdNumberError::NotADigit { position: 1 }));
         // Multi-byte characters must be refused, not sliced through.
-        assert_eq!(
-            IdNumber::parse(&"长".repeat(18)).map(|_| ()),
-            Err(IdNumberError::NotADigit { position: 1 })
-        );
-        assert_eq!(
-            IdNumber::parse("11010519491231002长").map(|_| ()),
-            Err(IdNumberError::NotADigit { position: 18 })
-        );
+        assert_eq!(IdNumber::parse(&"长".repeat(18)).map(|_| ()), Err(IdNumberError::NotADigit { position: 1 }));
+        assert_eq!(IdNumber::parse("11010519491231002长").map(|_| ()), Err(IdNumberError::NotADigit { position: 18 }));
     }
 
     #[test]

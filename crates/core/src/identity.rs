@@ -45,11 +45,7 @@ pub enum PersonStatus {
 }
 
 impl PersonStatus {
-    pub const ALL: [PersonStatus; 3] = [
-        PersonStatus::Active,
-        PersonStatus::Suspended,
-        PersonStatus::Blocked,
-    ];
+    pub const ALL: [PersonStatus; 3] = [PersonStatus::Active, PersonStatus::Suspended, PersonStatus::Blocked];
 
     pub fn as_str(self) -> &'static str {
         match self {

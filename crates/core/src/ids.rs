@@ -21,10 +21,7 @@ fn validate(raw: &str) -> Result<(), IdError> {
     if raw.len() > 64 {
         return Err(IdError::TooLong);
     }
-    if let Some(c) = raw
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
+    if let Some(c) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         return Err(IdError::BadCharacter(c));
     }
     Ok(())

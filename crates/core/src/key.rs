@@ -87,18 +87,9 @@ mod tests {
     fn key_file_format() {
         let hex64 = "00".repeat(32);
         assert!(SiteKey::from_hex(&format!("{hex64}\n")).is_ok());
-        assert_eq!(
-            SiteKey::from_hex("abcd").map(|_| ()),
-            Err(KeyError::Length(4))
-        );
-        assert_eq!(
-            SiteKey::from_hex(&"zz".repeat(32)).map(|_| ()),
-            Err(KeyError::NotHex)
-        );
-        assert_eq!(
-            format!("{:?}", SiteKey::from_bytes([7; 32])),
-            "SiteKey(<secret>)"
-        );
+        assert_eq!(SiteKey::from_hex("abcd").map(|_| ()), Err(KeyError::Length(4)));
+        assert_eq!(SiteKey::from_hex(&"zz".repeat(32)).map(|_| ()), Err(KeyError::NotHex));
+        assert_eq!(format!("{:?}", SiteKey::from_bytes([7; 32])), "SiteKey(<secret>)");
     }
 
     #[test]
@@ -106,17 +97,8 @@ mod tests {
         let a = SiteKey::from_bytes([1; 32]);
         let b = SiteKey::from_bytes([2; 32]);
         let v = "350203199001011237";
-        assert_ne!(
-            a.credential_key(CredentialKind::IdNumber, v),
-            b.credential_key(CredentialKind::IdNumber, v)
-        );
-        assert_ne!(
-            a.credential_key(CredentialKind::IdNumber, v),
-            a.credential_key(CredentialKind::Plate, v)
-        );
-        assert_eq!(
-            a.credential_key(CredentialKind::IdNumber, v),
-            a.credential_key(CredentialKind::IdNumber, v)
-        );
+        assert_ne!(a.credential_key(CredentialKind::IdNumber, v), b.credential_key(CredentialKind::IdNumber, v));
+        assert_ne!(a.credential_key(CredentialKind::IdNumber, v), a.credential_key(CredentialKind::Plate, v));
+        assert_eq!(a.credential_key(CredentialKind::IdNumber, v), a.credential_key(CredentialKind::IdNumber, v));
     }
 }

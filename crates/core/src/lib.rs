@@ -15,7 +15,8 @@ mod verdict;
 pub use date::{CivilDate, DateError, UtcOffset};
 pub use id_number::{IdNumber, IdNumberError, check_character};
 pub use identity::{
-    AllowedGates, CardKind, CardRecord, CardValidTo, Category, Mode, PersonRecord, PersonStatus, Sex, TimeWindow, normalise_plate,
+    AllowedGates, CardKind, CardRecord, CardValidTo, Category, Mode, PersonRecord, PersonStatus, Sex, TimeWindow,
+    normalise_plate,
 };
 pub use ids::{GateId, IdError, SiteId};
 pub use key::{CredentialKind, KeyError, SiteKey};

@@ -12,11 +12,7 @@ use std::process::ExitCode;
 const EXIT_BAD_INPUT: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "gatectl",
-    version,
-    about = "Technician tool for the gate-control daemon"
-)]
+#[command(name = "gatectl", version, about = "Technician tool for the gate-control daemon")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,6 +34,78 @@ enum Command {
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
+    },
+    /// The site mode (normal, sporadic, wartime).
+    Mode {
+        #[command(subcommand)]
+        command: ModeCommand,
+    },
+    /// Visitor QR passes (platform side, for demos, tests and commissioning).
+    Pass {
+        #[command(subcommand)]
+        command: PassCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModeCommand {
+    /// Show the mode in force and any scheduled change.
+    Show {
+        #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+        config: PathBuf,
+    },
+    /// Override the mode now, as a technician. Recorded as an event with your
+    /// local user name and the reason; the running daemon follows at its next
+    /// decision. The platform's next mode message overrides it again.
+    Set {
+        #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+        config: PathBuf,
+        /// normal, sporadic or wartime.
+        #[arg(value_name = "MODE")]
+        mode: String,
+        /// Why (kept with the event).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PassCommand {
+    /// Create an Ed25519 signing key (private key file, mode 0600) and print
+    /// its public key for `[passes] platform_keys`.
+    Keygen {
+        #[arg(value_name = "PRIVATE_KEY_PATH")]
+        path: PathBuf,
+    },
+    /// Sign a visitor pass and print its QR text (VP1....).
+    Issue {
+        /// The gate's config: gives the site and the site key for the
+        /// visitor's ID-number hash.
+        #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+        config: PathBuf,
+        /// The platform's private key file.
+        #[arg(long, value_name = "PATH")]
+        key: PathBuf,
+        #[arg(long)]
+        pass_id: String,
+        /// The host's person id.
+        #[arg(long)]
+        host: String,
+        /// The visitor's ID number (hashed under the site key; never printed).
+        #[arg(long)]
+        visitor_id_number: String,
+        /// Valid from, milliseconds since the epoch (default: now).
+        #[arg(long)]
+        from_ms: Option<i64>,
+        /// Valid for this many hours (default 24).
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+        /// Gates it is valid at (default: every gate of the site).
+        #[arg(long, value_delimiter = ',')]
+        gates: Vec<String>,
+        /// How many passages (0 = unlimited).
+        #[arg(long, default_value_t = 2)]
+        uses: u32,
     },
 }
 
@@ -68,10 +136,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Keygen { path } => {
             gate_config::write_new_site_key(&path)?;
-            println!(
-                "wrote a new site key to {} (mode 0600); keep it secret and back it up",
-                path.display()
-            );
+            println!("wrote a new site key to {} (mode 0600); keep it secret and back it up", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { path } => Ok(match gate_config::load(&path) {
@@ -85,9 +150,84 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(EXIT_BAD_INPUT)
             }
         }),
-        Command::Identity {
-            command: IdentityCommand::Import { config, file },
+        Command::Mode { command: ModeCommand::Show { config } } => {
+            let config = load_config(&config)?;
+            let store = gate_store::Store::open(&config.store.path)?;
+            let now = now_ms();
+            match store.mode_schedule()? {
+                None => println!("mode: normal (never set)"),
+                Some(s) => {
+                    println!("mode: {}", s.at(now));
+                    if s.effective_at_ms > now {
+                        println!("scheduled: {} at {} ms (set by {})", s.after, s.effective_at_ms, s.origin.operator);
+                    } else {
+                        println!("set by: {} ({})", s.origin.operator, s.origin.reason);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mode { command: ModeCommand::Set { config, mode, reason } } => {
+            let Some(mode) = gate_core::Mode::parse(&mode) else {
+                eprintln!("gatectl: expected normal, sporadic or wartime, found {mode:?}");
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            };
+            if reason.trim().is_empty() {
+                eprintln!("gatectl: --reason must say why");
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            }
+            let config = load_config(&config)?;
+            let mut store = gate_store::Store::open(&config.store.path)?;
+            let operator = local_user();
+            let seq = gate_app::set_mode_locally(&mut store, &config, mode, &operator, &reason, now_ms())?;
+            println!("mode set to {mode} by {operator} (event seq {seq})");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pass { command: PassCommand::Keygen { path } } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut seed = [0u8; 32];
+            rand::fill(&mut seed);
+            let public = gate_pass::signing_key_from_hex(&hex::encode(seed))
+                .map(|k| k.verifying_key().to_bytes())
+                .context("a fresh key")?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(file, "{}", hex::encode(seed))?;
+            println!("private key: {} (mode 0600)", path.display());
+            println!("public key (for [passes] platform_keys): {}", hex::encode(public));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pass {
+            command: PassCommand::Issue { config, key, pass_id, host, visitor_id_number, from_ms, hours, gates, uses },
         } => {
+            let config = load_config(&config)?;
+            let site_key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
+            let text = std::fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
+            let signing = gate_pass::signing_key_from_hex(&text)
+                .with_context(|| format!("{}: expected 64 hex characters", key.display()))?;
+            let id = gate_core::IdNumber::parse(&visitor_id_number)
+                .map_err(|e| anyhow::anyhow!("visitor ID number: {e}"))?;
+            let from = from_ms.unwrap_or_else(now_ms);
+            let pass = gate_pass::VisitorPass {
+                kid: String::new(),
+                site: config.site.id.to_string(),
+                pass_id,
+                host_person_id: host,
+                visitor_id_hash: hex::encode(site_key.credential_key(gate_core::CredentialKind::IdNumber, id.expose())),
+                valid_from_ms: from,
+                valid_to_ms: from + hours * 3_600_000,
+                gates,
+                max_uses: uses,
+            };
+            println!("{}", gate_pass::sign(&pass, &signing));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Identity { command: IdentityCommand::Import { config, file } } => {
             let config = match gate_config::load(&config) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -96,25 +236,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
-            let text =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let people = match import::parse_people(&file, &text, &key, config.site.utc_offset) {
                 Ok(people) => people,
                 Err(errors) => {
                     for e in &errors {
                         eprintln!("{e}");
                     }
-                    eprintln!(
-                        "{}: {} bad row(s); nothing was imported",
-                        file.display(),
-                        errors.len()
-                    );
+                    eprintln!("{}: {} bad row(s); nothing was imported", file.display(), errors.len());
                     return Ok(ExitCode::from(EXIT_BAD_INPUT));
                 }
             };
             if let Some(dir) = config.store.path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             }
             let mut store = gate_store::Store::open(&config.store.path)?;
             let summary = store.import_people(&people)?;
@@ -127,4 +261,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn load_config(path: &std::path::Path) -> Result<gate_config::Config> {
+    gate_config::load(path).map_err(|errors| anyhow::anyhow!("{}: bad configuration\n{errors}", path.display()))
+}
+
+fn now_ms() -> i64 {
+    gate_app::wall_clock_ms()
+}
+
+/// Who is at the keyboard: the user behind sudo if any.
+fn local_user() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
