@@ -140,13 +140,12 @@ impl DecisionLoop {
                 item = presented.recv(), if presented_open => match item {
                     Some(item) => {
                         let now = crate::wall_clock_ms();
-                        if let Some((verdict, side)) = self.on_presented(item, now) {
-                            if verdict.decision == Decision::Pass {
+                        if let Some((verdict, side)) = self.on_presented(item, now)
+                            && verdict.decision == Decision::Pass {
                                 // Only `Send` values may live across this await
                                 // (the store connection is not `Sync`).
                                 unlock(self.gate.clone(), side).await;
                             }
-                        }
                     }
                     None => presented_open = false,
                 },
@@ -407,13 +406,11 @@ impl DecisionLoop {
                         self.recent_passes.push(RecentPass { visitor_id_hash: hash.clone(), at_ms: now });
                     }
                 }
-                if let Some(subject) = &passback_subject {
-                    if self.config.gate.anti_passback != AntiPassback::Off {
-                        if let Err(e) = self.store.record_passage(subject, side.as_str(), now) {
+                if let Some(subject) = &passback_subject
+                    && self.config.gate.anti_passback != AntiPassback::Off
+                        && let Err(e) = self.store.record_passage(subject, side.as_str(), now) {
                             error!(error = %e, "could not record anti-passback state");
                         }
-                    }
-                }
             }
             Decision::Block => {
                 if let Some(r) = verdict.reason {

@@ -38,13 +38,8 @@ pub enum KeyFileError {
 
 fn io_error(path: &Path, source: io::Error) -> KeyFileError {
     match source.kind() {
-        io::ErrorKind::NotFound => KeyFileError::NotFound {
-            path: path.to_path_buf(),
-        },
-        _ => KeyFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
+        io::ErrorKind::NotFound => KeyFileError::NotFound { path: path.to_path_buf() },
+        _ => KeyFileError::Io { path: path.to_path_buf(), source },
     }
 }
 
@@ -54,25 +49,13 @@ pub fn load_site_key(path: &Path) -> Result<SiteKey, KeyFileError> {
     let mut file = File::open(path).map_err(|e| io_error(path, e))?;
     // Check the mode of the file actually opened, not of whatever the path
     // points to a moment later.
-    let mode = file
-        .metadata()
-        .map_err(|e| io_error(path, e))?
-        .permissions()
-        .mode()
-        & 0o7777;
+    let mode = file.metadata().map_err(|e| io_error(path, e))?.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(KeyFileError::Permissions {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(KeyFileError::Permissions { path: path.to_path_buf(), mode });
     }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| io_error(path, e))?;
-    let format = |source| KeyFileError::Format {
-        path: path.to_path_buf(),
-        source,
-    };
+    file.read_to_end(&mut bytes).map_err(|e| io_error(path, e))?;
+    let format = |source| KeyFileError::Format { path: path.to_path_buf(), source };
     let text = std::str::from_utf8(&bytes).map_err(|_| format(KeyError::NotHex))?;
     SiteKey::from_hex(text).map_err(format)
 }
@@ -81,40 +64,22 @@ pub fn load_site_key(path: &Path) -> Result<SiteKey, KeyFileError> {
 /// characters and a newline, mode 0600. Refuses to overwrite an existing file.
 pub fn write_new_site_key(path: &Path) -> Result<(), KeyFileError> {
     let mut key = [0u8; 32];
-    OsRng
-        .try_fill_bytes(&mut key)
-        .map_err(|e| io_error(path, io::Error::other(e)))?;
+    OsRng.try_fill_bytes(&mut key).map_err(|e| io_error(path, io::Error::other(e)))?;
     let mut text = hex::encode(key);
     text.push('\n');
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                KeyFileError::AlreadyExists {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                // Also for a missing folder: "does not exist" would mislead here.
-                KeyFileError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
-    if let Err(e) = file
-        .write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-    {
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            KeyFileError::AlreadyExists { path: path.to_path_buf() }
+        } else {
+            // Also for a missing folder: "does not exist" would mislead here.
+            KeyFileError::Io { path: path.to_path_buf(), source: e }
+        }
+    })?;
+    if let Err(e) = file.write_all(text.as_bytes()).and_then(|()| file.sync_all()) {
         drop(file);
         // Do not leave a truncated key behind for the next start to trip on.
         let _ = std::fs::remove_file(path);
-        return Err(KeyFileError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        });
+        return Err(KeyFileError::Io { path: path.to_path_buf(), source: e });
     }
     Ok(())
 }
@@ -137,15 +102,9 @@ mod tests {
         for mode in [0o644, 0o640, 0o604, 0o601, 0o660] {
             let path = key_file(dir.path(), &format!("{}\n", "ab".repeat(32)), mode);
             let err = load_site_key(&path).expect_err("refused");
-            assert!(
-                matches!(&err, KeyFileError::Permissions { mode: m, .. } if *m == mode),
-                "{mode:o}: {err:?}"
-            );
+            assert!(matches!(&err, KeyFileError::Permissions { mode: m, .. } if *m == mode), "{mode:o}: {err:?}");
             let message = err.to_string();
-            assert!(
-                message.contains(&format!("chmod 600 {}", path.display())),
-                "{message}"
-            );
+            assert!(message.contains(&format!("chmod 600 {}", path.display())), "{message}");
             assert!(message.contains(&format!("{mode:04o}")), "{message}");
             fs::remove_file(&path).expect("rm");
         }
@@ -167,34 +126,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = key_file(dir.path(), "abcd\n", 0o600);
         let err = load_site_key(&path).expect_err("refused");
-        assert!(
-            matches!(
-                err,
-                KeyFileError::Format {
-                    source: KeyError::Length(4),
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().contains(&path.display().to_string()),
-            "{err}"
-        );
+        assert!(matches!(err, KeyFileError::Format { source: KeyError::Length(4), .. }), "{err:?}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
         fs::remove_file(&path).expect("rm");
 
         let path = key_file(dir.path(), &"zz".repeat(32), 0o600);
         let err = load_site_key(&path).expect_err("refused");
-        assert!(
-            matches!(
-                err,
-                KeyFileError::Format {
-                    source: KeyError::NotHex,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, KeyFileError::Format { source: KeyError::NotHex, .. }), "{err:?}");
     }
 
     #[test]
@@ -203,10 +141,7 @@ mod tests {
         let path = dir.path().join("absent.key");
         let err = load_site_key(&path).expect_err("missing");
         assert!(matches!(err, KeyFileError::NotFound { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains(&path.display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
     }
 
     #[test]
@@ -220,26 +155,14 @@ mod tests {
         let text = fs::read_to_string(&path).expect("read");
         assert_eq!(text.len(), 65);
         assert!(text.ends_with('\n'));
-        assert!(
-            text[..64]
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
-            "{text}"
-        );
+        assert!(text[..64].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{text}");
         let key = load_site_key(&path).expect("loads back");
         assert_eq!(key.to_hex(), text.trim_end());
 
         let err = write_new_site_key(&path).expect_err("refuses overwrite");
         assert!(matches!(err, KeyFileError::AlreadyExists { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains(&path.display().to_string()),
-            "{err}"
-        );
-        assert_eq!(
-            fs::read_to_string(&path).expect("read"),
-            text,
-            "left untouched"
-        );
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert_eq!(fs::read_to_string(&path).expect("read"), text, "left untouched");
 
         // Two keys are not the same key.
         let other = dir.path().join("other.key");
@@ -253,9 +176,6 @@ mod tests {
         let path = dir.path().join("no-such-dir").join("site.key");
         let err = write_new_site_key(&path).expect_err("no folder");
         assert!(matches!(err, KeyFileError::Io { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains(&path.display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
     }
 }

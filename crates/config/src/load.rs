@@ -7,17 +7,17 @@
 //! misspelt key is always reported, never ignored.
 
 use crate::{
-    AlertsConfig, AntiPassback, CategorySet, Config, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig, IdentityConfig,
-    MqttConfig, PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator, Side, SiteConfig,
-    StoreConfig, UnlockMode,
+    AlertsConfig, AntiPassback, CategorySet, Config, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig,
+    IdentityConfig, MqttConfig, PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator,
+    Side, SiteConfig, StoreConfig, UnlockMode,
 };
+use gate_core::{Category, Mode};
 use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 use toml_edit::{Document, Item, TableLike, Value};
-use gate_core::{Category, Mode};
 
 /// Serial speeds the devices accept.
 const BAUD_RATES: &[i64] = &[9600, 19200, 38400, 57600, 115200];
@@ -158,12 +158,7 @@ pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigErrors> {
             }]));
         }
     };
-    let mut checker = Checker {
-        file: source,
-        text,
-        base: base_folder(source),
-        errors: Vec::new(),
-    };
+    let mut checker = Checker { file: source, text, base: base_folder(source), errors: Vec::new() };
     let config = checker.config(doc.as_table());
     let mut errors = checker.errors;
     match config {
@@ -197,15 +192,9 @@ fn base_folder(source: &Path) -> PathBuf {
 /// 1-based line and column (in characters) of a byte offset.
 fn position(text: &str, offset: usize) -> (usize, usize) {
     let before = &text.as_bytes()[..offset.min(text.len())];
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
     (line, column)
 }
 
@@ -295,27 +284,17 @@ struct Section<'d> {
 
 impl Section<'_> {
     fn dotted(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
+        if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) }
     }
 
     /// Where `key`'s value starts, or the table's header.
     fn value_at(&self, key: &str) -> usize {
-        self.table
-            .get(key)
-            .and_then(Item::span)
-            .map_or(self.at, |span| span.start)
+        self.table.get(key).and_then(Item::span).map_or(self.at, |span| span.start)
     }
 
     /// Where `key`'s name starts, or its value, or the table's header.
     fn key_at(&self, key: &str) -> usize {
-        self.table
-            .key(key)
-            .and_then(|k| k.span())
-            .map_or_else(|| self.value_at(key), |span| span.start)
+        self.table.key(key).and_then(|k| k.span()).map_or_else(|| self.value_at(key), |span| span.start)
     }
 }
 
@@ -343,15 +322,8 @@ impl Checker<'_> {
             if known.contains(&name) {
                 continue;
             }
-            let what = if item.is_table() || item.is_array_of_tables() {
-                "table"
-            } else {
-                "key"
-            };
-            let mut message = format!(
-                "unknown {what} `{name}` (expected one of: {})",
-                known.join(", ")
-            );
+            let what = if item.is_table() || item.is_array_of_tables() { "table" } else { "key" };
+            let mut message = format!("unknown {what} `{name}` (expected one of: {})", known.join(", "));
             if let Some(close) = suggest(name, known) {
                 message.push_str(&format!("; did you mean `{close}`?"));
             }
@@ -359,21 +331,12 @@ impl Checker<'_> {
         }
     }
 
-    fn section<'d>(
-        &mut self,
-        parent: Section<'d>,
-        name: &str,
-        path: &'static str,
-    ) -> Got<Section<'d>> {
+    fn section<'d>(&mut self, parent: Section<'d>, name: &str, path: &'static str) -> Got<Section<'d>> {
         let Some(item) = parent.table.get(name) else {
             return Got::Absent;
         };
         match item.as_table_like() {
-            Some(table) => Got::Found(Section {
-                path,
-                table,
-                at: item.span().map_or(parent.at, |span| span.start),
-            }),
+            Some(table) => Got::Found(Section { path, table, at: item.span().map_or(parent.at, |span| span.start) }),
             None => {
                 let message = format!("expected a table, found {}", describe(item));
                 self.push(parent.value_at(name), path.to_owned(), message);
@@ -382,21 +345,12 @@ impl Checker<'_> {
         }
     }
 
-    fn required_section<'d>(
-        &mut self,
-        root: Section<'d>,
-        name: &'static str,
-        must_set: &str,
-    ) -> Option<Section<'d>> {
+    fn required_section<'d>(&mut self, root: Section<'d>, name: &'static str, must_set: &str) -> Option<Section<'d>> {
         match self.section(root, name, name) {
             Got::Found(sec) => Some(sec),
             Got::Invalid => None,
             Got::Absent => {
-                self.push(
-                    0,
-                    name.to_owned(),
-                    format!("missing required table `[{name}]` (it must set {must_set})"),
-                );
+                self.push(0, name.to_owned(), format!("missing required table `[{name}]` (it must set {must_set})"));
                 None
             }
         }
@@ -429,11 +383,7 @@ impl Checker<'_> {
         if let Some(v) = item.as_value().and_then(cast) {
             return Got::Found((v, at));
         }
-        self.push(
-            at,
-            sec.dotted(key),
-            format!("expected {expected}, found {}", describe(item)),
-        );
+        self.push(at, sec.dotted(key), format!("expected {expected}, found {}", describe(item)));
         Got::Invalid
     }
 
@@ -450,12 +400,7 @@ impl Checker<'_> {
     }
 
     /// An integer within `range`, converted to `T`.
-    fn int_in<T: TryFrom<i64>>(
-        &mut self,
-        sec: Section<'_>,
-        key: &str,
-        range: RangeInclusive<i64>,
-    ) -> Got<T> {
+    fn int_in<T: TryFrom<i64>>(&mut self, sec: Section<'_>, key: &str, range: RangeInclusive<i64>) -> Got<T> {
         let expected = format!("an integer from {} to {}", range.start(), range.end());
         match self.value(sec, key, &expected, Value::as_integer) {
             Got::Found((v, at)) => {
@@ -463,11 +408,7 @@ impl Checker<'_> {
                     Ok(t) if range.contains(&v) => return Got::Found(t),
                     _ => {}
                 }
-                self.push(
-                    at,
-                    sec.dotted(key),
-                    format!("expected {expected}, found {v}"),
-                );
+                self.push(at, sec.dotted(key), format!("expected {expected}, found {v}"));
                 Got::Invalid
             }
             Got::Absent => Got::Absent,
@@ -482,11 +423,7 @@ impl Checker<'_> {
             Got::Found((v, at)) => match u32::try_from(v) {
                 Ok(baud) if BAUD_RATES.contains(&v) => Got::Found(baud),
                 _ => {
-                    self.push(
-                        at,
-                        sec.dotted(key),
-                        format!("expected {expected}, found {v}"),
-                    );
+                    self.push(at, sec.dotted(key), format!("expected {expected}, found {v}"));
                     Got::Invalid
                 }
             },
@@ -543,11 +480,7 @@ impl Checker<'_> {
         match self.string(sec, key) {
             Got::Found((s, at)) => {
                 if s.is_empty() || s.contains('\0') {
-                    self.push(
-                        at,
-                        sec.dotted(key),
-                        format!("expected a non-empty path, found {s:?}"),
-                    );
+                    self.push(at, sec.dotted(key), format!("expected a non-empty path, found {s:?}"));
                     return Got::Invalid;
                 }
                 let raw = Path::new(s);
@@ -566,37 +499,17 @@ impl Checker<'_> {
     }
 
     fn config(&mut self, root_table: &toml_edit::Table) -> Option<Config> {
-        let root = Section {
-            path: "",
-            table: root_table,
-            at: 0,
-        };
+        let root = Section { path: "", table: root_table, at: 0 };
         self.unknown_keys(root, ROOT_KEYS);
 
-        let site = self
-            .required_section(root, "site", "`id`")
-            .and_then(|s| self.site(s));
-        let gate = self
-            .required_section(root, "gate", "`id`")
-            .and_then(|s| self.gate(s));
-        let store = self
-            .required_section(root, "store", "`path`")
-            .and_then(|s| self.store(s));
-        let identity = self
-            .required_section(root, "identity", "`hmac_key_file`")
-            .and_then(|s| self.identity(s));
+        let site = self.required_section(root, "site", "`id`").and_then(|s| self.site(s));
+        let gate = self.required_section(root, "gate", "`id`").and_then(|s| self.gate(s));
+        let store = self.required_section(root, "store", "`path`").and_then(|s| self.store(s));
+        let identity = self.required_section(root, "identity", "`hmac_key_file`").and_then(|s| self.identity(s));
         let empty = toml_edit::Table::new();
         let mqtt = match self.section(root, "mqtt", "mqtt") {
             Got::Found(s) => self.mqtt(s, site.as_ref(), gate.as_ref()),
-            Got::Absent => self.mqtt(
-                Section {
-                    path: "mqtt",
-                    table: &empty,
-                    at: 0,
-                },
-                site.as_ref(),
-                gate.as_ref(),
-            ),
+            Got::Absent => self.mqtt(Section { path: "mqtt", table: &empty, at: 0 }, site.as_ref(), gate.as_ref()),
             Got::Invalid => None,
         };
         let devices = match self.section(root, "devices", "devices") {
@@ -640,13 +553,8 @@ impl Checker<'_> {
         self.unknown_keys(s, SITE_KEYS);
         let id = self.parsed(s, "id", "site id", |raw| SiteId::try_new(raw));
         let id = self.required(s, "id", id);
-        let utc_offset = self
-            .parsed(s, "utc_offset", "UTC offset", UtcOffset::parse)
-            .or(UtcOffset::CHINA);
-        Some(SiteConfig {
-            id: id?,
-            utc_offset: utc_offset?,
-        })
+        let utc_offset = self.parsed(s, "utc_offset", "UTC offset", UtcOffset::parse).or(UtcOffset::CHINA);
+        Some(SiteConfig { id: id?, utc_offset: utc_offset? })
     }
 
     fn gate(&mut self, s: Section<'_>) -> Option<GateConfig> {
@@ -654,21 +562,13 @@ impl Checker<'_> {
         let id = self.parsed(s, "id", "gate id", |raw| GateId::try_new(raw));
         let id = self.required(s, "id", id);
         let lane = self
-            .choice(
-                s,
-                "lane",
-                &[("pedestrian", Lane::Pedestrian), ("vehicle", Lane::Vehicle)],
-            )
+            .choice(s, "lane", &[("pedestrian", Lane::Pedestrian), ("vehicle", Lane::Vehicle)])
             .or(Lane::Pedestrian);
         let direction = self
             .choice(
                 s,
                 "direction",
-                &[
-                    ("entry", Direction::Entry),
-                    ("exit", Direction::Exit),
-                    ("both", Direction::Both),
-                ],
+                &[("entry", Direction::Entry), ("exit", Direction::Exit), ("both", Direction::Both)],
             )
             .or(Direction::Entry);
         let flexible = self.boolean(s, "flexible").or(false);
@@ -700,34 +600,21 @@ impl Checker<'_> {
     fn store(&mut self, s: Section<'_>) -> Option<StoreConfig> {
         self.unknown_keys(s, STORE_KEYS);
         let path = self.path(s, "path");
-        Some(StoreConfig {
-            path: self.required(s, "path", path)?,
-        })
+        Some(StoreConfig { path: self.required(s, "path", path)? })
     }
 
     fn identity(&mut self, s: Section<'_>) -> Option<IdentityConfig> {
         self.unknown_keys(s, IDENTITY_KEYS);
         let file = self.path(s, "hmac_key_file");
-        Some(IdentityConfig {
-            hmac_key_file: self.required(s, "hmac_key_file", file)?,
-        })
+        Some(IdentityConfig { hmac_key_file: self.required(s, "hmac_key_file", file)? })
     }
 
-    fn mqtt(
-        &mut self,
-        s: Section<'_>,
-        site: Option<&SiteConfig>,
-        gate: Option<&GateConfig>,
-    ) -> Option<MqttConfig> {
+    fn mqtt(&mut self, s: Section<'_>, site: Option<&SiteConfig>, gate: Option<&GateConfig>) -> Option<MqttConfig> {
         self.unknown_keys(s, MQTT_KEYS);
         let host = match self.string(s, "host") {
             Got::Found((h, at)) => {
                 if h.is_empty() || h.chars().any(char::is_whitespace) {
-                    self.push(
-                        at,
-                        s.dotted("host"),
-                        format!("expected a host name or IP address, found {h:?}"),
-                    );
+                    self.push(at, s.dotted("host"), format!("expected a host name or IP address, found {h:?}"));
                     None
                 } else {
                     Some(h.to_owned())
@@ -743,9 +630,7 @@ impl Checker<'_> {
                 if (1..=128).contains(&n) {
                     Some(id.to_owned())
                 } else {
-                    let message = format!(
-                        "expected a client id of 1 to 128 characters, found {n} characters"
-                    );
+                    let message = format!("expected a client id of 1 to 128 characters, found {n} characters");
                     self.push(at, s.dotted("client_id"), message);
                     None
                 }
@@ -782,11 +667,7 @@ impl Checker<'_> {
                 };
                 match problem {
                     Some(expected) => {
-                        self.push(
-                            at,
-                            s.dotted("topic_prefix"),
-                            format!("expected {expected}, found {p:?}"),
-                        );
+                        self.push(at, s.dotted("topic_prefix"), format!("expected {expected}, found {p:?}"));
                         None
                     }
                     None => Some(p.to_owned()),
@@ -893,13 +774,7 @@ impl Checker<'_> {
             Got::Invalid => None,
         };
         let side = self.side(s);
-        Some(QrScannerConfig {
-            port: port?,
-            baud: baud?,
-            terminator: terminator?,
-            prefix: prefix?,
-            side: side?,
-        })
+        Some(QrScannerConfig { port: port?, baud: baud?, terminator: terminator?, prefix: prefix?, side: side? })
     }
 
     fn plate_reader(&mut self, s: Section<'_>) -> Option<PlateReaderConfig> {
@@ -1013,7 +888,8 @@ impl Checker<'_> {
         let version = version?.unwrap_or_else(|| {
             // Stable across builds and machines: FNV-1a over a canonical text.
             let text = format!("{normal:?}|{sporadic:?}|{wartime:?}");
-            let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+            let hash =
+                text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
             format!("auto-{:08x}", hash >> 32)
         });
         Some(PolicyConfig { version, normal, sporadic, wartime })
@@ -1040,7 +916,10 @@ impl Checker<'_> {
                         self.push(
                             at,
                             s.dotted("platform_keys"),
-                            format!("expected an Ed25519 public key as 64 hex characters, found {} characters", hex_key.chars().count()),
+                            format!(
+                                "expected an Ed25519 public key as 64 hex characters, found {} characters",
+                                hex_key.chars().count()
+                            ),
                         );
                     }
                 }
@@ -1064,11 +943,7 @@ impl Checker<'_> {
         let unlock_entry_coil = self.int_in(s, "unlock_entry_coil", 0..=65_535).or(0u16);
         let unlock_exit_coil = self.int_in(s, "unlock_exit_coil", 0..=65_535).or(1u16);
         let unlock_mode = self
-            .choice(
-                s,
-                "unlock_mode",
-                &[("pulse", UnlockMode::Pulse), ("level", UnlockMode::Level)],
-            )
+            .choice(s, "unlock_mode", &[("pulse", UnlockMode::Pulse), ("level", UnlockMode::Level)])
             .or(UnlockMode::Pulse);
         let unlock_ms = match self.int_in::<u64>(s, "unlock_ms", 50..=60_000) {
             Got::Found(ms) => Some(ms),

@@ -81,11 +81,10 @@ fn check(attempt: &Attempt<'_>, gate: &GateContext<'_>, now: UnixMillis) -> Resu
     if gate.mode == Mode::Wartime && gate.flexible {
         return Err(BlockReason::CheckpointClosed);
     }
-    if let CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(valid_to)) } = attempt.credential {
-        if CivilDate::of_instant(now, gate.offset) > *valid_to {
+    if let CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(valid_to)) } = attempt.credential
+        && CivilDate::of_instant(now, gate.offset) > *valid_to {
             return Err(BlockReason::CardExpired);
         }
-    }
     if attempt.watchlisted {
         return Err(BlockReason::Blocklisted);
     }

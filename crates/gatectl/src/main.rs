@@ -152,7 +152,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }),
         Command::Mode { command: ModeCommand::Show { config } } => {
             let config = load_config(&config)?;
-            let store = gate_store::Store::open(&config.store.path)?;
+            let store = open_store(&config)?;
             let now = now_ms();
             match store.mode_schedule()? {
                 None => println!("mode: normal (never set)"),
@@ -177,7 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             }
             let config = load_config(&config)?;
-            let mut store = gate_store::Store::open(&config.store.path)?;
+            let mut store = open_store(&config)?;
             let operator = local_user();
             let seq = gate_app::set_mode_locally(&mut store, &config, mode, &operator, &reason, now_ms())?;
             println!("mode set to {mode} by {operator} (event seq {seq})");
@@ -277,4 +277,12 @@ fn local_user() -> String {
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Opens the gate database, creating its folder on a fresh box.
+fn open_store(config: &gate_config::Config) -> Result<gate_store::Store> {
+    if let Some(dir) = config.store.path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(gate_store::Store::open(&config.store.path)?)
 }

@@ -48,7 +48,8 @@ pub(crate) fn credential_from_wire(c: &pb::Credential) -> Result<(CredentialKind
         Ok(pb::CredentialType::Plate) => CredentialKind::Plate,
         _ => return Err(format!("unknown credential type {}", c.r#type)),
     };
-    let key: [u8; 32] = c.key.as_slice().try_into().map_err(|_| format!("credential key of {} bytes, not 32", c.key.len()))?;
+    let key: [u8; 32] =
+        c.key.as_slice().try_into().map_err(|_| format!("credential key of {} bytes, not 32", c.key.len()))?;
     Ok((kind, key))
 }
 
@@ -63,9 +64,14 @@ pub(crate) fn person_from_wire(p: pb::Person) -> Result<NewPerson, String> {
         .time_windows
         .iter()
         .map(|w| {
-            let ok = w.weekdays <= 0x7f && w.start_minute <= 1440 && w.end_minute <= 1440 && w.start_minute != w.end_minute;
-            ok.then_some(TimeWindow { weekdays: w.weekdays as u8, start_min: w.start_minute as u16, end_min: w.end_minute as u16 })
-                .ok_or_else(|| format!("person {}: bad time window", p.person_id))
+            let ok =
+                w.weekdays <= 0x7f && w.start_minute <= 1440 && w.end_minute <= 1440 && w.start_minute != w.end_minute;
+            ok.then_some(TimeWindow {
+                weekdays: w.weekdays as u8,
+                start_min: w.start_minute as u16,
+                end_min: w.end_minute as u16,
+            })
+            .ok_or_else(|| format!("person {}: bad time window", p.person_id))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let credentials = p.credentials.iter().map(credential_from_wire).collect::<Result<Vec<_>, _>>()?;
@@ -77,7 +83,11 @@ pub(crate) fn person_from_wire(p: pb::Person) -> Result<NewPerson, String> {
             valid_to_ms: p.valid_to_ms,
             display_name: p.display_name,
             tags: p.tags,
-            allowed_gates: if p.allowed_gates.is_empty() { AllowedGates::All } else { AllowedGates::Only(p.allowed_gates) },
+            allowed_gates: if p.allowed_gates.is_empty() {
+                AllowedGates::All
+            } else {
+                AllowedGates::Only(p.allowed_gates)
+            },
             time_windows,
             person_id: p.person_id,
         },

@@ -33,7 +33,10 @@ pub struct DownlinkCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Reply {
     None,
-    Resync { local_version: u64, reason: &'static str },
+    Resync {
+        local_version: u64,
+        reason: &'static str,
+    },
     /// The outbox gained an entry (a recorded mode change).
     OutboxChanged,
 }
@@ -137,11 +140,10 @@ fn handle_mode(
     };
     // The retained message comes again on every connection: the same change
     // is not a new one.
-    if let Some(current) = &current {
-        if current.after == mode && current.effective_at_ms == change.effective_at_ms && current.origin == origin {
+    if let Some(current) = &current
+        && current.after == mode && current.effective_at_ms == change.effective_at_ms && current.origin == origin {
             return Reply::None;
         }
-    }
     let schedule = current.unwrap_or_else(|| ModeSchedule::constant(gate_core::Mode::Normal)).with_change(
         now,
         mode,

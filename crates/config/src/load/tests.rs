@@ -44,39 +44,18 @@ fn assert_errors(name: &str, text: &str, expected: &[ErrorAt]) {
     let got: Vec<(usize, usize, String, String)> = errors
         .0
         .iter()
-        .map(|e| {
-            (
-                e.line.unwrap_or(0),
-                e.column.unwrap_or(0),
-                e.key.clone().unwrap_or_default(),
-                e.message.clone(),
-            )
-        })
+        .map(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0), e.key.clone().unwrap_or_default(), e.message.clone()))
         .collect();
-    let want: Vec<(usize, usize, String, String)> = expected
-        .iter()
-        .map(|&(l, c, k, m)| (l, c, k.to_owned(), m.to_owned()))
-        .collect();
+    let want: Vec<(usize, usize, String, String)> =
+        expected.iter().map(|&(l, c, k, m)| (l, c, k.to_owned(), m.to_owned())).collect();
     assert_eq!(got, want, "{name}:\n{errors}");
     for (error, &(line, column, key, message)) in errors.0.iter().zip(expected) {
         assert_eq!(error.file, Path::new(FILE), "{name}");
-        let key = if key.is_empty() {
-            String::new()
-        } else {
-            format!("{key}: ")
-        };
-        assert_eq!(
-            error.to_string(),
-            format!("{FILE}:{line}:{column}: {key}{message}"),
-            "{name}"
-        );
+        let key = if key.is_empty() { String::new() } else { format!("{key}: ") };
+        assert_eq!(error.to_string(), format!("{FILE}:{line}:{column}: {key}{message}"), "{name}");
     }
     let rendered = errors.to_string();
-    assert_eq!(
-        rendered.lines().count(),
-        expected.len(),
-        "{name}: one error per line:\n{rendered}"
-    );
+    assert_eq!(rendered.lines().count(), expected.len(), "{name}: one error per line:\n{rendered}");
 }
 
 #[test]
@@ -85,12 +64,7 @@ fn syntax_error_has_line_and_character_column() {
     assert_errors(
         "syntax",
         "[site]\nid = \"é\" x\n",
-        &[(
-            2,
-            10,
-            "",
-            "invalid TOML: unexpected key or value, expected newline, `#`",
-        )],
+        &[(2, 10, "", "invalid TOML: unexpected key or value, expected newline, `#`")],
     );
     assert_errors(
         "unclosed header",
@@ -106,8 +80,7 @@ fn syntax_error_has_line_and_character_column() {
 
 #[test]
 fn unknown_keys_and_tables_are_reported_with_suggestions() {
-    let buad =
-        format!("unknown key `buad` (expected one of: {GATE_KEYS_LIST}); did you mean `baud`?");
+    let buad = format!("unknown key `buad` (expected one of: {GATE_KEYS_LIST}); did you mean `baud`?");
     let cases: &[(&str, String, &[ErrorAt])] = &[
         (
             "typo in devices.gate",
@@ -179,9 +152,7 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
 #[test]
 fn each_kind_of_bad_value_is_pinned_to_its_position() {
     let device_gate = |extra: &str| {
-        with_base(&format!(
-            "[devices.gate]\ndriver = \"modbus-rtu\"\nport = \"/dev/gate-io\"\n{extra}\n"
-        ))
+        with_base(&format!("[devices.gate]\ndriver = \"modbus-rtu\"\nport = \"/dev/gate-io\"\n{extra}\n"))
     };
     let gate = |extra: &str| {
         format!(
@@ -479,12 +450,7 @@ unlock_mode = "pluse"
         "many",
         text,
         &[
-            (
-                1,
-                1,
-                "store",
-                "missing required table `[store]` (it must set `path`)",
-            ),
+            (1, 1, "store", "missing required table `[store]` (it must set `path`)"),
             (
                 2,
                 6,
@@ -497,24 +463,9 @@ unlock_mode = "pluse"
                 "site.utc_ofset",
                 "unknown key `utc_ofset` (expected one of: id, utc_offset); did you mean `utc_offset`?",
             ),
-            (
-                7,
-                8,
-                "gate.lane",
-                "expected \"pedestrian\" or \"vehicle\", found \"bike\"",
-            ),
-            (
-                10,
-                8,
-                "mqtt.port",
-                "expected an integer from 1 to 65535, found 0",
-            ),
-            (
-                11,
-                16,
-                "mqtt.keep_alive_s",
-                "expected an integer from 5 to 3600, found string \"30\"",
-            ),
+            (7, 8, "gate.lane", "expected \"pedestrian\" or \"vehicle\", found \"bike\""),
+            (10, 8, "mqtt.port", "expected an integer from 1 to 65535, found 0"),
+            (11, 16, "mqtt.keep_alive_s", "expected an integer from 5 to 3600, found string \"30\""),
             (
                 19,
                 15,
@@ -573,20 +524,13 @@ fn defaults_fill_every_optional_key() {
     );
 
     // A level unlock stays open longer by default; an explicit value wins.
-    let level = ok(&with_base(
-        "[devices.gate]\ndriver = \"modbus-rtu\"\nport = \"/dev/gate-io\"\nunlock_mode = \"level\"\n",
-    ));
-    assert_eq!(
-        level.devices.gate.map(|g| g.unlock),
-        Some(Duration::from_millis(5000))
-    );
+    let level =
+        ok(&with_base("[devices.gate]\ndriver = \"modbus-rtu\"\nport = \"/dev/gate-io\"\nunlock_mode = \"level\"\n"));
+    assert_eq!(level.devices.gate.map(|g| g.unlock), Some(Duration::from_millis(5000)));
     let level = ok(&with_base(
         "[devices.gate]\ndriver = \"modbus-rtu\"\nport = \"/dev/gate-io\"\nunlock_mode = \"level\"\nunlock_ms = 800\n",
     ));
-    assert_eq!(
-        level.devices.gate.map(|g| g.unlock),
-        Some(Duration::from_millis(800))
-    );
+    assert_eq!(level.devices.gate.map(|g| g.unlock), Some(Duration::from_millis(800)));
 
     // An explicit client id is kept as written.
     let named = ok(&with_base("[mqtt]\nclient_id = \"box-17\"\n"));
@@ -611,18 +555,9 @@ port = "/dev/gate-io"
 "#;
     let config = ok(text);
     assert_eq!(config.store.path, Path::new("/etc/gated/data/gated.db"));
-    assert_eq!(
-        config.identity.hmac_key_file,
-        Path::new("/etc/gated/keys/site.key")
-    );
-    assert_eq!(
-        config.devices.id_card.map(|c| c.port),
-        Some(PathBuf::from("/etc/gated/idcard"))
-    );
-    assert_eq!(
-        config.devices.gate.map(|g| g.port),
-        Some(PathBuf::from("/dev/gate-io"))
-    );
+    assert_eq!(config.identity.hmac_key_file, Path::new("/etc/gated/keys/site.key"));
+    assert_eq!(config.devices.id_card.map(|c| c.port), Some(PathBuf::from("/etc/gated/idcard")));
+    assert_eq!(config.devices.gate.map(|g| g.port), Some(PathBuf::from("/dev/gate-io")));
 
     // A config named relative to the working directory still yields absolute paths.
     let config = parse(Path::new("gated.toml"), text).expect("valid");
@@ -638,15 +573,9 @@ fn load_reports_an_unreadable_file_without_a_line() {
     let errors = load(&path).expect_err("missing file");
     assert_eq!(errors.0.len(), 1);
     let error = &errors.0[0];
-    assert_eq!(
-        (error.line, error.column, error.key.as_deref()),
-        (None, None, None)
-    );
+    assert_eq!((error.line, error.column, error.key.as_deref()), (None, None, None));
     assert!(
-        error.to_string().starts_with(&format!(
-            "{}: cannot read the configuration file: ",
-            path.display()
-        )),
+        error.to_string().starts_with(&format!("{}: cannot read the configuration file: ", path.display())),
         "{error}"
     );
 
@@ -658,10 +587,7 @@ fn load_reports_an_unreadable_file_without_a_line() {
 }
 
 fn example_path() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../config/gated.example.toml"
-    ))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/gated.example.toml"))
 }
 
 #[test]
@@ -673,19 +599,10 @@ fn example_config_parses_without_errors() {
     assert_eq!(config.site.id.as_str(), "heshan-c03");
     assert_eq!(config.gate.id.as_str(), "east-1");
     assert_eq!(config.store.path, Path::new("/var/lib/gated/gated.db"));
-    assert_eq!(
-        config.identity.hmac_key_file,
-        Path::new("/etc/gated/site.key")
-    );
+    assert_eq!(config.identity.hmac_key_file, Path::new("/etc/gated/site.key"));
     assert_eq!(config.mqtt.client_id, "gated-heshan-c03-east-1");
-    assert_eq!(
-        config.devices.id_card.map(|c| c.port),
-        Some(PathBuf::from("/dev/gate-idcard"))
-    );
-    assert_eq!(
-        config.devices.gate.map(|g| g.port),
-        Some(PathBuf::from("/dev/gate-io"))
-    );
+    assert_eq!(config.devices.id_card.map(|c| c.port), Some(PathBuf::from("/dev/gate-idcard")));
+    assert_eq!(config.devices.gate.map(|g| g.port), Some(PathBuf::from("/dev/gate-io")));
 }
 
 #[test]
@@ -695,15 +612,10 @@ fn example_config_documents_every_key() {
     for &(table, keys) in SCHEMA {
         let mut item = doc.as_item();
         for part in table.split('.').filter(|p| !p.is_empty()) {
-            item = item
-                .get(part)
-                .unwrap_or_else(|| panic!("example lacks [{table}]"));
+            item = item.get(part).unwrap_or_else(|| panic!("example lacks [{table}]"));
         }
         for key in keys {
-            assert!(
-                item.get(key).is_some(),
-                "example lacks `{key}` in [{table}]"
-            );
+            assert!(item.get(key).is_some(), "example lacks `{key}` in [{table}]");
         }
     }
     // Every `key = value` line has a comment right above it.
@@ -713,11 +625,7 @@ fn example_config_documents_every_key() {
         if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
             continue;
         }
-        assert!(
-            i > 0 && lines[i - 1].trim_start().starts_with('#'),
-            "line {} has no comment: {line}",
-            i + 1
-        );
+        assert!(i > 0 && lines[i - 1].trim_start().starts_with('#'), "line {} has no comment: {line}", i + 1);
     }
 }
 
@@ -738,8 +646,9 @@ fn policies_default_per_mode_and_take_overrides() {
     let other = ok(&with_base("[policy.normal]\nvisitor_pass_required = false\n"));
     assert_ne!(other.policy.version, config.policy.version);
     assert_eq!(ok(BASE).policy.version, config.policy.version, "stable");
-    let timed = ok(&format!("{BASE}"));
-    assert_eq!(timed.gate.anti_passback, AntiPassback::Off);
+    assert_eq!(config.gate.anti_passback, AntiPassback::Off);
+    let timed = ok(&BASE.replace("id = \"east-1\"\n", "id = \"east-1\"\nanti_passback = \"timed\"\nanti_passback_s = 45\n"));
+    assert_eq!(timed.gate.anti_passback, AntiPassback::Timed { window_ms: 45_000 });
 }
 
 #[test]
