@@ -42,6 +42,56 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub passes: PassesConfig,
     pub alerts: AlertsConfig,
+    pub control: ControlConfig,
+    pub metrics: MetricsConfig,
+    pub health: HealthConfig,
+}
+
+/// How a signed health certificate is tied to the person at the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateMatch {
+    /// Name and birth date must match the ID card read in the window.
+    NameAndBirth,
+    /// Birth date only (for cards whose name script differs from the certificate's).
+    BirthOnly,
+}
+
+/// `[health]`: how health verification reaches beyond the local record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// `[health] online_timeout_ms`, default 800: how long a decision waits
+    /// for the platform's answer about a missing or stale record.
+    pub online_timeout: Duration,
+    /// `[health] trust_list_file`: signer certificates for signed health
+    /// certificates (PEM or base64 DER), besides those synced on the trust topic.
+    pub trust_list_file: Option<PathBuf>,
+    /// `[health] certificate_window_s`, default 60: a certificate and an ID
+    /// card read within this many seconds belong to one transaction.
+    pub certificate_window: Duration,
+    /// `[health] certificate_match`, default "name_and_birth".
+    pub certificate_match: CertificateMatch,
+}
+
+/// `[control]`: the local socket `gatectl` talks to the running daemon over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// `[control] socket`, default `gated.sock` in the state folder (the
+    /// folder of `[store] path`).
+    pub socket: PathBuf,
+    /// `[control] group`: members of this group may use the socket, besides
+    /// root and the daemon's own user. Default none.
+    pub group: Option<String>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// `[metrics] listen`, e.g. `127.0.0.1:9464`; absent: no endpoint. A bare
+    /// port means loopback.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `[metrics] allow_remote`, default false: without it a non-loopback
+    /// `listen` address is refused.
+    pub allow_remote: bool,
 }
 
 /// `[alerts]`: alerts to the management departments.
@@ -232,4 +282,35 @@ pub struct GateIoConfig {
     pub passage_exit_input: u16,
     /// `[devices.gate] poll_interval_ms`, default 100.
     pub poll_interval: Duration,
+    /// `[devices.gate] fire_alarm_input`, default none (not wired): the fire
+    /// alarm contact; an alarm releases every unlock output.
+    pub fire_alarm_input: Option<u16>,
+    /// `[devices.gate] fire_alarm_normally_closed`, default true: an open
+    /// contact (or a cut wire) is the alarm.
+    pub fire_alarm_normally_closed: bool,
+    /// `[devices.gate] io_loss_is_fire_alarm`, default false: whether an IO
+    /// board lost for `fire_alarm_io_loss_ms` counts as a fire alarm.
+    pub io_loss_is_fire_alarm: bool,
+    /// `[devices.gate] fire_alarm_io_loss_ms`, default 5000.
+    pub fire_alarm_io_loss: Duration,
+    /// `[devices.gate] beam_input`, default none: the tailgating beam.
+    pub beam_input: Option<u16>,
+    /// `[devices.gate] intrusion_input`, default none: the turnstile's own
+    /// door-forced / intrusion output.
+    pub intrusion_input: Option<u16>,
+    /// `[devices.gate] green_lamp_coil`, default none.
+    pub green_lamp_coil: Option<u16>,
+    /// `[devices.gate] red_lamp_coil`, default none.
+    pub red_lamp_coil: Option<u16>,
+    /// `[devices.gate] buzzer_coil`, default none.
+    pub buzzer_coil: Option<u16>,
+    /// `[devices.gate] indicator_ms`, default 2000: how long the lamps and
+    /// the buzzer stay on after a decision.
+    pub indicator: Duration,
+    /// `[devices.gate] pass_timeout_ms`, default 10000: how long a grant
+    /// waits for its passage.
+    pub pass_timeout: Duration,
+    /// `[devices.gate] held_open_ms`, default 30000: a passage sensor active
+    /// longer raises `held_open`.
+    pub held_open: Duration,
 }

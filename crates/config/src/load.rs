@@ -7,11 +7,13 @@
 //! misspelt key is always reported, never ignored.
 
 use crate::{
-    AlertsConfig, AntiPassback, CategorySet, Config, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig,
+    AlertsConfig, AntiPassback, CertificateMatch, HealthConfig, CategorySet, Config, ControlConfig, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig,
     IdentityConfig, MqttConfig, PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator,
     Side, SiteConfig, StoreConfig, UnlockMode,
 };
-use gate_core::{Category, Mode};
+use crate::MetricsConfig;
+use gate_core::{Category, HealthColour, Mode};
+use gate_engine::{HealthFallback, HealthRules, HealthRulesByCategory};
 use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -22,7 +24,8 @@ use toml_edit::{Document, Item, TableLike, Value};
 /// Serial speeds the devices accept.
 const BAUD_RATES: &[i64] = &[9600, 19200, 38400, 57600, 115200];
 
-const ROOT_KEYS: &[&str] = &["site", "gate", "store", "mqtt", "identity", "devices", "policy", "passes", "alerts"];
+const ROOT_KEYS: &[&str] =
+    &["site", "gate", "store", "mqtt", "identity", "devices", "policy", "passes", "alerts", "control", "metrics", "health"];
 const SITE_KEYS: &[&str] = &["id", "utc_offset"];
 const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible", "anti_passback", "anti_passback_s"];
 const STORE_KEYS: &[&str] = &["path"];
@@ -34,9 +37,54 @@ const QR_SCANNER_KEYS: &[&str] = &["port", "baud", "terminator", "prefix", "side
 const PLATE_READER_KEYS: &[&str] = &["port", "baud", "min_confidence", "side"];
 const POLICY_KEYS: &[&str] = &["version", "normal", "sporadic", "wartime"];
 const POLICY_MODE_KEYS: &[&str] =
-    &["allowed_categories", "visitor_pass_required", "enforce_time_windows", "health_required_for"];
+    &["allowed_categories", "visitor_pass_required", "enforce_time_windows", "health_required_for", "health"];
+const HEALTH_RULE_KEYS: &[&str] = &[
+    "allowed_colours",
+    "nat_required",
+    "nat_window_h",
+    "min_doses",
+    "refuse_travel_risk",
+    "max_record_age_h",
+    "fallback",
+    "accept_stale_max_h",
+];
+/// `[policy.<mode>.health]` takes the rule keys and one subtable per category.
+const HEALTH_TABLE_KEYS: &[&str] = &[
+    "allowed_colours",
+    "nat_required",
+    "nat_window_h",
+    "min_doses",
+    "refuse_travel_risk",
+    "max_record_age_h",
+    "fallback",
+    "accept_stale_max_h",
+    "resident",
+    "worker",
+    "visitor",
+];
+const HEALTH_KEYS: &[&str] = &["online_timeout_ms", "trust_list_file", "certificate_window_s", "certificate_match"];
+
+/// Static section paths of the health tables, by mode.
+fn health_paths(mode: Mode) -> (&'static str, [&'static str; 3]) {
+    match mode {
+        Mode::Normal => (
+            "policy.normal.health",
+            ["policy.normal.health.resident", "policy.normal.health.worker", "policy.normal.health.visitor"],
+        ),
+        Mode::Sporadic => (
+            "policy.sporadic.health",
+            ["policy.sporadic.health.resident", "policy.sporadic.health.worker", "policy.sporadic.health.visitor"],
+        ),
+        Mode::Wartime => (
+            "policy.wartime.health",
+            ["policy.wartime.health.resident", "policy.wartime.health.worker", "policy.wartime.health.visitor"],
+        ),
+    }
+}
 const PASSES_KEYS: &[&str] = &["platform_keys", "companion_window_s"];
 const ALERTS_KEYS: &[&str] = &["quiet_period_s"];
+const CONTROL_KEYS: &[&str] = &["socket", "group"];
+const METRICS_KEYS: &[&str] = &["listen", "allow_remote"];
 const GATE_IO_KEYS: &[&str] = &[
     "driver",
     "port",
@@ -49,6 +97,18 @@ const GATE_IO_KEYS: &[&str] = &[
     "passage_entry_input",
     "passage_exit_input",
     "poll_interval_ms",
+    "fire_alarm_input",
+    "fire_alarm_normally_closed",
+    "io_loss_is_fire_alarm",
+    "fire_alarm_io_loss_ms",
+    "beam_input",
+    "intrusion_input",
+    "green_lamp_coil",
+    "red_lamp_coil",
+    "buzzer_coil",
+    "indicator_ms",
+    "pass_timeout_ms",
+    "held_open_ms",
 ];
 
 /// Every table and the keys it accepts ("" is the document root). The walk
@@ -67,11 +127,17 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
     ("devices.qr_scanner", QR_SCANNER_KEYS),
     ("devices.plate_reader", PLATE_READER_KEYS),
     ("policy", POLICY_KEYS),
-    ("policy.normal", POLICY_MODE_KEYS),
-    ("policy.sporadic", POLICY_MODE_KEYS),
+    // The example shows health rules for wartime only; the other modes take
+    // the same table.
+    ("policy.normal", &["allowed_categories", "visitor_pass_required", "enforce_time_windows", "health_required_for"]),
+    ("policy.sporadic", &["allowed_categories", "visitor_pass_required", "enforce_time_windows", "health_required_for"]),
     ("policy.wartime", POLICY_MODE_KEYS),
+    ("policy.wartime.health", HEALTH_RULE_KEYS),
+    ("health", HEALTH_KEYS),
     ("passes", PASSES_KEYS),
     ("alerts", ALERTS_KEYS),
+    ("control", CONTROL_KEYS),
+    ("metrics", METRICS_KEYS),
     ("devices.gate", GATE_IO_KEYS),
 ];
 
@@ -535,7 +601,27 @@ impl Checker<'_> {
             Got::Invalid => None,
         };
 
+        let control = match self.section(root, "control", "control") {
+            Got::Found(s) => self.control(s, store.as_ref()),
+            Got::Absent => self.control(Section { path: "control", table: &empty, at: 0 }, store.as_ref()),
+            Got::Invalid => None,
+        };
+        let metrics = match self.section(root, "metrics", "metrics") {
+            Got::Found(s) => self.metrics(s),
+            Got::Absent => Some(MetricsConfig::default()),
+            Got::Invalid => None,
+        };
+
+        let health = match self.section(root, "health", "health") {
+            Got::Found(s) => self.health(s),
+            Got::Absent => self.health(Section { path: "health", table: &empty, at: 0 }),
+            Got::Invalid => None,
+        };
+
         Some(Config {
+            health: health?,
+            control: control?,
+            metrics: metrics?,
             alerts: alerts?,
             policy: policy?,
             passes: passes?,
@@ -874,11 +960,13 @@ impl Checker<'_> {
             let visitor_pass_required = this.boolean(sec, "visitor_pass_required").or(d.visitor_pass_required);
             let enforce_time_windows = this.boolean(sec, "enforce_time_windows").or(d.enforce_time_windows);
             let health_required_for = this.categories(sec, "health_required_for", d.health_required_for);
+            let health_rules = this.health_rules(sec, mode, &d.health_rules);
             Some(Policy {
                 allowed_categories: allowed_categories?,
                 visitor_pass_required: visitor_pass_required?,
                 enforce_time_windows: enforce_time_windows?,
                 health_required_for: health_required_for?,
+                health_rules: health_rules?,
             })
         };
         let normal = mode_policy(self, "normal", "policy.normal", Mode::Normal);
@@ -895,10 +983,212 @@ impl Checker<'_> {
         Some(PolicyConfig { version, normal, sporadic, wartime })
     }
 
+    /// `[policy.<mode>.health]`: rules for every category, overridden per
+    /// category by its subtable.
+    fn health_rules(
+        &mut self,
+        mode_sec: Section<'_>,
+        mode: Mode,
+        defaults: &HealthRulesByCategory,
+    ) -> Option<HealthRulesByCategory> {
+        let (path, category_paths) = health_paths(mode);
+        let sec = match self.section(mode_sec, "health", path) {
+            Got::Found(sec) => sec,
+            Got::Absent => return Some(defaults.clone()),
+            Got::Invalid => return None,
+        };
+        self.unknown_keys(sec, HEALTH_TABLE_KEYS);
+        let mut out = defaults.clone();
+        let mut ok = true;
+        // The mode's table applies to every category (the shipped defaults
+        // are the same for all three), each subtable on top of it.
+        let base = self.rule_keys(sec, &defaults.resident);
+        for (category, category_path) in Category::ALL.into_iter().zip(category_paths) {
+            let rules = match (&base, self.section(sec, category.as_str(), category_path)) {
+                (Some(base), Got::Found(sub)) => {
+                    self.unknown_keys(sub, HEALTH_RULE_KEYS);
+                    self.rule_keys(sub, base)
+                }
+                (base, Got::Absent) => base.clone(),
+                (_, Got::Invalid) | (None, _) => None,
+            };
+            match (rules, category) {
+                (Some(r), Category::Resident) => out.resident = r,
+                (Some(r), Category::Worker) => out.worker = r,
+                (Some(r), Category::Visitor) => out.visitor = r,
+                (None, _) => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn rule_keys(&mut self, sec: Section<'_>, base: &HealthRules) -> Option<HealthRules> {
+        let allowed_colours = match self.string_list(sec, "allowed_colours") {
+            Got::Found(list) => {
+                let mut colours = Vec::new();
+                let mut ok = true;
+                for (name, at) in list {
+                    match HealthColour::parse(&name) {
+                        Some(c) => colours.push(c),
+                        None => {
+                            ok = false;
+                            self.push(
+                                at,
+                                sec.dotted("allowed_colours"),
+                                format!("expected \"green\", \"yellow\", \"red\" or \"unassessed\", found {name:?}"),
+                            );
+                        }
+                    }
+                }
+                ok.then_some(colours)
+            }
+            Got::Absent => Some(base.allowed_colours.clone()),
+            Got::Invalid => None,
+        };
+        let nat_required = self.boolean(sec, "nat_required").or(base.nat_required);
+        let nat_window_h = self.int_in::<u32>(sec, "nat_window_h", 1..=720).or(base.nat_window_h);
+        let min_doses = self.int_in::<u32>(sec, "min_doses", 0..=10).or(base.min_doses);
+        let refuse_travel_risk = self.boolean(sec, "refuse_travel_risk").or(base.refuse_travel_risk);
+        let max_record_age_h = self.int_in::<u32>(sec, "max_record_age_h", 1..=720).or(base.max_record_age_h);
+        #[derive(Clone, Copy)]
+        enum Fallback {
+            Refuse,
+            AcceptStale,
+        }
+        let base_fallback = match base.fallback {
+            HealthFallback::Refuse => (Fallback::Refuse, 24),
+            HealthFallback::AcceptStale { max_age_h } => (Fallback::AcceptStale, max_age_h),
+        };
+        let fallback = self
+            .choice(sec, "fallback", &[("refuse", Fallback::Refuse), ("accept_stale", Fallback::AcceptStale)])
+            .or(base_fallback.0);
+        let stale_h = self.int_in::<u32>(sec, "accept_stale_max_h", 1..=720).or(base_fallback.1);
+        let fallback = match (fallback?, stale_h?) {
+            (Fallback::Refuse, _) => HealthFallback::Refuse,
+            (Fallback::AcceptStale, max_age_h) => HealthFallback::AcceptStale { max_age_h },
+        };
+        Some(HealthRules {
+            allowed_colours: allowed_colours?,
+            nat_required: nat_required?,
+            nat_window_h: nat_window_h?,
+            min_doses: min_doses?,
+            refuse_travel_risk: refuse_travel_risk?,
+            max_record_age_h: max_record_age_h?,
+            fallback,
+        })
+    }
+
+    fn health(&mut self, s: Section<'_>) -> Option<HealthConfig> {
+        self.unknown_keys(s, HEALTH_KEYS);
+        let timeout = self.int_in::<u64>(s, "online_timeout_ms", 50..=30_000).or(800);
+        let trust_list_file = match self.path(s, "trust_list_file") {
+            Got::Found(p) => Some(Some(p)),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        let window = self.int_in::<u64>(s, "certificate_window_s", 1..=3600).or(60);
+        let matching = self
+            .choice(
+                s,
+                "certificate_match",
+                &[("name_and_birth", CertificateMatch::NameAndBirth), ("birth_only", CertificateMatch::BirthOnly)],
+            )
+            .or(CertificateMatch::NameAndBirth);
+        Some(HealthConfig {
+            online_timeout: Duration::from_millis(timeout?),
+            trust_list_file: trust_list_file?,
+            certificate_window: Duration::from_secs(window?),
+            certificate_match: matching?,
+        })
+    }
+
     fn alerts(&mut self, s: Section<'_>) -> Option<AlertsConfig> {
         self.unknown_keys(s, ALERTS_KEYS);
         let quiet = self.int_in::<u64>(s, "quiet_period_s", 0..=86_400).or(300);
         Some(AlertsConfig { quiet_period: Duration::from_secs(quiet?) })
+    }
+
+    /// `[control]`. The default socket sits next to the database, in the one
+    /// folder the daemon may write to under systemd (`ReadWritePaths`).
+    fn control(&mut self, s: Section<'_>, store: Option<&StoreConfig>) -> Option<ControlConfig> {
+        self.unknown_keys(s, CONTROL_KEYS);
+        let socket = match self.path(s, "socket") {
+            Got::Found(path) => Some(path),
+            Got::Absent => store.map(|st| st.path.parent().unwrap_or(Path::new("/")).join("gated.sock")),
+            Got::Invalid => None,
+        };
+        // A Unix socket path is limited to 107 bytes (sun_path); say so here
+        // rather than let the daemon start without its control socket.
+        let socket = match socket {
+            Some(path) if path.as_os_str().len() > 107 => {
+                let message = format!(
+                    "expected a socket path of at most 107 bytes, found {} bytes ({}); set a shorter `socket`",
+                    path.as_os_str().len(),
+                    path.display()
+                );
+                self.push(s.value_at("socket"), s.dotted("socket"), message);
+                None
+            }
+            other => other,
+        };
+        let group = match self.string(s, "group") {
+            Got::Found((g, at)) => {
+                // The characters `useradd` accepts; the group need not exist
+                // yet (checking it would open /etc/group, and this opens nothing).
+                let valid = !g.is_empty()
+                    && g.len() <= 32
+                    && !g.starts_with('-')
+                    && g.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if valid {
+                    Some(Some(g.to_owned()))
+                } else {
+                    self.push(at, s.dotted("group"), format!("expected a group name (letters, digits, `_`, `-`, `.`; at most 32), found {g:?}"));
+                    None
+                }
+            }
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        Some(ControlConfig { socket: socket?, group: group? })
+    }
+
+    /// `[metrics]`: off unless `listen` is set; loopback only unless
+    /// `allow_remote`, because the endpoint has no authentication.
+    fn metrics(&mut self, s: Section<'_>) -> Option<MetricsConfig> {
+        self.unknown_keys(s, METRICS_KEYS);
+        let allow_remote = self.boolean(s, "allow_remote").or(false);
+        let listen = match self.string(s, "listen") {
+            Got::Found((raw, at)) => {
+                let parsed = raw.parse::<std::net::SocketAddr>().ok().or_else(|| {
+                    // A bare port: loopback, the safe default.
+                    raw.parse::<u16>().ok().map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                });
+                match parsed {
+                    Some(addr) if addr.port() == 0 => {
+                        self.push(at, s.dotted("listen"), format!("expected a port from 1 to 65535, found {raw:?}"));
+                        None
+                    }
+                    Some(addr) if !addr.ip().is_loopback() && allow_remote == Some(false) => {
+                        let message = format!(
+                            "expected a loopback address such as \"127.0.0.1:9464\", found {raw:?}; \
+                             the endpoint has no authentication: set `allow_remote = true` to expose it anyway"
+                        );
+                        self.push(at, s.dotted("listen"), message);
+                        None
+                    }
+                    Some(addr) => Some(Some(addr)),
+                    None => {
+                        let message =
+                            format!("expected an address and port such as \"127.0.0.1:9464\" or a port, found {raw:?}");
+                        self.push(at, s.dotted("listen"), message);
+                        None
+                    }
+                }
+            }
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        Some(MetricsConfig { listen: listen?, allow_remote: allow_remote? })
     }
 
     fn passes(&mut self, s: Section<'_>) -> Option<PassesConfig> {
@@ -932,6 +1222,21 @@ impl Checker<'_> {
         Some(PassesConfig { platform_keys: keys?, companion_window: Duration::from_secs(window?) })
     }
 
+    /// Reports each channel number that an earlier key already took;
+    /// `false` when there was any.
+    fn distinct_channels(&mut self, s: Section<'_>, what: &str, keys: &[(&str, Option<Option<u16>>)]) -> bool {
+        let mut ok = true;
+        for (i, &(key, channel)) in keys.iter().enumerate() {
+            let Some(Some(n)) = channel else { continue };
+            if let Some(&(first, _)) = keys[..i].iter().find(|(_, other)| *other == Some(Some(n))) {
+                let message = format!("expected {what} other than `{first}`'s, found {n}");
+                self.push(s.value_at(key), s.dotted(key), message);
+                ok = false;
+            }
+        }
+        ok
+    }
+
     fn gate_io(&mut self, s: Section<'_>) -> Option<GateIoConfig> {
         self.unknown_keys(s, GATE_IO_KEYS);
         let driver = self.choice(s, "driver", &[("modbus-rtu", GateDriver::ModbusRtu)]);
@@ -956,6 +1261,45 @@ impl Checker<'_> {
         let passage_entry_input = self.int_in(s, "passage_entry_input", 0..=65_535).or(0u16);
         let passage_exit_input = self.int_in(s, "passage_exit_input", 0..=65_535).or(1u16);
         let poll = self.int_in(s, "poll_interval_ms", 10..=5000).or(100u64);
+        // An input or coil left out is not wired: the signal is never read
+        // or written.
+        let channel = |this: &mut Self, key: &str| match this.int_in::<u16>(s, key, 0..=65_535) {
+            Got::Found(n) => Some(Some(n)),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        let fire_alarm_input = channel(self, "fire_alarm_input");
+        let beam_input = channel(self, "beam_input");
+        let intrusion_input = channel(self, "intrusion_input");
+        let green_lamp_coil = channel(self, "green_lamp_coil");
+        let red_lamp_coil = channel(self, "red_lamp_coil");
+        let buzzer_coil = channel(self, "buzzer_coil");
+        let fire_alarm_normally_closed = self.boolean(s, "fire_alarm_normally_closed").or(true);
+        let io_loss_is_fire_alarm = self.boolean(s, "io_loss_is_fire_alarm").or(false);
+        let fire_alarm_io_loss = self.int_in::<u64>(s, "fire_alarm_io_loss_ms", 100..=600_000).or(5_000);
+        let indicator = self.int_in::<u64>(s, "indicator_ms", 0..=60_000).or(2_000);
+        let pass_timeout = self.int_in::<u64>(s, "pass_timeout_ms", 500..=600_000).or(10_000);
+        let held_open = self.int_in::<u64>(s, "held_open_ms", 1_000..=3_600_000).or(30_000);
+        // One channel, one meaning: a lamp sharing the unlock relay would
+        // open the gate for every refusal.
+        let coils = [
+            ("unlock_entry_coil", unlock_entry_coil.map(Some)),
+            ("unlock_exit_coil", unlock_exit_coil.map(Some)),
+            ("green_lamp_coil", green_lamp_coil),
+            ("red_lamp_coil", red_lamp_coil),
+            ("buzzer_coil", buzzer_coil),
+        ];
+        let inputs = [
+            ("passage_entry_input", passage_entry_input.map(Some)),
+            ("passage_exit_input", passage_exit_input.map(Some)),
+            ("fire_alarm_input", fire_alarm_input),
+            ("beam_input", beam_input),
+            ("intrusion_input", intrusion_input),
+        ];
+        let distinct = self.distinct_channels(s, "a coil", &coils) & self.distinct_channels(s, "an input", &inputs);
+        if !distinct {
+            return None;
+        }
         Some(GateIoConfig {
             driver: driver?,
             port: port?,
@@ -968,6 +1312,18 @@ impl Checker<'_> {
             passage_entry_input: passage_entry_input?,
             passage_exit_input: passage_exit_input?,
             poll_interval: Duration::from_millis(poll?),
+            fire_alarm_input: fire_alarm_input?,
+            fire_alarm_normally_closed: fire_alarm_normally_closed?,
+            io_loss_is_fire_alarm: io_loss_is_fire_alarm?,
+            fire_alarm_io_loss: Duration::from_millis(fire_alarm_io_loss?),
+            beam_input: beam_input?,
+            intrusion_input: intrusion_input?,
+            green_lamp_coil: green_lamp_coil?,
+            red_lamp_coil: red_lamp_coil?,
+            buzzer_coil: buzzer_coil?,
+            indicator: Duration::from_millis(indicator?),
+            pass_timeout: Duration::from_millis(pass_timeout?),
+            held_open: Duration::from_millis(held_open?),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! types, and converts them at its own boundary (SQL rows, protobuf, TOML).
 
 mod date;
+mod health;
 pub mod id_number;
 mod identity;
 mod ids;
@@ -13,6 +14,7 @@ mod mode;
 mod verdict;
 
 pub use date::{CivilDate, DateError, UtcOffset};
+pub use health::{HealthColour, HealthRecord, NatResult};
 pub use id_number::{IdNumber, IdNumberError, check_character};
 pub use identity::{
     AllowedGates, CardKind, CardRecord, CardValidTo, Category, Mode, PersonRecord, PersonStatus, Sex, TimeWindow,

@@ -8,9 +8,11 @@
 //! the pass, the identity entry, the mode's policy, the person's own limits,
 //! anti-passback, and last health.
 
+mod health;
 mod policy;
 
-pub use policy::{AntiPassback, CategorySet, HealthCheck, LastPassage, PassFacts, PassState, Policy, Side};
+pub use health::{CertificateFacts, Freshness, HealthFallback, HealthRules, HealthVerdict, evaluate as evaluate_health, freshness};
+pub use policy::{AntiPassback, CategorySet, HealthCheck, HealthRulesByCategory, LastPassage, PassFacts, PassState, Policy, Side};
 
 pub mod gate_fsm;
 

@@ -1,6 +1,7 @@
 //! The inputs the engine decides with besides the person: the mode's
 //! policy, visitor-pass facts, anti-passback state and the health hook.
 
+use crate::health::{HealthFallback, HealthRules};
 use gate_core::{BlockReason, Category, Mode, UnixMillis};
 
 /// A set of categories (three bits).
@@ -42,6 +43,32 @@ pub struct Policy {
     pub enforce_time_windows: bool,
     /// Categories that must pass health verification in this mode.
     pub health_required_for: CategorySet,
+    /// The health rules of this mode, per category.
+    pub health_rules: HealthRulesByCategory,
+}
+
+/// Health rules per category (`[policy.<mode>.health]` and its
+/// `resident` / `worker` / `visitor` subtables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthRulesByCategory {
+    pub resident: HealthRules,
+    pub worker: HealthRules,
+    pub visitor: HealthRules,
+}
+
+impl HealthRulesByCategory {
+    /// The same rules for every category.
+    pub fn all(rules: HealthRules) -> Self {
+        HealthRulesByCategory { resident: rules.clone(), worker: rules.clone(), visitor: rules }
+    }
+
+    pub fn for_category(&self, category: Category) -> &HealthRules {
+        match category {
+            Category::Resident => &self.resident,
+            Category::Worker => &self.worker,
+            Category::Visitor => &self.visitor,
+        }
+    }
 }
 
 impl Policy {
@@ -56,18 +83,32 @@ impl Policy {
                 visitor_pass_required: true,
                 enforce_time_windows: true,
                 health_required_for: CategorySet::NONE,
+                health_rules: HealthRulesByCategory::all(HealthRules::default()),
             },
             Mode::Sporadic => Policy {
                 allowed_categories: CategorySet::ALL,
                 visitor_pass_required: true,
                 enforce_time_windows: true,
                 health_required_for: CategorySet::ALL,
+                // A sporadic outbreak: a 72-hour test, and a stale record is
+                // still accepted for two days when the platform is away.
+                health_rules: HealthRulesByCategory::all(HealthRules {
+                    nat_window_h: 72,
+                    fallback: HealthFallback::AcceptStale { max_age_h: 48 },
+                    ..HealthRules::default()
+                }),
             },
             Mode::Wartime => Policy {
                 allowed_categories: CategorySet::of(&[Resident, Worker]),
                 visitor_pass_required: true,
                 enforce_time_windows: true,
                 health_required_for: CategorySet::of(&[Resident, Worker]),
+                // Wartime: a 48-hour test, no stale record accepted.
+                health_rules: HealthRulesByCategory::all(HealthRules {
+                    nat_window_h: 48,
+                    fallback: HealthFallback::Refuse,
+                    ..HealthRules::default()
+                }),
             },
         }
     }

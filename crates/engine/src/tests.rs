@@ -184,7 +184,7 @@ fn a_visitors_card_passes_with_a_companion_pass() {
     assert_eq!(decide(a, gate(Mode::Normal, false, &policy), noon()).reason, Some(BlockReason::VisitorPassRequired));
     a.companion_pass = true;
     assert_eq!(decide(a, gate(Mode::Normal, false, &policy), noon()).decision, Decision::Pass);
-    let lenient = Policy { visitor_pass_required: false, ..policy };
+    let lenient = Policy { visitor_pass_required: false, ..policy.clone() };
     a.companion_pass = false;
     assert_eq!(decide(a, gate(Mode::Normal, false, &lenient), noon()).decision, Decision::Pass);
 }
@@ -209,7 +209,7 @@ fn workers_time_windows_in_site_time() {
             "{now}"
         );
     }
-    let relaxed = Policy { enforce_time_windows: false, ..policy };
+    let relaxed = Policy { enforce_time_windows: false, ..policy.clone() };
     assert_eq!(decide(attempt(&CARD, Some(&worker)), gate(Mode::Normal, false, &relaxed), monday).reason, None);
     // Residents have no windows even if some were set.
     let mut resident = person(Category::Resident, PersonStatus::Active);

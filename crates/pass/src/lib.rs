@@ -112,6 +112,14 @@ impl PlatformKeys {
         self.keys.is_empty()
     }
 
+    /// Checks a detached signature by the key `kid` over `message` (signed
+    /// platform messages such as the trust list).
+    pub fn verify_detached(&self, kid: &str, message: &[u8], signature: &[u8]) -> Result<(), PassError> {
+        let key = self.keys.get(kid).ok_or_else(|| PassError::UnknownKey(kid.to_owned()))?;
+        let sig: [u8; 64] = signature.try_into().map_err(|_| PassError::Shape)?;
+        key.verify_strict(message, &Signature::from_bytes(&sig)).map_err(|_| PassError::BadSignature)
+    }
+
     /// Checks form, key and signature; then that the pass is for `site`.
     pub fn verify(&self, token: &str, site: &str) -> Result<VisitorPass, PassError> {
         let token = token.trim();
@@ -152,6 +160,11 @@ pub fn sign(pass: &VisitorPass, key: &SigningKey) -> String {
     let payload = serde_json::to_vec(&pass).expect("a pass serialises");
     let signature = key.sign(&payload);
     format!("{PREFIX}{}.{}", B64.encode(&payload), B64.encode(signature.to_bytes()))
+}
+
+/// Signs a platform message with a detached signature; returns (kid, signature).
+pub fn sign_detached(message: &[u8], key: &SigningKey) -> (String, Vec<u8>) {
+    (key_id(&key.verifying_key()), key.sign(message).to_bytes().to_vec())
 }
 
 /// A signing key from 64 hex characters (the private key file's content).
@@ -242,6 +255,18 @@ mod tests {
         }
         let sig = B64.encode([0u8; 64]);
         assert!(matches!(k.verify(&format!("VP1.{}.{sig}", B64.encode(b"not json")), "s"), Err(PassError::Payload(_))));
+    }
+
+    #[test]
+    fn detached_signatures() {
+        let (kid, sig) = sign_detached(b"trust list v2", &key(1));
+        let k = keys(&[1]);
+        assert_eq!(k.verify_detached(&kid, b"trust list v2", &sig), Ok(()));
+        assert_eq!(k.verify_detached(&kid, b"trust list v3", &sig), Err(PassError::BadSignature));
+        let (forged_kid, forged) = sign_detached(b"trust list v2", &key(2));
+        assert!(matches!(k.verify_detached(&forged_kid, b"trust list v2", &forged), Err(PassError::UnknownKey(_))));
+        assert_eq!(k.verify_detached(&kid, b"trust list v2", &forged), Err(PassError::BadSignature));
+        assert_eq!(k.verify_detached(&kid, b"x", &[1, 2]), Err(PassError::Shape));
     }
 
     #[test]

@@ -42,6 +42,14 @@ const MAIN_MIGRATIONS: &[&str] = &[
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
      );",
+    // 2: the trust list for signed health certificates (signer certificates
+    //    in DER), replaced whole by each accepted update.
+    "CREATE TABLE trust_list (
+        version INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        der     BLOB NOT NULL,
+        PRIMARY KEY (version, position)
+     );",
 ];
 
 /// The identity database (attached as `ident`), migrated the same way. It
@@ -85,6 +93,25 @@ const IDENTITY_MIGRATIONS: &[&str] = &[
      CREATE TABLE ident.pass_revoked (
         pass_id TEXT PRIMARY KEY
      );",
+    // 2: health records, versioned like identity deltas.
+    "CREATE TABLE ident.health_state (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        version      INTEGER NOT NULL,
+        synced_at_ms INTEGER
+     );
+     INSERT INTO ident.health_state (id, version) VALUES (1, 0);
+     CREATE TABLE ident.health (
+        person_id         TEXT PRIMARY KEY,
+        colour            TEXT NOT NULL,
+        nat_positive      INTEGER,
+        nat_sampled_at_ms INTEGER,
+        vaccine_doses     INTEGER NOT NULL,
+        last_dose_at_ms   INTEGER,
+        travel_risk       INTEGER NOT NULL,
+        risk_areas        TEXT NOT NULL,
+        assessed_at_ms    INTEGER NOT NULL,
+        expires_at_ms     INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {

@@ -1,9 +1,9 @@
 //! Store tests against real SQLite files in temporary folders.
 
 use super::*;
+use gate_core::SiteKey;
 use gate_core::{AllowedGates, Category, CredentialKind, PersonRecord, PersonStatus, TimeWindow};
 use rusqlite::Connection;
-use gate_core::SiteKey;
 
 fn person(id: &str) -> PersonRecord {
     let mut p = PersonRecord::new(id, Category::Resident, PersonStatus::Active, 0, i64::MAX);
@@ -19,28 +19,13 @@ fn credentials_are_found_only_by_their_keyed_hash() {
     let id = "35020319900101123X";
     let hash = key.credential_key(CredentialKind::IdNumber, id);
     store
-        .import_people(&[NewPerson {
-            person: person("p1"),
-            credentials: vec![(CredentialKind::IdNumber, hash)],
-        }])
+        .import_people(&[NewPerson { person: person("p1"), credentials: vec![(CredentialKind::IdNumber, hash)] }])
         .expect("import");
-    let found = store
-        .find_person_by_credential(CredentialKind::IdNumber, &hash)
-        .expect("query");
+    let found = store.find_person_by_credential(CredentialKind::IdNumber, &hash).expect("query");
     assert_eq!(found.map(|p| p.person_id), Some("p1".to_string()));
     let other = SiteKey::from_bytes([8; 32]).credential_key(CredentialKind::IdNumber, id);
-    assert_eq!(
-        store
-            .find_person_by_credential(CredentialKind::IdNumber, &other)
-            .expect("query"),
-        None
-    );
-    assert_eq!(
-        store
-            .find_person_by_credential(CredentialKind::Plate, &hash)
-            .expect("query"),
-        None
-    );
+    assert_eq!(store.find_person_by_credential(CredentialKind::IdNumber, &other).expect("query"), None);
+    assert_eq!(store.find_person_by_credential(CredentialKind::Plate, &hash).expect("query"), None);
 }
 
 #[test]
@@ -49,29 +34,15 @@ fn reimport_replaces_a_persons_credentials() {
     let mut store = Store::open(&dir.path().join("g.db")).expect("open");
     let (a, b) = ([1u8; 32], [2u8; 32]);
     store
-        .import_people(&[NewPerson {
-            person: person("p1"),
-            credentials: vec![(CredentialKind::IdNumber, a)],
-        }])
+        .import_people(&[NewPerson { person: person("p1"), credentials: vec![(CredentialKind::IdNumber, a)] }])
         .expect("import");
     let mut suspended = person("p1");
     suspended.status = PersonStatus::Suspended;
     store
-        .import_people(&[NewPerson {
-            person: suspended,
-            credentials: vec![(CredentialKind::IdNumber, b)],
-        }])
+        .import_people(&[NewPerson { person: suspended, credentials: vec![(CredentialKind::IdNumber, b)] }])
         .expect("import");
-    assert_eq!(
-        store
-            .find_person_by_credential(CredentialKind::IdNumber, &a)
-            .expect("query"),
-        None
-    );
-    let p = store
-        .find_person_by_credential(CredentialKind::IdNumber, &b)
-        .expect("query")
-        .expect("found");
+    assert_eq!(store.find_person_by_credential(CredentialKind::IdNumber, &a).expect("query"), None);
+    let p = store.find_person_by_credential(CredentialKind::IdNumber, &b).expect("query").expect("found");
     assert_eq!(p.status, PersonStatus::Suspended);
     assert_eq!(store.person_count().expect("count"), 1);
 }
@@ -83,26 +54,14 @@ fn sequence_is_gap_free_and_survives_reopen() {
     {
         let mut store = Store::open(&path).expect("open");
         for expected in 1..=3u64 {
-            let seq = store
-                .append_event("gate-events", "t", 10, |seq| seq.to_be_bytes().to_vec())
-                .expect("append");
+            let seq = store.append_event("gate-events", "t", 10, |seq| seq.to_be_bytes().to_vec()).expect("append");
             assert_eq!(seq, expected);
         }
     }
     let mut store = Store::open(&path).expect("reopen");
     assert_eq!(store.next_seq("gate-events").expect("next"), 4);
-    assert_eq!(
-        store
-            .append_event("gate-events", "t", 11, |s| vec![s as u8])
-            .expect("append"),
-        4
-    );
-    assert_eq!(
-        store
-            .append_event("other", "t", 11, |s| vec![s as u8])
-            .expect("append"),
-        1
-    );
+    assert_eq!(store.append_event("gate-events", "t", 11, |s| vec![s as u8]).expect("append"), 4);
+    assert_eq!(store.append_event("other", "t", 11, |s| vec![s as u8]).expect("append"), 1);
     let entries = store.outbox_after(0, 100).expect("outbox");
     let seqs: Vec<(String, u64)> = entries.iter().map(|e| (e.stream.clone(), e.seq)).collect();
     assert_eq!(
@@ -116,25 +75,11 @@ fn sequence_is_gap_free_and_survives_reopen() {
         ]
     );
     assert_eq!(entries[0].payload, 1u64.to_be_bytes().to_vec());
-    assert_eq!(
-        store.outbox_stats().expect("stats"),
-        OutboxStats {
-            depth: 5,
-            oldest_created_ms: Some(10)
-        }
-    );
+    assert_eq!(store.outbox_stats().expect("stats"), OutboxStats { depth: 5, oldest_created_ms: Some(10) });
     store.outbox_remove(entries[0].id).expect("remove");
-    store
-        .outbox_remove(entries[0].id)
-        .expect("remove twice is harmless");
+    store.outbox_remove(entries[0].id).expect("remove twice is harmless");
     assert_eq!(store.outbox_after(0, 100).expect("outbox").len(), 4);
-    assert_eq!(
-        store
-            .outbox_after(entries[2].id, 100)
-            .expect("outbox")
-            .len(),
-        2
-    );
+    assert_eq!(store.outbox_after(entries[2].id, 100).expect("outbox").len(), 2);
 }
 
 #[test]
@@ -143,13 +88,9 @@ fn a_newer_schema_is_refused() {
     let path = dir.path().join("g.db");
     {
         let conn = Connection::open(&path).expect("open");
-        conn.pragma_update(None, "user_version", 99)
-            .expect("pragma");
+        conn.pragma_update(None, "user_version", 99).expect("pragma");
     }
-    assert!(matches!(
-        Store::open(&path),
-        Err(StoreError::SchemaTooNew { found: 99, .. })
-    ));
+    assert!(matches!(Store::open(&path), Err(StoreError::SchemaTooNew { found: 99, .. })));
 }
 
 #[test]
@@ -160,9 +101,12 @@ fn person_fields_round_trip() {
     p.category = Category::Worker;
     p.tags = vec!["catering".into(), "tenant".into()];
     p.allowed_gates = AllowedGates::Only(vec!["east-1".into(), "west-2".into()]);
-    p.time_windows = vec![TimeWindow::parse("mon-fri 07:00-19:00").expect("w"), TimeWindow::parse("sat 22:00-02:00").expect("w")];
+    p.time_windows =
+        vec![TimeWindow::parse("mon-fri 07:00-19:00").expect("w"), TimeWindow::parse("sat 22:00-02:00").expect("w")];
     let key = [5u8; 32];
-    store.import_people(&[NewPerson { person: p.clone(), credentials: vec![(CredentialKind::IcCard, key)] }]).expect("import");
+    store
+        .import_people(&[NewPerson { person: p.clone(), credentials: vec![(CredentialKind::IcCard, key)] }])
+        .expect("import");
     assert_eq!(store.find_person_by_credential(CredentialKind::IcCard, &key).expect("query"), Some(p.clone()));
     assert_eq!(store.find_person("w1").expect("query"), Some(p));
     assert_eq!(store.find_person("nobody").expect("query"), None);
@@ -230,4 +174,48 @@ fn pass_uses_and_passback_are_local_and_durable() {
     assert_eq!((schedule.at(6), schedule.at(7)), (gate_core::Mode::Normal, gate_core::Mode::Wartime));
     assert_eq!(schedule.origin.operator, "technician:li");
     assert!(identity_path(&path).exists(), "the identity database is its own file");
+}
+
+#[test]
+fn health_batches_apply_in_order_and_records_round_trip() {
+    use gate_core::{HealthColour, HealthRecord, NatResult};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+    let record = HealthRecord {
+        person_id: "p1".into(),
+        colour: HealthColour::Yellow,
+        nat: Some(NatResult { positive: false, sampled_at_ms: 5 }),
+        vaccine_doses: 2,
+        last_dose_at_ms: Some(3),
+        travel_risk: true,
+        risk_areas: vec!["A区".into(), "B区".into()],
+        assessed_at_ms: 6,
+        expires_at_ms: 7,
+    };
+    let batch = HealthBatch { from_version: 0, to_version: 1, upserts: vec![record.clone()], deletes: vec![] };
+    assert_eq!(store.apply_health_batch(&batch, 10).expect("apply"), DeltaOutcome::Applied);
+    assert_eq!(store.apply_health_batch(&batch, 11).expect("apply"), DeltaOutcome::AlreadyApplied);
+    assert_eq!(store.health_record("p1").expect("get"), Some(record.clone()));
+    let gap = HealthBatch { from_version: 5, to_version: 6, ..Default::default() };
+    assert_eq!(store.apply_health_batch(&gap, 12).expect("apply"), DeltaOutcome::Gap { local_version: 1 });
+    assert_eq!(store.health_state().expect("state"), HealthState { version: 1, synced_at_ms: Some(10) });
+    let mut fresh = record.clone();
+    fresh.colour = HealthColour::Green;
+    fresh.nat = None;
+    store.put_health_record(&fresh).expect("put");
+    assert_eq!(store.health_record("p1").expect("get"), Some(fresh));
+    let del = HealthBatch { from_version: 1, to_version: 2, upserts: vec![], deletes: vec!["p1".into()] };
+    assert_eq!(store.apply_health_batch(&del, 13).expect("apply"), DeltaOutcome::Applied);
+    assert_eq!(store.health_record("p1").expect("get"), None);
+}
+
+#[test]
+fn trust_list_only_moves_forward() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+    assert_eq!(store.trust_list().expect("get"), None);
+    assert!(store.set_trust_list(2, &[vec![1, 2], vec![3]]).expect("set"));
+    assert!(!store.set_trust_list(1, &[vec![9]]).expect("older"));
+    assert!(!store.set_trust_list(2, &[vec![9]]).expect("same"));
+    assert_eq!(store.trust_list().expect("get"), Some((2, vec![vec![1, 2], vec![3]])));
 }

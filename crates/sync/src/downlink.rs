@@ -27,6 +27,11 @@ pub struct DownlinkCounters {
     pub resync_requests: AtomicU64,
     /// Malformed, oversized or unknown messages, dropped.
     pub rejected: AtomicU64,
+    pub health_applied: AtomicU64,
+    pub health_answers: AtomicU64,
+    pub trust_updates: AtomicU64,
+    /// Trust lists refused (bad signature, unknown key, malformed).
+    pub trust_rejected: AtomicU64,
 }
 
 /// What the gate must say back after a message.
@@ -39,6 +44,10 @@ pub(crate) enum Reply {
     },
     /// The outbox gained an entry (a recorded mode change).
     OutboxChanged,
+    /// The health batches are out of step.
+    HealthResync { local_version: u64 },
+    /// An answer to an online health check.
+    HealthAnswer { correlation_id: String, answer: crate::HealthAnswer },
 }
 
 /// Everything a mode-change event needs to say where it happened.
@@ -51,11 +60,13 @@ pub(crate) struct EventContext {
     pub policy_version: String,
 }
 
+#[allow(clippy::too_many_arguments)] // The session's parts, borrowed separately.
 pub(crate) fn handle(
     store: &mut Store,
     topics: &Topics,
     context: &EventContext,
     counters: &DownlinkCounters,
+    platform_keys: &gate_pass::PlatformKeys,
     topic: &str,
     payload: &[u8],
     now: UnixMillis,
@@ -92,6 +103,59 @@ pub(crate) fn handle(
                 warn!(topic, %why, "identity message rejected; nothing applied");
                 let local_version = store.identity_state().map(|s| s.version).unwrap_or(0);
                 Reply::Resync { local_version, reason: "corrupt" }
+            }
+        }
+    } else if topic == topics.health {
+        match crate::health::handle_health_batch(store, payload, now) {
+            crate::health::BatchOutcome::Applied { version } => {
+                counters.health_applied.fetch_add(1, Ordering::Relaxed);
+                info!(topic, version, "health records updated");
+                Reply::None
+            }
+            crate::health::BatchOutcome::Duplicate => Reply::None,
+            crate::health::BatchOutcome::Gap { local_version } => {
+                info!(topic, local_version, "health batches out of step; asking for a resync");
+                Reply::HealthResync { local_version }
+            }
+            crate::health::BatchOutcome::Rejected { why } => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, %why, "health batch rejected; nothing applied");
+                Reply::None
+            }
+        }
+    } else if topic == topics.health_resp {
+        match crate::health::decode_response(payload) {
+            Ok((correlation_id, answer)) => {
+                if let crate::HealthAnswer::Record(record) = &answer {
+                    if let Err(e) = store.put_health_record(record) {
+                        warn!(topic, error = %e, "could not store the fresh health record");
+                    }
+                }
+                counters.health_answers.fetch_add(1, Ordering::Relaxed);
+                Reply::HealthAnswer { correlation_id, answer }
+            }
+            Err(why) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, %why, "health response rejected");
+                Reply::None
+            }
+        }
+    } else if topic == topics.trust {
+        if payload.is_empty() {
+            return Reply::None;
+        }
+        match crate::health::handle_trust(store, platform_keys, payload) {
+            Ok(Some(version)) => {
+                counters.trust_updates.fetch_add(1, Ordering::Relaxed);
+                info!(topic, version, "trust list for health certificates updated");
+                Reply::None
+            }
+            Ok(None) => Reply::None,
+            Err(why) => {
+                counters.trust_rejected.fetch_add(1, Ordering::Relaxed);
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, %why, "trust list ignored");
+                Reply::None
             }
         }
     } else {

@@ -16,6 +16,8 @@ pub enum EventBody {
         verdict: Verdict,
         side: Side,
         pass_id: Option<String>,
+        /// The facts behind a health decision (colour, hours since sampling).
+        facts: Vec<(String, String)>,
     },
     /// The mode changed (platform or technician).
     ModeChange { mode: Mode, operator: String, note: String },
@@ -67,7 +69,8 @@ pub fn encode_event(record: &EventRecord, seq: u64) -> Vec<u8> {
         Side::Exit => pb::Direction::Exit as i32,
     };
     match &record.body {
-        EventBody::Decision { credential, subject_masked, verdict, side, pass_id } => {
+        EventBody::Decision { credential, subject_masked, verdict, side, pass_id, facts } => {
+            event.facts = facts.iter().cloned().collect();
             event.kind = pb::EventKind::Decision as i32;
             event.credential_type = credential_type(*credential) as i32;
             event.subject = subject_masked.clone();
@@ -161,6 +164,8 @@ pub struct SiteState {
     pub mode: Mode,
     pub policy_version: String,
     pub identity: gate_store::IdentityState,
+    pub health: gate_store::HealthState,
+    pub trust_version: u64,
 }
 
 /// The retained status message.
@@ -180,6 +185,9 @@ pub fn encode_status(
         policy_version: site.policy_version.clone(),
         identity_version: site.identity.version,
         identity_synced_at_ms: site.identity.synced_at_ms.unwrap_or(0),
+        health_version: site.health.version,
+        health_synced_at_ms: site.health.synced_at_ms.unwrap_or(0),
+        trust_version: site.trust_version,
         online,
         site_id: site_id.to_owned(),
         gate_id: gate_id.to_owned(),
@@ -297,6 +305,7 @@ mod tests {
                 verdict: Verdict::block(BlockReason::UnknownPerson),
                 side: Side::Entry,
                 pass_id: None,
+                facts: vec![],
             },
         };
         let event = pb::GateEvent::decode(encode_event(&record, 7).as_slice()).expect("decode");

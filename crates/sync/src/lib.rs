@@ -18,12 +18,14 @@
 mod convert;
 mod downlink;
 mod encode;
+mod health;
 mod identity;
 mod uplink;
 
 pub use downlink::DownlinkCounters;
+pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, sign_trust_list};
 pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_alert, encode_event, encode_status};
-pub use identity::{IdentityOutcome, handle_identity};
+pub use identity::{IdentityOutcome, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_STALL_MS, check_stalled, handle_identity};
 pub use uplink::{DeviceReport, LinkState, SyncSettings, run_sync};
 
 use gate_core::{GateId, SiteId};
@@ -43,6 +45,14 @@ pub struct Topics {
     pub mode: String,
     /// `{prefix}/{site}/identity`, down: `IdentityBatch`.
     pub identity: String,
+    /// `{prefix}/{site}/health`, down: `HealthBatch`.
+    pub health: String,
+    /// `{prefix}/{site}/trust`, down, retained: `SignedTrustList`.
+    pub trust: String,
+    /// `{prefix}/{site}/{gate}/health/req`, up: `HealthRequest`.
+    pub health_req: String,
+    /// `{prefix}/{site}/{gate}/health/resp`, down: `HealthResponse`.
+    pub health_resp: String,
 }
 
 impl Topics {
@@ -55,6 +65,10 @@ impl Topics {
             alerts: format!("{prefix}/{site}/alerts"),
             mode: format!("{prefix}/{site}/mode"),
             identity: format!("{prefix}/{site}/identity"),
+            health: format!("{prefix}/{site}/health"),
+            trust: format!("{prefix}/{site}/trust"),
+            health_req: format!("{base}/health/req"),
+            health_resp: format!("{base}/health/resp"),
         }
     }
 }

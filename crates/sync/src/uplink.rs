@@ -46,6 +46,8 @@ pub struct SyncSettings {
     pub default_mode: Mode,
     /// How often the retained status is refreshed while connected.
     pub status_interval: Duration,
+    /// Ed25519 keys the platform signs trust lists with (`[passes] platform_keys`).
+    pub platform_keys: Vec<[u8; 32]>,
 }
 
 /// A device's health for the status message.
@@ -100,6 +102,9 @@ struct Session<'a> {
     link: &'a LinkState,
     devices: Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync>,
     context: EventContext,
+    platform_keys: gate_pass::PlatformKeys,
+    /// Online health checks waiting for the platform, by correlation id.
+    health_pending: HashMap<String, tokio::sync::oneshot::Sender<crate::HealthAnswer>>,
 }
 
 impl Session<'_> {
@@ -112,6 +117,8 @@ impl Session<'_> {
             mode,
             policy_version: self.settings.policy_version.clone(),
             identity: self.store.identity_state().unwrap_or_default(),
+            health: self.store.health_state().unwrap_or_default(),
+            trust_version: self.store.trust_list().ok().flatten().map_or(0, |(v, _)| v),
         }
     }
 
@@ -157,7 +164,15 @@ impl Session<'_> {
 
     fn on_connected(&mut self) {
         self.inflight = InFlight::default();
-        for topic in [self.topics.mode.clone(), self.topics.identity.clone()] {
+        // A new session: checks asked on the old one will not be answered.
+        self.health_pending.clear();
+        for topic in [
+            self.topics.mode.clone(),
+            self.topics.identity.clone(),
+            self.topics.health.clone(),
+            self.topics.trust.clone(),
+            self.topics.health_resp.clone(),
+        ] {
             if let Err(e) = self.client.try_subscribe(&topic, QoS::AtLeastOnce) {
                 warn!(topic, error = %e, "could not subscribe");
             }
@@ -176,6 +191,7 @@ impl Session<'_> {
             &self.topics,
             &self.context,
             &self.link.downlink,
+            &self.platform_keys,
             topic,
             payload,
             now_ms(),
@@ -187,7 +203,39 @@ impl Session<'_> {
                 self.request_resync(local_version, reason);
                 false
             }
+            Reply::HealthResync { local_version } => {
+                self.request_resync(local_version, "health_gap");
+                false
+            }
+            Reply::HealthAnswer { correlation_id, answer } => {
+                if let Some(waiting) = self.health_pending.remove(&correlation_id) {
+                    let _ = waiting.send(answer);
+                }
+                false
+            }
         }
+    }
+
+    /// Asks the platform for one person's record; the answer comes back
+    /// through `on_publish`. Offline, the query is dropped at once so the
+    /// decision loop falls back without waiting.
+    fn ask_health(&mut self, query: crate::HealthQuery) {
+        if !self.link.connected.load(Ordering::Relaxed) {
+            return;
+        }
+        // Checks nobody waits for any more (the decision timed out) go.
+        self.health_pending.retain(|_, tx| !tx.is_closed());
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let request = pb::HealthRequest {
+            correlation_id: correlation_id.clone(),
+            person_id: query.person_id,
+            site_id: self.settings.site.to_string(),
+            gate_id: self.settings.gate.to_string(),
+            requested_at_ms: now_ms(),
+        };
+        let topic = self.topics.health_req.clone();
+        self.publish(&topic, request.encode_to_vec(), false);
+        self.health_pending.insert(correlation_id, query.reply);
     }
 
     /// Hands queued outbox entries to the client until the window is full.
@@ -240,6 +288,7 @@ pub async fn run_sync(
     outbox_changed: Arc<Notify>,
     devices: Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync>,
     link: Arc<LinkState>,
+    mut health_queries: tokio::sync::mpsc::Receiver<crate::HealthQuery>,
     shutdown: CancellationToken,
 ) {
     let store = loop {
@@ -280,6 +329,11 @@ pub async fn run_sync(
         link: &link,
         devices,
         context,
+        platform_keys: gate_pass::PlatformKeys::from_raw(&settings.platform_keys).unwrap_or_else(|index| {
+            warn!(index, "a platform key is not a valid Ed25519 key; trust lists cannot be verified");
+            gate_pass::PlatformKeys::default()
+        }),
+        health_pending: HashMap::new(),
     };
     // The last will is fixed at connect time; it says offline with the
     // state at start, which is what the platform needs to know.
@@ -337,7 +391,16 @@ pub async fn run_sync(
                 }
             },
             _ = outbox_changed.notified(), if connected => session.pump(),
-            _ = status_tick.tick(), if connected => session.publish_status(),
+            Some(query) = health_queries.recv() => session.ask_health(query),
+            _ = status_tick.tick(), if connected => {
+                session.publish_status();
+                // A snapshot chunk that never came is noticed here, not on a message.
+                if let Some(crate::IdentityOutcome::Resync { local_version, reason }) =
+                    crate::check_stalled(&mut session.store, now_ms())
+                {
+                    session.request_resync(local_version, reason);
+                }
+            }
         }
     }
 

@@ -17,7 +17,10 @@ hmac_key_file = "/etc/gated/site.key"
 "#;
 
 const GATE_KEYS_LIST: &str = "driver, port, baud, unit_id, unlock_entry_coil, unlock_exit_coil, unlock_mode, \
-                              unlock_ms, passage_entry_input, passage_exit_input, poll_interval_ms";
+                              unlock_ms, passage_entry_input, passage_exit_input, poll_interval_ms, \
+                              fire_alarm_input, fire_alarm_normally_closed, io_loss_is_fire_alarm, \
+                              fire_alarm_io_loss_ms, beam_input, intrusion_input, green_lamp_coil, red_lamp_coil, \
+                              buzzer_coil, indicator_ms, pass_timeout_ms, held_open_ms";
 
 /// An expected error: line, column, dotted key ("" for none), message.
 type ErrorAt<'a> = (usize, usize, &'a str, &'a str);
@@ -105,7 +108,7 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
                 9,
                 2,
                 "mqqt",
-                "unknown table `mqqt` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts); did you mean `mqtt`?",
+                "unknown table `mqqt` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts, control, metrics, health); did you mean `mqtt`?",
             )],
         ),
         (
@@ -121,7 +124,7 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
         (
             "top-level key",
             format!("log_levl = \"debug\"\n{BASE}"),
-            &[(1, 1, "log_levl", "unknown key `log_levl` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts)")],
+            &[(1, 1, "log_levl", "unknown key `log_levl` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts, control, metrics, health)")],
         ),
         (
             "case matters",
@@ -210,7 +213,7 @@ fn each_kind_of_bad_value_is_pinned_to_its_position() {
                 10,
                 1,
                 "policy.sporadic.visitor_pass",
-                "unknown key `visitor_pass` (expected one of: allowed_categories, visitor_pass_required, enforce_time_windows, health_required_for)",
+                "unknown key `visitor_pass` (expected one of: allowed_categories, visitor_pass_required, enforce_time_windows, health_required_for, health)",
             )],
         ),
         (
@@ -520,6 +523,18 @@ fn defaults_fill_every_optional_key() {
             passage_entry_input: 0,
             passage_exit_input: 1,
             poll_interval: Duration::from_millis(100),
+            fire_alarm_input: None,
+            fire_alarm_normally_closed: true,
+            io_loss_is_fire_alarm: false,
+            fire_alarm_io_loss: Duration::from_millis(5000),
+            beam_input: None,
+            intrusion_input: None,
+            green_lamp_coil: None,
+            red_lamp_coil: None,
+            buzzer_coil: None,
+            indicator: Duration::from_millis(2000),
+            pass_timeout: Duration::from_millis(10_000),
+            held_open: Duration::from_millis(30_000),
         })
     );
 
@@ -535,6 +550,56 @@ fn defaults_fill_every_optional_key() {
     // An explicit client id is kept as written.
     let named = ok(&with_base("[mqtt]\nclient_id = \"box-17\"\n"));
     assert_eq!(named.mqtt.client_id, "box-17");
+}
+
+#[test]
+fn gate_signals_are_wired_only_when_named() {
+    let gate = |extra: &str| {
+        with_base(&format!("[devices.gate]\ndriver = \"modbus-rtu\"\nport = \"/dev/gate-io\"\n{extra}"))
+    };
+    let config = ok(&gate(
+        "fire_alarm_input = 4\nfire_alarm_normally_closed = false\nio_loss_is_fire_alarm = true\n\
+         fire_alarm_io_loss_ms = 8000\nbeam_input = 2\nintrusion_input = 3\ngreen_lamp_coil = 2\n\
+         red_lamp_coil = 3\nbuzzer_coil = 4\nindicator_ms = 1500\npass_timeout_ms = 6000\nheld_open_ms = 20000\n",
+    ));
+    let io = config.devices.gate.expect("a gate");
+    assert_eq!(
+        (io.fire_alarm_input, io.beam_input, io.intrusion_input),
+        (Some(4), Some(2), Some(3))
+    );
+    assert_eq!((io.green_lamp_coil, io.red_lamp_coil, io.buzzer_coil), (Some(2), Some(3), Some(4)));
+    assert!(!io.fire_alarm_normally_closed);
+    assert!(io.io_loss_is_fire_alarm);
+    assert_eq!(io.fire_alarm_io_loss, Duration::from_millis(8000));
+    assert_eq!(
+        (io.indicator, io.pass_timeout, io.held_open),
+        (Duration::from_millis(1500), Duration::from_millis(6000), Duration::from_millis(20_000))
+    );
+
+    // One channel, one signal: coils and inputs are separate address spaces.
+    assert_errors(
+        "lamp on the unlock relay",
+        &gate("green_lamp_coil = 0\nbuzzer_coil = 1\nbeam_input = 0\n"),
+        &[
+            (12, 19, "devices.gate.green_lamp_coil", "expected a coil other than `unlock_entry_coil`'s, found 0"),
+            (13, 15, "devices.gate.buzzer_coil", "expected a coil other than `unlock_exit_coil`'s, found 1"),
+            (14, 14, "devices.gate.beam_input", "expected an input other than `passage_entry_input`'s, found 0"),
+        ],
+    );
+    assert_errors(
+        "bad new values",
+        &gate("fire_alarm_input = -1\nfire_alarm_normally_closed = \"yes\"\npass_timeout_ms = 100\n"),
+        &[
+            (12, 20, "devices.gate.fire_alarm_input", "expected an integer from 0 to 65535, found -1"),
+            (
+                13,
+                30,
+                "devices.gate.fire_alarm_normally_closed",
+                "expected a boolean (true or false), found string \"yes\"",
+            ),
+            (14, 19, "devices.gate.pass_timeout_ms", "expected an integer from 500 to 600000, found 100"),
+        ],
+    );
 }
 
 #[test]
@@ -630,6 +695,41 @@ fn example_config_documents_every_key() {
 }
 
 #[test]
+fn health_rules_per_mode_and_category() {
+    use gate_engine::{HealthFallback, HealthRules};
+    let config = ok(BASE);
+    assert_eq!(config.policy.wartime.health_rules.resident.fallback, HealthFallback::Refuse);
+    assert_eq!(config.policy.sporadic.health_rules.worker.nat_window_h, 72);
+    assert_eq!(config.health.online_timeout, Duration::from_millis(800));
+    let custom = ok(&with_base(
+        "[policy.wartime.health]\nnat_window_h = 24\nfallback = \"accept_stale\"\naccept_stale_max_h = 12\n\
+         [policy.wartime.health.visitor]\nallowed_colours = [\"green\", \"yellow\"]\nmin_doses = 3\n",
+    ));
+    let w = &custom.policy.wartime.health_rules;
+    assert_eq!(w.resident.nat_window_h, 24);
+    assert_eq!(w.resident.fallback, HealthFallback::AcceptStale { max_age_h: 12 });
+    assert_eq!(w.visitor.nat_window_h, 24, "the mode's table applies under the subtable");
+    assert_eq!(w.visitor.min_doses, 3);
+    assert_eq!(w.resident.min_doses, HealthRules::default().min_doses);
+    assert_eq!(w.visitor.allowed_colours.len(), 2);
+    assert_errors(
+        "bad colour",
+        &with_base("[policy.sporadic.health.worker]\nallowed_colours = [\"blue\"]\n"),
+        &[(
+            10,
+            20,
+            "policy.sporadic.health.worker.allowed_colours",
+            "expected \"green\", \"yellow\", \"red\" or \"unassessed\", found \"blue\"",
+        )],
+    );
+    assert_errors(
+        "window out of range",
+        &with_base("[policy.normal.health]\nnat_window_h = 0\n"),
+        &[(10, 16, "policy.normal.health.nat_window_h", "expected an integer from 1 to 720, found 0")],
+    );
+}
+
+#[test]
 fn policies_default_per_mode_and_take_overrides() {
     let config = ok(BASE);
     assert_eq!(config.policy.normal, Policy::default_for(Mode::Normal));
@@ -661,4 +761,61 @@ fn suggestions_need_a_close_match() {
     assert_eq!(edit_distance("pluse", "pulse"), 2);
     assert_eq!(edit_distance("", "abc"), 3);
     assert_eq!(position("a\nbé c", 6), (2, 4));
+}
+
+#[test]
+fn control_socket_defaults_to_the_state_folder() {
+    let config = ok(BASE);
+    assert_eq!(config.control.socket, Path::new("/var/lib/gated/gated.sock"));
+    assert_eq!(config.control.group, None);
+    let custom = ok(&with_base("[control]\nsocket = \"run/ctl.sock\"\ngroup = \"gate-techs\"\n"));
+    assert_eq!(custom.control.socket, Path::new("/etc/gated/run/ctl.sock"), "relative to the config's folder");
+    assert_eq!(custom.control.group.as_deref(), Some("gate-techs"));
+    assert_errors(
+        "bad group",
+        &with_base("[control]\ngroup = \"-x y\"\n"),
+        &[(10, 9, "control.group", "expected a group name (letters, digits, `_`, `-`, `.`; at most 32), found \"-x y\"")],
+    );
+    let long = format!("/{}/gated.sock", "d".repeat(100));
+    let errors = parse(Path::new(FILE), &with_base(&format!("[control]\nsocket = \"{long}\"\n"))).expect_err("too long");
+    assert!(errors.to_string().contains("at most 107 bytes"), "{errors}");
+}
+
+#[test]
+fn metrics_are_off_by_default_and_loopback_unless_allowed() {
+    assert_eq!(ok(BASE).metrics, MetricsConfig::default());
+    let on = ok(&with_base("[metrics]\nlisten = \"127.0.0.1:9464\"\n"));
+    assert_eq!(on.metrics.listen, Some("127.0.0.1:9464".parse().expect("addr")));
+    let bare = ok(&with_base("[metrics]\nlisten = \"9464\"\n"));
+    assert_eq!(bare.metrics.listen, Some("127.0.0.1:9464".parse().expect("addr")), "a bare port is loopback");
+    let v6 = ok(&with_base("[metrics]\nlisten = \"[::1]:9464\"\n"));
+    assert_eq!(v6.metrics.listen, Some("[::1]:9464".parse().expect("addr")));
+    assert_errors(
+        "remote without allow_remote",
+        &with_base("[metrics]\nlisten = \"0.0.0.0:9464\"\n"),
+        &[(
+            10,
+            10,
+            "metrics.listen",
+            "expected a loopback address such as \"127.0.0.1:9464\", found \"0.0.0.0:9464\"; the endpoint has no \
+             authentication: set `allow_remote = true` to expose it anyway",
+        )],
+    );
+    let remote = ok(&with_base("[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n"));
+    assert!(remote.metrics.allow_remote);
+    assert_errors(
+        "not an address",
+        &with_base("[metrics]\nlisten = \"localhost\"\n"),
+        &[(
+            10,
+            10,
+            "metrics.listen",
+            "expected an address and port such as \"127.0.0.1:9464\" or a port, found \"localhost\"",
+        )],
+    );
+    assert_errors(
+        "port 0",
+        &with_base("[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        &[(10, 10, "metrics.listen", "expected a port from 1 to 65535, found \"127.0.0.1:0\"")],
+    );
 }
