@@ -1,5 +1,8 @@
 //! Turnstile IO board simulator: a Modbus RTU relay/input board (HARDWARE.md
-//! §4) served on a pty, with simulated people walking through after an unlock.
+//! §4) served on a pty, with simulated people walking through after an unlock,
+//! scenario inputs (passages, the tailgating beam, the fire alarm contact,
+//! the intrusion input) and faults (garbage, bad CRCs, cut replies, slow or
+//! no answers, exceptions, an unplugged cable).
 
 pub mod modbus;
 
@@ -11,8 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::pty::{self, Input, SimPty};
-use modbus::{Bank, Split, split_request};
+use crate::faults::FrameFaults;
+use crate::pty::{self, Input, Line, SimPty};
+use crate::script::{PassageDir, StatusFault};
+use modbus::{Bank, Split, split_request, with_crc};
 
 /// RTU frames end with 3.5 character times of silence; a pty loses timing, so
 /// this much quiet marks any half-received bytes as garbage.
@@ -32,8 +37,20 @@ pub struct GateSimConfig {
     pub auto_passage: Vec<(u16, u16)>,
     /// Default 300 ms.
     pub auto_passage_delay: Duration,
-    /// Default 200 ms.
+    /// Default 200 ms; also how long a scripted `passage` holds its input.
     pub auto_passage_pulse: Duration,
+    /// Passage-completed inputs (entry, exit) pulsed by a scripted
+    /// `passage`; default 0 and 1.
+    pub passage_inputs: [u16; 2],
+    /// The tailgating beam input; default 2.
+    pub beam_input: u16,
+    /// The door-forced / intrusion input; default 3.
+    pub intrusion_input: u16,
+    /// The fire alarm contact, `None` (the default) when not wired.
+    pub fire_input: Option<u16>,
+    /// Contact closed at rest (default true): the input then starts on,
+    /// and a fire alarm switches it off.
+    pub fire_normally_closed: bool,
 }
 
 impl Default for GateSimConfig {
@@ -45,6 +62,11 @@ impl Default for GateSimConfig {
             auto_passage: vec![(0, 0), (1, 1)],
             auto_passage_delay: Duration::from_millis(300),
             auto_passage_pulse: Duration::from_millis(200),
+            passage_inputs: [0, 1],
+            beam_input: 2,
+            intrusion_input: 3,
+            fire_input: None,
+            fire_normally_closed: true,
         }
     }
 }
@@ -83,6 +105,8 @@ struct BoardState {
     silent: bool,
     served: u64,
     writes: Vec<CoilWrite>,
+    faults: FrameFaults,
+    status: Option<StatusFault>,
 }
 
 impl BoardState {
@@ -108,6 +132,10 @@ impl BoardState {
                     if self.silent {
                         continue;
                     }
+                    if let Some(reply) = self.exception(&frame) {
+                        out.extend(self.shape(reply));
+                        continue;
+                    }
                     let outcome = self.bank.execute(&frame);
                     let now = Instant::now();
                     for (coil, on, was) in outcome.writes {
@@ -120,12 +148,39 @@ impl BoardState {
                         self.served += 1;
                     }
                     if let Some(reply) = outcome.reply {
-                        out.extend(reply);
+                        out.extend(self.shape(reply));
                     }
                 }
             }
         }
         out
+    }
+
+    /// A pending `status` for this request: the board refuses it with that
+    /// exception code instead of executing it.
+    fn exception(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+        let fault = self.status?;
+        let (unit, fc) = (frame[0], frame[1]);
+        // Not ours, or a broadcast (never answered): nothing to refuse.
+        if unit != self.bank.unit_id || !fault.target.is_none_or(|t| t.matches_modbus(fc)) {
+            return None;
+        }
+        if !fault.sticky {
+            self.status = None;
+        }
+        self.served += 1;
+        Some(with_crc(vec![unit, fc | 0x80, fault.code]))
+    }
+
+    /// Garbage, a broken CRC or a cut, as pending.
+    fn shape(&mut self, reply: Vec<u8>) -> Vec<u8> {
+        self.faults
+            .shape(reply, |frame| {
+                if let Some(last) = frame.last_mut() {
+                    *last ^= 0xFF;
+                }
+            })
+            .0
     }
 }
 
@@ -135,8 +190,7 @@ struct Shared {
     cancel: CancellationToken,
     stopped: watch::Sender<bool>,
     events: broadcast::Sender<GateEvent>,
-    device_path: PathBuf,
-    slave_path: PathBuf,
+    line: Arc<Line>,
 }
 
 impl Shared {
@@ -153,10 +207,15 @@ impl Shared {
 
     /// A person walks through: after the delay the passage sensor pulses.
     fn schedule_passage(self: &Arc<Self>, input: u16) {
+        self.pulse_input(input, self.config.auto_passage_delay);
+    }
+
+    /// The input goes on after `delay`, and off `auto_passage_pulse` later.
+    fn pulse_input(self: &Arc<Self>, input: u16, delay: Duration) {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let walk = async {
-                tokio::time::sleep(me.config.auto_passage_delay).await;
+                tokio::time::sleep(delay).await;
                 me.set_input(input, true);
                 let _ = me.events.send(GateEvent::Passage { input });
                 tokio::time::sleep(me.config.auto_passage_pulse).await;
@@ -181,25 +240,35 @@ impl GateSim {
     pub fn start(link: Option<&Path>, config: GateSimConfig) -> anyhow::Result<GateHandle> {
         let pty = SimPty::open(link)?;
         let (stopped, _) = watch::channel(false);
+        let mut bank = Bank::new(config.unit_id, config.coils, config.inputs);
+        if let Some(fire) = config.fire_input
+            && config.fire_normally_closed
+            && let Some(slot) = bank.inputs.get_mut(usize::from(fire))
+        {
+            // A normally closed contact at rest: no alarm.
+            *slot = true;
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(BoardState {
-                bank: Bank::new(config.unit_id, config.coils, config.inputs),
+                bank,
                 rx: Vec::new(),
                 silent: false,
                 served: 0,
                 writes: Vec::new(),
+                faults: FrameFaults::default(),
+                status: None,
             }),
             config,
             cancel: CancellationToken::new(),
             stopped,
             events: broadcast::channel(256).0,
-            device_path: pty.device_path().to_path_buf(),
-            slave_path: pty.slave_path().to_path_buf(),
+            line: Line::new(&pty),
         });
         let task_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let s = Arc::clone(&task_shared);
-            pty::serve(pty, task_shared.cancel.clone(), IDLE_RESYNC, move |input| {
+            let line = Arc::clone(&task_shared.line);
+            let serve = pty::serve(pty, line, task_shared.cancel.clone(), IDLE_RESYNC, move |input| {
                 let mut changes = Vec::new();
                 let out = s.state().on_input(input, &mut changes);
                 for (coil, on) in changes {
@@ -212,8 +281,8 @@ impl GateSim {
                     }
                 }
                 out
-            })
-            .await;
+            }, |_| {});
+            serve.await;
             task_shared.stopped.send_replace(true);
         });
         Ok(GateHandle { shared })
@@ -229,7 +298,7 @@ pub struct GateHandle {
 impl fmt::Debug for GateHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GateHandle")
-            .field("device_path", &self.shared.device_path)
+            .field("device_path", &self.shared.line.device_path())
             .field("unit_id", &self.shared.config.unit_id)
             .finish_non_exhaustive()
     }
@@ -238,12 +307,13 @@ impl fmt::Debug for GateHandle {
 impl GateHandle {
     /// Path the daemon should open (the symlink if one was given).
     pub fn device_path(&self) -> PathBuf {
-        self.shared.device_path.clone()
+        self.shared.line.device_path()
     }
 
-    /// The `/dev/pts/N` slave behind [`Self::device_path`].
+    /// The `/dev/pts/N` slave behind [`Self::device_path`] (a new one after
+    /// each replug).
     pub fn slave_path(&self) -> PathBuf {
-        self.shared.slave_path.clone()
+        self.shared.line.slave_path()
     }
 
     /// Every FC05/FC0F write in order (FC0F: one entry per coil), including
@@ -291,6 +361,81 @@ impl GateHandle {
         self.shared.state().silent = silent;
     }
 
+    /// Someone walks through this way now: the passage input pulses for
+    /// `auto_passage_pulse`, whether or not anything was unlocked.
+    pub fn passage(&self, dir: PassageDir) {
+        let input = match dir {
+            PassageDir::Entry => self.shared.config.passage_inputs[0],
+            PassageDir::Exit => self.shared.config.passage_inputs[1],
+        };
+        let _ = self.shared.events.send(GateEvent::Passage { input });
+        self.shared.pulse_input(input, Duration::ZERO);
+    }
+
+    /// The tailgating beam is broken (`true`) or clear.
+    pub fn set_beam(&self, broken: bool) {
+        self.shared.set_input(self.shared.config.beam_input, broken);
+    }
+
+    /// The door-forced / intrusion input.
+    pub fn set_intrusion(&self, active: bool) {
+        self.shared.set_input(self.shared.config.intrusion_input, active);
+    }
+
+    /// Raises or clears the fire alarm on the configured contact (a normally
+    /// closed contact opens for the alarm). `false` when no fire input is
+    /// configured.
+    pub fn set_fire_alarm(&self, alarm: bool) -> bool {
+        let Some(input) = self.shared.config.fire_input else {
+            return false;
+        };
+        self.shared.set_input(input, alarm != self.shared.config.fire_normally_closed);
+        true
+    }
+
+    /// `bytes` are written just before the next reply.
+    pub fn inject_garbage(&self, bytes: Vec<u8>) {
+        self.shared.state().faults.garbage.extend(bytes);
+    }
+
+    /// The next `n` replies get a wrong CRC.
+    pub fn corrupt_next_replies(&self, n: u32) {
+        self.shared.state().faults.corrupt = n;
+    }
+
+    /// The next `n` replies are cut to half their length.
+    pub fn truncate_next_replies(&self, n: u32) {
+        self.shared.state().faults.truncate = n;
+    }
+
+    /// Requests are refused with exception `fault.code` instead of being
+    /// executed: the next one, or the next of the targeted kind (`read`:
+    /// FC01/FC02, `write`: FC05/FC0F), or every such one while `sticky`.
+    pub fn inject_status(&self, fault: StatusFault) {
+        self.shared.state().status = Some(fault);
+    }
+
+    /// Cancels a pending or sticky [`Self::inject_status`].
+    pub fn clear_status(&self) {
+        self.shared.state().status = None;
+    }
+
+    /// Every reply waits this long before it is written; zero for none.
+    pub fn set_slow(&self, delay: Duration) {
+        self.shared.line.set_slow(delay);
+    }
+
+    /// Pulls the cable for `downtime` (see [`Line::unplug`]). The board keeps
+    /// its coils and inputs, as a real board does when its cable is pulled.
+    pub fn unplug(&self, downtime: Duration) {
+        self.shared.line.unplug(downtime);
+    }
+
+    /// How many times the cable was plugged back in.
+    pub fn replugs(&self) -> u64 {
+        self.shared.line.replugs()
+    }
+
     /// Narration of coil changes and passages.
     pub fn subscribe(&self) -> broadcast::Receiver<GateEvent> {
         self.shared.events.subscribe()
@@ -321,7 +466,31 @@ mod tests {
             silent: false,
             served: 0,
             writes: Vec::new(),
+            faults: FrameFaults::default(),
+            status: None,
         }
+    }
+
+    #[test]
+    fn exceptions_crc_faults_and_cuts() {
+        use crate::script::StatusTarget;
+        let mut b = board();
+        let on = with_crc(vec![1, 5, 0, 0, 0xFF, 0]);
+        let read = with_crc(vec![1, 2, 0, 0, 0, 8]);
+        // A sticky exception on writes: refused and not executed; reads go on.
+        b.status = Some(StatusFault { code: 4, target: Some(StatusTarget::Write), sticky: true });
+        assert_eq!(b.on_input(Input::Bytes(&on), &mut Vec::new()), with_crc(vec![1, 0x85, 4]));
+        assert_eq!(b.on_input(Input::Bytes(&read), &mut Vec::new()), with_crc(vec![1, 2, 1, 0]));
+        assert!(!b.bank.coils[0]);
+        b.status = None;
+        b.faults.corrupt = 1;
+        let bad = b.on_input(Input::Bytes(&on), &mut Vec::new());
+        assert_eq!(bad.len(), 8);
+        assert!(!modbus::crc_ok(&bad));
+        assert!(b.bank.coils[0], "a reply with a bad CRC still reports an executed write");
+        b.faults.truncate = 1;
+        b.faults.garbage = vec![0xEE];
+        assert_eq!(b.on_input(Input::Bytes(&read), &mut Vec::new()), [0xEE, 1, 2, 1]);
     }
 
     #[test]

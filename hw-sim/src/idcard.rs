@@ -1,5 +1,7 @@
 //! Resident ID card reader simulator: a SAM module (device side of HARDWARE.md
-//! §1) served on a pty, with a handle to place/remove cards and inject faults.
+//! §1) served on a pty, with a handle to place/remove cards and inject faults
+//! (garbage, wrong checksums, cut replies, slow or no answers, a given status,
+//! an unplugged cable).
 
 pub mod frame;
 pub mod text;
@@ -7,13 +9,15 @@ pub mod text;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::faults::FrameFaults;
 use crate::mask_id;
-use crate::pty::{self, Input, SimPty};
+use crate::pty::{self, Input, Line, SimPty};
+use crate::script::StatusFault;
 use frame::{HostCommand, Parsed, encode_reply, parse_host, status};
 
 /// A host that stops mid-frame is given this long before the partial frame is
@@ -107,7 +111,7 @@ pub enum IdCardEvent {
         command: Option<(u8, u8)>,
         /// SW3 sent.
         status: u8,
-        /// Whether its checksum was deliberately corrupted.
+        /// Whether it was damaged on purpose (wrong checksum or cut short).
         corrupted: bool,
     },
 }
@@ -120,10 +124,14 @@ struct SamState {
     /// before find card succeeds again.
     read_since_placed: bool,
     base_info_reads: u64,
-    corrupt_remaining: u32,
-    garbage: Vec<u8>,
+    faults: FrameFaults,
+    status: Option<StatusFault>,
     silent: bool,
     rx: Vec<u8>,
+    /// An intact base-info reply is in the bytes being written.
+    read_in_flight: bool,
+    /// When each intact base-info reply was completely written.
+    read_replies_written: Vec<Instant>,
 }
 
 impl SamState {
@@ -147,32 +155,41 @@ impl SamState {
                     if self.silent {
                         continue;
                     }
-                    let (command, mut reply, ok_read) = match result {
+                    let (command, mut reply, mut ok_read) = match result {
                         Ok(cmd) => {
                             let (reply, ok_read) = self.execute(&cmd);
                             (Some((cmd.cmd, cmd.para)), reply, ok_read)
                         }
                         Err(sw3) => (None, encode_reply(sw3, &[]), false),
                     };
+                    if let Some(fault) = self.status.filter(|f| {
+                        f.target.is_none_or(|t| command.is_some_and(|(c, p)| t.matches_sam(c, p)))
+                    }) {
+                        // An error status carries no data; the card was not read.
+                        reply = encode_reply(fault.code, &[]);
+                        ok_read = false;
+                        if !fault.sticky {
+                            self.status = None;
+                        }
+                    }
                     let status = reply[9];
-                    let corrupted = self.corrupt_remaining > 0;
-                    if corrupted {
-                        self.corrupt_remaining -= 1;
-                        if let Some(last) = reply.last_mut() {
+                    let (mut bytes, shaped) = self.faults.shape(reply, |frame| {
+                        if let Some(last) = frame.last_mut() {
                             *last ^= 0xFF;
                         }
-                    } else if ok_read {
+                    });
+                    if ok_read && shaped.intact() {
                         // Only an intact reply counts as the host having read
-                        // the card; after a corrupted one it may retry the cycle.
+                        // the card; after a damaged one it may retry the cycle.
                         self.base_info_reads += 1;
                         self.read_since_placed = true;
+                        self.read_in_flight = true;
                     }
-                    out.append(&mut self.garbage);
-                    out.append(&mut reply);
+                    out.append(&mut bytes);
                     events.push(IdCardEvent::Replied {
                         command,
                         status,
-                        corrupted,
+                        corrupted: !shaped.intact(),
                     });
                 }
             }
@@ -241,8 +258,7 @@ struct Shared {
     cancel: CancellationToken,
     stopped: watch::Sender<bool>,
     events: broadcast::Sender<IdCardEvent>,
-    device_path: PathBuf,
-    slave_path: PathBuf,
+    line: Arc<Line>,
 }
 
 impl Shared {
@@ -268,14 +284,15 @@ impl IdCardSim {
             cancel: CancellationToken::new(),
             stopped,
             events: broadcast::channel(256).0,
-            device_path: pty.device_path().to_path_buf(),
-            slave_path: pty.slave_path().to_path_buf(),
+            line: Line::new(&pty),
         });
         let task_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let s = Arc::clone(&task_shared);
+            let w = Arc::clone(&task_shared);
             pty::serve(
                 pty,
+                Arc::clone(&task_shared.line),
                 task_shared.cancel.clone(),
                 IDLE_DISCARD,
                 move |input| {
@@ -285,6 +302,12 @@ impl IdCardSim {
                         let _ = s.events.send(e);
                     }
                     out
+                },
+                move |at| {
+                    let mut st = w.state();
+                    if std::mem::take(&mut st.read_in_flight) {
+                        st.read_replies_written.push(at);
+                    }
                 },
             )
             .await;
@@ -303,7 +326,7 @@ pub struct IdCardHandle {
 impl fmt::Debug for IdCardHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdCardHandle")
-            .field("device_path", &self.shared.device_path)
+            .field("device_path", &self.shared.line.device_path())
             .finish_non_exhaustive()
     }
 }
@@ -311,12 +334,13 @@ impl fmt::Debug for IdCardHandle {
 impl IdCardHandle {
     /// Path the daemon should open (the symlink if one was given).
     pub fn device_path(&self) -> PathBuf {
-        self.shared.device_path.clone()
+        self.shared.line.device_path()
     }
 
-    /// The `/dev/pts/N` slave behind [`Self::device_path`].
+    /// The `/dev/pts/N` slave behind [`Self::device_path`] (a new one after
+    /// each replug).
     pub fn slave_path(&self) -> PathBuf {
-        self.shared.slave_path.clone()
+        self.shared.line.slave_path()
     }
 
     /// A card is now on the reader. Placing while another card is present
@@ -342,12 +366,51 @@ impl IdCardHandle {
     /// The next `n` replies get a wrong checksum byte. A corrupted base-info
     /// reply does not count as a read, so the card can be found again.
     pub fn corrupt_next_replies(&self, n: u32) {
-        self.shared.state().corrupt_remaining = n;
+        self.shared.state().faults.corrupt = n;
+    }
+
+    /// The next `n` replies are cut to half their length (the host waits
+    /// for the rest in vain). A cut base-info reply does not count as a read.
+    pub fn truncate_next_replies(&self, n: u32) {
+        self.shared.state().faults.truncate = n;
     }
 
     /// `bytes` are written just before the next reply.
     pub fn inject_garbage(&self, bytes: Vec<u8>) {
-        self.shared.state().garbage.extend(bytes);
+        self.shared.state().faults.garbage.extend(bytes);
+    }
+
+    /// Replies carry `fault.code` as SW3 (and no data): the next one, or the
+    /// next to the targeted command, or every such one while `sticky`. A
+    /// read answered so is no read, so the card can be found again.
+    pub fn inject_status(&self, fault: StatusFault) {
+        self.shared.state().status = Some(fault);
+    }
+
+    /// Cancels a pending or sticky [`Self::inject_status`].
+    pub fn clear_status(&self) {
+        self.shared.state().status = None;
+    }
+
+    /// Every reply waits this long before it is written; zero for none.
+    pub fn set_slow(&self, delay: Duration) {
+        self.shared.line.set_slow(delay);
+    }
+
+    /// Pulls the cable for `downtime` (see [`Line::unplug`]).
+    pub fn unplug(&self, downtime: Duration) {
+        self.shared.line.unplug(downtime);
+    }
+
+    /// How many times the cable was plugged back in.
+    pub fn replugs(&self) -> u64 {
+        self.shared.line.replugs()
+    }
+
+    /// When each intact base-info reply had been completely written, in
+    /// order: the instant the host could have its last byte.
+    pub fn read_replies_written(&self) -> Vec<Instant> {
+        self.shared.state().read_replies_written.clone()
     }
 
     /// Stop answering at all (reader hung); requests are swallowed.
@@ -475,13 +538,13 @@ mod tests {
     #[test]
     fn faults_corrupt_garbage_silent() {
         let mut st = placed();
-        st.corrupt_remaining = 1;
+        st.faults.corrupt = 1;
         let r = cmd(&mut st, 0x30, 0x01);
         assert_ne!(frame::xor_checksum(&r[5..1294]), r[1294]);
         assert_eq!(st.base_info_reads, 0, "corrupted reply is not a read");
         assert_eq!(cmd(&mut st, 0x20, 0x01)[9], 0x9F);
 
-        st.garbage = vec![1, 2, 3];
+        st.faults.garbage = vec![1, 2, 3];
         let r = cmd(&mut st, 0x11, 0xFF);
         assert_eq!(r[..3], [1, 2, 3]);
         assert_eq!(r[3..], encode_reply(0x90, &[])[..]);
@@ -490,6 +553,39 @@ mod tests {
         assert!(cmd(&mut st, 0x11, 0xFF).is_empty());
         st.silent = false;
         assert_eq!(cmd(&mut st, 0x11, 0xFF), encode_reply(0x90, &[]));
+    }
+
+    #[test]
+    fn status_injection_hits_the_targeted_replies() {
+        use crate::script::StatusTarget;
+        let mut st = placed();
+        // The very next reply, whatever it answers.
+        st.status = Some(StatusFault { code: 0x24, target: None, sticky: false });
+        assert_eq!(cmd(&mut st, 0x11, 0xFF), encode_reply(0x24, &[]));
+        assert_eq!(cmd(&mut st, 0x11, 0xFF), encode_reply(0x90, &[]));
+        // Every read while sticky: find and select stay normal, the card is
+        // never read, so it can be found again.
+        st.status = Some(StatusFault { code: 0x31, target: Some(StatusTarget::Read), sticky: true });
+        for _ in 0..2 {
+            assert_eq!(cmd(&mut st, 0x20, 0x01)[9], 0x9F);
+            assert_eq!(cmd(&mut st, 0x20, 0x02)[9], 0x90);
+            assert_eq!(cmd(&mut st, 0x30, 0x01), encode_reply(0x31, &[]));
+        }
+        assert_eq!(st.base_info_reads, 0);
+        st.status = None;
+        assert_eq!(cmd(&mut st, 0x30, 0x01).len(), 1295);
+        assert_eq!(st.base_info_reads, 1);
+    }
+
+    #[test]
+    fn a_cut_reply_is_half_a_frame_and_no_read() {
+        let mut st = placed();
+        st.faults.truncate = 1;
+        assert_eq!(cmd(&mut st, 0x30, 0x01).len(), 1295 / 2);
+        assert_eq!(st.base_info_reads, 0);
+        assert!(!st.read_in_flight);
+        assert_eq!(cmd(&mut st, 0x30, 0x01).len(), 1295);
+        assert!(st.read_in_flight);
     }
 
     #[test]

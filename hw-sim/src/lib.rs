@@ -1,15 +1,24 @@
-//! Simulated checkpoint hardware on pseudo-terminals (SAM ID-card module and
-//! Modbus RTU gate IO board), written from the protocol text in HARDWARE.md and
-//! deliberately not from the daemon's codecs, so the two cannot share a bug.
+//! Simulated checkpoint hardware on pseudo-terminals (SAM ID-card module,
+//! Modbus RTU gate IO board, QR scanner, plate camera), written from the
+//! protocol text in HARDWARE.md and deliberately not from the daemon's
+//! codecs, so the two cannot share a bug.
 
+pub mod faults;
 pub mod gate;
 pub mod idcard;
+pub mod plate;
+pub mod play;
+pub mod platform;
 pub mod pty;
+pub mod qr;
 pub mod script;
 
 pub use gate::{CoilWrite, GateEvent, GateHandle, GateSim, GateSimConfig};
 pub use idcard::{IdCardEvent, IdCardHandle, IdCardSim, SimCard};
-pub use pty::SimPty;
+pub use plate::{PlateHandle, PlateSim};
+pub use pty::{Line, SimPty};
+pub use qr::{QrHandle, QrSim, SimTerminator};
+pub use script::{PassageDir, StatusFault, StatusTarget};
 
 /// Masks an ID number for display: first 6 and last 4 characters kept, the
 /// rest starred. Anything of 10 characters or fewer is starred entirely, since

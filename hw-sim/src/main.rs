@@ -1,5 +1,6 @@
-//! `hw-sim` command line: runs a simulated SAM ID-card module or Modbus gate IO
-//! board on a pty for technicians and demo scripts, narrating on stdout.
+//! `hw-sim` command line: runs a simulated SAM ID-card module, Modbus gate IO
+//! board, QR scanner or plate camera on a pty for technicians and demo
+//! scripts, narrating on stdout (payloads and plates masked).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,12 @@ use clap::{Args, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::broadcast::error::RecvError;
 
-use hw_sim::script::{Step, check_loop_waits, parse_script};
+use hw_sim::play::Target;
+use hw_sim::qr::mask_payload;
+use hw_sim::script::{Device, Step, check_loop_waits, parse_script_for, plate_step};
 use hw_sim::{
-    GateEvent, GateSim, GateSimConfig, IdCardEvent, IdCardHandle, IdCardSim, SimCard, mask_id,
+    GateEvent, GateSim, GateSimConfig, IdCardEvent, IdCardHandle, IdCardSim, PlateSim, QrSim,
+    SimCard, SimTerminator, mask_id,
 };
 
 /// Name used when a step places a card without one.
@@ -36,6 +40,57 @@ enum Command {
     Idcard(IdcardArgs),
     /// Turnstile IO board (Modbus RTU relays and inputs).
     Gate(GateArgs),
+    /// QR scanner module (serial mode: payload + terminator).
+    Qr(QrArgs),
+    /// Licence-plate camera adapter (PLATE,COLOUR,CONFIDENCE lines).
+    Plate(PlateArgs),
+    /// The central platform on MQTT: identity snapshots and deltas, the site
+    /// mode; prints what the gates send and checks their `seq`.
+    Platform(hw_sim::platform::PlatformArgs),
+}
+
+#[derive(Args, Debug)]
+struct QrArgs {
+    /// Create this symlink to the pty slave (removed on exit).
+    #[arg(long)]
+    link: Option<PathBuf>,
+    /// What follows each payload: cr, lf, crlf, tab or none.
+    #[arg(long, default_value = "cr")]
+    terminator: SimTerminator,
+    /// Text sent before each payload, e.g. the AIM id `]Q1`.
+    #[arg(long, allow_hyphen_values = true)]
+    prefix: Option<String>,
+    /// Payload to scan; repeat for several.
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    scan: Vec<String>,
+    /// Scenario script (scan / raw / wait / loop).
+    #[arg(long, conflicts_with = "scan")]
+    script: Option<PathBuf>,
+    /// Pause after each --scan.
+    #[arg(long, default_value_t = 2000)]
+    gap_ms: u64,
+    /// Repeat the scans (or the script) forever.
+    #[arg(long = "loop")]
+    repeat: bool,
+}
+
+#[derive(Args, Debug)]
+struct PlateArgs {
+    /// Create this symlink to the pty slave (removed on exit).
+    #[arg(long)]
+    link: Option<PathBuf>,
+    /// A read to send; repeat for several. COLOUR defaults to blue, CONF to 0.95.
+    #[arg(long, value_name = "PLATE[:COLOUR[:CONF]]")]
+    read: Vec<String>,
+    /// Scenario script (plate / raw / wait / loop).
+    #[arg(long, conflicts_with = "read")]
+    script: Option<PathBuf>,
+    /// Pause after each --read.
+    #[arg(long, default_value_t = 3000)]
+    gap_ms: u64,
+    /// Repeat the reads (or the script) forever.
+    #[arg(long = "loop")]
+    repeat: bool,
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +129,23 @@ struct GateArgs {
     /// Nobody walks through: unlocks do not pulse passage inputs.
     #[arg(long)]
     no_auto_passage: bool,
+    /// Scenario script (passage / beam / fire / intrusion / input, the
+    /// misbehaviour steps, wait / loop).
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Input of the fire alarm contact.
+    #[arg(long, default_value_t = 4)]
+    fire_input: u16,
+    /// The fire contact is open at rest (default: closed at rest, so the
+    /// input starts on and an alarm switches it off).
+    #[arg(long)]
+    fire_normally_open: bool,
+    /// Input of the tailgating beam.
+    #[arg(long, default_value_t = 2)]
+    beam_input: u16,
+    /// Input of the door-forced / intrusion signal.
+    #[arg(long, default_value_t = 3)]
+    intrusion_input: u16,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +182,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Idcard(args) => run_idcard(args, shutdown).await,
         Command::Gate(args) => run_gate(args, shutdown).await,
+        Command::Qr(args) => run_qr(args, shutdown).await,
+        Command::Plate(args) => run_plate(args, shutdown).await,
+        Command::Platform(args) => hw_sim::platform::run_cli(args, shutdown).await,
     }
 }
 
@@ -125,7 +200,8 @@ fn steps_from_args(args: &IdcardArgs) -> anyhow::Result<Vec<Step>> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading script {}", path.display()))?;
-            parse_script(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            parse_script_for(&text, Device::IdCard)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => {
             let mut steps = Vec::new();
@@ -252,6 +328,10 @@ async fn play(handle: &IdCardHandle, steps: &[Step]) {
                 say("idcard: loop");
                 i = 0;
             }
+            // Every other misbehaviour (cut replies, slow or given-status
+            // replies, unplugging); steps of other devices were refused by
+            // `parse_script_for` before anything started.
+            other => say(&Target::IdCard(handle).apply(other)),
         }
     }
 }
@@ -274,8 +354,14 @@ async fn run_gate(args: GateArgs, shutdown: impl Future<Output = ()>) -> anyhow:
             defaults.auto_passage.clone()
         },
         auto_passage_delay: Duration::from_millis(args.auto_passage_ms),
+        beam_input: args.beam_input,
+        intrusion_input: args.intrusion_input,
+        fire_input: Some(args.fire_input),
+        fire_normally_closed: !args.fire_normally_open,
         ..defaults
     };
+    // Every script error surfaces here, before a pty or symlink exists.
+    let steps = device_steps(args.script.as_deref(), Device::Gate, Vec::new(), false)?;
     let handle = GateSim::start(args.link.as_deref(), config)?;
     say(&format!(
         "gate: Modbus RTU IO board (unit {}) on {}",
@@ -300,9 +386,174 @@ async fn run_gate(args: GateArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         }
         std::future::pending::<()>().await;
     };
+    let script = async {
+        hw_sim::play::play(Target::Gate(&handle), &steps, say).await;
+        std::future::pending::<()>().await;
+    };
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         _ = narrate => Ok(()),
+        _ = script => Ok(()),
+        _ = handle.wait_stopped() => Err(anyhow::anyhow!("the simulator stopped unexpectedly")),
+    };
+    finish(
+        || handle.stop(),
+        handle.wait_stopped(),
+        args.link.as_deref(),
+        &handle.slave_path(),
+    )
+    .await;
+    result
+}
+
+/// Steps for a send-only device: the script (checked for `device`) or the
+/// ones built from the command line, `loop` appended when asked.
+fn device_steps(
+    script: Option<&Path>,
+    device: Device,
+    from_args: Vec<Step>,
+    repeat: bool,
+) -> anyhow::Result<Vec<Step>> {
+    let mut steps = match script {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading script {}", path.display()))?;
+            parse_script_for(&text, device)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => from_args,
+    };
+    if repeat && !steps.is_empty() && steps.last() != Some(&Step::Loop) {
+        steps.push(Step::Loop);
+    }
+    check_loop_waits(&steps).map_err(anyhow::Error::msg)?;
+    Ok(steps)
+}
+
+/// Plays `wait` and `loop` itself and hands every other step to `act`.
+async fn play_steps(tag: &str, steps: &[Step], mut act: impl FnMut(&Step)) {
+    let mut i = 0;
+    while let Some(step) = steps.get(i) {
+        i += 1;
+        match step {
+            Step::Wait(d) => {
+                say(&format!("{tag}: wait {} ms", d.as_millis()));
+                tokio::time::sleep(*d).await;
+            }
+            Step::Loop => {
+                say(&format!("{tag}: loop"));
+                i = 0;
+            }
+            other => act(other),
+        }
+    }
+}
+
+async fn run_qr(args: QrArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let gap = Step::Wait(Duration::from_millis(args.gap_ms));
+    let mut from_args = Vec::new();
+    for text in &args.scan {
+        if text.is_empty() {
+            bail!("--scan needs a payload");
+        }
+        from_args.extend([Step::Scan(text.clone()), gap.clone()]);
+    }
+    // Every script error surfaces here, before a pty or symlink exists.
+    let steps = device_steps(args.script.as_deref(), Device::Qr, from_args, args.repeat)?;
+    let handle = QrSim::start(args.link.as_deref(), args.terminator, args.prefix.clone())?;
+    say(&format!(
+        "qr: scanner on {} (terminator {:?}, prefix {:?})",
+        handle.device_path().display(),
+        args.terminator,
+        args.prefix.as_deref().unwrap_or("")
+    ));
+    let script = async {
+        play_steps("qr", &steps, |step| match step {
+            Step::Scan(text) => {
+                handle.scan(text);
+                say(&format!(
+                    "qr: scanned {} chars {}",
+                    text.chars().count(),
+                    mask_payload(text)
+                ));
+            }
+            Step::Raw(bytes) => {
+                handle.send_raw(bytes.clone());
+                say(&format!("qr: sent {} raw bytes", bytes.len()));
+            }
+            // Misbehaviour; other devices' steps were refused by
+            // `parse_script_for` before anything started.
+            other => say(&Target::Qr(&handle).apply(other)),
+        })
+        .await;
+        std::future::pending::<()>().await;
+    };
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        _ = script => Ok(()),
+        _ = handle.wait_stopped() => Err(anyhow::anyhow!("the simulator stopped unexpectedly")),
+    };
+    finish(
+        || handle.stop(),
+        handle.wait_stopped(),
+        args.link.as_deref(),
+        &handle.slave_path(),
+    )
+    .await;
+    result
+}
+
+async fn run_plate(args: PlateArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let gap = Step::Wait(Duration::from_millis(args.gap_ms));
+    let mut from_args = Vec::new();
+    for spec in &args.read {
+        let mut fields = spec.splitn(3, ':');
+        let plate = fields.next().unwrap_or("");
+        let colour = fields.next().unwrap_or("blue");
+        let confidence = fields.next().unwrap_or("0.95");
+        let step = plate_step(plate, colour, confidence)
+            .map_err(|e| anyhow::anyhow!("--read {}: {e}", mask_payload(plate)))?;
+        from_args.extend([step, gap.clone()]);
+    }
+    // Every script error surfaces here, before a pty or symlink exists.
+    let steps = device_steps(
+        args.script.as_deref(),
+        Device::Plate,
+        from_args,
+        args.repeat,
+    )?;
+    let handle = PlateSim::start(args.link.as_deref())?;
+    say(&format!(
+        "plate: camera on {}",
+        handle.device_path().display()
+    ));
+    let script = async {
+        play_steps("plate", &steps, |step| match step {
+            Step::Plate {
+                plate,
+                colour,
+                confidence,
+            } => {
+                handle.read_text(plate, colour, confidence);
+                say(&format!(
+                    "plate: read {} {colour} {confidence}",
+                    mask_payload(plate)
+                ));
+            }
+            Step::Raw(bytes) => {
+                handle.send_raw(bytes.clone());
+                say(&format!("plate: sent {} raw bytes", bytes.len()));
+            }
+            // Misbehaviour; other devices' steps were refused by
+            // `parse_script_for` before anything started.
+            other => say(&Target::Plate(&handle).apply(other)),
+        })
+        .await;
+        std::future::pending::<()>().await;
+    };
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        _ = script => Ok(()),
         _ = handle.wait_stopped() => Err(anyhow::anyhow!("the simulator stopped unexpectedly")),
     };
     finish(

@@ -1,11 +1,15 @@
 //! Pseudo-terminal plumbing: opens a raw pty pair, publishes the slave under an
 //! optional symlink, and moves bytes on the master side without busy-looping.
+//! A [`Line`] is the cable behind it: it can be made slow, or unplugged (the
+//! pty closed) and plugged back in at the same symlink.
 
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nix::errno::Errno;
@@ -13,6 +17,7 @@ use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How long to back off when the master reports EIO (no slave side open).
@@ -190,6 +195,97 @@ pub fn remove_link_if_ours(link: &Path, slave: &Path) {
     }
 }
 
+/// The cable of one simulated device: where the daemon finds it, and the
+/// faults of the line itself (slow replies, unplugging). Shared between the
+/// serving task and the device's handle.
+#[derive(Debug)]
+pub struct Line {
+    link: Option<PathBuf>,
+    /// The `/dev/pts/N` of the current pty (a replug gets a new one).
+    slave_path: Mutex<PathBuf>,
+    slow: Mutex<Duration>,
+    unplug: Mutex<Option<Duration>>,
+    wake: Notify,
+    replugs: AtomicU64,
+}
+
+impl Line {
+    /// The line of a freshly opened pty.
+    pub fn new(pty: &SimPty) -> Arc<Line> {
+        Arc::new(Line {
+            link: pty.link.clone(),
+            slave_path: Mutex::new(pty.slave_path.clone()),
+            slow: Mutex::new(Duration::ZERO),
+            unplug: Mutex::new(None),
+            wake: Notify::new(),
+            replugs: AtomicU64::new(0),
+        })
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        // Plain data behind the lock: a panic elsewhere leaves it usable.
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Path the daemon should open: the symlink if one was given, else the
+    /// current slave.
+    pub fn device_path(&self) -> PathBuf {
+        self.link.clone().unwrap_or_else(|| self.slave_path())
+    }
+
+    /// The current `/dev/pts/N` slave.
+    pub fn slave_path(&self) -> PathBuf {
+        Self::lock(&self.slave_path).clone()
+    }
+
+    /// Every reply (or sent frame) waits this long first; zero for none.
+    pub fn set_slow(&self, delay: Duration) {
+        *Self::lock(&self.slow) = delay;
+    }
+
+    /// The current reply delay.
+    pub fn slow(&self) -> Duration {
+        *Self::lock(&self.slow)
+    }
+
+    /// Pulls the cable: the pty is closed (the symlink removed) at once and
+    /// a new one is opened at the same symlink after `downtime`. Without a
+    /// symlink the new pty has another path, which a daemon cannot guess.
+    pub fn unplug(&self, downtime: Duration) {
+        *Self::lock(&self.unplug) = Some(downtime);
+        self.wake.notify_one();
+    }
+
+    /// How many times the cable was plugged back in.
+    pub fn replugs(&self) -> u64 {
+        self.replugs.load(Ordering::SeqCst)
+    }
+
+    /// Resolves with the downtime of the next unplug request.
+    pub(crate) async fn unplug_requested(&self) -> Duration {
+        loop {
+            let notified = self.wake.notified();
+            if let Some(downtime) = Self::lock(&self.unplug).take() {
+                return downtime;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sleeps out an unplug and opens the replacement pty; `None` when
+    /// cancelled meanwhile or the pty cannot be opened again.
+    pub(crate) async fn replug(&self, downtime: Duration, cancel: &CancellationToken) -> Option<SimPty> {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(downtime) => {}
+        }
+        let pty = SimPty::open(self.link.as_deref()).ok()?;
+        *Self::lock(&self.slave_path) = pty.slave_path.clone();
+        self.replugs.fetch_add(1, Ordering::SeqCst);
+        Some(pty)
+    }
+}
+
 /// What the serving loop hands to a device model.
 pub(crate) enum Input<'a> {
     /// Bytes the client wrote.
@@ -199,21 +295,42 @@ pub(crate) enum Input<'a> {
 }
 
 /// Drives a device model over a pty until `cancel` fires, then drops the pty
-/// (closing it and removing its symlink). `on_input` returns the bytes to send.
+/// (closing it and removing its symlink). `on_input` returns the bytes to
+/// send; `on_written` is told when they are all written (the instant the last
+/// byte left). The line's faults apply: replies wait out [`Line::slow`], and
+/// an unplug closes the pty, waits, and serves a new one (the model sees an
+/// idle line, so half-received frames are dropped).
 pub(crate) async fn serve(
-    mut pty: SimPty,
+    pty: SimPty,
+    line: Arc<Line>,
     cancel: CancellationToken,
     idle: Duration,
     mut on_input: impl FnMut(Input<'_>) -> Vec<u8>,
+    mut on_written: impl FnMut(Instant),
 ) {
     let mut buf = vec![0u8; 4096];
     let mut pending_partial = false;
+    let mut pty = pty;
     loop {
         // Short timeout only while a frame may be half-received; otherwise
         // wake rarely, just to release a dead client's exclusive lock.
         let wait = if pending_partial { idle } else { QUIET };
         let read = tokio::select! {
             _ = cancel.cancelled() => break,
+            downtime = line.unplug_requested() => {
+                // The cable is pulled: both ends close, the daemon sees a
+                // hang-up and the symlink disappears.
+                drop(pty);
+                let _ = on_input(Input::Idle);
+                pending_partial = false;
+                match line.replug(downtime, &cancel).await {
+                    Some(new) => {
+                        pty = new;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
             r = tokio::time::timeout(wait, pty.read(&mut buf)) => r,
         };
         let out = match read {
@@ -236,10 +353,18 @@ pub(crate) async fn serve(
         if out.is_empty() {
             continue;
         }
+        let slow = line.slow();
+        if !slow.is_zero() {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(slow) => {}
+            }
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = tokio::time::timeout(WRITE_GIVE_UP, pty.write_all(&out)) => match r {
-                Ok(Ok(())) | Err(_) => {}
+                Ok(Ok(())) => on_written(Instant::now()),
+                Err(_) => {}
                 Ok(Err(_)) => break,
             },
         }

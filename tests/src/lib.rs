@@ -270,6 +270,10 @@ pub struct FixtureOptions {
     pub extra_toml: String,
     /// `[gate] anti_passback` value, if any.
     pub anti_passback: Option<&'static str>,
+    /// More `key = value` lines for `[devices.gate]` (lamps, fire input...).
+    pub gate_keys: String,
+    /// The simulated IO board's wiring and timing, default when `None`.
+    pub gate_sim: Option<hw_sim::gate::GateSimConfig>,
 }
 
 impl std::fmt::Debug for GateFixture {
@@ -298,7 +302,7 @@ impl GateFixture {
         let key = gate_config::load_site_key(&key_path)?;
         let idcard = hw_sim::idcard::IdCardSim::start(Some(&dir.path().join("idcard")))?;
         let gate =
-            hw_sim::gate::GateSim::start(Some(&dir.path().join("gate-io")), hw_sim::gate::GateSimConfig::default())?;
+            hw_sim::gate::GateSim::start(Some(&dir.path().join("gate-io")), options.gate_sim.clone().unwrap_or_default())?;
         let qr = if options.qr_scanner {
             Some(hw_sim::qr::QrSim::start(Some(&dir.path().join("qr")), hw_sim::qr::SimTerminator::Cr, None)?)
         } else {
@@ -375,6 +379,7 @@ impl GateFixture {
 }
 
 fn config_text(mqtt_port: u16, options: &FixtureOptions) -> String {
+    let gate_keys = &options.gate_keys;
     let mut text = format!(
         r#"[site]
 id = "{SITE}"
@@ -411,7 +416,7 @@ unlock_ms = 200
 passage_entry_input = 0
 passage_exit_input = 1
 poll_interval_ms = 50
-"#
+{gate_keys}"#
     );
     if options.qr_scanner {
         text.push_str("\n[devices.qr_scanner]\nport = \"qr\"\nterminator = \"cr\"\n");

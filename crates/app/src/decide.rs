@@ -10,7 +10,7 @@ use gate_config::{Config, Side};
 use gate_core::{
     BlockReason, CredentialKind, Decision, Lane, Mode, ModeOrigin, ModeSchedule, SiteKey, UnixMillis, Verdict,
 };
-use gate_devices::gate_io::{GateCommand, GateIoEvent, PassageSide};
+use crate::gate_control::GateRequest;
 use gate_devices::idcard::CardEvent;
 use gate_devices::plate_reader::{PlateEvent, PlateRead};
 use gate_devices::qr_scanner::QrEvent;
@@ -43,6 +43,18 @@ pub struct DecisionCounters {
     pub alerts: AtomicU64,
     /// Blocks by reason name.
     pub blocked_by_reason: Mutex<HashMap<&'static str, u64>>,
+    /// Online health checks the platform answered in time.
+    pub health_online_answers: AtomicU64,
+    /// Online health checks that timed out.
+    pub health_online_timeouts: AtomicU64,
+    /// Online health checks not sent because the gate was offline.
+    pub health_online_unavailable: AtomicU64,
+    /// Time to gather, decide and record each decided attempt (metrics).
+    pub latency: crate::metrics::LatencyHistogram,
+    /// Stamped on every turn of the loop: the watchdog's evidence it is not stuck.
+    pub heartbeat: crate::heartbeat::Heartbeat,
+    /// Decisions, alerts and gate events as they happen (`gatectl tail`).
+    pub activity: crate::activity::ActivityFeed,
 }
 
 impl DecisionCounters {
@@ -67,6 +79,47 @@ pub(crate) enum Presented {
     Plate(PlateEvent, Side),
 }
 
+/// The trust list for health certificates: the configured file plus the
+/// list synced from the platform, rebuilt when the synced version changes.
+#[derive(Debug, Default)]
+struct TrustCache {
+    list: gate_dcc::TrustList,
+    /// (synced version, whether the file was loaded) the list was built from.
+    built_from: Option<(u64, bool)>,
+}
+
+impl TrustCache {
+    fn refresh(&mut self, store: &Store, config: &Config) {
+        let synced = match store.trust_list() {
+            Ok(synced) => synced,
+            Err(e) => {
+                warn!(error = %e, "cannot read the synced trust list");
+                None
+            }
+        };
+        let version = synced.as_ref().map_or(0, |(v, _)| *v);
+        let has_file = config.health.trust_list_file.is_some();
+        if self.built_from == Some((version, has_file)) {
+            return;
+        }
+        let mut list = match &config.health.trust_list_file {
+            Some(path) => gate_dcc::TrustList::load_pem_or_base64_file(path).unwrap_or_else(|e| {
+                warn!(file = %path.display(), error = %e, "cannot load the trust list file");
+                gate_dcc::TrustList::new()
+            }),
+            None => gate_dcc::TrustList::new(),
+        };
+        for der in synced.map(|(_, ders)| ders).unwrap_or_default() {
+            if let Err(e) = list.add_certificate_der(&der) {
+                warn!(error = %e, "a synced signer certificate was refused");
+            }
+        }
+        debug!(signers = list.len(), version, "trust list for health certificates ready");
+        self.list = list;
+        self.built_from = Some((version, has_file));
+    }
+}
+
 /// A valid visitor pass seen recently: a visitor's ID card read soon after
 /// counts as covered by it.
 #[derive(Debug, Clone)]
@@ -79,13 +132,22 @@ pub(crate) struct DecisionLoop {
     site_key: SiteKey,
     store: Store,
     outbox_changed: Arc<Notify>,
-    gate: Option<mpsc::Sender<GateCommand>>,
+    gate: Option<mpsc::Sender<GateRequest>>,
     counters: Arc<DecisionCounters>,
     topics: Topics,
     config: Config,
     passes: PlatformKeys,
     recent_passes: Vec<RecentPass>,
     alerts: AlertBook,
+    /// The signer certificates health certificates are checked against.
+    trust: TrustCache,
+    recent_certificates: Vec<RecentCertificate>,
+    /// Why the last health certificate was refused (a fact for its alert).
+    certificate_failure: Option<String>,
+    /// Online health checks go to the uplink through here.
+    health_queries: Option<mpsc::Sender<gate_sync::HealthQuery>>,
+    /// Configurations applied on SIGHUP, swapped in between two decisions.
+    reload: Option<tokio::sync::watch::Receiver<Config>>,
 }
 
 /// Facts gathered for one attempt, before the engine runs.
@@ -97,6 +159,16 @@ struct Gathered {
     key: Option<[u8; 32]>,
     pass_id: Option<String>,
     visitor_id_hash: Option<String>,
+    /// From an ID card: the name and birth date a health certificate must match.
+    holder: Option<(String, Option<gate_core::CivilDate>)>,
+}
+
+/// A signed health certificate verified at the scanner, waiting for the ID
+/// card of the same transaction.
+#[derive(Debug, Clone)]
+struct RecentCertificate {
+    certificate: gate_dcc::VerifiedCertificate,
+    at_ms: UnixMillis,
 }
 
 impl DecisionLoop {
@@ -105,7 +177,7 @@ impl DecisionLoop {
         site_key: SiteKey,
         store: Store,
         outbox_changed: Arc<Notify>,
-        gate: Option<mpsc::Sender<GateCommand>>,
+        gate: Option<mpsc::Sender<GateRequest>>,
         counters: Arc<DecisionCounters>,
     ) -> Self {
         let passes = PlatformKeys::from_raw(&config.passes.platform_keys).unwrap_or_else(|index| {
@@ -123,35 +195,70 @@ impl DecisionLoop {
             passes,
             recent_passes: Vec::new(),
             alerts: AlertBook::new(config.alerts.quiet_period.as_millis() as i64),
+            reload: None,
+            trust: TrustCache::default(),
+            recent_certificates: Vec::new(),
+            certificate_failure: None,
+            health_queries: None,
         }
+    }
+
+    /// Where online health checks go (the uplink).
+    pub(crate) fn with_health_queries(mut self, queries: mpsc::Sender<gate_sync::HealthQuery>) -> Self {
+        self.health_queries = Some(queries);
+        self
+    }
+
+    /// Follows `configs`: each new value replaces the loop's configuration
+    /// between two decisions (the same task, so no attempt is lost or
+    /// decided half under each).
+    pub(crate) fn with_reload(mut self, configs: tokio::sync::watch::Receiver<Config>) -> Self {
+        self.reload = Some(configs);
+        self
+    }
+
+    fn apply_config(&mut self, config: Config) {
+        self.passes = PlatformKeys::from_raw(&config.passes.platform_keys).unwrap_or_else(|index| {
+            warn!(index, "[passes] platform_keys holds a key that is not a valid Ed25519 point; no pass will verify");
+            PlatformKeys::default()
+        });
+        if config.alerts.quiet_period != self.config.alerts.quiet_period {
+            // Open alerts restart their count under the new quiet period.
+            self.alerts = AlertBook::new(config.alerts.quiet_period.as_millis() as i64);
+        }
+        info!(policy = %config.policy.version, "decisions now follow the reloaded configuration");
+        self.config = config;
     }
 
     pub(crate) async fn run(
         mut self,
         mut presented: mpsc::Receiver<Presented>,
-        mut gate_events: mpsc::Receiver<GateIoEvent>,
         shutdown: CancellationToken,
     ) {
         let mut presented_open = true;
-        let mut gate_open = true;
+        // An idle gate still turns the loop, so the watchdog can tell idle
+        // from stuck.
+        let mut beat = tokio::time::interval(crate::heartbeat::IDLE_BEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reload = self.reload.take();
         loop {
+            self.counters.heartbeat.beat();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = beat.tick() => {}
+                config = next_config(&mut reload) => self.apply_config(config),
                 item = presented.recv(), if presented_open => match item {
                     Some(item) => {
                         let now = crate::wall_clock_ms();
-                        if let Some((verdict, side)) = self.on_presented(item, now)
-                            && verdict.decision == Decision::Pass {
-                                // Only `Send` values may live across this await
-                                // (the store connection is not `Sync`).
-                                unlock(self.gate.clone(), side).await;
-                            }
+                        self.refresh_health(&item, now).await;
+                        self.trust.refresh(&self.store, &self.config);
+                        if let Some((verdict, side)) = self.on_presented(item, now) {
+                            // Only `Send` values may live across this await
+                            // (the store connection is not `Sync`).
+                            tell_gate(self.gate.clone(), verdict.decision, side).await;
+                        }
                     }
                     None => presented_open = false,
-                },
-                event = gate_events.recv(), if gate_open => match event {
-                    Some(event) => self.on_gate_event(event, crate::wall_clock_ms()),
-                    None => gate_open = false,
                 },
             }
         }
@@ -187,15 +294,18 @@ impl DecisionLoop {
             key,
             pass_id: None,
             visitor_id_hash: None,
+            holder: None,
         };
         match card {
             CardEvent::Read(record) => {
                 let key = self.site_key.credential_key(CredentialKind::IdNumber, record.id_number.expose());
-                Some(g(
+                let mut gathered = g(
                     CredentialFacts::IdCard { card_valid_to: record.valid_to },
                     record.id_number.masked(),
                     Some(key),
-                ))
+                );
+                gathered.holder = Some((record.name.clone(), record.birth_date));
+                Some(gathered)
             }
             CardEvent::Rejected(CardError::InvalidIdNumber { masked }) => {
                 Some(g(CredentialFacts::Refused(BlockReason::InvalidIdNumber), masked, None))
@@ -223,6 +333,9 @@ impl DecisionLoop {
         if text.starts_with(gate_pass::PREFIX) {
             return Some(self.gather_pass(&text));
         }
+        if text.starts_with("HC1:") {
+            return self.gather_certificate(&text);
+        }
         // Any other code is a static QR credential registered to a person.
         let key = self.site_key.credential_key(CredentialKind::QrPass, &text);
         Some(Gathered {
@@ -232,7 +345,140 @@ impl DecisionLoop {
             key: Some(key),
             pass_id: None,
             visitor_id_hash: None,
+            holder: None,
         })
+    }
+
+    /// A signed health certificate: verified offline and kept for the ID card
+    /// of the same transaction (no decision on its own). A certificate that
+    /// fails verification is a refused credential, and alerts.
+    fn gather_certificate(&mut self, text: &str) -> Option<Gathered> {
+        let now = crate::wall_clock_ms();
+        match gate_dcc::verify(text, &self.trust.list, now) {
+            Ok(certificate) => {
+                info!(kind = ?certificate.kind, "health certificate verified; waiting for the holder's ID card");
+                self.recent_certificates.push(RecentCertificate { certificate, at_ms: now });
+                None
+            }
+            Err(e) => {
+                warn!(step = ?e.step(), error = %e, "health certificate refused");
+                self.certificate_failure = Some(format!("{:?}", e.step()).to_lowercase());
+                Some(Gathered {
+                    credential: CredentialKind::QrPass,
+                    facts: CredentialFacts::Refused(BlockReason::HealthUnverified),
+                    subject: "certificate".to_owned(),
+                    key: None,
+                    pass_id: None,
+                    visitor_id_hash: None,
+                    holder: None,
+                })
+            }
+        }
+    }
+
+    /// The health check of one attempt, from the local record (refreshed by
+    /// the online check before the decision when needed) and any matching
+    /// certificate of the same transaction.
+    fn health_for(
+        &mut self,
+        person: Option<&gate_core::PersonRecord>,
+        holder: Option<&(String, Option<gate_core::CivilDate>)>,
+        policy: &gate_engine::Policy,
+        now: UnixMillis,
+    ) -> (HealthCheck, Vec<(String, String)>) {
+        let Some(person) = person else { return (HealthCheck::NotChecked, Vec::new()) };
+        if !policy.health_required_for.contains(person.category) {
+            return (HealthCheck::NotChecked, Vec::new());
+        }
+        let record = match self.store.health_record(&person.person_id) {
+            Ok(record) => record,
+            Err(e) => {
+                error!(error = %e, "cannot read the health record");
+                return (HealthCheck::Unavailable, Vec::new());
+            }
+        };
+        let window = self.config.health.certificate_window.as_millis() as i64;
+        self.recent_certificates.retain(|c| now - c.at_ms <= window);
+        let mut certificates = gate_engine::CertificateFacts::default();
+        let mut facts = Vec::new();
+        if let Some((name, birth)) = holder {
+            for recent in &self.recent_certificates {
+                let cert = &recent.certificate;
+                let birth_ok = birth.is_some_and(|b| gate_dcc::birth_date_matches(&cert.birth_date, b.year, b.month, b.day));
+                let name_ok = match self.config.health.certificate_match {
+                    gate_config::CertificateMatch::NameAndBirth => gate_dcc::holder_name_matches(cert, name),
+                    gate_config::CertificateMatch::BirthOnly => true,
+                };
+                if !(birth_ok && name_ok) {
+                    facts.push(("certificate".into(), "another_person".into()));
+                    continue;
+                }
+                facts.push(("certificate".into(), "matched".into()));
+                match &cert.kind {
+                    gate_dcc::CertKind::Vaccination { dose_number, .. } => {
+                        certificates.vaccine_doses = Some(certificates.vaccine_doses.unwrap_or(0).max(*dose_number));
+                    }
+                    gate_dcc::CertKind::Test { result_negative: true, sample_time_ms } => {
+                        certificates.negative_test_sampled_at_ms = Some(*sample_time_ms);
+                    }
+                    gate_dcc::CertKind::Test { .. } => {}
+                    gate_dcc::CertKind::Recovery { .. } => certificates.recovered = true,
+                }
+            }
+        }
+        let rules = policy.health_rules.for_category(person.category);
+        let verdict = gate_engine::evaluate_health(record.as_ref(), &certificates, rules, now);
+        facts.extend(verdict.facts);
+        match verdict.outcome {
+            Ok(()) => (HealthCheck::Passed, facts),
+            Err(reason) => (HealthCheck::Failed(reason), facts),
+        }
+    }
+
+    /// Before deciding: when the person's health matters now and the local
+    /// record is missing or stale, ask the platform, bounded by
+    /// `[health] online_timeout_ms`. The answer lands in the store; a
+    /// timeout or an offline gate leaves the fallback to decide.
+    async fn refresh_health(&mut self, item: &Presented, now: UnixMillis) {
+        let (kind, value) = match item {
+            Presented::Card(CardEvent::Read(record), _) => {
+                (CredentialKind::IdNumber, record.id_number.expose().to_owned())
+            }
+            Presented::Plate(PlateEvent::Read(read), _) => (CredentialKind::Plate, read.plate.clone()),
+            _ => return,
+        };
+        let key = self.site_key.credential_key(kind, &value);
+        let Ok(Some(person)) = self.store.find_person_by_credential(kind, &key) else { return };
+        let mode = self.mode(now);
+        let policy = self.config.policy.for_mode(mode);
+        if !policy.health_required_for.contains(person.category) {
+            return;
+        }
+        let rules = policy.health_rules.for_category(person.category).clone();
+        let record = self.store.health_record(&person.person_id).ok().flatten();
+        if gate_engine::freshness(record.as_ref(), &rules, now) == gate_engine::Freshness::Fresh {
+            return;
+        }
+        let Some(queries) = self.health_queries.clone() else { return };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let query = gate_sync::HealthQuery { person_id: person.person_id.clone(), reply };
+        if queries.try_send(query).is_err() {
+            return;
+        }
+        match tokio::time::timeout(self.config.health.online_timeout, answer).await {
+            Ok(Ok(_)) => {
+                self.counters.health_online_answers.fetch_add(1, Ordering::Relaxed);
+                debug!("platform answered the health check");
+            }
+            Ok(Err(_)) => {
+                self.counters.health_online_unavailable.fetch_add(1, Ordering::Relaxed);
+                debug!("gate offline; the health fallback decides");
+            }
+            Err(_) => {
+                self.counters.health_online_timeouts.fetch_add(1, Ordering::Relaxed);
+                warn!(timeout_ms = self.config.health.online_timeout.as_millis() as u64, "platform did not answer the health check in time; the fallback decides");
+            }
+        }
     }
 
     fn gather_pass(&mut self, token: &str) -> Gathered {
@@ -243,6 +489,7 @@ impl DecisionLoop {
             key: None,
             pass_id: None,
             visitor_id_hash: None,
+            holder: None,
         };
         let pass = match self.passes.verify(token, self.config.site.id.as_str()) {
             Ok(pass) => pass,
@@ -277,6 +524,7 @@ impl DecisionLoop {
             key: None,
             pass_id: Some(pass.pass_id),
             visitor_id_hash: Some(pass.visitor_id_hash),
+            holder: None,
         }
     }
 
@@ -291,6 +539,7 @@ impl DecisionLoop {
                     key: Some(key),
                     pass_id: None,
                     visitor_id_hash: None,
+                    holder: None,
                 })
             }
             PlateEvent::LowConfidence { confidence } => {
@@ -310,6 +559,7 @@ impl DecisionLoop {
     /// durable; `None` when nothing was decided (unreadable input) or the
     /// decision could not be recorded (the gate stays shut).
     pub(crate) fn on_presented(&mut self, item: Presented, now: UnixMillis) -> Option<(Verdict, Side)> {
+        let started = std::time::Instant::now();
         let (g, side) = self.gather(item)?;
         if self.config.gate.lane == Lane::Vehicle && g.credential != CredentialKind::Plate {
             debug!("a person's credential at a vehicle lane is decided like any other");
@@ -350,12 +600,16 @@ impl DecisionLoop {
             self.recent_passes.iter().any(|p| p.visitor_id_hash.eq_ignore_ascii_case(&hash))
         });
         let mode = self.mode(now);
-        let policy = self.config.policy.for_mode(mode);
+        let policy = self.config.policy.for_mode(mode).clone();
+        let (health, mut health_facts) = self.health_for(person.as_ref(), g.holder.as_ref(), &policy, now);
+        if let Some(step) = self.certificate_failure.take() {
+            health_facts.push(("certificate".into(), format!("refused_at_{step}")));
+        }
         let context = GateContext {
             gate_id: self.config.gate.id.as_str(),
             flexible: self.config.gate.flexible,
             mode,
-            policy,
+            policy: &policy,
             offset: self.config.site.utc_offset,
             anti_passback: self.config.gate.anti_passback,
             side,
@@ -366,7 +620,7 @@ impl DecisionLoop {
             watchlisted,
             last_passage,
             companion_pass,
-            health: HealthCheck::NotChecked,
+            health,
         };
         let verdict = decide(attempt, context, now);
         let record = self.event_record(
@@ -378,6 +632,7 @@ impl DecisionLoop {
                 verdict: verdict.clone(),
                 side: wire_side(side),
                 pass_id: g.pass_id.clone(),
+                facts: if verdict.reason.is_some_and(is_health_reason) { health_facts.clone() } else { Vec::new() },
             },
         );
         // Recorded before the gate moves: a pass that cannot be recorded is
@@ -394,6 +649,18 @@ impl DecisionLoop {
         let reason = verdict.reason.map_or("", BlockReason::as_str);
         let person_id = verdict.person_id.as_deref().unwrap_or("");
         let category = verdict.category.map_or("", |c| c.as_str());
+        self.counters.activity.publish(crate::activity::Activity::Decision(crate::activity::DecisionSummary {
+            at_ms: now,
+            seq,
+            decision: verdict.decision.as_str().to_owned(),
+            reason: verdict.reason.map(|r| r.as_str().to_owned()),
+            credential: g.credential.as_str().to_owned(),
+            subject: g.subject.clone(),
+            person_id: verdict.person_id.clone(),
+            category: verdict.category.map(|c| c.as_str().to_owned()),
+            mode: mode.as_str().to_owned(),
+            side: side.as_str().to_owned(),
+        }));
         match verdict.decision {
             Decision::Pass => {
                 self.counters.passed.fetch_add(1, Ordering::Relaxed);
@@ -418,11 +685,13 @@ impl DecisionLoop {
                 }
                 info!(seq, decision = "block", reason, credential = g.credential.as_str(), subject = %g.subject, person_id, category, mode = mode.as_str(), side = side.as_str(), "decision");
                 if let Some(r) = verdict.reason.filter(|r| r.raises_alert()) {
-                    self.raise_alert(now, mode, &g.subject, &verdict, r, Vec::new());
+                    let facts = if is_health_reason(r) { health_facts.clone() } else { Vec::new() };
+                    self.raise_alert(now, mode, &g.subject, &verdict, r, facts);
                 }
             }
         }
         self.outbox_changed.notify_one();
+        self.counters.latency.observe(started.elapsed());
         Some((verdict, side))
     }
 
@@ -470,6 +739,13 @@ impl DecisionLoop {
         match self.store.append_event(ALERT_STREAM, &self.topics.alerts, now, |seq| encode_alert(&record, seq)) {
             Ok(seq) => {
                 self.counters.alerts.fetch_add(1, Ordering::Relaxed);
+                self.counters.activity.publish(crate::activity::Activity::Alert {
+                    at_ms: now,
+                    seq,
+                    reason: reason.as_str().to_owned(),
+                    subject: subject.to_owned(),
+                    repeat: occurrence.repeat_count,
+                });
                 warn!(
                     seq,
                     reason = reason.as_str(),
@@ -481,29 +757,21 @@ impl DecisionLoop {
             Err(e) => error!(error = %e, "could not record an alert"),
         }
     }
+}
 
-    fn on_gate_event(&mut self, event: GateIoEvent, now: UnixMillis) {
-        match event {
-            GateIoEvent::Passage(side) => {
-                self.counters.passages.fetch_add(1, Ordering::Relaxed);
-                let side = match side {
-                    PassageSide::Entry => Side::Entry,
-                    PassageSide::Exit => Side::Exit,
-                };
-                let mode = self.mode(now);
-                let record = self.event_record(now, mode, EventBody::Passage { side: wire_side(side) });
-                match self.store.append_event(EVENT_STREAM, &self.topics.events, now, |seq| encode_event(&record, seq))
-                {
-                    Ok(seq) => info!(seq, side = side.as_str(), "passage"),
-                    Err(e) => error!(error = %e, "could not record a passage"),
-                }
-                self.outbox_changed.notify_one();
-            }
-            GateIoEvent::Unlocked(side) => debug!(side = ?side, "unlocked"),
-            GateIoEvent::Relocked(side) => debug!(side = ?side, "relocked"),
-            GateIoEvent::Fault(fault) => warn!(%fault, "gate IO fault"),
-        }
-    }
+fn is_health_reason(reason: BlockReason) -> bool {
+    matches!(
+        reason,
+        BlockReason::HealthCodeRed
+            | BlockReason::HealthCodeYellow
+            | BlockReason::NatMissing
+            | BlockReason::NatExpired
+            | BlockReason::NatPositive
+            | BlockReason::VaccinationInsufficient
+            | BlockReason::TravelRisk
+            | BlockReason::HealthRecordStale
+            | BlockReason::HealthUnverified
+    )
 }
 
 fn wire_side(side: Side) -> gate_sync::Side {
@@ -519,17 +787,20 @@ fn mask_plate(plate: &str) -> String {
     chars.iter().enumerate().map(|(i, c)| if i == 0 || i + 2 >= chars.len() { *c } else { '*' }).collect()
 }
 
-async fn unlock(gate: Option<mpsc::Sender<GateCommand>>, side: Side) {
+/// Hands a recorded decision to the gate-control task: a grant unlocks
+/// (the safety state machine times it and watches the passage), a block
+/// lights the red lamp.
+async fn tell_gate(gate: Option<mpsc::Sender<GateRequest>>, decision: Decision, side: Side) {
     let Some(gate) = gate else {
         debug!("no gate configured; nothing to unlock");
         return;
     };
-    let side = match side {
-        Side::Entry => PassageSide::Entry,
-        Side::Exit => PassageSide::Exit,
+    let request = match decision {
+        Decision::Pass => GateRequest::Grant { side },
+        Decision::Block => GateRequest::Deny,
     };
-    if gate.send(GateCommand::Unlock(side)).await.is_err() {
-        warn!("gate driver is not running; the gate stays shut");
+    if gate.send(request).await.is_err() {
+        warn!("gate control is not running; the gate stays shut");
     }
 }
 
@@ -561,4 +832,125 @@ pub fn set_mode_locally(
         body: EventBody::ModeChange { mode, operator: origin.operator, note: origin.reason },
     };
     store.append_event(EVENT_STREAM, &topics.events, now, |seq| encode_event(&record, seq))
+}
+
+/// The next configuration to apply; never resolves once the sender is gone
+/// (the daemon then runs on the configuration it has).
+async fn next_config(reload: &mut Option<tokio::sync::watch::Receiver<Config>>) -> Config {
+    if let Some(rx) = reload {
+        if rx.changed().await.is_ok() {
+            return rx.borrow_and_update().clone();
+        }
+        *reload = None;
+    }
+    std::future::pending().await
+}
+
+/// What [`dry_run`] found, for `gatectl lookup`: the verdict and the facts
+/// that led to it, all masked.
+#[derive(Debug, Clone)]
+pub(crate) struct DryRun {
+    pub verdict: Verdict,
+    pub mode: Mode,
+    pub subject: String,
+    pub why: Vec<String>,
+}
+
+/// What the gate would decide now for a credential typed in by a technician,
+/// without recording, counting a use or unlocking: the same facts and the same
+/// engine as [`DecisionLoop::on_presented`], read through the caller's own
+/// store connection. No card is in the reader, so the card's own expiry is not
+/// checked, and health is reported as not checked.
+pub(crate) fn dry_run(
+    store: &Store,
+    config: &Config,
+    site_key: &SiteKey,
+    kind: CredentialKind,
+    value: &str,
+    side: Side,
+    now: UnixMillis,
+) -> gate_store::Result<DryRun> {
+    let mut why = Vec::new();
+    let value = value.trim();
+    let (facts, subject, key) = match kind {
+        CredentialKind::IdNumber => match gate_core::IdNumber::parse(value) {
+            Ok(id) => {
+                let key = site_key.credential_key(kind, id.expose());
+                (CredentialFacts::IdCard { card_valid_to: None }, id.masked(), Some(key))
+            }
+            Err(e) => {
+                why.push(format!("the ID number is not valid ({e})"));
+                (
+                    CredentialFacts::Refused(BlockReason::InvalidIdNumber),
+                    gate_core::id_number::mask_id_like(value),
+                    None,
+                )
+            }
+        },
+        CredentialKind::Plate => {
+            let plate = gate_core::normalise_plate(value).unwrap_or_else(|| value.to_owned());
+            let key = site_key.credential_key(kind, &plate);
+            (CredentialFacts::Plate, mask_plate(&plate), Some(key))
+        }
+        CredentialKind::IcCard | CredentialKind::QrPass => {
+            // Card UIDs are keyed as the reader reports them: upper-case hex.
+            let uid: String =
+                value.chars().filter(|c| !matches!(c, ':' | '-' | ' ')).collect::<String>().to_uppercase();
+            let key = site_key.credential_key(kind, &uid);
+            (CredentialFacts::IdCard { card_valid_to: None }, gate_core::id_number::mask_id_like(&uid), Some(key))
+        }
+    };
+    let (person, watchlisted) = match &key {
+        Some(key) => (store.find_person_by_credential(kind, key)?, store.is_watchlisted(kind, key)?),
+        None => (None, false),
+    };
+    match &person {
+        Some(p) => {
+            why.push(format!("identity table: person {} ({}, {})", p.person_id, p.category.as_str(), p.status.as_str()))
+        }
+        None if key.is_some() => why.push("identity table: no entry for this credential".to_owned()),
+        None => {}
+    }
+    if watchlisted {
+        why.push("watchlist: listed".to_owned());
+    }
+    let last_passage = match (&person, config.gate.anti_passback) {
+        (Some(p), mode) if mode != AntiPassback::Off => {
+            store.last_passage(&format!("person:{}", p.person_id))?.and_then(|e| {
+                why.push(format!(
+                    "anti-passback: last passage at the {} side, {} s ago",
+                    e.side,
+                    (now - e.at_ms) / 1000
+                ));
+                Side::parse(&e.side).map(|side| LastPassage { side, at_ms: e.at_ms })
+            })
+        }
+        _ => None,
+    };
+    let mode = match store.mode_schedule()? {
+        Some(schedule) => schedule.at(now),
+        None => Mode::Normal,
+    };
+    let policy = config.policy.for_mode(mode);
+    why.push(format!("mode: {} (policy {})", mode.as_str(), config.policy.version));
+    why.push("not checked here: the card's own expiry (no card in the reader) and health".to_owned());
+    let context = GateContext {
+        gate_id: config.gate.id.as_str(),
+        flexible: config.gate.flexible,
+        mode,
+        policy,
+        offset: config.site.utc_offset,
+        anti_passback: config.gate.anti_passback,
+        side,
+    };
+    let attempt = Attempt {
+        credential: &facts,
+        person: person.as_ref(),
+        watchlisted,
+        last_passage,
+        companion_pass: false,
+        health: HealthCheck::NotChecked,
+    };
+    let verdict = decide(attempt, context, now);
+    Ok(DryRun { verdict, mode, subject, why })
 }

@@ -6,12 +6,17 @@
 //! [`run`] returns only after all of them have stopped, so a SIGTERM never
 //! cuts a SQLite write or a coil command in half.
 
+mod activity;
 mod alerts;
+pub mod control;
 mod decide;
+mod gate_control;
+mod heartbeat;
+mod metrics;
+mod reload;
 
 use gate_config::Config;
 use gate_devices::DeviceHealth;
-use gate_devices::gate_io::{GateIoSettings, UnlockMode};
 use gate_devices::idcard::IdCardSettings;
 use gate_devices::plate_reader::PlateReaderSettings;
 use gate_devices::qr_scanner::{QrScannerSettings, Terminator};
@@ -25,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+pub use activity::{Activity, ActivityFeed, DecisionSummary, GateActivity};
 pub use decide::{DecisionCounters, set_mode_locally};
+pub use heartbeat::{Heartbeat, IDLE_BEAT};
+pub use metrics::{LATENCY_BUCKETS_US, LatencyHistogram, LatencySnapshot};
 
 /// The daemon's version, as reported to the platform.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -74,6 +82,21 @@ pub async fn run_observed(
     shutdown: CancellationToken,
     observed: Arc<Observed>,
 ) -> Result<(), StartError> {
+    // No one reloads: the sender lives until the daemon stops.
+    let (_no_reloads, reloads) = tokio::sync::watch::channel(config.clone());
+    run_with_reload(config, reloads, shutdown, observed).await
+}
+
+/// [`run_observed`], following `reloads`: each configuration sent (already
+/// validated, e.g. on SIGHUP) is applied between two decisions; keys that
+/// need a restart keep their running values and are logged.
+pub async fn run_with_reload(
+    config: Config,
+    reloads: tokio::sync::watch::Receiver<Config>,
+    shutdown: CancellationToken,
+    observed: Arc<Observed>,
+) -> Result<(), StartError> {
+    let started = std::time::Instant::now();
     let site_key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
     if let Some(dir) = config.store.path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir { path: dir.to_owned(), source })?;
@@ -91,8 +114,6 @@ pub async fn run_observed(
     let tracker = TaskTracker::new();
     let outbox_changed = Arc::new(Notify::new());
     let (presented_tx, presented_rx) = mpsc::channel::<decide::Presented>(32);
-    let (gate_cmd_tx, gate_cmd_rx) = mpsc::channel(16);
-    let (gate_evt_tx, gate_evt_rx) = mpsc::channel(64);
     let default_side = config.gate.default_side();
 
     if let Some(reader) = &config.devices.id_card {
@@ -143,39 +164,41 @@ pub async fn run_observed(
     }
     drop(presented_tx);
 
+    // The IO board driver under the gate-control task (the safety state
+    // machine); decisions reach the gate only through the latter.
     let gate_commands = if let Some(io) = &config.devices.gate {
-        let settings = GateIoSettings {
-            port: io.port.clone(),
-            baud: io.baud,
-            unit_id: io.unit_id,
-            unlock_entry_coil: io.unlock_entry_coil,
-            unlock_exit_coil: io.unlock_exit_coil,
-            unlock_mode: match io.unlock_mode {
-                gate_config::UnlockMode::Pulse => UnlockMode::Pulse,
-                gate_config::UnlockMode::Level => UnlockMode::Level,
-            },
-            unlock: io.unlock,
-            passage_entry_input: io.passage_entry_input,
-            passage_exit_input: io.passage_exit_input,
-            poll_interval: io.poll_interval,
-            request_timeout: Duration::from_millis(500),
-        };
+        let (driver_tx, driver_rx) = mpsc::channel(16);
+        let (io_tx, io_rx) = mpsc::channel(64);
         tracker.spawn(
             gate_devices::gate_io::run_gate_io(
-                settings,
-                gate_cmd_rx,
-                gate_evt_tx,
+                gate_control::driver_settings(io),
+                driver_rx,
+                io_tx,
                 observed.gate_io.clone(),
                 shutdown.clone(),
             )
             .instrument(info_span!(parent: &span, "gate_io", port = %io.port.display())),
         );
-        Some(gate_cmd_tx)
+        let (request_tx, request_rx) = mpsc::channel(16);
+        let control = gate_control::GateControl::new(
+            &config,
+            io,
+            driver_tx,
+            outbox_changed.clone(),
+            observed.decisions.clone(),
+        );
+        tracker.spawn(
+            control.run(request_rx, io_rx, shutdown.clone()).instrument(info_span!(parent: &span, "gate_control")),
+        );
+        Some(request_tx)
     } else {
         span.in_scope(|| info!("no [devices.gate] configured: decisions are recorded, nothing is unlocked"));
         None
     };
 
+    // Online health checks: the decision loop asks, the uplink publishes and
+    // answers. A small queue: a check nobody can send is a fallback, not a wait.
+    let (health_query_tx, health_query_rx) = mpsc::channel::<gate_sync::HealthQuery>(4);
     let sync_settings = SyncSettings {
         host: config.mqtt.host.clone(),
         port: config.mqtt.port,
@@ -191,19 +214,59 @@ pub async fn run_observed(
         default_mode: gate_core::Mode::Normal,
         version: VERSION.to_owned(),
         status_interval: Duration::from_secs(15),
+        platform_keys: config.passes.platform_keys.clone(),
     };
     let devices = device_reporter(&config, &observed);
     tracker.spawn(
-        gate_sync::run_sync(sync_settings, outbox_changed.clone(), devices, observed.link.clone(), shutdown.clone())
+        gate_sync::run_sync(
+            sync_settings,
+            outbox_changed.clone(),
+            devices,
+            observed.link.clone(),
+            health_query_rx,
+            shutdown.clone(),
+        )
             .instrument(
                 info_span!(parent: &span, "uplink", broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port)),
             ),
     );
 
-    let decider =
-        decide::DecisionLoop::new(&config, site_key, store, outbox_changed, gate_commands, observed.decisions.clone());
+    // The configuration in force, for every task that follows reloads.
+    let (applied_tx, applied) = tokio::sync::watch::channel(config.clone());
     tracker.spawn(
-        decider.run(presented_rx, gate_evt_rx, shutdown.clone()).instrument(info_span!(parent: &span, "decisions")),
+        reload::follow(config.clone(), reloads, applied_tx, shutdown.clone())
+            .instrument(info_span!(parent: &span, "reload")),
+    );
+    let control = control::ControlContext {
+        observed: observed.clone(),
+        config: applied.clone(),
+        site_key: site_key.clone(),
+        gate: gate_commands.clone(),
+        outbox_changed: outbox_changed.clone(),
+        started,
+        devices: control::configured_devices(&config, &observed),
+        tracker: tracker.clone(),
+    };
+    tracker.spawn(control::run_control(control, shutdown.clone()).instrument(info_span!(parent: &span, "control")));
+    if let Some(listen) = config.metrics.listen {
+        let source = metrics::MetricsSource {
+            observed: observed.clone(),
+            config: applied.clone(),
+            devices: control::configured_devices(&config, &observed).into_iter().map(|d| (d.name, d.health)).collect(),
+            store_path: config.store.path.clone(),
+            started,
+        };
+        tracker.spawn(
+            metrics::run_metrics(listen, source, shutdown.clone()).instrument(info_span!(parent: &span, "metrics")),
+        );
+    }
+
+    let decider =
+        decide::DecisionLoop::new(&config, site_key, store, outbox_changed, gate_commands, observed.decisions.clone())
+            .with_health_queries(health_query_tx)
+            .with_reload(applied);
+    tracker.spawn(
+        decider.run(presented_rx, shutdown.clone()).instrument(info_span!(parent: &span, "decisions")),
     );
 
     tracker.close();
@@ -251,6 +314,12 @@ impl Observed {
     /// Whether the uplink currently holds a broker connection.
     pub fn broker_connected(&self) -> bool {
         self.link.connected.load(Ordering::Relaxed)
+    }
+
+    /// The decision loop turned within `max_age` (it turns at least every
+    /// [`IDLE_BEAT`]): the condition for feeding the systemd watchdog.
+    pub fn decision_loop_alive(&self, max_age: Duration) -> bool {
+        self.decisions.heartbeat.is_fresh(max_age)
     }
 }
 

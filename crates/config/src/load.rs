@@ -6,12 +6,12 @@
 //! walked by hand: each table lists the keys it knows, so an unknown or
 //! misspelt key is always reported, never ignored.
 
+use crate::MetricsConfig;
 use crate::{
     AlertsConfig, AntiPassback, CertificateMatch, HealthConfig, CategorySet, Config, ControlConfig, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig,
     IdentityConfig, MqttConfig, PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator,
     Side, SiteConfig, StoreConfig, UnlockMode,
 };
-use crate::MetricsConfig;
 use gate_core::{Category, HealthColour, Mode};
 use gate_engine::{HealthFallback, HealthRules, HealthRulesByCategory};
 use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
@@ -24,8 +24,10 @@ use toml_edit::{Document, Item, TableLike, Value};
 /// Serial speeds the devices accept.
 const BAUD_RATES: &[i64] = &[9600, 19200, 38400, 57600, 115200];
 
-const ROOT_KEYS: &[&str] =
-    &["site", "gate", "store", "mqtt", "identity", "devices", "policy", "passes", "alerts", "control", "metrics", "health"];
+const ROOT_KEYS: &[&str] = &[
+    "site", "gate", "store", "mqtt", "identity", "devices", "policy", "passes", "alerts", "control", "metrics",
+    "health",
+];
 const SITE_KEYS: &[&str] = &["id", "utc_offset"];
 const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible", "anti_passback", "anti_passback_s"];
 const STORE_KEYS: &[&str] = &["path"];
@@ -1142,7 +1144,11 @@ impl Checker<'_> {
                 if valid {
                     Some(Some(g.to_owned()))
                 } else {
-                    self.push(at, s.dotted("group"), format!("expected a group name (letters, digits, `_`, `-`, `.`; at most 32), found {g:?}"));
+                    self.push(
+                        at,
+                        s.dotted("group"),
+                        format!("expected a group name (letters, digits, `_`, `-`, `.`; at most 32), found {g:?}"),
+                    );
                     None
                 }
             }

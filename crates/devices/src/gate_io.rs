@@ -1,210 +1,196 @@
 //! The gate IO board driver: one task owns the Modbus RTU link to the relay /
-//! IO board, switches the unlock relays on command and watches the
-//! turnstile's passage-completed inputs.
+//! IO board. It is a thin I/O layer under the gate safety state machine
+//! (`gate_engine::gate_fsm`, driven by the app): it writes the coils it is
+//! told to, reports the levels of every wired input, and says whether the
+//! board answers. Timing, edges and alarms are the state machine's business.
 //!
-//! Fail-secure is the rule that shapes this file: any error drops the link,
-//! and the first thing done on every (re)connect and on shutdown is to switch
-//! both unlock coils off. An unlock requested while the board is offline is
-//! refused, never queued: a stale unlock executed minutes later would let the
-//! wrong person through.
+//! Fail-secure is the rule that shapes this file:
+//! - Any failed exchange drops the link and reopens the port (a fresh port
+//!   discards half-received frames); a few failures in a row mean the board
+//!   is lost, which is reported and retried with back-off.
+//! - Every (re)connect writes every mapped coil before anything else. After
+//!   a loss (and at start) that write is "off", except for coils held on for
+//!   a fire alarm: an unlock asked for while the board was away is never
+//!   executed late. A quick reconnect within one outage-free spell restores
+//!   the coils as last commanded, since the controller still counts on them.
+//! - At shutdown every coil goes off, unless a fire alarm holds the unlocks
+//!   on: stopping the daemon must not lock people in.
 //!
-//! The per-side timing and edge detection live in the pure `GateState`;
-//! the async functions only do Modbus calls.
+//! The coil bookkeeping and input change detection are pure (`CoilBook`,
+//! `InputWatch`) and unit-tested; the async functions only do Modbus calls.
 
 use crate::backoff::Backoff;
 use crate::health::DeviceHealth;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_modbus::client::{Client as _, Context};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
-use tokio_serial::SerialPortBuilderExt;
+use tokio_serial::{SerialPort, SerialPortBuilderExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-/// How the turnstile takes an unlock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnlockMode {
-    /// Coil on, then off after [`GateIoSettings::unlock`] (around 200-500 ms).
-    Pulse,
-    /// Coil held on until the passage input of that side is seen, or
-    /// [`GateIoSettings::unlock`] runs out (around 5 s).
-    Level,
-}
+/// Pause before reopening the port after a single failed exchange: long
+/// enough for a late reply to land in the old port, short enough that a
+/// pending unlock is hardly delayed.
+const QUICK_RETRY: Duration = Duration::from_millis(20);
 
-/// Where the board is and which channels mean what. Coil and input numbers
+/// Events kept while the consumer is slow; beyond this the oldest input
+/// snapshot is dropped (a newer one carries the current levels anyway).
+const MAX_QUEUED_EVENTS: usize = 256;
+
+/// Where the board is and which channels are wired. Coil and input numbers
 /// are zero-based Modbus addresses (the board's relay 1 / input 1 is 0).
 #[derive(Debug, Clone)]
 pub struct GateIoSettings {
     pub port: PathBuf,
     pub baud: u32,
     pub unit_id: u8,
-    pub unlock_entry_coil: u16,
-    pub unlock_exit_coil: u16,
-    pub unlock_mode: UnlockMode,
-    pub unlock: Duration,
-    pub passage_entry_input: u16,
-    pub passage_exit_input: u16,
+    /// Every coil wired to something. Only these are ever written: all of
+    /// them on each (re)connect and at shutdown, each on command.
+    pub coils: Vec<u16>,
+    /// Every wired discrete input; read as one FC02 span per poll.
+    pub inputs: Vec<u16>,
     /// Discrete inputs are read this often; keep it shorter than the
     /// turnstile's passage pulse or passages are missed.
     pub poll_interval: Duration,
     /// Deadline of one Modbus request and its reply (default 500 ms).
     pub request_timeout: Duration,
+    /// Failed exchanges in a row after which the board counts as lost
+    /// (default 3). A single bad frame only reopens the port.
+    pub failures_before_lost: u32,
 }
 
 impl GateIoSettings {
-    /// The usual board: unit 1 at 9600 baud, coils 0 / 1, inputs 0 / 1, a
-    /// 500 ms pulse, inputs polled every 50 ms, 500 ms request timeout.
+    /// The usual board: unit 1 at 9600 baud, unlock coils 0 / 1, passage
+    /// inputs 0 / 1, inputs polled every 50 ms, 500 ms request timeout,
+    /// lost after 3 failures in a row.
     pub fn new(port: PathBuf) -> Self {
         Self {
             port,
             baud: 9600,
             unit_id: 1,
-            unlock_entry_coil: 0,
-            unlock_exit_coil: 1,
-            unlock_mode: UnlockMode::Pulse,
-            unlock: Duration::from_millis(500),
-            passage_entry_input: 0,
-            passage_exit_input: 1,
+            coils: vec![0, 1],
+            inputs: vec![0, 1],
             poll_interval: Duration::from_millis(50),
             request_timeout: Duration::from_millis(500),
-        }
-    }
-
-    fn coil(&self, side: PassageSide) -> u16 {
-        match side {
-            PassageSide::Entry => self.unlock_entry_coil,
-            PassageSide::Exit => self.unlock_exit_coil,
+            failures_before_lost: 3,
         }
     }
 }
 
-/// Which way through the gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PassageSide {
-    Entry,
-    Exit,
-}
+/// The levels of every wired input at one reading, by input address.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InputLevels(BTreeMap<u16, bool>);
 
-impl PassageSide {
-    const BOTH: [PassageSide; 2] = [PassageSide::Entry, PassageSide::Exit];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PassageSide::Entry => "entry",
-            PassageSide::Exit => "exit",
-        }
+impl InputLevels {
+    /// The level of `input`, `None` when it is not wired.
+    pub fn get(&self, input: u16) -> Option<bool> {
+        self.0.get(&input).copied()
     }
 
-    fn index(self) -> usize {
-        match self {
-            PassageSide::Entry => 0,
-            PassageSide::Exit => 1,
-        }
+    /// Every wired input and its level, by address.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, bool)> + '_ {
+        self.0.iter().map(|(&input, &on)| (input, on))
     }
 }
 
-impl fmt::Display for PassageSide {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+impl FromIterator<(u16, bool)> for InputLevels {
+    fn from_iter<I: IntoIterator<Item = (u16, bool)>>(iter: I) -> Self {
+        InputLevels(iter.into_iter().collect())
     }
 }
 
 /// What the board reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateIoEvent {
-    /// The unlock coil of that side is on (the board echoed the write).
-    Unlocked(PassageSide),
-    /// The unlock coil of that side is off again.
-    Relocked(PassageSide),
-    /// The turnstile signalled a completed passage (rising edge).
-    Passage(PassageSide),
-    /// The board failed or is offline; the gate is (being) kept locked.
-    Fault(String),
+    /// Every wired input: once after each (re)connect (before
+    /// `Reachable(true)`), then whenever any level changes.
+    Inputs(InputLevels),
+    /// The board answers again (`true`, also after the first connect) or is
+    /// lost (`false`: failures in a row, or the port is gone). Only changes
+    /// are reported.
+    Reachable(bool),
 }
 
-/// What the daemon asks of the board.
-#[derive(Debug, Clone)]
+/// What the controller asks of the board.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateCommand {
-    Unlock(PassageSide),
+    /// Switch one coil; it must be one of [`GateIoSettings::coils`].
+    SetCoil { coil: u16, on: bool },
+    /// Whether a fire alarm is active. While it is, the coils wanted on are
+    /// kept on through a reconnect after a loss and at shutdown.
+    FireAlarm(bool),
 }
 
-/// Unlock deadlines and input edges, without I/O.
-#[derive(Debug)]
-struct GateState {
-    mode: UnlockMode,
-    unlock: Duration,
-    /// When each side's coil must go off again; `None` while locked.
-    relock_at: [Option<Instant>; 2],
-    /// Last levels read, `None` until the first read of a connection (which
-    /// is a baseline: a beam already broken at connect is not a passage).
-    inputs: Option<[bool; 2]>,
+/// The coils as the controller wants them, and what to write when.
+#[derive(Debug, Clone)]
+struct CoilBook {
+    wanted: BTreeMap<u16, bool>,
+    fire: bool,
 }
 
-impl GateState {
-    fn new(mode: UnlockMode, unlock: Duration) -> Self {
-        Self {
-            mode,
-            unlock,
-            relock_at: [None, None],
-            inputs: None,
+impl CoilBook {
+    fn new(coils: &[u16]) -> Self {
+        Self { wanted: coils.iter().map(|&c| (c, false)).collect(), fire: false }
+    }
+
+    /// Records a command; `false` for a coil that is not mapped (refused).
+    fn set(&mut self, coil: u16, on: bool) -> bool {
+        match self.wanted.get_mut(&coil) {
+            Some(slot) => {
+                *slot = on;
+                true
+            }
+            None => false,
         }
     }
 
-    fn unlocked(&mut self, side: PassageSide, now: Instant) {
-        self.relock_at[side.index()] = Some(now + self.unlock);
+    /// The writes of a (re)connect. `after_loss`: the board was lost (or
+    /// never reached) since the controller last saw it answer, so only a
+    /// fire alarm may keep a coil on; the others are forgotten as off.
+    fn on_connect(&mut self, after_loss: bool) -> Vec<(u16, bool)> {
+        let fire = self.fire;
+        for on in self.wanted.values_mut() {
+            *on &= !after_loss || fire;
+        }
+        self.all()
     }
 
-    fn relocked(&mut self, side: PassageSide) {
-        self.relock_at[side.index()] = None;
+    /// The writes of a shutdown: everything off unless a fire alarm holds it.
+    fn at_shutdown(&self) -> Vec<(u16, bool)> {
+        self.wanted.iter().map(|(&coil, &on)| (coil, on && self.fire)).collect()
     }
 
-    fn is_unlocked(&self, side: PassageSide) -> bool {
-        self.relock_at[side.index()].is_some()
+    fn all(&self) -> Vec<(u16, bool)> {
+        self.wanted.iter().map(|(&coil, &on)| (coil, on)).collect()
+    }
+}
+
+/// Change detection over whole readings.
+#[derive(Debug, Default)]
+struct InputWatch {
+    /// The last reading reported, `None` until the first one of a link.
+    last: Option<InputLevels>,
+}
+
+impl InputWatch {
+    /// A new link: the next reading is reported whatever it holds.
+    fn forget(&mut self) {
+        self.last = None;
     }
 
-    fn unlocked_sides(&self) -> Vec<PassageSide> {
-        PassageSide::BOTH
-            .into_iter()
-            .filter(|&s| self.is_unlocked(s))
-            .collect()
-    }
-
-    fn next_relock(&self) -> Option<Instant> {
-        self.relock_at.iter().flatten().min().copied()
-    }
-
-    fn due(&self, now: Instant) -> Vec<PassageSide> {
-        PassageSide::BOTH
-            .into_iter()
-            .filter(|s| self.relock_at[s.index()].is_some_and(|at| at <= now))
-            .collect()
-    }
-
-    /// A new link: the next reading is a baseline again.
-    fn forget_inputs(&mut self) {
-        self.inputs = None;
-    }
-
-    /// Rising edges since the last reading.
-    fn read_inputs(&mut self, levels: [bool; 2]) -> Vec<PassageSide> {
-        let previous = self.inputs.replace(levels);
-        let Some(previous) = previous else {
-            return Vec::new();
-        };
-        PassageSide::BOTH
-            .into_iter()
-            .filter(|s| levels[s.index()] && !previous[s.index()])
-            .collect()
-    }
-
-    /// In level mode a passage on an unlocked side ends the unlock.
-    fn relock_on_passage(&self, side: PassageSide) -> bool {
-        self.mode == UnlockMode::Level && self.is_unlocked(side)
+    /// The reading to report, if it is the first or differs from the last.
+    fn read(&mut self, levels: InputLevels) -> Option<InputLevels> {
+        if self.last.as_ref() == Some(&levels) {
+            return None;
+        }
+        self.last = Some(levels.clone());
+        Some(levels)
     }
 }
 
@@ -242,9 +228,7 @@ impl Link<'_> {
         let result = match tokio::time::timeout(self.timeout, self.ctx.call(request)).await {
             Err(_elapsed) => Err(CallError::Timeout),
             Ok(Err(tokio_modbus::Error::Transport(err))) => Err(CallError::Io(err)),
-            Ok(Err(tokio_modbus::Error::Protocol(err))) => {
-                Err(CallError::Protocol(err.to_string()))
-            }
+            Ok(Err(tokio_modbus::Error::Protocol(err))) => Err(CallError::Protocol(err.to_string())),
             Ok(Ok(Err(code))) => Err(CallError::Exception(code)),
             Ok(Ok(Ok(response))) => Ok(response),
         };
@@ -256,9 +240,7 @@ impl Link<'_> {
             }
             // tokio-modbus silently drops bytes with a bad CRC and gives up
             // with InvalidData after too many: that is a corrupt line.
-            Err(CallError::Io(err)) if err.kind() == io::ErrorKind::InvalidData => {
-                &self.health.checksum_errors
-            }
+            Err(CallError::Io(err)) if err.kind() == io::ErrorKind::InvalidData => &self.health.checksum_errors,
             Err(CallError::Io(_)) => return result,
         };
         DeviceHealth::bump(counter, 1);
@@ -271,14 +253,10 @@ impl Link<'_> {
         // only debug-asserts the echo, which would panic on a bad board
         // instead of reporting it.
         match self.call(Request::WriteSingleCoil(addr, on)).await? {
-            Response::WriteSingleCoil(echo_addr, echo_on) if echo_addr == addr && echo_on == on => {
-                Ok(())
-            }
+            Response::WriteSingleCoil(echo_addr, echo_on) if echo_addr == addr && echo_on == on => Ok(()),
             other => {
                 DeviceHealth::bump(&self.health.status_errors, 1);
-                Err(CallError::BadReply(format!(
-                    "write coil {addr} = {on} answered {other:?}"
-                )))
+                Err(CallError::BadReply(format!("write coil {addr} = {on} answered {other:?}")))
             }
         }
     }
@@ -289,43 +267,47 @@ impl Link<'_> {
             Response::ReadDiscreteInputs(bits) if bits.len() >= usize::from(count) => Ok(bits),
             other => {
                 DeviceHealth::bump(&self.health.status_errors, 1);
-                Err(CallError::BadReply(format!(
-                    "read {count} inputs from {first} answered {other:?}"
-                )))
+                Err(CallError::BadReply(format!("read {count} inputs from {first} answered {other:?}")))
             }
         }
     }
 }
 
-/// The driver's fixed parts.
+/// The driver's state across links.
 struct Driver<'a> {
     settings: &'a GateIoSettings,
     port_name: String,
     events: &'a mpsc::Sender<GateIoEvent>,
     health: &'a DeviceHealth,
     shutdown: &'a CancellationToken,
+    book: CoilBook,
+    watch: InputWatch,
+    /// Events the consumer has not taken yet (it is never waited for).
+    queued: VecDeque<GateIoEvent>,
+    /// What the consumer was last told; `None` before the first outcome.
+    reachable: Option<bool>,
+    /// Failed exchanges or opens since the board last answered properly.
+    failures: u32,
 }
 
 enum SessionEnd {
     Stop,
-    /// `connected`: the session got as far as switching the coils off, so
-    /// this failure starts a new outage.
-    Failed {
-        problem: String,
-        connected: bool,
-    },
+    Failed(String),
 }
 
 /// Runs until `shutdown` is cancelled (or the command sender is dropped).
 ///
-/// Owns the Modbus RTU client on the serial port. `Unlock` switches that
-/// side's coil on (FC05); in pulse mode it goes off after `unlock`, in level
-/// mode when that side's passage input rises or `unlock` runs out. Discrete
-/// inputs are polled (FC02) every `poll_interval`; a rising passage input is
-/// a [`GateIoEvent::Passage`]. Every call has `request_timeout`. Exceptions
-/// and timeouts are counted in `health`, reported as a `Fault`, and the link
-/// is reopened with back-off; the coils are switched off first thing on
-/// every connect and before returning.
+/// Owns the Modbus RTU client on the serial port. On each (re)connect every
+/// mapped coil is written (see the module documentation for which value),
+/// then the inputs are read and reported as [`GateIoEvent::Inputs`]
+/// followed by [`GateIoEvent::Reachable`]`(true)` when that is news. Every
+/// `poll_interval` the wired inputs are read (FC02); a change is reported.
+/// [`GateCommand::SetCoil`] writes one coil (FC05). Every call has
+/// `request_timeout`. Exceptions, timeouts, bad CRCs and bad replies are
+/// counted in `health`; a failed exchange reopens the port, and
+/// `failures_before_lost` of them in a row report `Reachable(false)` and
+/// retry with a back-off of 200 ms doubling to 5 s. Never panics on what
+/// the board sends, and never waits on the event consumer.
 pub async fn run_gate_io(
     settings: GateIoSettings,
     mut commands: mpsc::Receiver<GateCommand>,
@@ -335,261 +317,282 @@ pub async fn run_gate_io(
 ) {
     let port_name = settings.port.display().to_string();
     let span = tracing::info_span!("gate_io", port = %port_name, unit = settings.unit_id);
-    let driver = Driver {
+    let mut driver = Driver {
         settings: &settings,
         port_name,
         events: &events,
         health: &health,
         shutdown: &shutdown,
+        book: CoilBook::new(&settings.coils),
+        watch: InputWatch::default(),
+        queued: VecDeque::new(),
+        reachable: None,
+        failures: 0,
     };
     driver.run(&mut commands).instrument(span).await;
     health.set_connected(false);
 }
 
-impl Driver<'_> {
-    async fn run(&self, commands: &mut mpsc::Receiver<GateCommand>) {
+impl<'a> Driver<'a> {
+    async fn run(&mut self, commands: &mut mpsc::Receiver<GateCommand>) {
         let mut backoff = Backoff::default();
-        let mut state = GateState::new(self.settings.unlock_mode, self.settings.unlock);
         let mut first_attempt = true;
-        // Open failures repeat every few seconds while the board is away;
-        // one Fault per outage is enough.
-        let mut fault_reported = false;
         loop {
             if !first_attempt {
                 DeviceHealth::bump(&self.health.reconnects, 1);
             }
             first_attempt = false;
             let problem = match self.open() {
-                Ok(mut link) => match self
-                    .session(&mut link, &mut state, commands, &mut backoff)
-                    .await
-                {
+                Ok(mut link) => match self.session(&mut link, commands, &mut backoff).await {
                     SessionEnd::Stop => return,
-                    SessionEnd::Failed { problem, connected } => {
-                        // Dropping the link closes the port; the next
-                        // connect switches the coils off before anything.
-                        if connected {
-                            fault_reported = false;
-                        }
-                        problem
-                    }
+                    SessionEnd::Failed(problem) => problem,
                 },
                 Err(err) => format!("cannot open gate IO port {}: {err}", self.port_name),
             };
+            // Dropping the link closed the port; the next connect writes
+            // the coils before anything else.
             self.health.set_connected(false);
             self.health.set_last_error(problem.clone());
-            let delay = backoff.next_delay();
-            warn!(error = %problem, retry_in_ms = delay.as_millis() as u64, "gate IO board offline; gate stays locked");
-            if !fault_reported {
-                self.emit(GateIoEvent::Fault(problem));
-                fault_reported = true;
-            }
+            self.failures = self.failures.saturating_add(1);
+            let lost = self.failures >= self.settings.failures_before_lost.max(1);
+            let delay = if lost {
+                if self.reachable != Some(false) {
+                    warn!(error = %problem, "gate IO board lost; gate stays locked");
+                    self.reachable = Some(false);
+                    self.emit(GateIoEvent::Reachable(false));
+                }
+                let delay = backoff.next_delay();
+                debug!(error = %problem, retry_in_ms = delay.as_millis() as u64, "gate IO board still offline");
+                delay
+            } else {
+                warn!(error = %problem, failures = self.failures, "gate IO exchange failed; reopening the port");
+                QUICK_RETRY
+            };
             if !self.wait_offline(delay, commands).await {
-                self.last_chance_off().await;
+                self.last_chance(lost).await;
                 return;
             }
         }
     }
 
-    fn open(&self) -> Result<Link<'_>, tokio_serial::Error> {
+    /// Opens the port; the link borrows only the shared parts, so the
+    /// driver's own state stays free to change during a session.
+    fn open(&self) -> Result<Link<'a>, tokio_serial::Error> {
         let port = tokio_serial::new(&self.port_name, self.settings.baud).open_native_async()?;
+        // Bytes from before this open (a late reply, line noise) are not
+        // answers to anything we will ask.
+        let _ = port.clear(tokio_serial::ClearBuffer::Input);
         let ctx = tokio_modbus::client::rtu::attach_slave(port, Slave(self.settings.unit_id));
-        Ok(Link {
-            ctx,
-            timeout: self.settings.request_timeout,
-            health: self.health,
-        })
+        Ok(Link { ctx, timeout: self.settings.request_timeout, health: self.health })
     }
 
-    /// Sleeps out the back-off, refusing any unlock that comes in meanwhile.
-    /// `false` when the driver must stop.
-    async fn wait_offline(
-        &self,
-        delay: Duration,
-        commands: &mut mpsc::Receiver<GateCommand>,
-    ) -> bool {
+    /// Sleeps out `delay`, taking commands (the book follows them; nothing
+    /// is written) and handing queued events over. `false` when the driver
+    /// must stop.
+    async fn wait_offline(&mut self, delay: Duration, commands: &mut mpsc::Receiver<GateCommand>) -> bool {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
+            let (events, shutdown) = (self.events, self.shutdown);
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return false,
+                () = shutdown.cancelled() => return false,
                 () = &mut sleep => return true,
                 command = commands.recv() => match command {
                     None => return false,
-                    Some(GateCommand::Unlock(side)) => {
-                        warn!(side = side.as_str(), "unlock refused: gate IO board offline");
-                        self.emit(GateIoEvent::Fault(format!("unlock {side} refused: gate IO board offline")));
+                    Some(command) => {
+                        if let GateCommand::SetCoil { coil, on: true } = command {
+                            debug!(coil, "coil wanted on while the board is offline; written only on a reconnect that allows it");
+                        }
+                        self.apply(&command);
                     }
                 },
+                permit = events.reserve(), if !self.queued.is_empty() => self.hand_over(permit),
             }
         }
     }
 
-    /// Shutdown while offline: one more try to switch the coils off, in case
-    /// the link broke while one was on.
-    async fn last_chance_off(&self) {
+    /// Shutdown while offline: one more try at the shutdown writes, in case
+    /// the link broke while a coil was on.
+    async fn last_chance(&self, lost: bool) {
+        if lost {
+            // Lost for good; a fresh open would only wait out the timeout.
+            return;
+        }
         if let Ok(mut link) = self.open() {
-            for side in PassageSide::BOTH {
-                let _ = link.write_coil(self.settings.coil(side), false).await;
+            for (coil, on) in self.book.at_shutdown() {
+                let _ = link.write_coil(coil, on).await;
+            }
+        }
+    }
+
+    /// Records a command in the book; `false` when it is refused.
+    fn apply(&mut self, command: &GateCommand) -> bool {
+        match *command {
+            GateCommand::SetCoil { coil, on } => {
+                let known = self.book.set(coil, on);
+                if !known {
+                    warn!(coil, on, "coil command refused: the coil is not mapped");
+                }
+                known
+            }
+            GateCommand::FireAlarm(active) => {
+                self.book.fire = active;
+                false
             }
         }
     }
 
     async fn session(
-        &self,
-        link: &mut Link<'_>,
-        state: &mut GateState,
+        &mut self,
+        link: &mut Link<'a>,
         commands: &mut mpsc::Receiver<GateCommand>,
         backoff: &mut Backoff,
     ) -> SessionEnd {
-        // Fail-secure: whatever happened before (an error mid-unlock, a
-        // restart), the gate starts locked.
-        for side in PassageSide::BOTH {
-            if let Err(err) = link.write_coil(self.settings.coil(side), false).await {
-                let problem = format!("switching the {side} unlock coil off on connect: {err}");
-                return SessionEnd::Failed {
-                    problem,
-                    connected: false,
-                };
+        let after_loss = self.reachable != Some(true);
+        for (coil, on) in self.book.on_connect(after_loss) {
+            if let Err(err) = link.write_coil(coil, on).await {
+                return SessionEnd::Failed(format!("writing coil {coil} = {on} on connect: {err}"));
             }
         }
-        for side in state.unlocked_sides() {
-            state.relocked(side);
-            self.emit(GateIoEvent::Relocked(side));
+        self.watch.forget();
+        if let Err(problem) = self.poll(link).await {
+            return SessionEnd::Failed(problem);
         }
-        state.forget_inputs();
-        self.health.set_connected(true);
+        self.failures = 0;
         backoff.reset();
-        info!("gate IO board connected, unlock coils off");
+        self.health.set_connected(true);
+        if self.reachable != Some(true) {
+            info!("gate IO board connected");
+            self.reachable = Some(true);
+            self.emit(GateIoEvent::Reachable(true));
+        }
 
-        let (first, count) = input_span(self.settings);
         let mut poll = tokio::time::interval(self.settings.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The connect just read the inputs.
+        poll.reset();
         loop {
-            let relock_at = state.next_relock();
+            let (events, shutdown) = (self.events, self.shutdown);
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => {
-                    self.lock_all(link, state).await;
+                () = shutdown.cancelled() => {
+                    self.shutdown_writes(link).await;
                     return SessionEnd::Stop;
                 }
-                () = sleep_until_opt(relock_at) => {
-                    for side in state.due(Instant::now()) {
-                        if let Err(problem) = self.relock(link, state, side).await {
-                            return SessionEnd::Failed { problem, connected: true };
-                        }
-                    }
-                }
+                // Commands before polls: an unlock must not wait for a read.
                 command = commands.recv() => match command {
                     None => {
                         info!("gate command sender gone; gate IO driver stops");
-                        self.lock_all(link, state).await;
+                        self.shutdown_writes(link).await;
                         return SessionEnd::Stop;
                     }
-                    Some(GateCommand::Unlock(side)) => {
-                        let coil = self.settings.coil(side);
-                        if let Err(err) = link.write_coil(coil, true).await {
-                            let problem = format!("unlock {side} (coil {coil} on): {err}");
-                            return SessionEnd::Failed { problem, connected: true };
+                    Some(command) => {
+                        if self.apply(&command)
+                            && let GateCommand::SetCoil { coil, on } = command
+                        {
+                            if let Err(err) = link.write_coil(coil, on).await {
+                                return SessionEnd::Failed(format!("writing coil {coil} = {on}: {err}"));
+                            }
+                            debug!(coil, on, "coil written");
                         }
-                        // The clock starts when the board confirmed the coil
-                        // is on; a repeated unlock extends the window.
-                        state.unlocked(side, Instant::now());
-                        debug!(side = side.as_str(), coil, "unlocked");
-                        self.emit(GateIoEvent::Unlocked(side));
                     }
                 },
+                permit = events.reserve(), if !self.queued.is_empty() => self.hand_over(permit),
                 _ = poll.tick() => {
-                    let bits = match link.read_inputs(first, count).await {
-                        Ok(bits) => bits,
-                        Err(err) => {
-                            let problem = format!("reading inputs {first}..+{count}: {err}");
-                            return SessionEnd::Failed { problem, connected: true };
-                        }
-                    };
-                    let level = |input: u16| bits.get(usize::from(input - first)).copied().unwrap_or(false);
-                    let levels = [level(self.settings.passage_entry_input), level(self.settings.passage_exit_input)];
-                    for side in state.read_inputs(levels) {
-                        debug!(side = side.as_str(), "passage");
-                        self.emit(GateIoEvent::Passage(side));
-                        let relocked =
-                            if state.relock_on_passage(side) { self.relock(link, state, side).await } else { Ok(()) };
-                        if let Err(problem) = relocked {
-                            return SessionEnd::Failed { problem, connected: true };
-                        }
+                    if let Err(problem) = self.poll(link).await {
+                        return SessionEnd::Failed(problem);
                     }
+                    self.failures = 0;
                 }
             }
         }
     }
 
-    async fn relock(
-        &self,
-        link: &mut Link<'_>,
-        state: &mut GateState,
-        side: PassageSide,
-    ) -> Result<(), String> {
-        let coil = self.settings.coil(side);
-        link.write_coil(coil, false)
-            .await
-            .map_err(|err| format!("relock {side} (coil {coil} off): {err}"))?;
-        state.relocked(side);
-        debug!(side = side.as_str(), coil, "relocked");
-        self.emit(GateIoEvent::Relocked(side));
+    /// Reads every wired input and reports a change.
+    async fn poll(&mut self, link: &mut Link<'_>) -> Result<(), String> {
+        let Some((first, count)) = input_span(&self.settings.inputs) else {
+            // Nothing wired to read: report the empty set once per link.
+            if let Some(levels) = self.watch.read(InputLevels::default()) {
+                self.emit(GateIoEvent::Inputs(levels));
+            }
+            return Ok(());
+        };
+        let bits =
+            link.read_inputs(first, count).await.map_err(|err| format!("reading inputs {first}..+{count}: {err}"))?;
+        let levels: InputLevels = self
+            .settings
+            .inputs
+            .iter()
+            .map(|&input| (input, bits.get(usize::from(input - first)).copied().unwrap_or(false)))
+            .collect();
+        if let Some(levels) = self.watch.read(levels) {
+            debug!(?levels, "inputs changed");
+            self.emit(GateIoEvent::Inputs(levels));
+        }
         Ok(())
     }
 
-    /// Shutdown: both coils off, whatever the state says, best effort.
-    async fn lock_all(&self, link: &mut Link<'_>, state: &mut GateState) {
-        for side in PassageSide::BOTH {
-            let coil = self.settings.coil(side);
-            match link.write_coil(coil, false).await {
-                Ok(()) if state.is_unlocked(side) => {
-                    state.relocked(side);
-                    self.emit(GateIoEvent::Relocked(side));
-                }
+    /// Shutdown: the shutdown writes, best effort.
+    async fn shutdown_writes(&self, link: &mut Link<'_>) {
+        for (coil, on) in self.book.at_shutdown() {
+            if let Err(err) = link.write_coil(coil, on).await {
+                let problem = format!("writing coil {coil} = {on} at shutdown: {err}");
+                warn!(error = %problem, "gate IO shutdown");
+                self.health.set_last_error(problem);
+            }
+        }
+        if self.book.fire {
+            warn!("gate IO driver stopped during a fire alarm: unlock coils left on for egress");
+        } else {
+            info!("gate IO driver stopped, coils off");
+        }
+    }
+
+    /// Queues an event and hands over what the channel takes now. Never
+    /// waits on the consumer: coil commands come from it, so waiting could
+    /// deadlock.
+    fn emit(&mut self, event: GateIoEvent) {
+        if self.queued.len() >= MAX_QUEUED_EVENTS {
+            let oldest_inputs = self.queued.iter().position(|e| matches!(e, GateIoEvent::Inputs(_)));
+            if let Some(at) = oldest_inputs {
+                self.queued.remove(at);
+                warn!("gate IO event consumer is slow: an input snapshot was dropped");
+            }
+        }
+        self.queued.push_back(event);
+        while let Some(event) = self.queued.pop_front() {
+            match self.events.try_send(event) {
                 Ok(()) => {}
-                Err(err) => {
-                    let problem =
-                        format!("switching the {side} unlock coil {coil} off at shutdown: {err}");
-                    warn!(error = %problem, "gate IO shutdown");
-                    self.health.set_last_error(problem);
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    self.queued.push_front(event);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    debug!("gate IO event receiver gone");
+                    self.queued.clear();
                 }
             }
         }
-        info!("gate IO driver stopped, unlock coils off");
     }
 
-    /// Never waits on the consumer: relock timing must not depend on how
-    /// fast someone reads events. A full channel loses the event (logged).
-    fn emit(&self, event: GateIoEvent) {
-        match self.events.try_send(event) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(event)) => {
-                warn!(?event, "gate IO event dropped: channel full")
+    fn hand_over(&mut self, permit: Result<mpsc::Permit<'_, GateIoEvent>, mpsc::error::SendError<()>>) {
+        match permit {
+            Ok(permit) => {
+                if let Some(event) = self.queued.pop_front() {
+                    permit.send(event);
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => debug!("gate IO event receiver gone"),
+            Err(_closed) => self.queued.clear(),
         }
     }
 }
 
-/// The smallest FC02 read covering both passage inputs.
-fn input_span(settings: &GateIoSettings) -> (u16, u16) {
-    let first = settings
-        .passage_entry_input
-        .min(settings.passage_exit_input);
-    let last = settings
-        .passage_entry_input
-        .max(settings.passage_exit_input);
-    (first, last - first + 1)
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// The smallest FC02 read covering every wired input, `None` when none is.
+fn input_span(inputs: &[u16]) -> Option<(u16, u16)> {
+    let first = *inputs.iter().min()?;
+    let last = *inputs.iter().max()?;
+    Some((first, last - first + 1))
 }
 
 #[cfg(test)]
@@ -597,50 +600,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn edges_need_a_baseline_and_a_rise() {
-        let mut s = GateState::new(UnlockMode::Pulse, Duration::from_millis(200));
-        // Beam already broken at connect: baseline, not a passage.
-        assert!(s.read_inputs([true, false]).is_empty());
-        assert!(s.read_inputs([true, false]).is_empty());
-        assert_eq!(s.read_inputs([false, true]), [PassageSide::Exit]);
-        assert_eq!(s.read_inputs([true, true]), [PassageSide::Entry]);
-        assert!(s.read_inputs([true, true]).is_empty());
-        s.forget_inputs();
-        assert!(s.read_inputs([false, false]).is_empty());
-        assert_eq!(
-            s.read_inputs([true, true]),
-            [PassageSide::Entry, PassageSide::Exit]
-        );
+    fn a_reconnect_after_a_loss_writes_everything_off_unless_fire() {
+        let mut book = CoilBook::new(&[0, 1, 5]);
+        assert!(book.set(0, true));
+        assert!(book.set(5, true));
+        assert!(!book.set(9, true), "an unmapped coil is refused");
+        // A quick reopen while the board counts as reachable restores them.
+        assert_eq!(book.on_connect(false), [(0, true), (1, false), (5, true)]);
+        // After a loss an unlock is never executed late...
+        assert_eq!(book.on_connect(true), [(0, false), (1, false), (5, false)]);
+        // ... and stays forgotten.
+        assert_eq!(book.on_connect(false), [(0, false), (1, false), (5, false)]);
+        // A fire alarm keeps its coils on through the loss.
+        book.fire = true;
+        book.set(0, true);
+        book.set(1, true);
+        assert_eq!(book.on_connect(true), [(0, true), (1, true), (5, false)]);
     }
 
     #[test]
-    fn deadlines_per_side() {
-        let mut s = GateState::new(UnlockMode::Level, Duration::from_millis(200));
-        let t0 = Instant::now();
-        assert_eq!(s.next_relock(), None);
-        s.unlocked(PassageSide::Exit, t0);
-        s.unlocked(PassageSide::Entry, t0 + Duration::from_millis(50));
-        assert_eq!(s.next_relock(), Some(t0 + Duration::from_millis(200)));
-        assert!(s.due(t0 + Duration::from_millis(199)).is_empty());
-        assert_eq!(s.due(t0 + Duration::from_millis(200)), [PassageSide::Exit]);
-        assert_eq!(
-            s.due(t0 + Duration::from_millis(250)),
-            [PassageSide::Entry, PassageSide::Exit]
-        );
-        assert!(s.relock_on_passage(PassageSide::Exit));
-        s.relocked(PassageSide::Exit);
-        assert!(!s.relock_on_passage(PassageSide::Exit));
-        assert_eq!(s.unlocked_sides(), [PassageSide::Entry]);
-        let mut pulse = GateState::new(UnlockMode::Pulse, Duration::from_millis(200));
-        pulse.unlocked(PassageSide::Entry, t0);
-        assert!(!pulse.relock_on_passage(PassageSide::Entry));
+    fn shutdown_switches_off_unless_fire_holds_the_coils() {
+        let mut book = CoilBook::new(&[0, 1]);
+        book.set(0, true);
+        assert_eq!(book.at_shutdown(), [(0, false), (1, false)]);
+        book.fire = true;
+        assert_eq!(book.at_shutdown(), [(0, true), (1, false)]);
     }
 
     #[test]
-    fn input_span_covers_both_inputs() {
-        let mut s = GateIoSettings::new(PathBuf::from("/dev/null"));
-        s.passage_entry_input = 5;
-        s.passage_exit_input = 2;
-        assert_eq!(input_span(&s), (2, 4));
+    fn inputs_are_reported_first_and_on_change() {
+        let mut watch = InputWatch::default();
+        let levels = |a: bool, b: bool| InputLevels::from_iter([(0, a), (4, b)]);
+        assert_eq!(watch.read(levels(true, false)), Some(levels(true, false)));
+        assert_eq!(watch.read(levels(true, false)), None);
+        assert_eq!(watch.read(levels(false, false)), Some(levels(false, false)));
+        watch.forget();
+        assert_eq!(watch.read(levels(false, false)), Some(levels(false, false)));
+        let read = levels(false, true);
+        assert_eq!((read.get(4), read.get(1)), (Some(true), None));
+    }
+
+    #[test]
+    fn input_span_covers_every_wired_input() {
+        assert_eq!(input_span(&[5, 2, 9]), Some((2, 8)));
+        assert_eq!(input_span(&[3]), Some((3, 1)));
+        assert_eq!(input_span(&[]), None);
     }
 }

@@ -16,6 +16,8 @@ mod backoff;
 pub mod gate_io;
 mod health;
 pub mod idcard;
+pub mod plate_reader;
+pub mod qr_scanner;
 pub mod sam;
 
 pub use health::{DeviceHealth, HealthSnapshot};

@@ -1,14 +1,12 @@
 //! The gate IO driver over a real pseudo-terminal, against a tiny Modbus RTU
-//! board on the master side (hand-written CRC): the FC05 on/off writes of a
-//! pulse and a level unlock, the Passage event from FC02, fail-secure
-//! behaviour on exceptions and silence.
+//! board on the master side (hand-written CRC): FC05 writes on command, input
+//! snapshots from FC02, fail-secure connects and shutdowns, reachability on
+//! exceptions and silence, and coils held through a fire alarm.
 
 mod support;
 
 use gate_devices::DeviceHealth;
-use gate_devices::gate_io::{
-    GateCommand, GateIoEvent, GateIoSettings, PassageSide, UnlockMode, run_gate_io,
-};
+use gate_devices::gate_io::{GateCommand, GateIoEvent, GateIoSettings, InputLevels, run_gate_io};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 const UNIT: u8 = 7;
 const ENTRY_COIL: u16 = 3;
 const EXIT_COIL: u16 = 4;
+const LAMP_COIL: u16 = 6;
 const ENTRY_INPUT: u16 = 0;
 const EXIT_INPUT: u16 = 2;
+const FIRE_INPUT: u16 = 3;
 
 #[test]
 fn crc_check_value() {
@@ -149,38 +149,23 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(path: std::path::PathBuf, mode: UnlockMode, unlock: Duration) -> Running {
+fn start(path: std::path::PathBuf) -> Running {
     let settings = GateIoSettings {
         port: path,
         baud: 9600,
         unit_id: UNIT,
-        unlock_entry_coil: ENTRY_COIL,
-        unlock_exit_coil: EXIT_COIL,
-        unlock_mode: mode,
-        unlock,
-        passage_entry_input: ENTRY_INPUT,
-        passage_exit_input: EXIT_INPUT,
+        coils: vec![ENTRY_COIL, EXIT_COIL, LAMP_COIL],
+        inputs: vec![ENTRY_INPUT, EXIT_INPUT, FIRE_INPUT],
         poll_interval: Duration::from_millis(20),
         request_timeout: Duration::from_millis(150),
+        failures_before_lost: 3,
     };
     let (commands, command_rx) = mpsc::channel(8);
     let (event_tx, events) = mpsc::channel(64);
     let health = Arc::new(DeviceHealth::default());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_gate_io(
-        settings,
-        command_rx,
-        event_tx,
-        health.clone(),
-        shutdown.clone(),
-    ));
-    Running {
-        commands,
-        events,
-        health,
-        shutdown,
-        task,
-    }
+    let task = tokio::spawn(run_gate_io(settings, command_rx, event_tx, health.clone(), shutdown.clone()));
+    Running { commands, events, health, shutdown, task }
 }
 
 impl Running {
@@ -198,11 +183,12 @@ impl Running {
         left
     }
 
-    async fn unlock(&self, side: PassageSide) {
-        self.commands
-            .send(GateCommand::Unlock(side))
-            .await
-            .expect("driver running");
+    async fn send(&self, command: GateCommand) {
+        self.commands.send(command).await.expect("driver running");
+    }
+
+    async fn set_coil(&self, coil: u16, on: bool) {
+        self.send(GateCommand::SetCoil { coil, on }).await;
     }
 
     async fn next_event(&mut self) -> GateIoEvent {
@@ -211,6 +197,10 @@ impl Running {
             .expect("an event within 3 s")
             .expect("channel open")
     }
+}
+
+fn levels(entry: bool, exit: bool, fire: bool) -> GateIoEvent {
+    GateIoEvent::Inputs(InputLevels::from_iter([(ENTRY_INPUT, entry), (EXIT_INPUT, exit), (FIRE_INPUT, fire)]))
 }
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -224,203 +214,131 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 #[tokio::test]
-async fn pulse_unlock_writes_on_then_off_and_passage_is_an_edge() {
+async fn coils_follow_commands_and_inputs_are_reported_on_change() {
     let pty = pty();
     let board = Arc::new(Board::default());
+    board.set_input(FIRE_INPUT, true);
     let fake = spawn_board(pty.master, board.clone());
-    let mut running = start(
-        pty.path.clone(),
-        UnlockMode::Pulse,
-        Duration::from_millis(150),
-    );
+    let mut running = start(pty.path.clone());
 
-    // Fail-secure start: both unlock coils off before anything else.
-    wait_until("the connect writes", || board.writes().len() >= 2).await;
-    assert_eq!(board.writes(), [(ENTRY_COIL, false), (EXIT_COIL, false)]);
-    wait_until("connected", || running.health.snapshot().connected).await;
+    // Fail-secure start: every mapped coil off before anything else, then
+    // the first snapshot, then the board counts as reachable.
+    assert_eq!(running.next_event().await, levels(false, false, true));
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(true));
+    assert_eq!(board.writes(), [(ENTRY_COIL, false), (EXIT_COIL, false), (LAMP_COIL, false)]);
+    assert!(running.health.snapshot().connected);
 
-    running.unlock(PassageSide::Entry).await;
-    assert_eq!(
-        running.next_event().await,
-        GateIoEvent::Unlocked(PassageSide::Entry)
-    );
-    assert_eq!(
-        running.next_event().await,
-        GateIoEvent::Relocked(PassageSide::Entry)
-    );
-    assert_eq!(
-        board.writes(),
-        [
-            (ENTRY_COIL, false),
-            (EXIT_COIL, false),
-            (ENTRY_COIL, true),
-            (ENTRY_COIL, false)
-        ]
-    );
-    let fc05: Vec<Seen> = board
-        .seen()
-        .into_iter()
-        .filter(|s| s.function == 0x05)
-        .collect();
-    let held = fc05[3].at - fc05[2].at;
-    assert!(
-        held >= Duration::from_millis(150) && held < Duration::from_millis(1000),
-        "pulse held {held:?}"
-    );
+    running.set_coil(ENTRY_COIL, true).await;
+    running.set_coil(LAMP_COIL, true).await;
+    wait_until("the two writes", || board.writes().len() == 5).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    running.set_coil(ENTRY_COIL, false).await;
+    wait_until("the off write", || board.writes().len() == 6).await;
+    assert_eq!(board.writes()[3..], [(ENTRY_COIL, true), (LAMP_COIL, true), (ENTRY_COIL, false)]);
+    // The driver keeps no timer of its own: the coil stayed on until told.
+    let fc05: Vec<Seen> = board.seen().into_iter().filter(|s| s.function == 0x05).collect();
+    assert!(fc05[5].at - fc05[3].at >= Duration::from_millis(150));
 
-    // A passage is a rising edge of the input, once.
+    // An unmapped coil is never written.
+    running.set_coil(9, true).await;
+
+    // A level change is one snapshot with every wired input.
     board.set_input(EXIT_INPUT, true);
-    assert_eq!(
-        running.next_event().await,
-        GateIoEvent::Passage(PassageSide::Exit)
-    );
+    assert_eq!(running.next_event().await, levels(false, true, true));
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert!(
-        running.events.try_recv().is_err(),
-        "a held input is one passage"
-    );
+    assert!(running.events.try_recv().is_err(), "a held input is one snapshot");
     board.set_input(EXIT_INPUT, false);
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    board.set_input(EXIT_INPUT, true);
-    assert_eq!(
-        running.next_event().await,
-        GateIoEvent::Passage(PassageSide::Exit)
-    );
-    // The inputs are read as one FC02 span covering both.
-    assert!(
-        board
-            .seen()
-            .iter()
-            .any(|s| s.function == 0x02 && s.addr == 0 && s.value == 3)
-    );
+    board.set_input(FIRE_INPUT, false);
+    assert_eq!(running.next_event().await, levels(false, false, false));
+    // The inputs are read as one FC02 span covering all of them.
+    assert!(board.seen().iter().any(|s| s.function == 0x02 && s.addr == 0 && s.value == 4));
 
     let health = running.health.snapshot();
     assert_eq!(health.timeouts + health.status_errors, 0, "{health:?}");
     assert!(running.stop().await.is_empty());
-    // Shutdown switches both coils off last.
+    // Shutdown switches every coil off last; coil 9 was never touched.
     let writes = board.writes();
-    assert_eq!(
-        &writes[writes.len() - 2..],
-        [(ENTRY_COIL, false), (EXIT_COIL, false)]
-    );
+    assert_eq!(writes[writes.len() - 3..], [(ENTRY_COIL, false), (EXIT_COIL, false), (LAMP_COIL, false)]);
+    assert!(writes.iter().all(|&(coil, _)| coil != 9), "{writes:?}");
     drop(pty.slave_guard);
     fake.join().expect("board");
 }
 
 #[tokio::test]
-async fn level_unlock_ends_at_the_passage() {
+async fn refused_writes_reopen_then_lose_the_board_which_comes_back_locked() {
     let pty = pty();
     let board = Arc::new(Board::default());
+    board.refuse_on.store(true, Ordering::SeqCst);
     let fake = spawn_board(pty.master, board.clone());
-    let mut running = start(pty.path.clone(), UnlockMode::Level, Duration::from_secs(5));
-    wait_until("connected", || running.health.snapshot().connected).await;
+    let mut running = start(pty.path.clone());
+    assert!(matches!(running.next_event().await, GateIoEvent::Inputs(_)));
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(true));
 
-    running.unlock(PassageSide::Exit).await;
-    assert_eq!(
-        running.next_event().await,
-        GateIoEvent::Unlocked(PassageSide::Exit)
-    );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        board.writes().last(),
-        Some(&(EXIT_COIL, true)),
-        "level mode holds the coil"
-    );
-    let started = Instant::now();
-    board.set_input(EXIT_INPUT, true);
-    assert_eq!(
-        running.next_event().await,
-        GateIoEvent::Passage(PassageSide::Exit)
-    );
-    assert_eq!(
-        running.next_event().await,
-        GateIoEvent::Relocked(PassageSide::Exit)
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "relocked at the passage, not the 5 s limit"
-    );
-    assert_eq!(board.writes()[2..], [(EXIT_COIL, true), (EXIT_COIL, false)]);
+    // Each refusal reopens the port and tries again (the controller still
+    // wants the coil on); three in a row lose the board.
+    running.set_coil(ENTRY_COIL, true).await;
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(false));
+    // Back after the back-off: everything written off, the unlock forgotten.
+    assert!(matches!(running.next_event().await, GateIoEvent::Inputs(_)));
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(true));
+    let writes = board.writes();
+    assert_eq!(writes[writes.len() - 3..], [(ENTRY_COIL, false), (EXIT_COIL, false), (LAMP_COIL, false)]);
+    let health = running.health.snapshot();
+    assert_eq!(health.status_errors, 3, "{health:?}");
+    assert!(health.reconnects >= 3, "{health:?}");
     running.stop().await;
     drop(pty.slave_guard);
     fake.join().expect("board");
 }
 
 #[tokio::test]
-async fn an_exception_is_a_fault_and_the_gate_stays_locked() {
+async fn a_silent_board_is_lost_and_an_unlock_meanwhile_is_never_executed() {
     let pty = pty();
     let board = Arc::new(Board::default());
-    board.refuse_on.store(true, Ordering::SeqCst);
+    board.silent.store(true, Ordering::SeqCst);
     let fake = spawn_board(pty.master, board.clone());
-    let mut running = start(
-        pty.path.clone(),
-        UnlockMode::Pulse,
-        Duration::from_millis(150),
-    );
-    wait_until("connected", || running.health.snapshot().connected).await;
+    let mut running = start(pty.path.clone());
 
-    running.unlock(PassageSide::Entry).await;
-    match running.next_event().await {
-        GateIoEvent::Fault(message) => assert!(message.contains("exception"), "{message}"),
-        other => panic!("expected a fault, got {other:?}"),
-    }
-    // Reconnected: the coils are written off again before anything else.
-    wait_until("the reconnect writes", || board.writes().len() >= 5).await;
-    assert_eq!(
-        board.writes()[2..5],
-        [(ENTRY_COIL, true), (ENTRY_COIL, false), (EXIT_COIL, false)]
-    );
-    wait_until("connected again", || running.health.snapshot().connected).await;
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(false));
+    running.set_coil(ENTRY_COIL, true).await;
+    // The board comes back: it is driven locked, the old unlock not replayed.
+    board.silent.store(false, Ordering::SeqCst);
+    assert!(matches!(running.next_event().await, GateIoEvent::Inputs(_)));
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(true));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(board.writes().iter().all(|&(_, on)| !on), "{:?}", board.writes());
     let health = running.health.snapshot();
-    assert_eq!(health.status_errors, 1, "{health:?}");
-    assert!(health.reconnects >= 1, "{health:?}");
-    let left = running.stop().await;
-    assert!(
-        !left.iter().any(|e| matches!(e, GateIoEvent::Unlocked(_))),
-        "{left:?}"
-    );
+    assert!(health.timeouts >= 3 && health.reconnects >= 3, "{health:?}");
+    running.stop().await;
     drop(pty.slave_guard);
     fake.join().expect("board");
 }
 
 #[tokio::test]
-async fn a_silent_board_refuses_unlocks_instead_of_queueing_them() {
+async fn a_fire_alarm_keeps_the_unlocks_on_through_a_loss_and_a_shutdown() {
     let pty = pty();
     let board = Arc::new(Board::default());
-    board.silent.store(true, Ordering::SeqCst);
     let fake = spawn_board(pty.master, board.clone());
-    let mut running = start(
-        pty.path.clone(),
-        UnlockMode::Pulse,
-        Duration::from_millis(150),
-    );
+    let mut running = start(pty.path.clone());
+    assert!(matches!(running.next_event().await, GateIoEvent::Inputs(_)));
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(true));
 
-    match running.next_event().await {
-        GateIoEvent::Fault(message) => assert!(message.contains("no reply"), "{message}"),
-        other => panic!("expected a fault, got {other:?}"),
-    }
-    running.unlock(PassageSide::Entry).await;
-    match running.next_event().await {
-        GateIoEvent::Fault(message) => assert!(message.contains("refused"), "{message}"),
-        other => panic!("expected the unlock refused, got {other:?}"),
-    }
-    // The board comes back: it is driven locked, and the old unlock is not
-    // replayed.
+    running.send(GateCommand::FireAlarm(true)).await;
+    running.set_coil(ENTRY_COIL, true).await;
+    running.set_coil(EXIT_COIL, true).await;
+    wait_until("the unlock writes", || board.writes().len() == 5).await;
+    board.silent.store(true, Ordering::SeqCst);
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(false));
     board.silent.store(false, Ordering::SeqCst);
-    wait_until("connected", || running.health.snapshot().connected).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        board.writes().iter().all(|&(_, on)| !on),
-        "{:?}",
-        board.writes()
-    );
-    let health = running.health.snapshot();
-    assert!(health.timeouts >= 1 && health.reconnects >= 1, "{health:?}");
-    let left = running.stop().await;
-    assert!(
-        !left.iter().any(|e| matches!(e, GateIoEvent::Unlocked(_))),
-        "{left:?}"
-    );
+    assert!(matches!(running.next_event().await, GateIoEvent::Inputs(_)));
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(true));
+    let writes = board.writes();
+    assert_eq!(writes[writes.len() - 3..], [(ENTRY_COIL, true), (EXIT_COIL, true), (LAMP_COIL, false)]);
+
+    // Stopping the daemon must not lock anyone in.
+    running.stop().await;
+    let writes = board.writes();
+    assert_eq!(writes[writes.len() - 3..], [(ENTRY_COIL, true), (EXIT_COIL, true), (LAMP_COIL, false)]);
     drop(pty.slave_guard);
     fake.join().expect("board");
 }

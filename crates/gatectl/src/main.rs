@@ -1,7 +1,10 @@
 //! `gatectl`, the technician's command-line tool: site keys, identity
-//! import, configuration checks.
+//! import, configuration checks, and the running daemon through its control
+//! socket (status, tail, lookup, open, selftest, outbox).
 
+mod daemon;
 mod import;
+mod ports;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -45,6 +48,98 @@ enum Command {
         #[command(subcommand)]
         command: PassCommand,
     },
+    /// The running daemon: mode, policy, identity version and last sync,
+    /// broker, outbox, each device's health and counters, uptime, version.
+    Status {
+        #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+        config: PathBuf,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follows decisions and alarms as they happen (identities masked) until Ctrl-C.
+    Tail {
+        #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+        config: PathBuf,
+        /// One JSON object per line, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the gate would decide now for a credential, and why. A dry run:
+    /// nothing is recorded and the gate does not move.
+    Lookup {
+        #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        credential: CredentialArgs,
+        /// entry or exit (default: the gate's usual side).
+        #[arg(long)]
+        side: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unlocks the gate by hand. Recorded first as an event with your local
+    /// user name and the reason.
+    Open {
+        #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+        config: PathBuf,
+        /// Why (kept with the event).
+        #[arg(long)]
+        reason: String,
+        /// entry or exit (default: the gate's usual side).
+        #[arg(long)]
+        side: Option<String>,
+    },
+    /// Commissioning: checks each device (SAM replies, Modbus input reads,
+    /// ports open), pulses each wired unlock output (recorded), and prints a
+    /// PASS/FAIL line per device. Exit status 1 when any check fails.
+    Selftest {
+        #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+        config: PathBuf,
+        /// Do not pulse the unlock outputs.
+        #[arg(long)]
+        no_pulse: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The serial ports present, with USB vendor/product ids and stable
+    /// /dev/serial/by-id names, to fill in `[devices.*] port`. Needs no daemon.
+    Ports,
+    /// The outbox: events waiting for the broker, the oldest, by topic.
+    Outbox {
+        #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exactly one credential for `lookup`.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct CredentialArgs {
+    /// A resident ID number (sent to the daemon only; never printed in clear).
+    #[arg(long, value_name = "N")]
+    id_number: Option<String>,
+    /// An IC card UID (hex).
+    #[arg(long, value_name = "UID")]
+    card: Option<String>,
+    /// A vehicle plate.
+    #[arg(long, value_name = "P")]
+    plate: Option<String>,
+}
+
+impl CredentialArgs {
+    fn into_credential(self) -> gate_app::control::protocol::Credential {
+        use gate_app::control::protocol::Credential;
+        match (self.id_number, self.card, self.plate) {
+            (Some(n), _, _) => Credential::IdNumber(n),
+            (_, Some(uid), _) => Credential::Card(uid),
+            (_, _, Some(plate)) => Credential::Plate(plate),
+            // clap's group makes one of them required.
+            (None, None, None) => Credential::IdNumber(String::new()),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,7 +228,37 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // The daemon commands first find the socket from the config.
+    let target = |config: &std::path::Path| daemon::Target::from_config(config);
     match cli.command {
+        Command::Status { config, json } => match target(&config) {
+            Ok(t) => daemon::status(&t, json),
+            Err(code) => Ok(code),
+        },
+        Command::Tail { config, json } => match target(&config) {
+            Ok(t) => daemon::tail(&t, json),
+            Err(code) => Ok(code),
+        },
+        Command::Lookup { config, credential, side, json } => match target(&config) {
+            Ok(t) => daemon::lookup(&t, credential.into_credential(), side, json),
+            Err(code) => Ok(code),
+        },
+        Command::Open { config, reason, side } => match target(&config) {
+            Ok(t) => daemon::open(&t, reason, side),
+            Err(code) => Ok(code),
+        },
+        Command::Selftest { config, no_pulse, json } => match target(&config) {
+            Ok(t) => daemon::selftest(&t, !no_pulse, json),
+            Err(code) => Ok(code),
+        },
+        Command::Outbox { config, json } => match target(&config) {
+            Ok(t) => daemon::outbox(&t, json),
+            Err(code) => Ok(code),
+        },
+        Command::Ports => {
+            print!("{}", ports::render(&ports::list(std::path::Path::new("/sys"), std::path::Path::new("/dev"))));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen { path } => {
             gate_config::write_new_site_key(&path)?;
             println!("wrote a new site key to {} (mode 0600); keep it secret and back it up", path.display());

@@ -17,11 +17,7 @@ const EXIT_BAD_CONFIG: u8 = 64;
 const EXIT_CANNOT_START: u8 = 78;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "gated",
-    version,
-    about = "Gate-control daemon for urban-village checkpoints"
-)]
+#[command(name = "gated", version, about = "Gate-control daemon for urban-village checkpoints")]
 struct Cli {
     /// Run the daemon with this configuration file.
     #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
@@ -85,9 +81,7 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd, journald stamps each line itself and shows no colours.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().with_current_span(true).init(),
         LogFormat::Text if under_journald => builder.without_time().with_ansi(false).init(),
@@ -100,19 +94,13 @@ fn serve(config_path: PathBuf) -> Result<ExitCode> {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!(
-                "{}: {} error(s); not starting",
-                config_path.display(),
-                errors.0.len()
-            );
+            eprintln!("{}: {} error(s); not starting", config_path.display(), errors.0.len());
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
     // systemd (Type=notify): absent when not run by a service manager.
     let notifier = notify::Notifier::from_env().map(Arc::new);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
@@ -124,18 +112,24 @@ fn serve(config_path: PathBuf) -> Result<ExitCode> {
             }
             signals.cancel();
         });
+        // The live counters, shared with the watchdog feed: it pings only
+        // while the decision loop turns.
+        let observed = Arc::new(gate_app::Observed::default());
+        // SIGHUP: the file is validated again; only a good one reaches the daemon.
+        let (reload_tx, reloads) = tokio::sync::watch::channel(config.clone());
+        tokio::spawn(reload_on_sighup(config_path.clone(), reload_tx));
         if let Some(n) = &notifier {
             // READY=1 as soon as the configuration is valid. It belongs after
             // `gate_app::run` has loaded the key, opened the store and spawned
             // its tasks: move it there once `gate_app` offers a ready hook.
             n.ready();
             if let Some(period) = n.watchdog_interval() {
-                // For now this only proves the runtime is alive; once the
-                // decision loop can, it should feed the watchdog instead.
-                tokio::spawn(feed_watchdog(n.clone(), period));
+                // Fed only while the decision loop's heartbeat is fresh, so
+                // a wedged loop gets the daemon restarted.
+                tokio::spawn(feed_watchdog(n.clone(), period, observed.clone()));
             }
         }
-        match gate_app::run(config, shutdown).await {
+        match gate_app::run_with_reload(config, reloads, shutdown, observed).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => {
                 tracing::error!("cannot start: {e}");
@@ -145,14 +139,80 @@ fn serve(config_path: PathBuf) -> Result<ExitCode> {
     })
 }
 
-/// Sends `WATCHDOG=1` every `period` until the runtime shuts down.
-async fn feed_watchdog(notifier: Arc<notify::Notifier>, period: std::time::Duration) {
+/// Sends `WATCHDOG=1` every `period` while the decision loop's heartbeat is
+/// fresh, until the runtime shuts down. A loop that stops turning stops the
+/// pings, and systemd restarts the daemon after `WatchdogSec`.
+async fn feed_watchdog(
+    notifier: Arc<notify::Notifier>,
+    period: std::time::Duration,
+    observed: Arc<gate_app::Observed>,
+) {
+    use std::time::{Duration, Instant};
+    // The loop turns at least every second; a decision may legitimately hold
+    // it for a few (a busy database, an online health check), so allow 10 s
+    // or the ping period, whichever is longer.
+    let max_age = period.max(Duration::from_secs(10));
+    // Before its first turn the daemon is still starting (key, database
+    // migrations): that is not a hang, for a while.
+    const STARTUP_GRACE: Duration = Duration::from_secs(60);
+    let started = Instant::now();
+    let mut withheld = false;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // One datagram; a send waits at most 1 s (notify::SEND_TIMEOUT).
-        notifier.watchdog();
+        let alive = match observed.decisions.heartbeat.age() {
+            Some(age) => age <= max_age,
+            None => started.elapsed() < STARTUP_GRACE,
+        };
+        if alive {
+            if withheld {
+                tracing::info!("decision loop turns again; watchdog pings resume");
+                withheld = false;
+            }
+            // One datagram; a send waits at most 1 s (notify::SEND_TIMEOUT).
+            notifier.watchdog();
+        } else if !withheld {
+            tracing::error!(
+                max_age_s = max_age.as_secs(),
+                "the decision loop has not turned in time: withholding the watchdog ping so systemd restarts the daemon"
+            );
+            withheld = true;
+        }
+    }
+}
+
+/// On SIGHUP, reads and validates the configuration file again. A good file
+/// goes to the daemon (applied between two decisions); a bad one is refused
+/// with every error, and the running configuration stays.
+async fn reload_on_sighup(path: PathBuf, reloads: tokio::sync::watch::Sender<gate_config::Config>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP: configuration reload is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
+        match gate_config::load(&path) {
+            Ok(config) => {
+                if reloads.send(config).is_err() {
+                    return;
+                }
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(error = %e, "configuration reload refused");
+                }
+                tracing::warn!(
+                    config = %path.display(),
+                    errors = errors.0.len(),
+                    "configuration reload refused: the running configuration stays"
+                );
+            }
+        }
     }
 }
 

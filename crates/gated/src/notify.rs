@@ -58,18 +58,12 @@ impl Notifier {
         let addr = socket_addr(socket)?;
         let socket = UnixDatagram::unbound()?;
         socket.set_write_timeout(Some(SEND_TIMEOUT))?;
-        Ok(Notifier {
-            socket,
-            addr,
-            watchdog_interval,
-        })
+        Ok(Notifier { socket, addr, watchdog_interval })
     }
 
     /// Sends one notification: newline-separated `KEY=VALUE` assignments.
     pub fn send(&self, state: &str) -> io::Result<()> {
-        self.socket
-            .send_to_addr(state.as_bytes(), &self.addr)
-            .map(drop)
+        self.socket.send_to_addr(state.as_bytes(), &self.addr).map(drop)
     }
 
     /// `READY=1`: the service is up. systemd holds back units ordered after
@@ -124,10 +118,10 @@ fn watchdog_interval(usec: Option<&str>, watchdog_pid: Option<&str>, pid: u32) -
     if usec == 0 {
         return None;
     }
-    if let Some(target) = watchdog_pid {
-        if target.trim().parse::<u32>().ok()? != pid {
-            return None;
-        }
+    if let Some(target) = watchdog_pid
+        && target.trim().parse::<u32>().ok()? != pid
+    {
+        return None;
     }
     Some(Duration::from_micros(usec) / 2)
 }
@@ -138,9 +132,7 @@ mod tests {
 
     fn receive(socket: &UnixDatagram) -> String {
         let mut buf = [0u8; 256];
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         let n = socket.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }

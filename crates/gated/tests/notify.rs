@@ -31,12 +31,7 @@ fn closed_port() -> u16 {
 }
 
 fn write_site_key(path: &Path) {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .expect("create the key file");
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).expect("create the key file");
     writeln!(file, "{}", "5a".repeat(32)).expect("write the key");
 }
 
@@ -72,11 +67,7 @@ fn wait_for(socket: &UnixDatagram, wanted: &str, within: Duration) -> Vec<String
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
         socket
-            .set_read_timeout(Some(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(10)),
-            ))
+            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))))
             .expect("read timeout");
         match socket.recv(&mut buf) {
             Ok(n) => {
@@ -87,11 +78,7 @@ fn wait_for(socket: &UnixDatagram, wanted: &str, within: Duration) -> Vec<String
                     return seen;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) => panic!("notify socket: {e}"),
         }
     }
@@ -139,14 +126,15 @@ fn reports_ready_watchdog_and_stopping_to_systemd() {
     let mut daemon = Daemon(child);
 
     wait_for(&socket, "READY=1", Duration::from_secs(30));
+    // The first keep-alive comes at once, the next one a period later.
     wait_for(&socket, "WATCHDOG=1", Duration::from_secs(5));
+    let started = Instant::now();
+    wait_for(&socket, "WATCHDOG=1", Duration::from_secs(5));
+    assert!(started.elapsed() >= Duration::from_millis(300), "keep-alives come every 0.5 s, not back to back");
     // Started without a broker, it says where its events go.
     wait_for_log(&log_path, "events queue", Duration::from_secs(10));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &daemon.0.id().to_string()])
-        .status()
-        .expect("run kill");
+    let status = Command::new("kill").args(["-TERM", &daemon.0.id().to_string()]).status().expect("run kill");
     assert!(status.success(), "kill -TERM failed");
     wait_for(&socket, "STOPPING=1", Duration::from_secs(10));
 
@@ -155,10 +143,7 @@ fn reports_ready_watchdog_and_stopping_to_systemd() {
         if let Some(exit) = daemon.0.try_wait().expect("wait for gated") {
             break exit;
         }
-        assert!(
-            Instant::now() < deadline,
-            "gated did not exit within 15 s of SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "gated did not exit within 15 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();

@@ -46,7 +46,9 @@ pub enum DeltaOutcome {
     /// The local version already is `to_version` (or newer): nothing changed.
     AlreadyApplied,
     /// The local version is not `from_version`: nothing changed, a resync is due.
-    Gap { local_version: u64 },
+    Gap {
+        local_version: u64,
+    },
 }
 
 const SEP: char = '\u{1f}';
@@ -119,7 +121,17 @@ impl Store {
             )
             .and_then(|mut stmt| {
                 stmt.query_row(params![kind.as_str(), &key[..]], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                    ))
                 })
                 .optional()
             })
@@ -138,7 +150,17 @@ impl Store {
             )
             .and_then(|mut stmt| {
                 stmt.query_row(params![person_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                    ))
                 })
                 .optional()
             })

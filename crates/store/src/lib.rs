@@ -12,14 +12,18 @@
 //! `Send` but not `Sync`, so each task that needs the database opens its own
 //! and SQLite arbitrates (WAL: readers never block the writer).
 
+mod health;
 mod identity;
 mod local;
 mod outbox;
 mod schema;
+mod snapshot;
 
-pub use identity::{DeltaOutcome, IdentityDelta, IdentityState, NewPerson, ImportSummary};
+pub use health::{HealthBatch, HealthState};
+pub use identity::{DeltaOutcome, IdentityDelta, IdentityState, ImportSummary, NewPerson};
 pub use local::PassbackEntry;
 pub use outbox::{OutboxEntry, OutboxStats};
+pub use snapshot::{SnapshotChunk, SnapshotOutcome, SnapshotProgress};
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -63,6 +67,10 @@ impl Store {
         let wrap = |source| StoreError::Sqlite { path: path.to_owned(), source };
         let conn = Connection::open(path).map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(wrap)?;
+        // Plans that never depend on bound values. Without it, a cached join
+        // (the credential lookup) is re-prepared on every use, since rusqlite
+        // clears bindings between uses: 20 µs of a 30 µs lookup.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(wrap)?;
         let ident = identity_path(path);
         conn.execute("ATTACH DATABASE ?1 AS ident", [ident.to_string_lossy()]).map_err(wrap)?;
         for schema in ["main", "ident"] {

@@ -774,10 +774,16 @@ fn control_socket_defaults_to_the_state_folder() {
     assert_errors(
         "bad group",
         &with_base("[control]\ngroup = \"-x y\"\n"),
-        &[(10, 9, "control.group", "expected a group name (letters, digits, `_`, `-`, `.`; at most 32), found \"-x y\"")],
+        &[(
+            10,
+            9,
+            "control.group",
+            "expected a group name (letters, digits, `_`, `-`, `.`; at most 32), found \"-x y\"",
+        )],
     );
     let long = format!("/{}/gated.sock", "d".repeat(100));
-    let errors = parse(Path::new(FILE), &with_base(&format!("[control]\nsocket = \"{long}\"\n"))).expect_err("too long");
+    let errors =
+        parse(Path::new(FILE), &with_base(&format!("[control]\nsocket = \"{long}\"\n"))).expect_err("too long");
     assert!(errors.to_string().contains("at most 107 bytes"), "{errors}");
 }
 

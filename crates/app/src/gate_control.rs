@@ -1,0 +1,578 @@
+//! The gate-control task: owns the gate safety state machine
+//! ([`gate_engine::gate_fsm::GateFsm`]) and stands between the decision loop
+//! and the IO board driver.
+//!
+//! In: grants and denies from the decision loop (each already durably
+//! recorded), input snapshots and reachability from the driver, and the
+//! machine's own deadlines. Out: coil commands to the driver, and the
+//! machine's events into the outbox (passages, `not_passed`, alarms), the
+//! alarms also as alerts.
+//!
+//! Rules that shape this file:
+//! - Coil commands go out before anything is recorded: a fire alarm release
+//!   must not wait on SQLite, and it must work even when the database does
+//!   not (the store is opened lazily and its failures only logged).
+//! - Time is read once per input: a monotonic instant for the machine (a
+//!   wall clock step must not fire or stretch timeouts) and the wall clock
+//!   for what is recorded. The machine itself never reads a clock.
+//! - The first snapshot after a (re)connect is a baseline for the passage
+//!   sensors: a body already in the passage when the board came back is no
+//!   passage this task saw happen.
+
+use crate::activity::{Activity, GateActivity};
+use crate::alerts::AlertBook;
+use crate::decide::DecisionCounters;
+use gate_config::{Config, GateIoConfig, Side};
+use gate_core::{Mode, UnixMillis};
+use gate_devices::gate_io::{GateCommand, GateIoEvent, GateIoSettings, InputLevels};
+use gate_engine::gate_fsm::{GateFsm, GateFsmConfig, GateFsmEvent, GateInput, GateOutput, Signal, SignalSet, UnlockMode};
+use gate_store::Store;
+use gate_sync::{ALERT_STREAM, AlertRecord, EVENT_STREAM, EventBody, EventRecord, Topics, encode_alert, encode_event};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// What the decision loop tells the gate, once the decision is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GateRequest {
+    /// Let one person through on this side.
+    Grant { side: Side },
+    /// Refused: red lamp and buzzer.
+    Deny,
+}
+
+/// The driver's settings for a configured gate: every wired coil and input.
+pub(crate) fn driver_settings(io: &GateIoConfig) -> GateIoSettings {
+    let wiring = Wiring::new(io);
+    GateIoSettings {
+        port: io.port.clone(),
+        baud: io.baud,
+        unit_id: io.unit_id,
+        coils: wiring.coils.iter().map(|&(_, coil)| coil).collect(),
+        inputs: wiring.inputs().collect(),
+        poll_interval: io.poll_interval,
+        request_timeout: Duration::from_millis(500),
+        failures_before_lost: 3,
+    }
+}
+
+/// The state machine's timings and wiring for a configured gate.
+pub(crate) fn fsm_config(io: &GateIoConfig) -> GateFsmConfig {
+    let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    let wiring = Wiring::new(io);
+    GateFsmConfig {
+        // Both configured modes are the machine's pulse: the coil is on for
+        // `unlock_ms` or until the passage, whichever comes first, and the
+        // grant stays open for `pass_timeout_ms`. That is exactly what
+        // `[devices.gate] unlock_mode = "level"` documents (a held level cut
+        // by the passage or by `unlock_ms`); "pulse" only differs by its
+        // shorter default. The machine's own level mode would hold the coil
+        // for the whole `pass_timeout_ms` and ignore `unlock_ms`.
+        unlock_mode: UnlockMode::Pulse,
+        unlock_ms: ms(io.unlock),
+        pass_timeout_ms: ms(io.pass_timeout),
+        held_open_ms: ms(io.held_open),
+        indicator_ms: ms(io.indicator),
+        fire_alarm_normally_closed: io.fire_alarm_normally_closed,
+        io_loss_is_fire_alarm: io.io_loss_is_fire_alarm,
+        fire_alarm_io_loss_ms: ms(io.fire_alarm_io_loss),
+        wired: SignalSet::of(&wiring.coils.iter().map(|&(signal, _)| signal).collect::<Vec<_>>()),
+    }
+}
+
+/// Which channel carries which signal.
+#[derive(Debug, Clone)]
+struct Wiring {
+    coils: Vec<(Signal, u16)>,
+    passage: [u16; 2],
+    fire: Option<u16>,
+    beam: Option<u16>,
+    intrusion: Option<u16>,
+}
+
+impl Wiring {
+    fn new(io: &GateIoConfig) -> Self {
+        let mut coils = vec![(Signal::UnlockEntry, io.unlock_entry_coil), (Signal::UnlockExit, io.unlock_exit_coil)];
+        for (signal, coil) in
+            [(Signal::GreenLamp, io.green_lamp_coil), (Signal::RedLamp, io.red_lamp_coil), (Signal::Buzzer, io.buzzer_coil)]
+        {
+            coils.extend(coil.map(|c| (signal, c)));
+        }
+        Wiring {
+            coils,
+            passage: [io.passage_entry_input, io.passage_exit_input],
+            fire: io.fire_alarm_input,
+            beam: io.beam_input,
+            intrusion: io.intrusion_input,
+        }
+    }
+
+    fn coil(&self, signal: Signal) -> Option<u16> {
+        self.coils.iter().find(|&&(s, _)| s == signal).map(|&(_, coil)| coil)
+    }
+
+    fn inputs(&self) -> impl Iterator<Item = u16> + '_ {
+        self.passage.into_iter().chain(self.fire).chain(self.beam).chain(self.intrusion)
+    }
+}
+
+const SIDES: [Side; 2] = [Side::Entry, Side::Exit];
+
+/// Turns the driver's level snapshots into the machine's inputs: only
+/// changes, fire contact first (so a crowd leaving in the same snapshot is
+/// free egress, not forced entries), then intrusion, beam, passages.
+#[derive(Debug)]
+struct InputMap {
+    wiring: Wiring,
+    /// The levels the machine was given, by signal.
+    fire: Option<bool>,
+    beam: bool,
+    intrusion: bool,
+    passage: [bool; 2],
+    /// A passage sensor found active by a baseline snapshot: ignored until
+    /// it is seen low.
+    masked: [bool; 2],
+    /// The next snapshot follows a (re)connect.
+    baseline: bool,
+}
+
+impl InputMap {
+    fn new(wiring: Wiring) -> Self {
+        InputMap {
+            wiring,
+            fire: None,
+            beam: false,
+            intrusion: false,
+            passage: [false; 2],
+            masked: [false; 2],
+            baseline: true,
+        }
+    }
+
+    /// The board was lost: its next snapshot is a baseline again.
+    fn lost(&mut self) {
+        self.baseline = true;
+    }
+
+    fn translate(&mut self, levels: &InputLevels) -> Vec<GateInput> {
+        let baseline = std::mem::take(&mut self.baseline);
+        let mut out = Vec::new();
+        if let Some(closed) = self.wiring.fire.and_then(|i| levels.get(i))
+            && self.fire != Some(closed)
+        {
+            self.fire = Some(closed);
+            out.push(GateInput::FireAlarm { contact_closed: closed });
+        }
+        if let Some(active) = self.wiring.intrusion.and_then(|i| levels.get(i))
+            && self.intrusion != active
+        {
+            self.intrusion = active;
+            out.push(GateInput::Intrusion { active });
+        }
+        if let Some(active) = self.wiring.beam.and_then(|i| levels.get(i))
+            && self.beam != active
+        {
+            self.beam = active;
+            out.push(GateInput::Beam { active });
+        }
+        for (i, side) in SIDES.into_iter().enumerate() {
+            let Some(active) = levels.get(self.wiring.passage[i]) else { continue };
+            if !active {
+                self.masked[i] = false;
+            } else if self.masked[i] || (baseline && !self.passage[i]) {
+                self.masked[i] = true;
+                continue;
+            }
+            if self.passage[i] != active {
+                self.passage[i] = active;
+                out.push(GateInput::PassageSensor { side, active });
+            }
+        }
+        out
+    }
+}
+
+/// The task's fixed parts and its state.
+pub(crate) struct GateControl {
+    fsm: GateFsm,
+    inputs: InputMap,
+    store_path: std::path::PathBuf,
+    /// Opened on first use and after a failure: the gate must keep working
+    /// (fire egress above all) when the database does not.
+    store: Option<Store>,
+    driver: mpsc::Sender<GateCommand>,
+    outbox_changed: Arc<Notify>,
+    counters: Arc<DecisionCounters>,
+    topics: Topics,
+    config: Config,
+    alerts: AlertBook,
+    /// The machine's time zero.
+    origin: Instant,
+    /// The fire alarm state the driver was last told.
+    fire_told: bool,
+}
+
+impl GateControl {
+    pub(crate) fn new(
+        config: &Config,
+        io: &GateIoConfig,
+        driver: mpsc::Sender<GateCommand>,
+        outbox_changed: Arc<Notify>,
+        counters: Arc<DecisionCounters>,
+    ) -> Self {
+        GateControl {
+            fsm: GateFsm::new(fsm_config(io)),
+            inputs: InputMap::new(Wiring::new(io)),
+            store_path: config.store.path.clone(),
+            store: None,
+            driver,
+            outbox_changed,
+            counters,
+            topics: Topics::new(&config.mqtt.topic_prefix, &config.site.id, &config.gate.id),
+            config: config.clone(),
+            alerts: AlertBook::new(config.alerts.quiet_period.as_millis() as i64),
+            origin: Instant::now(),
+            fire_told: false,
+        }
+    }
+
+    /// Runs until `shutdown`. The driver does its own shutdown writes (it
+    /// knows whether a fire alarm holds the unlocks).
+    pub(crate) async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<GateRequest>,
+        mut io_events: mpsc::Receiver<GateIoEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let mut requests_open = true;
+        let mut io_open = true;
+        loop {
+            let deadline = self.fsm.next_deadline().map(|ms| self.instant_of(ms));
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                request = requests.recv(), if requests_open => match request {
+                    Some(request) => {
+                        let input = match request {
+                            GateRequest::Grant { side } => GateInput::Grant { side },
+                            GateRequest::Deny => GateInput::Deny,
+                        };
+                        self.handle(&[input]).await;
+                    }
+                    None => requests_open = false,
+                },
+                event = io_events.recv(), if io_open => match event {
+                    Some(GateIoEvent::Inputs(levels)) => {
+                        let inputs = self.inputs.translate(&levels);
+                        self.handle(&inputs).await;
+                    }
+                    Some(GateIoEvent::Reachable(reachable)) => {
+                        if !reachable {
+                            self.inputs.lost();
+                        }
+                        self.handle(&[GateInput::IoBoard { reachable }]).await;
+                    }
+                    None => io_open = false,
+                },
+                () = sleep_until(deadline) => {
+                    let (now, wall) = self.clocks();
+                    let outputs = self.fsm.tick(now);
+                    self.act(outputs, wall).await;
+                }
+            }
+        }
+    }
+
+    /// The machine's time now, and the wall clock, each read once.
+    fn clocks(&self) -> (i64, UnixMillis) {
+        let now = i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX);
+        (now, crate::wall_clock_ms())
+    }
+
+    fn instant_of(&self, ms: i64) -> Instant {
+        self.origin + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    async fn handle(&mut self, inputs: &[GateInput]) {
+        if inputs.is_empty() {
+            return;
+        }
+        let (now, wall) = self.clocks();
+        let mut outputs = Vec::new();
+        for &input in inputs {
+            debug!(?input, "gate input");
+            outputs.extend(self.fsm.handle(input, now));
+        }
+        self.act(outputs, wall).await;
+    }
+
+    /// Coils first, then the records.
+    async fn act(&mut self, outputs: Vec<GateOutput>, wall: UnixMillis) {
+        let fire = self.fsm.fire_alarm();
+        if fire != self.fire_told {
+            self.fire_told = fire;
+            self.command(GateCommand::FireAlarm(fire)).await;
+        }
+        let mut events = Vec::new();
+        for output in outputs {
+            match output {
+                GateOutput::SetCoil { signal, on } => match self.inputs.wiring.coil(signal) {
+                    Some(coil) => {
+                        self.command(GateCommand::SetCoil { coil, on }).await;
+                        self.publish_unlock(signal, on, wall);
+                    }
+                    // The machine only drives wired signals.
+                    None => debug!(signal = signal.as_str(), "unwired signal"),
+                },
+                GateOutput::Event(event) => events.push(event),
+            }
+        }
+        for event in events {
+            self.record(event, wall);
+        }
+    }
+
+    /// Unlock coil changes go to the live feed (`gatectl tail`).
+    fn publish_unlock(&self, signal: Signal, on: bool, now: UnixMillis) {
+        let side = match signal {
+            Signal::UnlockEntry => Side::Entry,
+            Signal::UnlockExit => Side::Exit,
+            Signal::GreenLamp | Signal::RedLamp | Signal::Buzzer => return,
+        };
+        let event = if on { GateActivity::Unlocked } else { GateActivity::Relocked };
+        self.counters.activity.publish(Activity::Gate {
+            at_ms: now,
+            event,
+            side: Some(side.as_str().to_owned()),
+            detail: None,
+        });
+    }
+
+    /// `&mut self` rather than `&self`: the future stays `Send` (the store
+    /// connection is `Send` but not `Sync`).
+    async fn command(&mut self, command: GateCommand) {
+        // The driver never waits on this task, so waiting for room here
+        // cannot deadlock; it only ever lags by a Modbus exchange.
+        if self.driver.send(command).await.is_err() {
+            warn!("gate IO driver is not running; the gate stays as it is");
+        }
+    }
+
+    fn record(&mut self, event: GateFsmEvent, now: UnixMillis) {
+        let name = event.as_str();
+        let side = match event {
+            GateFsmEvent::Passage { side } | GateFsmEvent::NotPassed { side } | GateFsmEvent::ReversePassage { side } => {
+                Some(side)
+            }
+            _ => None,
+        };
+        let alarm = matches!(
+            event,
+            GateFsmEvent::DoorForced
+                | GateFsmEvent::HeldOpen
+                | GateFsmEvent::Tailgating
+                | GateFsmEvent::ReversePassage { .. }
+                | GateFsmEvent::FireAlarm
+                | GateFsmEvent::FireAlarmCleared
+                | GateFsmEvent::IoLost
+        );
+        match event {
+            GateFsmEvent::Passage { side } => {
+                self.counters.passages.fetch_add(1, Ordering::Relaxed);
+                info!(side = side.as_str(), "passage");
+            }
+            GateFsmEvent::NotPassed { side } => info!(side = side.as_str(), "granted but not passed"),
+            GateFsmEvent::IoRestored => info!("gate IO board answers again"),
+            _ => warn!(alarm = name, side = side.map(Side::as_str), "gate alarm"),
+        }
+        let body = match event {
+            GateFsmEvent::Passage { side } => EventBody::Passage { side: wire_side(side) },
+            _ => EventBody::Alarm { name: name.to_owned() },
+        };
+        let Some(mode) = self.store().map(|store| mode_at(store, now)) else { return };
+        let record = EventRecord {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            site_id: self.config.site.id.to_string(),
+            gate_id: self.config.gate.id.to_string(),
+            occurred_at_ms: now,
+            lane: self.config.gate.lane,
+            direction: self.config.gate.direction,
+            mode,
+            policy_version: self.config.policy.version.clone(),
+            body,
+        };
+        let topic = self.topics.events.clone();
+        let Some(store) = self.store.as_mut() else { return };
+        let seq = match store.append_event(EVENT_STREAM, &topic, now, |seq| encode_event(&record, seq)) {
+            Ok(seq) => {
+                debug!(seq, event = name, "gate event recorded");
+                Some(seq)
+            }
+            Err(e) => {
+                error!(error = %e, event = name, "could not record a gate event");
+                self.store = None;
+                None
+            }
+        };
+        self.counters.activity.publish(match (event, side) {
+            (GateFsmEvent::Passage { .. }, Some(side)) => {
+                Activity::Passage { at_ms: now, seq, side: side.as_str().to_owned() }
+            }
+            _ => Activity::Alarm { at_ms: now, seq, name: name.to_owned() },
+        });
+        if alarm {
+            self.raise_alert(name, side, mode, now);
+        }
+        self.outbox_changed.notify_one();
+    }
+
+    fn raise_alert(&mut self, name: &'static str, side: Option<Side>, mode: Mode, now: UnixMillis) {
+        // Repeats of one alarm within the quiet period raise the open
+        // alert's count, like refusals of one person.
+        let occurrence = self.alerts.record("gate", name, now);
+        let record = AlertRecord {
+            alert_id: occurrence.alert_id,
+            site_id: self.config.site.id.to_string(),
+            gate_id: self.config.gate.id.to_string(),
+            occurred_at_ms: now,
+            subject: String::new(),
+            person_id: None,
+            category: None,
+            reason: None,
+            alarm: Some(name.to_owned()),
+            facts: side.map(|s| ("side".to_owned(), s.as_str().to_owned())).into_iter().collect(),
+            repeat_count: occurrence.repeat_count,
+            first_occurred_at_ms: occurrence.first_at_ms,
+            mode,
+        };
+        let topic = self.topics.alerts.clone();
+        let Some(store) = self.store() else { return };
+        match store.append_event(ALERT_STREAM, &topic, now, |seq| encode_alert(&record, seq)) {
+            Ok(seq) => warn!(seq, alarm = name, repeat = occurrence.repeat_count, "alert to the management departments"),
+            Err(e) => {
+                error!(error = %e, alarm = name, "could not record a gate alert");
+                self.store = None;
+            }
+        }
+    }
+
+    fn store(&mut self) -> Option<&mut Store> {
+        if self.store.is_none() {
+            match Store::open(&self.store_path) {
+                Ok(store) => self.store = Some(store),
+                Err(e) => error!(error = %e, "cannot open the store; gate events are not recorded"),
+            }
+        }
+        self.store.as_mut()
+    }
+}
+
+/// The mode in force, for labelling records; the strictest when unreadable,
+/// as the decision loop assumes.
+fn mode_at(store: &Store, now: UnixMillis) -> Mode {
+    match store.mode_schedule() {
+        Ok(Some(schedule)) => schedule.at(now),
+        Ok(None) => Mode::Normal,
+        Err(e) => {
+            error!(error = %e, "cannot read the site mode");
+            Mode::Wartime
+        }
+    }
+}
+
+fn wire_side(side: Side) -> gate_sync::Side {
+    match side {
+        Side::Entry => gate_sync::Side::Entry,
+        Side::Exit => gate_sync::Side::Exit,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wiring() -> Wiring {
+        Wiring {
+            coils: vec![(Signal::UnlockEntry, 0), (Signal::UnlockExit, 1), (Signal::GreenLamp, 5)],
+            passage: [0, 1],
+            fire: Some(4),
+            beam: Some(2),
+            intrusion: Some(3),
+        }
+    }
+
+    /// Levels of inputs 0..=4 from a bit pattern (bit n = input n).
+    fn levels(bits: u8) -> InputLevels {
+        (0..5u16).map(|i| (i, bits & (1 << i) != 0)).collect()
+    }
+
+    #[test]
+    fn fire_comes_first_and_only_changes_pass() {
+        let mut map = InputMap::new(wiring());
+        // Baseline: the fire contact closed (input 4) is news; nothing else.
+        assert_eq!(map.translate(&levels(0b1_0000)), [GateInput::FireAlarm { contact_closed: true }]);
+        assert!(map.translate(&levels(0b1_0000)).is_empty());
+        // The contact opens while two bodies rush through the exit with the
+        // beam broken: the fire alarm reaches the machine first.
+        assert_eq!(
+            map.translate(&levels(0b0_0110)),
+            [
+                GateInput::FireAlarm { contact_closed: false },
+                GateInput::Beam { active: true },
+                GateInput::PassageSensor { side: Side::Exit, active: true },
+            ]
+        );
+        assert_eq!(
+            map.translate(&levels(0b0_1000)),
+            [
+                GateInput::Intrusion { active: true },
+                GateInput::Beam { active: false },
+                GateInput::PassageSensor { side: Side::Exit, active: false },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_passage_sensor_active_at_connect_is_no_passage_until_it_falls() {
+        let mut map = InputMap::new(wiring());
+        assert_eq!(map.translate(&levels(0b1_0001)), [GateInput::FireAlarm { contact_closed: true }]);
+        // Still held, and another input changes: still masked.
+        assert_eq!(map.translate(&levels(0b1_0101)), [GateInput::Beam { active: true }]);
+        assert_eq!(map.translate(&levels(0b1_0100)), []);
+        // The next body is a passage.
+        assert_eq!(
+            map.translate(&levels(0b1_0101)),
+            [GateInput::PassageSensor { side: Side::Entry, active: true }]
+        );
+        // Lost with the sensor high, back with it high: the machine already
+        // knows it is high, so nothing is repeated; once low it falls.
+        map.lost();
+        assert_eq!(map.translate(&levels(0b1_0101)), []);
+        assert_eq!(
+            map.translate(&levels(0b1_0100)),
+            [GateInput::PassageSensor { side: Side::Entry, active: false }]
+        );
+        // Lost with it low, back with it high: a baseline, masked.
+        map.lost();
+        assert_eq!(map.translate(&levels(0b1_0101)), []);
+    }
+
+    #[test]
+    fn unwired_inputs_are_never_fed() {
+        let mut map = InputMap::new(Wiring { fire: None, beam: None, intrusion: None, ..wiring() });
+        assert_eq!(map.translate(&levels(0b1_1100)), []);
+        let driver = map.wiring.inputs().collect::<Vec<_>>();
+        assert_eq!(driver, [0, 1]);
+    }
+}
