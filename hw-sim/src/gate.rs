@@ -268,20 +268,27 @@ impl GateSim {
         tokio::spawn(async move {
             let s = Arc::clone(&task_shared);
             let line = Arc::clone(&task_shared.line);
-            let serve = pty::serve(pty, line, task_shared.cancel.clone(), IDLE_RESYNC, move |input| {
-                let mut changes = Vec::new();
-                let out = s.state().on_input(input, &mut changes);
-                for (coil, on) in changes {
-                    let _ = s.events.send(GateEvent::Coil { coil, on });
-                    if on {
-                        let mapped = s.config.auto_passage.iter().filter(|(c, _)| *c == coil);
-                        for &(_, input) in mapped {
-                            s.schedule_passage(input);
+            let serve = pty::serve(
+                pty,
+                line,
+                task_shared.cancel.clone(),
+                IDLE_RESYNC,
+                move |input| {
+                    let mut changes = Vec::new();
+                    let out = s.state().on_input(input, &mut changes);
+                    for (coil, on) in changes {
+                        let _ = s.events.send(GateEvent::Coil { coil, on });
+                        if on {
+                            let mapped = s.config.auto_passage.iter().filter(|(c, _)| *c == coil);
+                            for &(_, input) in mapped {
+                                s.schedule_passage(input);
+                            }
                         }
                     }
-                }
-                out
-            }, |_| {});
+                    out
+                },
+                |_| {},
+            );
             serve.await;
             task_shared.stopped.send_replace(true);
         });

@@ -162,9 +162,10 @@ impl SamState {
                         }
                         Err(sw3) => (None, encode_reply(sw3, &[]), false),
                     };
-                    if let Some(fault) = self.status.filter(|f| {
-                        f.target.is_none_or(|t| command.is_some_and(|(c, p)| t.matches_sam(c, p)))
-                    }) {
+                    if let Some(fault) = self
+                        .status
+                        .filter(|f| f.target.is_none_or(|t| command.is_some_and(|(c, p)| t.matches_sam(c, p))))
+                    {
                         // An error status carries no data; the card was not read.
                         reply = encode_reply(fault.code, &[]);
                         ok_read = false;

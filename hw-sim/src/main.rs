@@ -63,7 +63,8 @@ struct QrArgs {
     /// Payload to scan; repeat for several.
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     scan: Vec<String>,
-    /// Scenario script (scan / raw / wait / loop).
+    /// Scenario script (scan / raw / wait / loop and the misbehaviour steps:
+    /// garbage / corrupt / truncate / slow / silent / unplug).
     #[arg(long, conflicts_with = "scan")]
     script: Option<PathBuf>,
     /// Pause after each --scan.
@@ -82,7 +83,8 @@ struct PlateArgs {
     /// A read to send; repeat for several. COLOUR defaults to blue, CONF to 0.95.
     #[arg(long, value_name = "PLATE[:COLOUR[:CONF]]")]
     read: Vec<String>,
-    /// Scenario script (plate / raw / wait / loop).
+    /// Scenario script (plate / raw / wait / loop and the misbehaviour steps:
+    /// garbage / corrupt / truncate / slow / silent / unplug).
     #[arg(long, conflicts_with = "read")]
     script: Option<PathBuf>,
     /// Pause after each --read.
@@ -98,7 +100,8 @@ struct IdcardArgs {
     /// Create this symlink to the pty slave (removed on exit).
     #[arg(long)]
     link: Option<PathBuf>,
-    /// Scenario script (place / wait / remove / garbage / corrupt / silent / loop).
+    /// Scenario script (place / remove / wait / loop and the misbehaviour steps:
+    /// garbage / corrupt / truncate / slow / silent / status / unplug).
     #[arg(long, conflicts_with = "place")]
     script: Option<PathBuf>,
     /// Card to cycle through; repeat for several.

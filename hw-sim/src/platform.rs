@@ -170,6 +170,8 @@ struct Shared {
     requested: AtomicU64,
     acked: AtomicU64,
     connected: AtomicBool,
+    /// Set by `disconnect`, so the connection's end is not reported as a failure.
+    closing: AtomicBool,
     subscribed: AtomicBool,
     republishing: AtomicBool,
 }
@@ -201,7 +203,10 @@ impl Platform {
     /// returns once the subscriptions are acknowledged.
     pub async fn connect(config: PlatformConfig) -> anyhow::Result<Platform> {
         let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
-        options.set_keep_alive(Duration::from_secs(10)).set_clean_session(true).set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        options
+            .set_keep_alive(Duration::from_secs(10))
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         let (client, eventloop) = AsyncClient::new(options, 64);
         let platform = Platform {
             config: Arc::new(config),
@@ -209,7 +214,13 @@ impl Platform {
             shared: Arc::new(Shared::default()),
             stop: CancellationToken::new(),
         };
-        tokio::spawn(drive(eventloop, platform.client.clone(), platform.config.clone(), platform.shared.clone(), platform.stop.clone()));
+        tokio::spawn(drive(
+            eventloop,
+            platform.client.clone(),
+            platform.config.clone(),
+            platform.shared.clone(),
+            platform.stop.clone(),
+        ));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !platform.shared.subscribed.load(Ordering::Relaxed) {
             if Instant::now() > deadline {
@@ -233,7 +244,13 @@ impl Platform {
     }
 
     /// The encoded `IdentityBatch` of a delta.
-    pub fn delta_payload(&self, from_version: u64, to_version: u64, upserts: &[PlatformPerson], deletes: &[String]) -> Vec<u8> {
+    pub fn delta_payload(
+        &self,
+        from_version: u64,
+        to_version: u64,
+        upserts: &[PlatformPerson],
+        deletes: &[String],
+    ) -> Vec<u8> {
         let delta = pb::IdentityDelta {
             from_version,
             to_version,
@@ -251,7 +268,12 @@ impl Platform {
 
     /// Publishes a full snapshot in chunks, in order, and remembers it to
     /// answer sync requests. Returns the number of chunks.
-    pub async fn publish_snapshot(&self, people: &[PlatformPerson], version: u64, chunk_size: usize) -> anyhow::Result<u32> {
+    pub async fn publish_snapshot(
+        &self,
+        people: &[PlatformPerson],
+        version: u64,
+        chunk_size: usize,
+    ) -> anyhow::Result<u32> {
         let people = Arc::new(people.to_vec());
         self.shared.state().latest = Some(Latest { people: people.clone(), version, chunk_size });
         publish_snapshot(&self.client, &self.config, &self.shared, &people, version, chunk_size).await
@@ -283,7 +305,13 @@ impl Platform {
     }
 
     /// Publishes the site mode, retained, as the platform's order.
-    pub async fn publish_mode(&self, mode: pb::Mode, effective_at_ms: i64, issued_by: &str, reason: &str) -> anyhow::Result<()> {
+    pub async fn publish_mode(
+        &self,
+        mode: pb::Mode,
+        effective_at_ms: i64,
+        issued_by: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         let change = pb::ModeChange {
             mode: mode as i32,
             effective_at_ms,
@@ -371,6 +399,7 @@ impl Platform {
 
     /// Disconnects and stops the driving task.
     pub async fn disconnect(self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
         let _ = self.client.try_disconnect();
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.stop.cancel();
@@ -383,7 +412,13 @@ impl Drop for Platform {
     }
 }
 
-async fn publish(client: &AsyncClient, shared: &Shared, topic: String, payload: Vec<u8>, retain: bool) -> anyhow::Result<()> {
+async fn publish(
+    client: &AsyncClient,
+    shared: &Shared,
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+) -> anyhow::Result<()> {
     shared.requested.fetch_add(1, Ordering::Relaxed);
     client.publish(topic, QoS::AtLeastOnce, retain, payload).await.context("publishing")
 }
@@ -428,9 +463,7 @@ fn snapshot_chunk(key: &[u8; 32], people: &[PlatformPerson], version: u64, chunk
 
 /// HMAC-SHA256(site key, kind || 0x00 || value).
 pub fn credential_key(site_key: &[u8; 32], kind: &str, value: &str) -> [u8; 32] {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(site_key) else {
-        unreachable!("HMAC takes keys of any length")
-    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(site_key) else { unreachable!("HMAC takes keys of any length") };
     mac.update(kind.as_bytes());
     mac.update(&[0]);
     mac.update(value.as_bytes());
@@ -463,7 +496,8 @@ async fn drive(
     stop: CancellationToken,
 ) {
     let base = format!("{}/{}", config.prefix, config.site);
-    let filters = [format!("{base}/+/events"), format!("{base}/alerts"), format!("{base}/+/sync"), format!("{base}/+/status")];
+    let filters =
+        [format!("{base}/+/events"), format!("{base}/alerts"), format!("{base}/+/sync"), format!("{base}/+/status")];
     let mut warned = false;
     loop {
         let event = tokio::select! {
@@ -491,6 +525,9 @@ async fn drive(
             Ok(_) => {}
             Err(e) => {
                 shared.connected.store(false, Ordering::Relaxed);
+                if shared.closing.load(Ordering::Relaxed) {
+                    break;
+                }
                 if config.print && !warned {
                     println!("platform: broker {}:{}: {e}; retrying", config.host, config.port);
                     warned = true;
@@ -514,7 +551,14 @@ fn short<'a>(name: &'a str, prefix: &str) -> &'a str {
     name.strip_prefix(prefix).unwrap_or(name)
 }
 
-fn on_message(client: &AsyncClient, config: &Arc<PlatformConfig>, shared: &Arc<Shared>, base: &str, topic: &str, payload: &[u8]) {
+fn on_message(
+    client: &AsyncClient,
+    config: &Arc<PlatformConfig>,
+    shared: &Arc<Shared>,
+    base: &str,
+    topic: &str,
+    payload: &[u8],
+) {
     let Some(rest) = topic.strip_prefix(base).and_then(|r| r.strip_prefix('/')) else { return };
     let (gate, what) = match rest.rsplit_once('/') {
         Some((gate, what)) => (gate, what),
@@ -537,7 +581,8 @@ fn on_message(client: &AsyncClient, config: &Arc<PlatformConfig>, shared: &Arc<S
             Ok(status) => {
                 let mut state = shared.state();
                 let changed = state.statuses.get(gate).is_none_or(|old| {
-                    (old.online, old.identity_version, old.mode) != (status.online, status.identity_version, status.mode)
+                    (old.online, old.identity_version, old.mode)
+                        != (status.online, status.identity_version, status.mode)
                 });
                 if changed {
                     say(
@@ -631,19 +676,24 @@ fn track(state: &mut State, key: &(String, Stream), seq: u64, id: &str) -> Optio
     let highest = tracker.seen.last().copied();
     tracker.seen.insert(seq);
     match highest {
-        Some(h) if seq > h + 1 => {
-            Some(format!("platform: GAP {gate} {stream:?}: expected seq {}, got {seq} ({} missing)", h + 1, seq - h - 1))
-        }
+        Some(h) if seq > h + 1 => Some(format!(
+            "platform: GAP {gate} {stream:?}: expected seq {}, got {seq} ({} missing)",
+            h + 1,
+            seq - h - 1
+        )),
         Some(h) if seq < h => Some(format!("platform: {gate} {stream:?} seq={seq} arrived late")),
         _ => None,
     }
 }
 
-fn on_sync(client: &AsyncClient, config: &Arc<PlatformConfig>, shared: &Arc<Shared>, gate: &str, request: pb::SyncRequest) {
-    say(
-        config,
-        format!("sync-request {gate} local_version={} reason={}", request.local_version, request.reason),
-    );
+fn on_sync(
+    client: &AsyncClient,
+    config: &Arc<PlatformConfig>,
+    shared: &Arc<Shared>,
+    gate: &str,
+    request: pb::SyncRequest,
+) {
+    say(config, format!("sync-request {gate} local_version={} reason={}", request.local_version, request.reason));
     let latest = {
         let mut state = shared.state();
         state.sync_requests.push((gate.to_owned(), request.clone()));
@@ -665,7 +715,9 @@ fn on_sync(client: &AsyncClient, config: &Arc<PlatformConfig>, shared: &Arc<Shar
     );
     let (client, config, shared) = (client.clone(), config.clone(), shared.clone());
     tokio::spawn(async move {
-        if let Err(e) = publish_snapshot(&client, &config, &shared, &latest.people, latest.version, latest.chunk_size).await {
+        if let Err(e) =
+            publish_snapshot(&client, &config, &shared, &latest.people, latest.version, latest.chunk_size).await
+        {
             say(&config, format!("platform: republishing failed: {e:#}"));
         }
         shared.republishing.store(false, Ordering::Relaxed);
@@ -816,11 +868,13 @@ pub struct PlatformArgs {
     /// MQTT broker host.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// MQTT broker port.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
     /// Topic prefix: `{prefix}/{site}/...`.
     #[arg(long, default_value = "village")]
     pub prefix: String,
+    /// The site id: `{prefix}/{site}/...`.
     #[arg(long)]
     pub site: String,
     /// The site key file (64 hex characters), to compute credential keys.
@@ -838,9 +892,11 @@ pub struct PlatformArgs {
     /// The snapshot's version.
     #[arg(long, default_value_t = 1)]
     pub version: u64,
-    /// Publish a delta from this version (the CSV rows are its upserts).
-    #[arg(long, requires = "delta_to", requires = "csv")]
+    /// Publish a delta from this version instead of a snapshot (the CSV
+    /// rows, if any, are its upserts).
+    #[arg(long, requires = "delta_to", conflicts_with = "generate")]
     pub delta_from: Option<u64>,
+    /// The version the delta leads to.
     #[arg(long, requires = "delta_from")]
     pub delta_to: Option<u64>,
     /// A person to delete in the delta; repeat for several.
@@ -852,8 +908,10 @@ pub struct PlatformArgs {
     /// When the mode takes effect (default: now).
     #[arg(long, requires = "mode")]
     pub effective_at_ms: Option<i64>,
+    /// Who ordered the mode (department, officer id).
     #[arg(long, default_value = "hw-sim", requires = "mode")]
     pub issued_by: String,
+    /// Why, for the mode change.
     #[arg(long, default_value = "", requires = "mode")]
     pub reason: String,
     /// The site's offset from UTC in minutes, for CSV dates.
@@ -897,24 +955,24 @@ pub async fn run_cli(args: PlatformArgs, shutdown: impl Future<Output = ()>) -> 
         platform.publish_mode(mode, at, &args.issued_by, &args.reason).await?;
         println!("platform: mode {} effective at {at} (retained)", short(mode.as_str_name(), "MODE_").to_lowercase());
     }
-    if let Some(people) = &people {
-        match (args.delta_from, args.delta_to) {
-            (Some(from), Some(to)) => {
-                platform.publish_delta(from, to, people, &args.delete).await?;
-                println!("platform: delta {from} -> {to}: {} upserts, {} deletes", people.len(), args.delete.len());
-            }
-            _ => {
-                let started = Instant::now();
-                let chunks = platform.publish_snapshot(people, args.version, args.chunk_size).await?;
-                println!(
-                    "platform: snapshot version {}: {} people in {chunks} chunks, published in {:.2} s",
-                    args.version,
-                    people.len(),
-                    started.elapsed().as_secs_f64()
-                );
-            }
+    match (args.delta_from, args.delta_to, &people) {
+        (Some(from), Some(to), _) => {
+            let upserts = people.as_deref().unwrap_or_default();
+            platform.publish_delta(from, to, upserts, &args.delete).await?;
+            println!("platform: delta {from} -> {to}: {} upserts, {} deletes", upserts.len(), args.delete.len());
         }
-        published = people.len();
+        (_, _, Some(people)) => {
+            let started = Instant::now();
+            let chunks = platform.publish_snapshot(people, args.version, args.chunk_size).await?;
+            println!(
+                "platform: snapshot version {}: {} people in {chunks} chunks, published in {:.2} s",
+                args.version,
+                people.len(),
+                started.elapsed().as_secs_f64()
+            );
+            published = people.len();
+        }
+        _ => {}
     }
     platform.flush(Duration::from_secs(60 + published as u64 / 10_000)).await?;
     if args.once {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use crate::faults::noise;
 use crate::gate::GateHandle;
 use crate::idcard::{IdCardHandle, SimCard};
+use crate::mask_id;
 use crate::plate::PlateHandle;
 use crate::qr::{QrHandle, mask_payload};
 use crate::script::{PassageDir, Step};
-use crate::mask_id;
 
 /// Name used when a step places a card without one.
 pub const DEFAULT_NAME: &str = "测试";

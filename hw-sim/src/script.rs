@@ -436,9 +436,9 @@ fn parse_numbered(text: &str) -> Result<Vec<(usize, Step)>, ScriptError> {
             ("plate", _) => return Err(err("`plate` needs PLATE COLOUR CONFIDENCE".into())),
             ("raw", []) => return Err(err("`raw` needs hex bytes".into())),
             ("raw", hex) => Step::Raw(parse_hex(&hex.join(" ")).map_err(err)?),
-            ("truncate", [n]) => Step::Truncate(
-                n.parse().map_err(|_| err(format!("`truncate` needs a count, got `{n}`")))?,
-            ),
+            ("truncate", [n]) => {
+                Step::Truncate(n.parse().map_err(|_| err(format!("`truncate` needs a count, got `{n}`")))?)
+            }
             ("slow", [ms]) => Step::Slow(Duration::from_millis(
                 ms.parse().map_err(|_| err(format!("`slow` needs milliseconds, got `{ms}`")))?,
             )),
@@ -461,8 +461,7 @@ fn parse_numbered(text: &str) -> Result<Vec<(usize, Step)>, ScriptError> {
                 }
             }
             ("input", [n, word]) => {
-                let input =
-                    n.parse().map_err(|_| err(format!("`input` needs an address 0..=65535, got `{n}`")))?;
+                let input = n.parse().map_err(|_| err(format!("`input` needs an address 0..=65535, got `{n}`")))?;
                 let on = on_off(word).ok_or_else(|| err("`input` needs N `on` or `off`".into()))?;
                 Step::Input { input, on }
             }

@@ -173,3 +173,24 @@ async fn a_qr_scanner_cable_pulled_and_back_and_a_damaged_scan() {
     sim.stop();
     sim.wait_stopped().await;
 }
+
+#[test]
+fn every_scenario_example_in_the_readme_parses_for_its_device() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let mut seen = Vec::new();
+    for block in readme.split("```text\n").skip(1) {
+        let text = block.split("```").next().unwrap_or("");
+        let device = match text.lines().next().unwrap_or("") {
+            l if l.starts_with("# idcard.scenario") => Device::IdCard,
+            l if l.starts_with("# gate.scenario") => Device::Gate,
+            l if l.starts_with("# qr.scenario") => Device::Qr,
+            l if l.starts_with("# plate.scenario") => Device::Plate,
+            _ => continue,
+        };
+        if let Err(e) = parse_script_for(text, device) {
+            panic!("README example for {}: {e}", device.name());
+        }
+        seen.push(device);
+    }
+    assert_eq!(seen, [Device::IdCard, Device::Gate, Device::Qr, Device::Plate]);
+}

@@ -301,8 +301,10 @@ impl GateFixture {
         gate_config::write_new_site_key(&key_path)?;
         let key = gate_config::load_site_key(&key_path)?;
         let idcard = hw_sim::idcard::IdCardSim::start(Some(&dir.path().join("idcard")))?;
-        let gate =
-            hw_sim::gate::GateSim::start(Some(&dir.path().join("gate-io")), options.gate_sim.clone().unwrap_or_default())?;
+        let gate = hw_sim::gate::GateSim::start(
+            Some(&dir.path().join("gate-io")),
+            options.gate_sim.clone().unwrap_or_default(),
+        )?;
         let qr = if options.qr_scanner {
             Some(hw_sim::qr::QrSim::start(Some(&dir.path().join("qr")), hw_sim::qr::SimTerminator::Cr, None)?)
         } else {

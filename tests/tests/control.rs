@@ -192,6 +192,7 @@ async fn metrics_are_scraped_parsed_and_match_the_decisions() -> Result<()> {
     assert_eq!(get(&samples, "gated_mode", &[("mode", "normal")]), 1.0);
     assert_eq!(get(&samples, "gated_mode", &[("mode", "wartime")]), 0.0);
     assert_eq!(get(&samples, "gated_identity_version", &[]), 0.0);
+    assert_eq!(get(&samples, "gated_health_version", &[]), 0.0);
     let depth = get(&samples, "gated_outbox_depth", &[]);
     assert!(depth >= 0.0);
     get(&samples, "gated_outbox_oldest_age_seconds", &[]);

@@ -53,7 +53,9 @@ struct Setup {
 async fn setup(answer_sync: bool) -> Result<Setup> {
     init_test_logging();
     let broker = Mosquitto::start()?;
-    let sub = Subscriber::connect(broker.port(), "village/#").await?;
+    // The gate's own topics only: the test subscriber takes 1 MiB messages,
+    // and an oversized identity batch would stall its persistent session.
+    let sub = Subscriber::connect(broker.port(), "village/heshan-c03/east-1/#").await?;
     let fx = GateFixture::new(broker.port(), &[])?;
     let daemon = RunningDaemon::start(fx.config());
     daemon.wait_connected().await?;
@@ -223,14 +225,16 @@ async fn corrupt_batches_are_rejected_counted_and_change_nothing() -> Result<()>
     bad.push(("random bytes", vec![0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x13]));
     // A snapshot whose last person has an unknown category: the valid
     // people of the same chunk must not be staged either.
-    let good = s.platform.snapshot_payloads(&[person("p-li", LI, "李四"), person("p-x", "110105194912310010", "某")], 2, 5);
+    let good =
+        s.platform.snapshot_payloads(&[person("p-li", LI, "李四"), person("p-x", "110105194912310010", "某")], 2, 5);
     let mut batch = pb::IdentityBatch::decode(good[0].as_slice())?;
     if let Some(pb::identity_batch::Body::Snapshot(chunk)) = batch.body.as_mut() {
         chunk.people[1].category = 99;
     }
     bad.push(("unknown enum value", batch.encode_to_vec()));
     // A delta whose credential key has 31 bytes.
-    let mut batch = pb::IdentityBatch::decode(s.platform.delta_payload(1, 2, &[person("p-li", LI, "李四")], &[]).as_slice())?;
+    let mut batch =
+        pb::IdentityBatch::decode(s.platform.delta_payload(1, 2, &[person("p-li", LI, "李四")], &[]).as_slice())?;
     if let Some(pb::identity_batch::Body::Delta(delta)) = batch.body.as_mut() {
         delta.upserts[0].credentials[0].key.truncate(31);
     }
@@ -260,7 +264,9 @@ async fn corrupt_batches_are_rejected_counted_and_change_nothing() -> Result<()>
         assert!(Instant::now() < deadline, "a corrupt ModeChange is counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    s.sub.wait_until(WAIT, "corrupt resync requests", |sub| resyncs(sub, "corrupt").len() >= bad.len()).await?;
+    // Every rejected identity batch asks for a resync; the oversized one is
+    // refused before it is read.
+    s.sub.wait_until(WAIT, "corrupt resync requests", |sub| resyncs(sub, "corrupt").len() >= bad.len() - 1).await?;
     assert!(resyncs(&s.sub, "corrupt").iter().all(|r| r.local_version == 1));
 
     assert_eq!(version(&s.fx), 1);
@@ -277,6 +283,29 @@ async fn corrupt_batches_are_rejected_counted_and_change_nothing() -> Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_mqtt_packet_limit_costs_one_reconnection() -> Result<()> {
+    let s = setup(false).await?;
+    s.platform.publish_snapshot(&village(2), 1, 5000).await?;
+    wait_version(&s.fx, 1).await?;
+    let errors = s.daemon.observed.link.connection_errors.load(Ordering::Relaxed);
+    // Past the client's packet limit (8 MiB + 1 KiB) the MQTT layer drops
+    // the connection before the message is read; the clean session forgets it.
+    publish(s.broker.port(), IDENTITY_TOPIC, vec![0u8; 9 << 20], false).await?;
+    let deadline = Instant::now() + WAIT;
+    while s.daemon.observed.link.connection_errors.load(Ordering::Relaxed) == errors {
+        assert!(Instant::now() < deadline, "the connection was dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.daemon.wait_connected().await?;
+    assert_eq!((version(&s.fx), store(&s.fx).person_count()?), (1, 3));
+    assert_eq!(decide(&s, ZHANG).await?.decision(), pb::Decision::Pass);
+    s.platform.publish_delta(1, 2, &[person("p-li", LI, "李四")], &[]).await?;
+    wait_version(&s.fx, 2).await?;
+    s.daemon.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_records_events_and_checks_their_seq() -> Result<()> {
     let s = setup(false).await?;
     s.platform.publish_snapshot(&village(12), 5, 5).await?;
@@ -284,17 +313,22 @@ async fn the_platform_records_events_and_checks_their_seq() -> Result<()> {
     for id in [ZHANG, LI, ZHANG] {
         decide(&s, id).await?;
     }
+    let decisions = |p: &Platform| -> Vec<pb::GateEvent> {
+        p.events().into_iter().map(|e| e.event).filter(|e| e.kind() == pb::EventKind::Decision).collect()
+    };
     let deadline = Instant::now() + WAIT;
-    while s.platform.events().len() < 3 {
-        assert!(Instant::now() < deadline, "the platform got the three events");
+    while decisions(&s.platform).len() < 3 || s.platform.events().len() < s.sub.unique_events(EVENTS_TOPIC).len() {
+        assert!(Instant::now() < deadline, "the platform got every event");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Decisions and the passages after each unlock share one gap-free sequence.
     let events = s.platform.events();
     let seqs: Vec<u64> = events.iter().map(|e| e.event.seq).collect();
-    assert_eq!(seqs, vec![1, 2, 3]);
-    assert_eq!(events[0].gate, "east-1");
-    assert_eq!(events[0].event.subject, "350203********123X", "masked as received");
-    assert_eq!(events[1].event.reason(), pb::Reason::UnknownPerson);
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    assert!(events.iter().all(|e| e.gate == "east-1"));
+    let decisions = decisions(&s.platform);
+    assert_eq!(decisions[0].subject, "350203********123X", "masked as received");
+    assert_eq!(decisions[1].reason(), pb::Reason::UnknownPerson);
     assert!(s.platform.gaps().is_empty() && s.platform.duplicates().is_empty());
     assert!(s.platform.sync_requests().iter().all(|(gate, _)| gate == "east-1"));
     s.daemon.stop().await?;
@@ -317,7 +351,10 @@ async fn a_fresh_gate_gets_the_snapshot_by_asking() -> Result<()> {
     daemon2.wait_connected().await?;
     wait_version(&fx2, 3).await?;
     assert_eq!(
-        store(&fx2).find_person_by_credential(CredentialKind::IdNumber, &s.fx.credential_key(CredentialKind::IdNumber, ZHANG))?.map(|p| p.person_id).as_deref(),
+        store(&fx2)
+            .find_person_by_credential(CredentialKind::IdNumber, &s.fx.credential_key(CredentialKind::IdNumber, ZHANG))?
+            .map(|p| p.person_id)
+            .as_deref(),
         Some("p-zhang")
     );
     assert!(s.platform.sync_requests().iter().any(|(gate, r)| gate == "west-2" && r.local_version == 0));
@@ -370,10 +407,54 @@ fn a_snapshot_missing_a_chunk_asks_again_after_the_timeout() -> Result<()> {
     assert_eq!(gate_sync::check_stalled(&mut store, t0 + stall), Some(missing.clone()));
     assert_eq!(gate_sync::check_stalled(&mut store, t0 + stall + 1), None, "once per timeout");
     assert_eq!(gate_sync::check_stalled(&mut store, t0 + 2 * stall), Some(missing));
-    assert_eq!(gate_sync::handle_identity(&mut store, &chunks[0], t0 + 2 * stall + 5), gate_sync::IdentityOutcome::Applied {
-        version: 9
-    });
+    assert_eq!(
+        gate_sync::handle_identity(&mut store, &chunks[0], t0 + 2 * stall + 5),
+        gate_sync::IdentityOutcome::Applied { version: 9 }
+    );
     assert_eq!(gate_sync::check_stalled(&mut store, t0 + 10 * stall), None, "nothing staging any more");
     assert_eq!(store.person_count()?, 5);
+    Ok(())
+}
+
+#[test]
+fn snapshot_chunk_fields_are_checked_before_anything_is_staged() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = gate_store::Store::open(&dir.path().join("g.db"))?;
+    let person = pb::Person {
+        person_id: "p1".into(),
+        category: pb::Category::Resident as i32,
+        status: pb::PersonStatus::Active as i32,
+        valid_from_ms: VALID.0,
+        valid_to_ms: VALID.1,
+        credentials: vec![pb::Credential { r#type: pb::CredentialType::IdCard as i32, key: vec![1; 32] }],
+        ..Default::default()
+    };
+    let chunk = |version: u64, chunk_index: u32, chunk_count: u32| {
+        let chunk = pb::IdentitySnapshotChunk {
+            version,
+            chunk_index,
+            chunk_count,
+            people: vec![person.clone()],
+            ..Default::default()
+        };
+        pb::IdentityBatch { body: Some(pb::identity_batch::Body::Snapshot(chunk)) }.encode_to_vec()
+    };
+    for (what, payload) in [
+        ("version 0", chunk(0, 0, 1)),
+        ("version past i64", chunk(u64::MAX, 0, 1)),
+        ("no chunks", chunk(1, 0, 0)),
+        ("too many chunks", chunk(1, 0, gate_sync::MAX_SNAPSHOT_CHUNKS + 1)),
+        ("index past the count", chunk(1, 2, 2)),
+        ("empty batch", pb::IdentityBatch { body: None }.encode_to_vec()),
+    ] {
+        let outcome = gate_sync::handle_identity(&mut store, &payload, 1);
+        assert!(matches!(outcome, gate_sync::IdentityOutcome::Rejected { .. }), "{what}: {outcome:?}");
+    }
+    assert_eq!(store.snapshot_progress()?, None);
+    assert_eq!((store.person_count()?, store.identity_state()?.version), (0, 0));
+    assert_eq!(
+        gate_sync::handle_identity(&mut store, &chunk(1, 0, 1), 1),
+        gate_sync::IdentityOutcome::Applied { version: 1 }
+    );
     Ok(())
 }

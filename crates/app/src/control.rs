@@ -204,7 +204,7 @@ fn authorize(uid: u32, gid: u32, access: &Access) -> Result<(), String> {
         return Ok(());
     }
     if let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) {
-        if group.mem.iter().any(|m| *m == user.name) {
+        if group.mem.contains(&user.name) {
             return Ok(());
         }
         if let Ok(cname) = std::ffi::CString::new(user.name.clone())
@@ -329,10 +329,10 @@ async fn status(ctx: &ControlContext) -> Reply {
     let now = crate::wall_clock_ms();
     let db = with_store(config.store.path.clone(), move |store| {
         let mode = store.mode_schedule()?.map_or(Mode::Normal, |s| s.at(now));
-        Ok((mode, store.identity_state()?, store.outbox_stats()?))
+        Ok((mode, store.identity_state()?, store.health_state()?, store.outbox_stats()?))
     })
     .await;
-    let (mode, identity, outbox) = match db {
+    let (mode, identity, health, outbox) = match db {
         Ok(found) => found,
         Err(e) => return error(format!("cannot read the database: {e}")),
     };
@@ -368,6 +368,8 @@ async fn status(ctx: &ControlContext) -> Reply {
         policy_version: config.policy.version.clone(),
         identity_version: identity.version,
         identity_synced_at_ms: identity.synced_at_ms,
+        health_version: health.version,
+        health_synced_at_ms: health.synced_at_ms,
         broker: BrokerReport {
             address: format!("{}:{}", config.mqtt.host, config.mqtt.port),
             connected: o.broker_connected(),
@@ -405,10 +407,11 @@ async fn outbox(ctx: &ControlContext) -> Reply {
     }
 }
 
-fn parse_side(raw: Option<&str>, config: &Config) -> Result<Side, Reply> {
+/// The side asked for, or the refusal message.
+fn parse_side(raw: Option<&str>, config: &Config) -> Result<Side, String> {
     match raw {
         None => Ok(config.gate.default_side()),
-        Some(s) => Side::parse(s).ok_or_else(|| error(format!("expected side \"entry\" or \"exit\", found {s:?}"))),
+        Some(s) => Side::parse(s).ok_or_else(|| format!("expected side \"entry\" or \"exit\", found {s:?}")),
     }
 }
 
@@ -416,7 +419,7 @@ async fn lookup(ctx: &ControlContext, credential: Credential, side: Option<&str>
     let config = ctx.config.borrow().clone();
     let side = match parse_side(side, &config) {
         Ok(s) => s,
-        Err(reply) => return reply,
+        Err(message) => return error(message),
     };
     let (kind, value) = match credential {
         Credential::IdNumber(v) => (CredentialKind::IdNumber, v),
@@ -548,7 +551,7 @@ async fn open(ctx: &ControlContext, operator: &str, reason: &str, side: Option<&
     let config = ctx.config.borrow().clone();
     let side = match parse_side(side, &config) {
         Ok(s) => s,
-        Err(reply) => return reply,
+        Err(message) => return error(message),
     };
     let gate = match gate_ready(ctx) {
         Ok(g) => g,

@@ -25,7 +25,9 @@ use crate::decide::DecisionCounters;
 use gate_config::{Config, GateIoConfig, Side};
 use gate_core::{Mode, UnixMillis};
 use gate_devices::gate_io::{GateCommand, GateIoEvent, GateIoSettings, InputLevels};
-use gate_engine::gate_fsm::{GateFsm, GateFsmConfig, GateFsmEvent, GateInput, GateOutput, Signal, SignalSet, UnlockMode};
+use gate_engine::gate_fsm::{
+    GateFsm, GateFsmConfig, GateFsmEvent, GateInput, GateOutput, Signal, SignalSet, UnlockMode,
+};
 use gate_store::Store;
 use gate_sync::{ALERT_STREAM, AlertRecord, EVENT_STREAM, EventBody, EventRecord, Topics, encode_alert, encode_event};
 use std::sync::Arc;
@@ -97,9 +99,11 @@ struct Wiring {
 impl Wiring {
     fn new(io: &GateIoConfig) -> Self {
         let mut coils = vec![(Signal::UnlockEntry, io.unlock_entry_coil), (Signal::UnlockExit, io.unlock_exit_coil)];
-        for (signal, coil) in
-            [(Signal::GreenLamp, io.green_lamp_coil), (Signal::RedLamp, io.red_lamp_coil), (Signal::Buzzer, io.buzzer_coil)]
-        {
+        for (signal, coil) in [
+            (Signal::GreenLamp, io.green_lamp_coil),
+            (Signal::RedLamp, io.red_lamp_coil),
+            (Signal::Buzzer, io.buzzer_coil),
+        ] {
             coils.extend(coil.map(|c| (signal, c)));
         }
         Wiring {
@@ -365,9 +369,9 @@ impl GateControl {
     fn record(&mut self, event: GateFsmEvent, now: UnixMillis) {
         let name = event.as_str();
         let side = match event {
-            GateFsmEvent::Passage { side } | GateFsmEvent::NotPassed { side } | GateFsmEvent::ReversePassage { side } => {
-                Some(side)
-            }
+            GateFsmEvent::Passage { side }
+            | GateFsmEvent::NotPassed { side }
+            | GateFsmEvent::ReversePassage { side } => Some(side),
             _ => None,
         };
         let alarm = matches!(
@@ -452,7 +456,9 @@ impl GateControl {
         let topic = self.topics.alerts.clone();
         let Some(store) = self.store() else { return };
         match store.append_event(ALERT_STREAM, &topic, now, |seq| encode_alert(&record, seq)) {
-            Ok(seq) => warn!(seq, alarm = name, repeat = occurrence.repeat_count, "alert to the management departments"),
+            Ok(seq) => {
+                warn!(seq, alarm = name, repeat = occurrence.repeat_count, "alert to the management departments")
+            }
             Err(e) => {
                 error!(error = %e, alarm = name, "could not record a gate alert");
                 self.store = None;
@@ -551,18 +557,12 @@ mod tests {
         assert_eq!(map.translate(&levels(0b1_0101)), [GateInput::Beam { active: true }]);
         assert_eq!(map.translate(&levels(0b1_0100)), []);
         // The next body is a passage.
-        assert_eq!(
-            map.translate(&levels(0b1_0101)),
-            [GateInput::PassageSensor { side: Side::Entry, active: true }]
-        );
+        assert_eq!(map.translate(&levels(0b1_0101)), [GateInput::PassageSensor { side: Side::Entry, active: true }]);
         // Lost with the sensor high, back with it high: the machine already
         // knows it is high, so nothing is repeated; once low it falls.
         map.lost();
         assert_eq!(map.translate(&levels(0b1_0101)), []);
-        assert_eq!(
-            map.translate(&levels(0b1_0100)),
-            [GateInput::PassageSensor { side: Side::Entry, active: false }]
-        );
+        assert_eq!(map.translate(&levels(0b1_0100)), [GateInput::PassageSensor { side: Side::Entry, active: false }]);
         // Lost with it low, back with it high: a baseline, masked.
         map.lost();
         assert_eq!(map.translate(&levels(0b1_0101)), []);

@@ -180,13 +180,8 @@ pub async fn run_with_reload(
             .instrument(info_span!(parent: &span, "gate_io", port = %io.port.display())),
         );
         let (request_tx, request_rx) = mpsc::channel(16);
-        let control = gate_control::GateControl::new(
-            &config,
-            io,
-            driver_tx,
-            outbox_changed.clone(),
-            observed.decisions.clone(),
-        );
+        let control =
+            gate_control::GateControl::new(&config, io, driver_tx, outbox_changed.clone(), observed.decisions.clone());
         tracker.spawn(
             control.run(request_rx, io_rx, shutdown.clone()).instrument(info_span!(parent: &span, "gate_control")),
         );
@@ -265,9 +260,7 @@ pub async fn run_with_reload(
         decide::DecisionLoop::new(&config, site_key, store, outbox_changed, gate_commands, observed.decisions.clone())
             .with_health_queries(health_query_tx)
             .with_reload(applied);
-    tracker.spawn(
-        decider.run(presented_rx, shutdown.clone()).instrument(info_span!(parent: &span, "decisions")),
-    );
+    tracker.spawn(decider.run(presented_rx, shutdown.clone()).instrument(info_span!(parent: &span, "decisions")));
 
     tracker.close();
     shutdown.cancelled().await;

@@ -246,6 +246,14 @@ pub(crate) fn render(source: &MetricsSource) -> String {
     out.sample("gated_unusable_reads_total", &[("kind", "id_card")], load(&d.unreadable_cards));
     out.sample("gated_unusable_reads_total", &[("kind", "qr")], load(&d.unreadable_qr));
     out.sample("gated_unusable_reads_total", &[("kind", "plate")], load(&d.unusable_plates));
+    out.family("gated_health_online_checks_total", "counter", "Online health checks before a decision, by outcome.");
+    for (outcome, c) in [
+        ("answered", &d.health_online_answers),
+        ("timeout", &d.health_online_timeouts),
+        ("unavailable", &d.health_online_unavailable),
+    ] {
+        out.sample("gated_health_online_checks_total", &[("outcome", outcome)], load(c));
+    }
     out.single("gated_passages_total", "counter", "Passages the turnstile reported.", load(&d.passages));
     out.single("gated_alerts_total", "counter", "Alerts recorded for the management departments.", load(&d.alerts));
     let beat = d.heartbeat.age().map_or_else(|| "NaN".to_owned(), |a| format!("{:.3}", a.as_secs_f64()));
@@ -339,6 +347,14 @@ pub(crate) fn render(source: &MetricsSource) -> String {
                     "gauge",
                     "Age of the oldest queued event (0 when the outbox is empty).",
                     seconds(age),
+                );
+            }
+            if let Ok(health) = store.health_state() {
+                out.single(
+                    "gated_health_version",
+                    "gauge",
+                    "Health table version synced from the platform.",
+                    health.version,
                 );
             }
             if let Ok(identity) = store.identity_state() {

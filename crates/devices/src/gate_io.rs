@@ -25,8 +25,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_modbus::client::{Client as _, Context};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
@@ -216,15 +220,60 @@ impl fmt::Display for CallError {
     }
 }
 
+/// The serial port, counting the bytes read from it. tokio-modbus skips
+/// line noise before a reply without telling; comparing what was read with
+/// the length of the reply decoded is how that noise gets counted.
+#[derive(Debug)]
+struct CountingPort<T> {
+    inner: T,
+    read: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for CountingPort<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CountingPort<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The RTU frame length of a reply: unit, PDU, CRC.
+fn reply_len(response: &Response) -> u64 {
+    let pdu = match response {
+        Response::ReadDiscreteInputs(bits) | Response::ReadCoils(bits) => 2 + bits.len().div_ceil(8),
+        _ => 5,
+    };
+    (1 + pdu + 2) as u64
+}
+
 /// The link to the board plus what every call needs.
 struct Link<'a> {
     ctx: Context,
     timeout: Duration,
     health: &'a DeviceHealth,
+    /// Bytes read from the port so far.
+    read: Arc<AtomicU64>,
 }
 
 impl Link<'_> {
     async fn call(&mut self, request: Request<'static>) -> Result<Response, CallError> {
+        let read_before = self.read.load(Ordering::Relaxed);
         let result = match tokio::time::timeout(self.timeout, self.ctx.call(request)).await {
             Err(_elapsed) => Err(CallError::Timeout),
             Ok(Err(tokio_modbus::Error::Transport(err))) => Err(CallError::Io(err)),
@@ -244,6 +293,18 @@ impl Link<'_> {
             Err(CallError::Io(_)) => return result,
         };
         DeviceHealth::bump(counter, 1);
+        if let Ok(response) = &result {
+            // Exceptions are errors already; a good reply with more bytes
+            // read than it has came after line noise.
+            let read = self.read.load(Ordering::Relaxed).saturating_sub(read_before);
+            let noise = read.saturating_sub(reply_len(response));
+            if noise > 0 {
+                DeviceHealth::bump(&self.health.garbage_bytes, noise);
+                let message = format!("{noise} bytes of line noise before a reply");
+                warn!(error = %message, "gate IO line noise");
+                self.health.set_last_error(message);
+            }
+        }
         result
     }
 
@@ -369,6 +430,7 @@ impl<'a> Driver<'a> {
                 QUICK_RETRY
             };
             if !self.wait_offline(delay, commands).await {
+                self.take_pending(commands);
                 self.last_chance(lost).await;
                 return;
             }
@@ -382,8 +444,10 @@ impl<'a> Driver<'a> {
         // Bytes from before this open (a late reply, line noise) are not
         // answers to anything we will ask.
         let _ = port.clear(tokio_serial::ClearBuffer::Input);
+        let read = Arc::new(AtomicU64::new(0));
+        let port = CountingPort { inner: port, read: Arc::clone(&read) };
         let ctx = tokio_modbus::client::rtu::attach_slave(port, Slave(self.settings.unit_id));
-        Ok(Link { ctx, timeout: self.settings.request_timeout, health: self.health })
+        Ok(Link { ctx, timeout: self.settings.request_timeout, health: self.health, read })
     }
 
     /// Sleeps out `delay`, taking commands (the book follows them; nothing
@@ -423,6 +487,14 @@ impl<'a> Driver<'a> {
             for (coil, on) in self.book.at_shutdown() {
                 let _ = link.write_coil(coil, on).await;
             }
+        }
+    }
+
+    /// Books the commands already sent: a fire alarm raised just before a
+    /// shutdown must still hold the unlocks on.
+    fn take_pending(&mut self, commands: &mut mpsc::Receiver<GateCommand>) {
+        while let Ok(command) = commands.try_recv() {
+            self.apply(&command);
         }
     }
 
@@ -477,6 +549,7 @@ impl<'a> Driver<'a> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
+                    self.take_pending(commands);
                     self.shutdown_writes(link).await;
                     return SessionEnd::Stop;
                 }

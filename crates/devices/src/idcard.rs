@@ -279,7 +279,10 @@ async fn exchange(
                 // Noise before a frame is counted, and the frame after it
                 // still has to pass its own checksum: keep reading.
                 Err(FrameError::Garbage { skipped }) => {
-                    DeviceHealth::bump(&health.garbage_bytes, skipped as u64)
+                    // Counted and logged, but `last_error` keeps the last
+                    // real failure: skipped noise does not lose a reply.
+                    DeviceHealth::bump(&health.garbage_bytes, skipped as u64);
+                    warn!(skipped, "id card reader line noise before a reply");
                 }
                 Err(err) => return Ok(Exchange::Corrupt(err)),
             }

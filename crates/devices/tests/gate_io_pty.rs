@@ -28,10 +28,7 @@ const FIRE_INPUT: u16 = 3;
 fn crc_check_value() {
     // CRC-16/MODBUS check value from the catalogue, and a known frame.
     assert_eq!(crc16_modbus(b"123456789"), 0x4B37);
-    assert_eq!(
-        with_crc(vec![0x01, 0x05, 0x00, 0x00, 0xFF, 0x00]),
-        [0x01, 0x05, 0x00, 0x00, 0xFF, 0x00, 0x8C, 0x3A]
-    );
+    assert_eq!(with_crc(vec![0x01, 0x05, 0x00, 0x00, 0xFF, 0x00]), [0x01, 0x05, 0x00, 0x00, 0xFF, 0x00, 0x8C, 0x3A]);
 }
 
 /// One request the board received.
@@ -52,16 +49,15 @@ struct Board {
     refuse_on: AtomicBool,
     /// Answer nothing at all.
     silent: AtomicBool,
+    /// Line noise written before the next reply.
+    noise: Mutex<Vec<u8>>,
     seen: Mutex<Vec<Seen>>,
 }
 
 impl Board {
     fn writes(&self) -> Vec<(u16, bool)> {
         let seen = self.seen.lock().expect("seen");
-        seen.iter()
-            .filter(|s| s.function == 0x05)
-            .map(|s| (s.addr, s.value == 0xFF00))
-            .collect()
+        seen.iter().filter(|s| s.function == 0x05).map(|s| (s.addr, s.value == 0xFF00)).collect()
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -92,21 +88,12 @@ fn spawn_board(mut master: std::fs::File, board: Arc<Board>) -> JoinHandle<()> {
             while buf.len() >= 8 {
                 let frame: Vec<u8> = buf.drain(..8).collect();
                 let crc = u16::from_le_bytes([frame[6], frame[7]]);
-                assert_eq!(
-                    crc,
-                    crc16_modbus(&frame[..6]),
-                    "driver sent a bad CRC: {frame:02X?}"
-                );
+                assert_eq!(crc, crc16_modbus(&frame[..6]), "driver sent a bad CRC: {frame:02X?}");
                 assert_eq!(frame[0], UNIT, "driver addressed the wrong unit");
                 let function = frame[1];
                 let addr = u16::from_be_bytes([frame[2], frame[3]]);
                 let value = u16::from_be_bytes([frame[4], frame[5]]);
-                board.seen.lock().expect("seen").push(Seen {
-                    at: Instant::now(),
-                    function,
-                    addr,
-                    value,
-                });
+                board.seen.lock().expect("seen").push(Seen { at: Instant::now(), function, addr, value });
                 if board.silent.load(Ordering::SeqCst) {
                     continue;
                 }
@@ -122,18 +109,16 @@ fn spawn_board(mut master: std::fs::File, board: Arc<Board>) -> JoinHandle<()> {
                         let bytes = count.div_ceil(8);
                         let mut pdu = vec![UNIT, 0x02, bytes as u8];
                         for i in 0..bytes {
-                            let mask = if count - i * 8 >= 8 {
-                                0xFF
-                            } else {
-                                (1u16 << (count - i * 8)) - 1
-                            };
+                            let mask = if count - i * 8 >= 8 { 0xFF } else { (1u16 << (count - i * 8)) - 1 };
                             pdu.push(((bits >> (i * 8)) & mask) as u8);
                         }
                         with_crc(pdu)
                     }
                     other => with_crc(vec![UNIT, other | 0x80, 0x01]),
                 };
-                if master.write_all(&reply).is_err() {
+                let mut bytes = std::mem::take(&mut *board.noise.lock().expect("noise"));
+                bytes.extend(reply);
+                if master.write_all(&bytes).is_err() {
                     return;
                 }
             }
@@ -339,6 +324,29 @@ async fn a_fire_alarm_keeps_the_unlocks_on_through_a_loss_and_a_shutdown() {
     running.stop().await;
     let writes = board.writes();
     assert_eq!(writes[writes.len() - 3..], [(ENTRY_COIL, true), (EXIT_COIL, true), (LAMP_COIL, false)]);
+    drop(pty.slave_guard);
+    fake.join().expect("board");
+}
+
+#[tokio::test]
+async fn line_noise_before_a_reply_is_counted_and_the_reply_still_taken() {
+    let pty = pty();
+    let board = Arc::new(Board::default());
+    let fake = spawn_board(pty.master, board.clone());
+    let mut running = start(pty.path.clone());
+    assert!(matches!(running.next_event().await, GateIoEvent::Inputs(_)));
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(true));
+
+    // Noise the decoder can skip (other noise can look like the start of a
+    // long frame: that ends as a timeout, counted as such).
+    *board.noise.lock().expect("noise") = vec![0xFF, 0xFF, 0xFF];
+    wait_until("the noise counted", || running.health.snapshot().garbage_bytes == 3).await;
+    board.set_input(ENTRY_INPUT, true);
+    assert_eq!(running.next_event().await, levels(true, false, false));
+    let health = running.health.snapshot();
+    assert_eq!(health.timeouts + health.status_errors + health.checksum_errors, 0, "{health:?}");
+    assert!(health.last_error.is_some_and(|e| e.contains("line noise")));
+    running.stop().await;
     drop(pty.slave_guard);
     fake.join().expect("board");
 }

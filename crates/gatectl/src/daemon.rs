@@ -104,13 +104,14 @@ fn render_status(s: &StatusReport, offset: UtcOffset, now: i64) -> String {
     };
     line(format!("gated {} at {}/{}, up {}", s.version, s.site, s.gate, duration(s.uptime_s)));
     line(format!("mode:          {} (policy {})", s.mode, s.policy_version));
-    let synced = match s.identity_synced_at_ms {
+    let synced = |at: Option<i64>| match at {
         Some(at) => {
             format!("last sync {} ({} ago)", local_time(at, offset), duration(((now - at).max(0) / 1000) as u64))
         }
         None => "never synced from the platform".to_owned(),
     };
-    line(format!("identity:      version {}, {synced}", s.identity_version));
+    line(format!("identity:      version {}, {}", s.identity_version, synced(s.identity_synced_at_ms)));
+    line(format!("health table:  version {}, {}", s.health_version, synced(s.health_synced_at_ms)));
     let b = &s.broker;
     line(format!(
         "broker:        {} {} (published {}, acknowledged {}, connections {}, connection errors {})",

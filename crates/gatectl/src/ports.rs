@@ -43,13 +43,18 @@ pub fn list(sys: &Path, dev: &Path) -> Vec<SerialPort> {
         // Virtual terminals and pseudo-terminals have no device behind them.
         let Ok(device) = std::fs::canonicalize(tty.join("device")) else { continue };
         // The 8250 driver registers placeholder ttyS ports that have no
-        // hardware; real on-board UARTs sit under PNP, ACPI or PCI instead.
-        if device.file_name().is_some_and(|n| n == "serial8250") {
+        // hardware under the `serial8250` platform device; real on-board
+        // UARTs sit under PNP, ACPI or PCI instead.
+        if device.components().any(|c| c.as_os_str() == "serial8250") {
             continue;
         }
-        let driver = std::fs::read_link(device.join("driver"))
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+        // Newer kernels put generic serial-base devices (drivers "port" and
+        // "ctrl") between the tty and the hardware: name the hardware's
+        // driver instead.
+        let driver = device.ancestors().take(3).find_map(|d| {
+            let name = std::fs::read_link(d.join("driver")).ok()?.file_name()?.to_string_lossy().into_owned();
+            (!matches!(name.as_str(), "port" | "ctrl")).then_some(name)
+        });
         // Stop at the sysfs root: a USB ancestor is never above it.
         let usb = device.ancestors().take_while(|d| d.starts_with(&sys_root)).find_map(|d| {
             let vendor_id = read_trimmed(&d.join("idVendor"))?;

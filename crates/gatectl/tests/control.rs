@@ -112,6 +112,7 @@ async fn status_and_outbox_report_the_running_daemon() -> Result<()> {
     assert!(stdout.starts_with(&format!("gated {} at heshan-c03/east-1, up ", gate_app::VERSION)), "{stdout}");
     assert!(stdout.contains("mode:          normal (policy auto-"), "{stdout}");
     assert!(stdout.contains("identity:      version 0, never synced from the platform"), "{stdout}");
+    assert!(stdout.contains("health table:  version 0, never synced from the platform"), "{stdout}");
     assert!(stdout.contains("broker:        NOT connected to 127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("decisions:     1 passed, 0 blocked, 0 failed"), "{stdout}");
     assert!(stdout.contains("decision loop: last turn"), "{stdout}");

@@ -132,6 +132,7 @@ fn the_unit_runs_the_daemon_as_it_expects() {
         "WatchdogSec=30",
         "ExecStartPre=/usr/bin/gated check-config /etc/gated/gated.toml",
         "ExecStart=/usr/bin/gated --config /etc/gated/gated.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "User=gated",
         "SupplementaryGroups=dialout",
         "StateDirectory=gated",

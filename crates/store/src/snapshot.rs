@@ -164,16 +164,13 @@ impl Store {
         let staged = relaxed(&mut self.conn, |conn| stage(conn, chunk, now_ms)).map_err(&wrap)?;
         match staged {
             Staged::Outcome(outcome) => Ok(outcome),
-            Staged::Complete => {
-                self.activate(chunk.version, now_ms)?;
-                Ok(SnapshotOutcome::Activated { version: chunk.version })
-            }
-            // Complete before, but the switch did not finish (a crash or an
-            // error): a repeated chunk is the moment to finish it.
-            Staged::CompleteBefore => {
-                self.activate(chunk.version, now_ms)?;
-                Ok(SnapshotOutcome::Activated { version: chunk.version })
-            }
+            // `CompleteBefore`: complete, but the switch did not finish (a
+            // crash, an error): a repeated chunk is the moment to finish it.
+            Staged::Complete | Staged::CompleteBefore => Ok(if self.activate(chunk.version, now_ms)? {
+                SnapshotOutcome::Activated { version: chunk.version }
+            } else {
+                SnapshotOutcome::Stale
+            }),
         }
     }
 
@@ -215,7 +212,8 @@ impl Store {
     }
 
     /// Indexes the complete staging, then switches it in with one commit.
-    fn activate(&mut self, version: u64, now_ms: UnixMillis) -> Result<()> {
+    /// False when there was nothing to switch any more.
+    fn activate(&mut self, version: u64, now_ms: UnixMillis) -> Result<bool> {
         let wrap = wrapper(&self.path);
         relaxed(&mut self.conn, |conn| build_indexes(conn, version)).map_err(&wrap)?;
         // Leftovers of a switch interrupted after its commit.
@@ -224,10 +222,17 @@ impl Store {
         lock_ident(&tx).map_err(&wrap)?;
         let still_complete =
             progress(&tx).map_err(&wrap)?.is_some_and(|p| p.version == version && p.received == p.chunk_count);
-        if !still_complete {
-            // Another chunk replaced this staging meanwhile: nothing to switch.
-            return Ok(());
+        let live: i64 =
+            tx.query_row("SELECT version FROM ident.identity_state WHERE id = 1", [], |r| r.get(0)).map_err(&wrap)?;
+        if !still_complete || live as u64 >= version {
+            // Replaced by another staging, or overtaken by deltas (another
+            // connection's): switching would go back in time.
+            return Ok(false);
         }
+        // Legacy renames leave references from other tables, triggers and
+        // views naming `person` (and so on) alone: after the switch they mean
+        // the new table, as they should.
+        tx.pragma_update(None, "legacy_alter_table", true).map_err(&wrap)?;
         for (next, live) in SWAP {
             tx.execute_batch(&format!(
                 "ALTER TABLE ident.{live} RENAME TO {live}_old;
@@ -235,6 +240,7 @@ impl Store {
             ))
             .map_err(&wrap)?;
         }
+        tx.pragma_update(None, "legacy_alter_table", false).map_err(&wrap)?;
         tx.execute(
             "UPDATE ident.identity_state SET version = ?1, synced_at_ms = ?2 WHERE id = 1",
             params![version as i64, now_ms],
@@ -245,7 +251,8 @@ impl Store {
         tx.commit().map_err(&wrap)?;
         // Freeing the old pages takes a while at two million rows; readers
         // already see the new tables, and the pages serve the next staging.
-        relaxed(&mut self.conn, drop_old).map_err(wrap)
+        relaxed(&mut self.conn, drop_old).map_err(wrap)?;
+        Ok(true)
     }
 }
 

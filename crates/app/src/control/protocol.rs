@@ -114,6 +114,8 @@ pub struct StatusReport {
     pub policy_version: String,
     pub identity_version: u64,
     pub identity_synced_at_ms: Option<i64>,
+    pub health_version: u64,
+    pub health_synced_at_ms: Option<i64>,
     pub broker: BrokerReport,
     pub outbox: OutboxSummary,
     pub decisions: DecisionTotals,

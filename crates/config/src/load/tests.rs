@@ -554,19 +554,15 @@ fn defaults_fill_every_optional_key() {
 
 #[test]
 fn gate_signals_are_wired_only_when_named() {
-    let gate = |extra: &str| {
-        with_base(&format!("[devices.gate]\ndriver = \"modbus-rtu\"\nport = \"/dev/gate-io\"\n{extra}"))
-    };
+    let gate =
+        |extra: &str| with_base(&format!("[devices.gate]\ndriver = \"modbus-rtu\"\nport = \"/dev/gate-io\"\n{extra}"));
     let config = ok(&gate(
         "fire_alarm_input = 4\nfire_alarm_normally_closed = false\nio_loss_is_fire_alarm = true\n\
          fire_alarm_io_loss_ms = 8000\nbeam_input = 2\nintrusion_input = 3\ngreen_lamp_coil = 2\n\
          red_lamp_coil = 3\nbuzzer_coil = 4\nindicator_ms = 1500\npass_timeout_ms = 6000\nheld_open_ms = 20000\n",
     ));
     let io = config.devices.gate.expect("a gate");
-    assert_eq!(
-        (io.fire_alarm_input, io.beam_input, io.intrusion_input),
-        (Some(4), Some(2), Some(3))
-    );
+    assert_eq!((io.fire_alarm_input, io.beam_input, io.intrusion_input), (Some(4), Some(2), Some(3)));
     assert_eq!((io.green_lamp_coil, io.red_lamp_coil, io.buzzer_coil), (Some(2), Some(3), Some(4)));
     assert!(!io.fire_alarm_normally_closed);
     assert!(io.io_loss_is_fire_alarm);
