@@ -3,6 +3,7 @@
 //! protocol text in HARDWARE.md and deliberately not from the daemon's
 //! codecs, so the two cannot share a bug.
 
+pub mod camera;
 pub mod faults;
 pub mod gate;
 pub mod idcard;

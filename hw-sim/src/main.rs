@@ -47,6 +47,28 @@ enum Command {
     /// The central platform on MQTT: identity snapshots and deltas, the site
     /// mode; prints what the gates send and checks their `seq`.
     Platform(hw_sim::platform::PlatformArgs),
+    /// A camera: holds each frame of a folder in front of the lens, as the
+    /// image file the daemon reads (`[devices.camera] snapshot_file`).
+    Camera(CameraArgs),
+}
+
+#[derive(Args, Debug)]
+struct CameraArgs {
+    /// Folder of recorded frames (.png, .jpg, .pgm), shown in name order.
+    #[arg(long, value_name = "DIR")]
+    frames: PathBuf,
+    /// The view file to keep replacing (what `snapshot_file` names).
+    #[arg(long, value_name = "FILE")]
+    link: PathBuf,
+    /// How long each frame stays in view.
+    #[arg(long, default_value_t = 1500)]
+    hold_ms: u64,
+    /// Empty view between frames.
+    #[arg(long, default_value_t = 1000)]
+    gap_ms: u64,
+    /// Start again after the last frame.
+    #[arg(long = "loop")]
+    repeat: bool,
 }
 
 #[derive(Args, Debug)]
@@ -188,6 +210,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Qr(args) => run_qr(args, shutdown).await,
         Command::Plate(args) => run_plate(args, shutdown).await,
         Command::Platform(args) => hw_sim::platform::run_cli(args, shutdown).await,
+        Command::Camera(args) => {
+            let frames = hw_sim::camera::frames_in(&args.frames)?;
+            println!("camera: {} frames from {} shown at {}", frames.len(), args.frames.display(), args.link.display());
+            let hold = std::time::Duration::from_millis(args.hold_ms);
+            let gap = std::time::Duration::from_millis(args.gap_ms);
+            let played = tokio::select! {
+                played = hw_sim::camera::play(&frames, &args.link, hold, gap, args.repeat) => played,
+                () = shutdown => Ok(()),
+            };
+            hw_sim::camera::clear(&args.link)?;
+            played
+        }
     }
 }
 

@@ -162,6 +162,25 @@ pub async fn run_with_reload(
         );
         tracker.spawn(forward(rx, presented_tx.clone(), move |e| decide::Presented::Plate(e, side)));
     }
+    if let Some(camera) = &config.devices.camera {
+        let side = camera.side.unwrap_or(default_side);
+        match camera_source(&camera.source) {
+            Ok(source) => {
+                let (tx, rx) = mpsc::channel(16);
+                tracker.spawn(
+                    gate_camera::run_camera(source, camera.interval, tx, shutdown.clone())
+                        .instrument(info_span!(parent: &span, "camera")),
+                );
+                // A code read from a frame takes the serial scanner's path.
+                tracker.spawn(forward(rx, presented_tx.clone(), move |payload| {
+                    decide::Presented::Qr(gate_devices::qr_scanner::QrEvent::Scanned(payload), side)
+                }));
+            }
+            // A camera that cannot start is a device fault, not a reason to
+            // leave the gate without its other readers.
+            Err(e) => span.in_scope(|| warn!(error = %e, "camera not started")),
+        }
+    }
     drop(presented_tx);
 
     // The IO board driver under the gate-control task (the safety state
@@ -327,5 +346,25 @@ async fn forward<T>(
         if to.send(tag(event)).await.is_err() {
             break;
         }
+    }
+}
+
+/// The frame source a camera config names.
+fn camera_source(source: &gate_config::CameraSource) -> Result<Box<dyn gate_camera::FrameSource>, String> {
+    match source {
+        gate_config::CameraSource::SnapshotFile(path) => gate_camera::SnapshotFileSource::open(path)
+            .map(|s| Box::new(s) as Box<dyn gate_camera::FrameSource>)
+            .map_err(|e| e.to_string()),
+        gate_config::CameraSource::FramesDir(dir) => gate_camera::FolderSource::open(dir)
+            .map(|s| Box::new(s) as Box<dyn gate_camera::FrameSource>)
+            .map_err(|e| e.to_string()),
+        #[cfg(feature = "camera")]
+        gate_config::CameraSource::V4l2(index) => gate_camera::V4lSource::open(*index)
+            .map(|s| Box::new(s) as Box<dyn gate_camera::FrameSource>)
+            .map_err(|e| e.to_string()),
+        #[cfg(not(feature = "camera"))]
+        gate_config::CameraSource::V4l2(index) => Err(format!(
+            "[devices.camera] device = {index} needs a build with the `camera` feature (cargo build --features camera)"
+        )),
     }
 }

@@ -159,3 +159,34 @@ mod tests {
         assert!(parse_pgm(b"P5 0 2 255\n").is_err());
     }
 }
+
+/// One image file that something else keeps replacing with the current view
+/// (a camera adapter, or `hw-sim camera`): every frame is a fresh read of the
+/// file. No file means nothing in view (an empty frame), not an error: the
+/// writer replaces it by rename, so a half-written file is never seen.
+#[derive(Debug)]
+pub struct SnapshotFileSource {
+    path: PathBuf,
+}
+
+impl SnapshotFileSource {
+    pub fn open(path: impl AsRef<Path>) -> Result<SnapshotFileSource, CameraError> {
+        let path = path.as_ref().to_owned();
+        if kind(&path).is_none() {
+            return Err(CameraError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "expected a .png, .jpg or .pgm file name"),
+            });
+        }
+        Ok(SnapshotFileSource { path })
+    }
+}
+
+impl FrameSource for SnapshotFileSource {
+    fn next_frame(&mut self) -> Result<Option<Frame>, CameraError> {
+        if !self.path.exists() {
+            return Frame::new(1, 1, vec![0]).map(Some);
+        }
+        read_frame(&self.path).map(Some)
+    }
+}

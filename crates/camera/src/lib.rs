@@ -12,7 +12,7 @@ mod luma;
 #[cfg(feature = "camera")]
 mod v4l;
 
-pub use folder::FolderSource;
+pub use folder::{FolderSource, SnapshotFileSource};
 pub use luma::{PixelLayout, to_luma};
 #[cfg(feature = "camera")]
 pub use v4l::V4lSource;

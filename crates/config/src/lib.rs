@@ -194,6 +194,31 @@ pub struct DevicesConfig {
     pub qr_scanner: Option<QrScannerConfig>,
     /// `[devices.plate_reader]`, absent when the lane has no plate camera.
     pub plate_reader: Option<PlateReaderConfig>,
+    /// `[devices.camera]`, absent when no camera reads QR codes.
+    pub camera: Option<CameraConfig>,
+}
+
+/// Where camera frames come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CameraSource {
+    /// `[devices.camera] device`: a V4L2 camera by index (builds with the
+    /// `camera` feature).
+    V4l2(u32),
+    /// `[devices.camera] snapshot_file`: an image file another program keeps
+    /// replacing with the current view (a camera adapter, `hw-sim camera`).
+    SnapshotFile(PathBuf),
+    /// `[devices.camera] frames_dir`: a folder of recorded frames, played once.
+    FramesDir(PathBuf),
+}
+
+/// `[devices.camera]`: QR codes read from camera frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CameraConfig {
+    pub source: CameraSource,
+    /// `[devices.camera] interval_ms`, default 100: time between frames.
+    pub interval: Duration,
+    /// `[devices.camera] side`, default the gate's direction.
+    pub side: Option<Side>,
 }
 
 /// How a QR scanner module ends each code.

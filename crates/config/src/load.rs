@@ -8,7 +8,7 @@
 
 use crate::MetricsConfig;
 use crate::{
-    AlertsConfig, AntiPassback, CertificateMatch, HealthConfig, CategorySet, Config, ControlConfig, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig,
+    CameraConfig, CameraSource, AlertsConfig, AntiPassback, CertificateMatch, HealthConfig, CategorySet, Config, ControlConfig, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig,
     IdentityConfig, MqttConfig, PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator,
     Side, SiteConfig, StoreConfig, UnlockMode,
 };
@@ -33,7 +33,8 @@ const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible", "anti_passba
 const STORE_KEYS: &[&str] = &["path"];
 const MQTT_KEYS: &[&str] = &["host", "port", "client_id", "topic_prefix", "keep_alive_s"];
 const IDENTITY_KEYS: &[&str] = &["hmac_key_file"];
-const DEVICES_KEYS: &[&str] = &["id_card", "gate", "qr_scanner", "plate_reader"];
+const DEVICES_KEYS: &[&str] = &["id_card", "gate", "qr_scanner", "plate_reader", "camera"];
+const CAMERA_KEYS: &[&str] = &["device", "snapshot_file", "frames_dir", "interval_ms", "side"];
 const ID_CARD_KEYS: &[&str] = &["port", "baud", "poll_interval_ms", "side"];
 const QR_SCANNER_KEYS: &[&str] = &["port", "baud", "terminator", "prefix", "side"];
 const PLATE_READER_KEYS: &[&str] = &["port", "baud", "min_confidence", "side"];
@@ -128,6 +129,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
     ("devices.id_card", ID_CARD_KEYS),
     ("devices.qr_scanner", QR_SCANNER_KEYS),
     ("devices.plate_reader", PLATE_READER_KEYS),
+    ("devices.camera", &["snapshot_file", "interval_ms", "side"]),
     ("policy", POLICY_KEYS),
     // The example shows health rules for wartime only; the other modes take
     // the same table.
@@ -330,6 +332,14 @@ enum Got<T> {
 }
 
 impl<T> Got<T> {
+    fn map_found<U>(self, f: impl FnOnce(T) -> U) -> Got<U> {
+        match self {
+            Got::Absent => Got::Absent,
+            Got::Invalid => Got::Invalid,
+            Got::Found(v) => Got::Found(f(v)),
+        }
+    }
+
     /// The value, or `default` when the key is absent.
     fn or(self, default: T) -> Option<T> {
         match self {
@@ -810,7 +820,18 @@ impl Checker<'_> {
             Got::Absent => Some(None),
             Got::Invalid => None,
         };
-        Some(DevicesConfig { id_card: id_card?, gate: gate?, qr_scanner: qr_scanner?, plate_reader: plate_reader? })
+        let camera = match self.section(d, "camera", "devices.camera") {
+            Got::Found(s) => self.camera(s).map(Some),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        Some(DevicesConfig {
+            id_card: id_card?,
+            gate: gate?,
+            qr_scanner: qr_scanner?,
+            plate_reader: plate_reader?,
+            camera: camera?,
+        })
     }
 
     fn id_card(&mut self, s: Section<'_>) -> Option<IdCardConfig> {
@@ -863,6 +884,45 @@ impl Checker<'_> {
         };
         let side = self.side(s);
         Some(QrScannerConfig { port: port?, baud: baud?, terminator: terminator?, prefix: prefix?, side: side? })
+    }
+
+    fn camera(&mut self, s: Section<'_>) -> Option<CameraConfig> {
+        self.unknown_keys(s, CAMERA_KEYS);
+        let device = self.int_in::<u32>(s, "device", 0..=63);
+        let snapshot = self.path(s, "snapshot_file");
+        let folder = self.path(s, "frames_dir");
+        let interval = self.int_in::<u64>(s, "interval_ms", 20..=5_000).or(100);
+        let side = self.side(s);
+        let mut sources = Vec::new();
+        let mut invalid = false;
+        for (got, make) in [
+            (device.map_found(CameraSource::V4l2), "device"),
+            (snapshot.map_found(CameraSource::SnapshotFile), "snapshot_file"),
+            (folder.map_found(CameraSource::FramesDir), "frames_dir"),
+        ] {
+            match got {
+                Got::Found(source) => sources.push((source, make)),
+                Got::Invalid => invalid = true,
+                Got::Absent => {}
+            }
+        }
+        if invalid {
+            return None;
+        }
+        let source = match sources.len() {
+            1 => sources.remove(0).0,
+            0 => {
+                let message = "expected one of `device`, `snapshot_file` or `frames_dir`".to_owned();
+                self.push(s.at, s.path.to_owned(), message);
+                return None;
+            }
+            _ => {
+                let names: Vec<&str> = sources.iter().map(|(_, k)| *k).collect();
+                self.push(s.at, s.path.to_owned(), format!("expected only one camera source, found {}", names.join(", ")));
+                return None;
+            }
+        };
+        Some(CameraConfig { source, interval: Duration::from_millis(interval?), side: side? })
     }
 
     fn plate_reader(&mut self, s: Section<'_>) -> Option<PlateReaderConfig> {

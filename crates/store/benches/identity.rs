@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p gate-store --bench identity`. `GATE_BENCH_PEOPLE` (default
 //! 2,000,000) sets the size; the database is kept in `GATE_BENCH_DIR`
-//! (default `target/identity-bench`) for `bench/identity-rss.sh`.
+//! (default `target/identity-bench`) for inspection. The daemon's own RSS
+//! with that many identities: `bench/identity-rss.sh`.
 
 use gate_core::{Category, CredentialKind, PersonRecord, PersonStatus, SiteKey, TimeWindow, check_character};
 use gate_store::{NewPerson, SnapshotChunk, SnapshotOutcome, Store};
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const CHUNK: usize = 5_000;
-/// The bench's site key; `bench/identity-rss.sh` writes the same one.
+/// A fixed site key: the credential keys are the same in every run.
 const SITE_KEY: [u8; 32] = [0x5a; 32];
 const DECISIONS: usize = 500;
 const DECISION_INTERVAL: Duration = Duration::from_millis(20);
@@ -190,7 +191,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         millis(rmax)
     );
     println!("(d) bench process peak RSS at the end: {} kB (VmHWM)", vm_hwm_kb().unwrap_or(0));
-    println!("database kept for bench/identity-rss.sh: {}", db.display());
+    println!("database kept: {} (and its .identity.db)", db.display());
     Ok(())
 }
 

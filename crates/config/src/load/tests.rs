@@ -118,7 +118,7 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
                 9,
                 10,
                 "devices.rfid",
-                "unknown table `rfid` (expected one of: id_card, gate, qr_scanner, plate_reader)",
+                "unknown table `rfid` (expected one of: id_card, gate, qr_scanner, plate_reader, camera)",
             )],
         ),
         (
@@ -745,6 +745,24 @@ fn policies_default_per_mode_and_take_overrides() {
     assert_eq!(config.gate.anti_passback, AntiPassback::Off);
     let timed = ok(&BASE.replace("id = \"east-1\"\n", "id = \"east-1\"\nanti_passback = \"timed\"\nanti_passback_s = 45\n"));
     assert_eq!(timed.gate.anti_passback, AntiPassback::Timed { window_ms: 45_000 });
+}
+
+#[test]
+fn a_camera_takes_exactly_one_source() {
+    let one = ok(&with_base("[devices.camera]\nframes_dir = \"frames\"\ninterval_ms = 50\n"));
+    let camera = one.devices.camera.expect("camera");
+    assert_eq!(camera.source, CameraSource::FramesDir(PathBuf::from("/etc/gated/frames")));
+    assert_eq!(camera.interval, Duration::from_millis(50));
+    assert_errors(
+        "no source",
+        &with_base("[devices.camera]\ninterval_ms = 50\n"),
+        &[(9, 1, "devices.camera", "expected one of `device`, `snapshot_file` or `frames_dir`")],
+    );
+    assert_errors(
+        "two sources",
+        &with_base("[devices.camera]\ndevice = 0\nframes_dir = \"f\"\n"),
+        &[(9, 1, "devices.camera", "expected only one camera source, found device, frames_dir")],
+    );
 }
 
 #[test]
