@@ -29,10 +29,7 @@ pub fn frames_in(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Shows `frame` as the current view at `view` (same extension kind as the
 /// frame is up to the caller: the daemon reads by the view's extension).
 pub fn show(frame: &Path, view: &Path) -> Result<()> {
-    let tmp = view.with_extension(format!(
-        "{}.tmp",
-        view.extension().and_then(|e| e.to_str()).unwrap_or("img")
-    ));
+    let tmp = view.with_extension(format!("{}.tmp", view.extension().and_then(|e| e.to_str()).unwrap_or("img")));
     std::fs::copy(frame, &tmp).with_context(|| format!("cannot copy {} to {}", frame.display(), tmp.display()))?;
     std::fs::rename(&tmp, view).with_context(|| format!("cannot replace {}", view.display()))?;
     Ok(())

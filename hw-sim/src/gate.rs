@@ -331,24 +331,12 @@ impl GateHandle {
 
     /// Current state of a coil (false if out of range).
     pub fn coil(&self, coil: u16) -> bool {
-        self.shared
-            .state()
-            .bank
-            .coils
-            .get(usize::from(coil))
-            .copied()
-            .unwrap_or(false)
+        self.shared.state().bank.coils.get(usize::from(coil)).copied().unwrap_or(false)
     }
 
     /// Current state of a discrete input (false if out of range).
     pub fn input(&self, input: u16) -> bool {
-        self.shared
-            .state()
-            .bank
-            .inputs
-            .get(usize::from(input))
-            .copied()
-            .unwrap_or(false)
+        self.shared.state().bank.inputs.get(usize::from(input)).copied().unwrap_or(false)
     }
 
     /// Sets a discrete input, e.g. a passage sensor or a fire alarm contact.
@@ -522,10 +510,7 @@ mod tests {
         let mut bytes = vec![0x01, 0x0F, 0x00, 0x00, 0x00, 0x10, 0xF0];
         bytes.extend(&req);
         assert!(b.on_input(Input::Bytes(&bytes), &mut changes).is_empty());
-        assert_eq!(
-            b.on_input(Input::Idle, &mut changes),
-            with_crc(vec![1, 1, 1, 0])
-        );
+        assert_eq!(b.on_input(Input::Idle, &mut changes), with_crc(vec![1, 1, 1, 0]));
         assert!(b.rx.is_empty());
     }
 

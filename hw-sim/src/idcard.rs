@@ -25,9 +25,8 @@ use frame::{HostCommand, Parsed, encode_reply, parse_host, status};
 const IDLE_DISCARD: Duration = Duration::from_millis(200);
 
 /// Fixed 16-byte SAM identity returned by command 12 FF.
-pub const SAM_ID: [u8; 16] = [
-    0x05, 0x00, 0x01, 0x00, 0x20, 0x10, 0x12, 0x01, 0x00, 0x00, 0x00, 0x01, 0x12, 0x34, 0x56, 0x78,
-];
+pub const SAM_ID: [u8; 16] =
+    [0x05, 0x00, 0x01, 0x00, 0x20, 0x10, 0x12, 0x01, 0x00, 0x00, 0x00, 0x01, 0x12, 0x34, 0x56, 0x78];
 
 /// The card content the simulated reader returns.
 #[derive(Clone)]
@@ -74,15 +73,9 @@ impl SimCard {
     /// from the ID number when it has them (digits 7-14, digit 17 odd = male).
     pub fn resident(id_number: &str, name: &str) -> SimCard {
         let chars: Vec<char> = id_number.chars().collect();
-        let birth: String = chars
-            .get(6..14)
-            .map(|c| c.iter().collect())
-            .unwrap_or_default();
-        let birth_date = if birth.len() == 8 && birth.chars().all(|c| c.is_ascii_digit()) {
-            birth
-        } else {
-            "19900101".to_string()
-        };
+        let birth: String = chars.get(6..14).map(|c| c.iter().collect()).unwrap_or_default();
+        let birth_date =
+            if birth.len() == 8 && birth.chars().all(|c| c.is_ascii_digit()) { birth } else { "19900101".to_string() };
         let sex_code = match chars.get(16).and_then(|c| c.to_digit(10)) {
             Some(d) if d % 2 == 0 => '2',
             _ => '1',
@@ -187,11 +180,7 @@ impl SamState {
                         self.read_in_flight = true;
                     }
                     out.append(&mut bytes);
-                    events.push(IdCardEvent::Replied {
-                        command,
-                        status,
-                        corrupted: !shaped.intact(),
-                    });
+                    events.push(IdCardEvent::Replied { command, status, corrupted: !shaped.intact() });
                 }
             }
         }
@@ -221,9 +210,7 @@ impl SamState {
         let reply = match (c.cmd, c.para, &self.card) {
             (0x10 | 0x11, _, _) => encode_reply(status::OK, &[]),
             (0x12, _, _) => encode_reply(status::OK, &SAM_ID),
-            (0x20, 0x01, Some(_)) if !self.read_since_placed => {
-                encode_reply(status::FIND_OK, &[0; 4])
-            }
+            (0x20, 0x01, Some(_)) if !self.read_since_placed => encode_reply(status::FIND_OK, &[0; 4]),
             (0x20, 0x01, _) => encode_reply(status::FIND_FAILED, &[]),
             (0x20, 0x02, Some(_)) => encode_reply(status::OK, &[0; 8]),
             (0x20, 0x02, None) => encode_reply(status::SELECT_FAILED, &[]),
@@ -326,9 +313,7 @@ pub struct IdCardHandle {
 
 impl fmt::Debug for IdCardHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdCardHandle")
-            .field("device_path", &self.shared.line.device_path())
-            .finish_non_exhaustive()
+        f.debug_struct("IdCardHandle").field("device_path", &self.shared.line.device_path()).finish_non_exhaustive()
     }
 }
 
@@ -451,10 +436,7 @@ mod tests {
     }
 
     fn placed() -> SamState {
-        SamState {
-            card: Some(SimCard::resident("35020319900101123X", "张三")),
-            ..SamState::default()
-        }
+        SamState { card: Some(SimCard::resident("35020319900101123X", "张三")), ..SamState::default() }
     }
 
     #[test]
@@ -508,10 +490,7 @@ mod tests {
         let mut st = placed();
         assert_eq!(cmd(&mut st, 0x20, 0x07), encode_reply(0x21, &[]));
         assert_eq!(cmd(&mut st, 0x55, 0x01), encode_reply(0x21, &[]));
-        assert_eq!(
-            send(&mut st, &host_frame(0x20, 0x01, &[1])),
-            encode_reply(0x11, &[])
-        );
+        assert_eq!(send(&mut st, &host_frame(0x20, 0x01, &[1])), encode_reply(0x11, &[]));
         let mut bad = host_frame(0x20, 0x01, &[]);
         *bad.last_mut().expect("frame") ^= 1;
         assert_eq!(send(&mut st, &bad), encode_reply(0x10, &[]));

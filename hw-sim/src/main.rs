@@ -16,19 +16,15 @@ use hw_sim::play::Target;
 use hw_sim::qr::mask_payload;
 use hw_sim::script::{Device, Step, check_loop_waits, parse_script_for, plate_step};
 use hw_sim::{
-    GateEvent, GateSim, GateSimConfig, IdCardEvent, IdCardHandle, IdCardSim, PlateSim, QrSim,
-    SimCard, SimTerminator, mask_id,
+    GateEvent, GateSim, GateSimConfig, IdCardEvent, IdCardHandle, IdCardSim, PlateSim, QrSim, SimCard, SimTerminator,
+    mask_id,
 };
 
 /// Name used when a step places a card without one.
 const DEFAULT_NAME: &str = "张三";
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "hw-sim",
-    version,
-    about = "Simulated checkpoint hardware on pseudo-terminals"
-)]
+#[command(name = "hw-sim", version, about = "Simulated checkpoint hardware on pseudo-terminals")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -175,10 +171,7 @@ struct GateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hw-sim: error: starting the runtime: {e}");
@@ -235,10 +228,8 @@ fn say(line: &str) {
 fn steps_from_args(args: &IdcardArgs) -> anyhow::Result<Vec<Step>> {
     let mut steps = match &args.script {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading script {}", path.display()))?;
-            parse_script_for(&text, Device::IdCard)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading script {}", path.display()))?;
+            parse_script_for(&text, Device::IdCard).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => {
             let mut steps = Vec::new();
@@ -251,10 +242,7 @@ fn steps_from_args(args: &IdcardArgs) -> anyhow::Result<Vec<Step>> {
                     bail!("--place needs an ID number before the colon");
                 }
                 steps.extend([
-                    Step::Place {
-                        id_number: id.to_string(),
-                        name,
-                    },
+                    Step::Place { id_number: id.to_string(), name },
                     Step::Wait(Duration::from_millis(args.hold_ms)),
                     Step::Remove,
                     Step::Wait(Duration::from_millis(args.gap_ms)),
@@ -274,20 +262,13 @@ async fn run_idcard(args: IdcardArgs, shutdown: impl Future<Output = ()>) -> any
     // Every script error surfaces here, before a pty or symlink exists.
     let steps = steps_from_args(&args)?;
     let handle = IdCardSim::start(args.link.as_deref())?;
-    say(&format!(
-        "idcard: SAM module on {}",
-        handle.device_path().display()
-    ));
+    say(&format!("idcard: SAM module on {}", handle.device_path().display()));
 
     let mut events = handle.subscribe();
     tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(IdCardEvent::Replied {
-                    command: Some((0x30, 0x01 | 0x10)),
-                    status: 0x90,
-                    corrupted,
-                }) => {
+                Ok(IdCardEvent::Replied { command: Some((0x30, 0x01 | 0x10)), status: 0x90, corrupted }) => {
                     say(if corrupted {
                         "idcard: card read by host (reply corrupted on purpose)"
                     } else {
@@ -309,31 +290,19 @@ async fn run_idcard(args: IdcardArgs, shutdown: impl Future<Output = ()>) -> any
         _ = script => Ok(()),
         _ = handle.wait_stopped() => Err(anyhow::anyhow!("the simulator stopped unexpectedly")),
     };
-    finish(
-        || handle.stop(),
-        handle.wait_stopped(),
-        args.link.as_deref(),
-        &handle.slave_path(),
-    )
-    .await;
+    finish(|| handle.stop(), handle.wait_stopped(), args.link.as_deref(), &handle.slave_path()).await;
     result
 }
 
 async fn play(handle: &IdCardHandle, steps: &[Step]) {
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0x9E37_79B9_7F4A_7C15)
-        | 1;
+    let mut seed =
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x9E37_79B9_7F4A_7C15) | 1;
     let mut i = 0;
     while let Some(step) = steps.get(i) {
         i += 1;
         match step {
             Step::Place { id_number, name } => {
-                handle.place(SimCard::resident(
-                    id_number,
-                    name.as_deref().unwrap_or(DEFAULT_NAME),
-                ));
+                handle.place(SimCard::resident(id_number, name.as_deref().unwrap_or(DEFAULT_NAME)));
                 say(&format!("idcard: placed card {}", mask_id(id_number)));
             }
             Step::Wait(d) => {
@@ -355,11 +324,7 @@ async fn play(handle: &IdCardHandle, steps: &[Step]) {
             }
             Step::Silent(on) => {
                 handle.set_silent(*on);
-                say(if *on {
-                    "idcard: silent on"
-                } else {
-                    "idcard: silent off"
-                });
+                say(if *on { "idcard: silent on" } else { "idcard: silent off" });
             }
             Step::Loop => {
                 say("idcard: loop");
@@ -385,11 +350,7 @@ async fn run_gate(args: GateArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     let defaults = GateSimConfig::default();
     let config = GateSimConfig {
         unit_id: args.unit_id,
-        auto_passage: if args.no_auto_passage {
-            Vec::new()
-        } else {
-            defaults.auto_passage.clone()
-        },
+        auto_passage: if args.no_auto_passage { Vec::new() } else { defaults.auto_passage.clone() },
         auto_passage_delay: Duration::from_millis(args.auto_passage_ms),
         beam_input: args.beam_input,
         intrusion_input: args.intrusion_input,
@@ -400,21 +361,14 @@ async fn run_gate(args: GateArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     // Every script error surfaces here, before a pty or symlink exists.
     let steps = device_steps(args.script.as_deref(), Device::Gate, Vec::new(), false)?;
     let handle = GateSim::start(args.link.as_deref(), config)?;
-    say(&format!(
-        "gate: Modbus RTU IO board (unit {}) on {}",
-        args.unit_id,
-        handle.device_path().display()
-    ));
+    say(&format!("gate: Modbus RTU IO board (unit {}) on {}", args.unit_id, handle.device_path().display()));
 
     let mut events = handle.subscribe();
     let narrate = async move {
         loop {
             match events.recv().await {
                 Ok(GateEvent::Coil { coil, on }) => {
-                    say(&format!(
-                        "gate: coil {coil} {}",
-                        if on { "ON" } else { "OFF" }
-                    ));
+                    say(&format!("gate: coil {coil} {}", if on { "ON" } else { "OFF" }));
                 }
                 Ok(GateEvent::Passage { input }) => say(&format!("gate: passage input {input}")),
                 Err(RecvError::Lagged(_)) => {}
@@ -433,13 +387,7 @@ async fn run_gate(args: GateArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         _ = script => Ok(()),
         _ = handle.wait_stopped() => Err(anyhow::anyhow!("the simulator stopped unexpectedly")),
     };
-    finish(
-        || handle.stop(),
-        handle.wait_stopped(),
-        args.link.as_deref(),
-        &handle.slave_path(),
-    )
-    .await;
+    finish(|| handle.stop(), handle.wait_stopped(), args.link.as_deref(), &handle.slave_path()).await;
     result
 }
 
@@ -453,10 +401,8 @@ fn device_steps(
 ) -> anyhow::Result<Vec<Step>> {
     let mut steps = match script {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading script {}", path.display()))?;
-            parse_script_for(&text, device)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading script {}", path.display()))?;
+            parse_script_for(&text, device).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => from_args,
     };
@@ -508,11 +454,7 @@ async fn run_qr(args: QrArgs, shutdown: impl Future<Output = ()>) -> anyhow::Res
         play_steps("qr", &steps, |step| match step {
             Step::Scan(text) => {
                 handle.scan(text);
-                say(&format!(
-                    "qr: scanned {} chars {}",
-                    text.chars().count(),
-                    mask_payload(text)
-                ));
+                say(&format!("qr: scanned {} chars {}", text.chars().count(), mask_payload(text)));
             }
             Step::Raw(bytes) => {
                 handle.send_raw(bytes.clone());
@@ -530,13 +472,7 @@ async fn run_qr(args: QrArgs, shutdown: impl Future<Output = ()>) -> anyhow::Res
         _ = script => Ok(()),
         _ = handle.wait_stopped() => Err(anyhow::anyhow!("the simulator stopped unexpectedly")),
     };
-    finish(
-        || handle.stop(),
-        handle.wait_stopped(),
-        args.link.as_deref(),
-        &handle.slave_path(),
-    )
-    .await;
+    finish(|| handle.stop(), handle.wait_stopped(), args.link.as_deref(), &handle.slave_path()).await;
     result
 }
 
@@ -553,29 +489,14 @@ async fn run_plate(args: PlateArgs, shutdown: impl Future<Output = ()>) -> anyho
         from_args.extend([step, gap.clone()]);
     }
     // Every script error surfaces here, before a pty or symlink exists.
-    let steps = device_steps(
-        args.script.as_deref(),
-        Device::Plate,
-        from_args,
-        args.repeat,
-    )?;
+    let steps = device_steps(args.script.as_deref(), Device::Plate, from_args, args.repeat)?;
     let handle = PlateSim::start(args.link.as_deref())?;
-    say(&format!(
-        "plate: camera on {}",
-        handle.device_path().display()
-    ));
+    say(&format!("plate: camera on {}", handle.device_path().display()));
     let script = async {
         play_steps("plate", &steps, |step| match step {
-            Step::Plate {
-                plate,
-                colour,
-                confidence,
-            } => {
+            Step::Plate { plate, colour, confidence } => {
                 handle.read_text(plate, colour, confidence);
-                say(&format!(
-                    "plate: read {} {colour} {confidence}",
-                    mask_payload(plate)
-                ));
+                say(&format!("plate: read {} {colour} {confidence}", mask_payload(plate)));
             }
             Step::Raw(bytes) => {
                 handle.send_raw(bytes.clone());
@@ -593,24 +514,13 @@ async fn run_plate(args: PlateArgs, shutdown: impl Future<Output = ()>) -> anyho
         _ = script => Ok(()),
         _ = handle.wait_stopped() => Err(anyhow::anyhow!("the simulator stopped unexpectedly")),
     };
-    finish(
-        || handle.stop(),
-        handle.wait_stopped(),
-        args.link.as_deref(),
-        &handle.slave_path(),
-    )
-    .await;
+    finish(|| handle.stop(), handle.wait_stopped(), args.link.as_deref(), &handle.slave_path()).await;
     result
 }
 
 /// Stops the simulator, waits briefly for its pty to close, and makes sure our
 /// symlink is gone even if the task could not clean up.
-async fn finish(
-    stop: impl FnOnce(),
-    stopped: impl Future<Output = ()>,
-    link: Option<&Path>,
-    slave: &Path,
-) {
+async fn finish(stop: impl FnOnce(), stopped: impl Future<Output = ()>, link: Option<&Path>, slave: &Path) {
     stop();
     let _ = tokio::time::timeout(Duration::from_secs(1), stopped).await;
     if let Some(link) = link {

@@ -48,10 +48,7 @@ pub struct SimPty {
 
 impl fmt::Debug for SimPty {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimPty")
-            .field("slave_path", &self.slave_path)
-            .field("link", &self.link)
-            .finish_non_exhaustive()
+        f.debug_struct("SimPty").field("slave_path", &self.slave_path).field("link", &self.link).finish_non_exhaustive()
     }
 }
 
@@ -86,13 +83,7 @@ impl SimPty {
             }
             None => None,
         };
-        Ok(SimPty {
-            master: Some((pair.master, master_w)),
-            io: None,
-            slave: pair.slave,
-            slave_path,
-            link,
-        })
+        Ok(SimPty { master: Some((pair.master, master_w)), io: None, slave: pair.slave, slave_path, link })
     }
 
     /// The path a client should open: the symlink if one was asked for, else
@@ -123,14 +114,8 @@ impl SimPty {
         let io = match self.io.take() {
             Some(io) => io,
             None => {
-                let (r, w) = self
-                    .master
-                    .take()
-                    .ok_or_else(|| io::Error::other("pty master already consumed"))?;
-                (
-                    pipe::Receiver::from_owned_fd_unchecked(r)?,
-                    pipe::Sender::from_owned_fd_unchecked(w)?,
-                )
+                let (r, w) = self.master.take().ok_or_else(|| io::Error::other("pty master already consumed"))?;
+                (pipe::Receiver::from_owned_fd_unchecked(r)?, pipe::Sender::from_owned_fd_unchecked(w)?)
             }
         };
         Ok(self.io.insert(io))
@@ -173,13 +158,9 @@ impl Drop for SimPty {
 fn make_link(link: &Path, slave: &Path) -> anyhow::Result<()> {
     match std::fs::symlink_metadata(link) {
         Ok(meta) if meta.file_type().is_symlink() => {
-            std::fs::remove_file(link)
-                .with_context(|| format!("removing stale symlink {}", link.display()))?;
+            std::fs::remove_file(link).with_context(|| format!("removing stale symlink {}", link.display()))?;
         }
-        Ok(_) => bail!(
-            "{} exists and is not a symlink; refusing to replace it",
-            link.display()
-        ),
+        Ok(_) => bail!("{} exists and is not a symlink; refusing to replace it", link.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("inspecting {}", link.display())),
     }

@@ -240,11 +240,7 @@ impl fmt::Debug for Step {
                 .field("len", &payload.chars().count())
                 .field("masked", &crate::qr::mask_payload(payload))
                 .finish(),
-            Step::Plate {
-                plate,
-                colour,
-                confidence,
-            } => f
+            Step::Plate { plate, colour, confidence } => f
                 .debug_struct("Plate")
                 .field("plate", &crate::qr::mask_payload(plate))
                 .field("colour", colour)
@@ -293,10 +289,7 @@ const MAX_GARBAGE: usize = 4096;
 /// anywhere on a line, except in `scan`, whose payload is the rest of the
 /// line verbatim (after one space or tab).
 pub fn parse_script(text: &str) -> Result<Vec<Step>, ScriptError> {
-    Ok(parse_numbered(text)?
-        .into_iter()
-        .map(|(_, step)| step)
-        .collect())
+    Ok(parse_numbered(text)?.into_iter().map(|(_, step)| step).collect())
 }
 
 /// Parses a script for one simulator: a step it does not understand is an
@@ -306,11 +299,7 @@ pub fn parse_script_for(text: &str, device: Device) -> Result<Vec<Step>, ScriptE
     if let Some((line, step)) = steps.iter().find(|(_, step)| !device.understands(step)) {
         return Err(ScriptError {
             line: *line,
-            message: format!(
-                "`{}` is not a step of the {} simulator",
-                step.keyword(),
-                device.name()
-            ),
+            message: format!("`{}` is not a step of the {} simulator", step.keyword(), device.name()),
         });
     }
     Ok(steps.into_iter().map(|(_, step)| step).collect())
@@ -328,15 +317,9 @@ pub fn plate_step(plate: &str, colour: &str, confidence: &str) -> Result<Step, S
     // Any finite number, out-of-range ones included, so scripts can test
     // the daemon's refusal; a typo like `high` is caught here.
     if !confidence.parse::<f32>().is_ok_and(f32::is_finite) {
-        return Err(format!(
-            "`plate` needs a numeric confidence, got `{confidence}`"
-        ));
+        return Err(format!("`plate` needs a numeric confidence, got `{confidence}`"));
     }
-    Ok(Step::Plate {
-        plate: plate.to_string(),
-        colour: colour.to_string(),
-        confidence: confidence.to_string(),
-    })
+    Ok(Step::Plate { plate: plate.to_string(), colour: colour.to_string(), confidence: confidence.to_string() })
 }
 
 /// Hex digits, pairs possibly separated by spaces: `0d0a`, `FF FE 0D`.
@@ -385,9 +368,7 @@ fn parse_numbered(text: &str) -> Result<Vec<(usize, Step)>, ScriptError> {
         }
         let err = |message: String| ScriptError { line, message };
         if let Some(at) = loop_line {
-            return Err(err(format!(
-                "unreachable: `loop` on line {at} restarts the script"
-            )));
+            return Err(err(format!("unreachable: `loop` on line {at} restarts the script")));
         }
         if let Some(payload) = scan {
             if payload.is_empty() {
@@ -400,29 +381,23 @@ fn parse_numbered(text: &str) -> Result<Vec<(usize, Step)>, ScriptError> {
         let keyword = words.next().unwrap_or("");
         let args: Vec<&str> = words.collect();
         let step = match (keyword, args.as_slice()) {
-            ("place", [id, name @ ..]) => Step::Place {
-                id_number: (*id).to_string(),
-                name: (!name.is_empty()).then(|| name.join(" ")),
-            },
-            ("place", []) => return Err(err("`place` needs an ID number".into())),
-            ("wait", [ms]) => {
-                Step::Wait(Duration::from_millis(ms.parse().map_err(|_| {
-                    err(format!("`wait` needs milliseconds, got `{ms}`"))
-                })?))
+            ("place", [id, name @ ..]) => {
+                Step::Place { id_number: (*id).to_string(), name: (!name.is_empty()).then(|| name.join(" ")) }
             }
+            ("place", []) => return Err(err("`place` needs an ID number".into())),
+            ("wait", [ms]) => Step::Wait(Duration::from_millis(
+                ms.parse().map_err(|_| err(format!("`wait` needs milliseconds, got `{ms}`")))?,
+            )),
             ("remove", []) => Step::Remove,
             ("garbage", [n]) => match n.parse::<usize>() {
                 Ok(n) if (1..=MAX_GARBAGE).contains(&n) => Step::Garbage(n),
                 _ => {
-                    return Err(err(format!(
-                        "`garbage` needs a count 1..={MAX_GARBAGE}, got `{n}`"
-                    )));
+                    return Err(err(format!("`garbage` needs a count 1..={MAX_GARBAGE}, got `{n}`")));
                 }
             },
-            ("corrupt", [n]) => Step::Corrupt(
-                n.parse()
-                    .map_err(|_| err(format!("`corrupt` needs a count, got `{n}`")))?,
-            ),
+            ("corrupt", [n]) => {
+                Step::Corrupt(n.parse().map_err(|_| err(format!("`corrupt` needs a count, got `{n}`")))?)
+            }
             ("silent", ["on"]) => Step::Silent(true),
             ("silent", ["off"]) => Step::Silent(false),
             ("silent", _) => return Err(err("`silent` takes `on` or `off`".into())),
@@ -430,9 +405,7 @@ fn parse_numbered(text: &str) -> Result<Vec<(usize, Step)>, ScriptError> {
                 loop_line = Some(line);
                 Step::Loop
             }
-            ("plate", [plate, colour, confidence]) => {
-                plate_step(plate, colour, confidence).map_err(err)?
-            }
+            ("plate", [plate, colour, confidence]) => plate_step(plate, colour, confidence).map_err(err)?,
             ("plate", _) => return Err(err("`plate` needs PLATE COLOUR CONFIDENCE".into())),
             ("raw", []) => return Err(err("`raw` needs hex bytes".into())),
             ("raw", hex) => Step::Raw(parse_hex(&hex.join(" ")).map_err(err)?),
@@ -517,9 +490,7 @@ fn status_step(code: &str, rest: &[&str]) -> Result<StatusFault, String> {
 /// A looping scenario with no pause would spin a CPU core placing cards.
 pub fn check_loop_waits(steps: &[Step]) -> Result<(), String> {
     let loops = steps.contains(&Step::Loop);
-    let waits = steps
-        .iter()
-        .any(|s| matches!(s, Step::Wait(d) if !d.is_zero()));
+    let waits = steps.iter().any(|s| matches!(s, Step::Wait(d) if !d.is_zero()));
     if loops && !waits {
         return Err("a looping script needs at least one non-zero `wait`".into());
     }
@@ -549,20 +520,14 @@ loop                             # start again from the top
         assert_eq!(
             steps,
             vec![
-                Step::Place {
-                    id_number: "35020319900101123X".into(),
-                    name: Some("张三".into())
-                },
+                Step::Place { id_number: "35020319900101123X".into(), name: Some("张三".into()) },
                 Step::Wait(Duration::from_millis(1500)),
                 Step::Remove,
                 Step::Garbage(5),
                 Step::Corrupt(2),
                 Step::Silent(true),
                 Step::Silent(false),
-                Step::Place {
-                    id_number: "35020319900101123X".into(),
-                    name: None
-                },
+                Step::Place { id_number: "35020319900101123X".into(), name: None },
                 Step::Loop,
             ]
         );
@@ -598,10 +563,7 @@ loop                             # start again from the top
     fn debug_masks_personal_data() {
         let steps = parse_script("place 35020319900101123X 张三\n").expect("valid");
         let shown = format!("{steps:?}");
-        assert!(
-            !shown.contains("35020319900101123X") && !shown.contains("张三"),
-            "{shown}"
-        );
+        assert!(!shown.contains("35020319900101123X") && !shown.contains("张三"), "{shown}");
         assert!(shown.contains("350203********123X"));
     }
 
@@ -623,16 +585,8 @@ loop
             vec![
                 Step::Scan("HC1:6BF OXN%TS3 # not a comment".into()),
                 Step::Scan(" ]Q1 spaced  ".into()),
-                Step::Plate {
-                    plate: "闽D12345".into(),
-                    colour: "blue".into(),
-                    confidence: "0.93".into()
-                },
-                Step::Plate {
-                    plate: "粤B·D12345".into(),
-                    colour: "GREEN".into(),
-                    confidence: "1.5".into()
-                },
+                Step::Plate { plate: "闽D12345".into(), colour: "blue".into(), confidence: "0.93".into() },
+                Step::Plate { plate: "粤B·D12345".into(), colour: "GREEN".into(), confidence: "1.5".into() },
                 Step::Raw(vec![0x0D, 0x0A]),
                 Step::Raw(vec![0xFF, 0xFE, 0x00]),
                 Step::Wait(Duration::from_millis(100)),
@@ -670,12 +624,8 @@ loop
         }
         assert!(parse_script_for("scan A\nraw 0d\nwait 5\nloop\n", Device::Qr).is_ok());
         assert!(parse_script_for("plate 闽D12345 blue 0.9\nraw 0d\n", Device::Plate).is_ok());
-        let e = parse_script_for("place 1\nremove\nraw 00\n", Device::IdCard)
-            .expect_err("raw is not an idcard step");
-        assert_eq!(
-            e.to_string(),
-            "script line 3: `raw` is not a step of the idcard simulator"
-        );
+        let e = parse_script_for("place 1\nremove\nraw 00\n", Device::IdCard).expect_err("raw is not an idcard step");
+        assert_eq!(e.to_string(), "script line 3: `raw` is not a step of the idcard simulator");
     }
 
     #[test]
@@ -762,16 +712,9 @@ wait 10
 
     #[test]
     fn debug_masks_payloads_and_plates() {
-        let steps =
-            parse_script("scan HC1:SECRETPAYLOAD\nplate 闽D12345 blue 0.9\n").expect("valid");
+        let steps = parse_script("scan HC1:SECRETPAYLOAD\nplate 闽D12345 blue 0.9\n").expect("valid");
         let shown = format!("{steps:?}");
-        assert!(
-            !shown.contains("SECRET") && !shown.contains("D12345"),
-            "{shown}"
-        );
-        assert!(
-            shown.contains("HC…AD") && shown.contains("闽D…45"),
-            "{shown}"
-        );
+        assert!(!shown.contains("SECRET") && !shown.contains("D12345"), "{shown}");
+        assert!(shown.contains("HC…AD") && shown.contains("闽D…45"), "{shown}");
     }
 }

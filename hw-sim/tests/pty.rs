@@ -12,9 +12,7 @@ use tokio_serial::{SerialPortBuilderExt, SerialStream};
 const WAIT: Duration = Duration::from_secs(3);
 
 fn open(path: &std::path::Path) -> SerialStream {
-    tokio_serial::new(path.to_string_lossy(), 115_200)
-        .open_native_async()
-        .expect("open pty slave with tokio-serial")
+    tokio_serial::new(path.to_string_lossy(), 115_200).open_native_async().expect("open pty slave with tokio-serial")
 }
 
 async fn send(port: &mut SerialStream, bytes: &[u8]) {
@@ -23,10 +21,7 @@ async fn send(port: &mut SerialStream, bytes: &[u8]) {
 
 async fn recv(port: &mut SerialStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    tokio::time::timeout(WAIT, port.read_exact(&mut buf))
-        .await
-        .expect("reply within timeout")
-        .expect("read from pty");
+    tokio::time::timeout(WAIT, port.read_exact(&mut buf)).await.expect("reply within timeout").expect("read from pty");
     buf
 }
 
@@ -40,10 +35,8 @@ async fn expect_silence(port: &mut SerialStream) {
 }
 
 fn unique_link(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     std::env::temp_dir().join(format!("hw-sim-test-{tag}-{}-{nanos}", std::process::id()))
 }
 
@@ -56,18 +49,10 @@ const SELECT: [u8; 10] = [0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x03, 0x20, 0x02, 
 const READ: [u8; 10] = [0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x03, 0x30, 0x01, 0x32];
 const READ_FP: [u8; 10] = [0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x03, 0x30, 0x10, 0x23];
 
-const FIND_FAIL: [u8; 11] = [
-    0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x04, 0x00, 0x00, 0x80, 0x84,
-];
-const FIND_OK: [u8; 15] = [
-    0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x08, 0x00, 0x00, 0x9F, 0x00, 0x00, 0x00, 0x00, 0x97,
-];
-const STATUS_OK: [u8; 11] = [
-    0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x04, 0x00, 0x00, 0x90, 0x94,
-];
-const SELECT_OK: [u8; 19] = [
-    0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x0C, 0x00, 0x00, 0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0x9C,
-];
+const FIND_FAIL: [u8; 11] = [0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x04, 0x00, 0x00, 0x80, 0x84];
+const FIND_OK: [u8; 15] = [0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x08, 0x00, 0x00, 0x9F, 0x00, 0x00, 0x00, 0x00, 0x97];
+const STATUS_OK: [u8; 11] = [0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x04, 0x00, 0x00, 0x90, 0x94];
+const SELECT_OK: [u8; 19] = [0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x0C, 0x00, 0x00, 0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0x9C];
 
 fn xor(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0, |a, b| a ^ b)
@@ -75,14 +60,8 @@ fn xor(bytes: &[u8]) -> u8 {
 
 /// Test-local UCS-2LE field decoder, independent of the crate's.
 fn field(text: &[u8], from: usize, to: usize) -> String {
-    let units: Vec<u16> = text[from..to]
-        .chunks(2)
-        .map(|p| u16::from_le_bytes([p[0], p[1]]))
-        .collect();
-    String::from_utf16(&units)
-        .expect("valid UCS-2")
-        .trim_end_matches(' ')
-        .to_string()
+    let units: Vec<u16> = text[from..to].chunks(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
+    String::from_utf16(&units).expect("valid UCS-2").trim_end_matches(' ').to_string()
 }
 
 #[tokio::test]
@@ -109,15 +88,8 @@ async fn idcard_find_select_read_cycle() {
 
     send(&mut port, &READ).await;
     let r = recv(&mut port, 1295).await;
-    assert_eq!(
-        &r[..10],
-        &[0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x05, 0x08, 0x00, 0x00, 0x90]
-    );
-    assert_eq!(
-        &r[10..14],
-        &[0x01, 0x00, 0x04, 0x00],
-        "text and photo lengths"
-    );
+    assert_eq!(&r[..10], &[0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x05, 0x08, 0x00, 0x00, 0x90]);
+    assert_eq!(&r[10..14], &[0x01, 0x00, 0x04, 0x00], "text and photo lengths");
     assert_eq!(xor(&r[5..1294]), r[1294], "checksum");
     let text = &r[14..14 + 256];
     assert_eq!(field(text, 0, 30), "张三");
@@ -133,11 +105,7 @@ async fn idcard_find_select_read_cycle() {
     assert_eq!(sim.base_info_reads(), 1);
 
     send(&mut port, &FIND).await;
-    assert_eq!(
-        recv(&mut port, 11).await,
-        FIND_FAIL,
-        "card still held: read once"
-    );
+    assert_eq!(recv(&mut port, 11).await, FIND_FAIL, "card still held: read once");
 
     sim.remove();
     sim.place(card);
@@ -188,11 +156,7 @@ async fn idcard_faults_and_resync() {
     let r = recv(&mut port, 11).await;
     assert_eq!(r[9], 0x11);
     assert_eq!(xor(&r[5..10]), r[10]);
-    send(
-        &mut port,
-        &[0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x03, 0x40, 0x01, 0x42],
-    )
-    .await;
+    send(&mut port, &[0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x03, 0x40, 0x01, 0x42]).await;
     assert_eq!(recv(&mut port, 11).await[9], 0x21);
     // Whatever the bad-length frame left behind must not swallow the next one.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -229,10 +193,7 @@ async fn idcard_link_reopen_and_stop() {
     std::os::unix::fs::symlink("/dev/null/gone", &link).expect("stale link");
     let sim = IdCardSim::start(Some(&link)).expect("start SAM sim");
     assert_eq!(sim.device_path(), link);
-    assert_eq!(
-        std::fs::read_link(&link).expect("symlink"),
-        sim.slave_path()
-    );
+    assert_eq!(std::fs::read_link(&link).expect("symlink"), sim.slave_path());
 
     // The daemon closes and reopens the port; the sim keeps serving.
     for _ in 0..2 {
@@ -243,13 +204,8 @@ async fn idcard_link_reopen_and_stop() {
     }
 
     sim.stop();
-    tokio::time::timeout(WAIT, sim.wait_stopped())
-        .await
-        .expect("sim stops");
-    assert!(
-        std::fs::symlink_metadata(&link).is_err(),
-        "symlink removed on stop"
-    );
+    tokio::time::timeout(WAIT, sim.wait_stopped()).await.expect("sim stops");
+    assert!(std::fs::symlink_metadata(&link).is_err(), "symlink removed on stop");
 }
 
 // ---- Modbus IO board ----
@@ -260,11 +216,7 @@ fn crc(frame: &[u8]) -> [u8; 2] {
     for &b in frame {
         c ^= u16::from(b);
         for _ in 0..8 {
-            c = if c & 1 == 1 {
-                (c >> 1) ^ 0xA001
-            } else {
-                c >> 1
-            };
+            c = if c & 1 == 1 { (c >> 1) ^ 0xA001 } else { c >> 1 };
         }
     }
     c.to_le_bytes()
@@ -309,10 +261,7 @@ async fn gate_fc05_echo_and_auto_passage() {
         assert!(Instant::now() < deadline, "passage input never rose");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        sent.elapsed() >= Duration::from_millis(250),
-        "passage came too early"
-    );
+    assert!(sent.elapsed() >= Duration::from_millis(250), "passage came too early");
     while read_inputs(&mut port).await & 0x01 != 0 {
         assert!(Instant::now() < deadline, "passage input never fell");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -328,23 +277,13 @@ async fn gate_fc05_echo_and_auto_passage() {
 
 #[tokio::test]
 async fn gate_fc0f_exceptions_units_and_resync() {
-    let config = GateSimConfig {
-        auto_passage: Vec::new(),
-        ..GateSimConfig::default()
-    };
+    let config = GateSimConfig { auto_passage: Vec::new(), ..GateSimConfig::default() };
     let sim = GateSim::start(None, config).expect("start gate sim");
     let mut port = open(&sim.device_path());
 
     // FC0F coils 1..=3 = on, off, on.
-    send(
-        &mut port,
-        &rtu(&[0x01, 0x0F, 0x00, 0x01, 0x00, 0x03, 0x01, 0x05]),
-    )
-    .await;
-    assert_eq!(
-        recv(&mut port, 8).await,
-        rtu(&[0x01, 0x0F, 0x00, 0x01, 0x00, 0x03])
-    );
+    send(&mut port, &rtu(&[0x01, 0x0F, 0x00, 0x01, 0x00, 0x03, 0x01, 0x05])).await;
+    assert_eq!(recv(&mut port, 8).await, rtu(&[0x01, 0x0F, 0x00, 0x01, 0x00, 0x03]));
     let w: Vec<(u16, bool)> = sim.coil_writes().iter().map(|w| (w.coil, w.on)).collect();
     assert_eq!(w, vec![(1, true), (2, false), (3, true)]);
 

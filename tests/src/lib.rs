@@ -310,8 +310,11 @@ impl GateFixture {
         } else {
             None
         };
-        let plate =
-            if options.plate_reader { Some(hw_sim::plate::PlateSim::start(Some(&dir.path().join("plate")))?) } else { None };
+        let plate = if options.plate_reader {
+            Some(hw_sim::plate::PlateSim::start(Some(&dir.path().join("plate")))?)
+        } else {
+            None
+        };
         let config_path = dir.path().join("gated.toml");
         std::fs::write(&config_path, config_text(mqtt_port, &options))?;
         let store_path = dir.path().join("state/gated.db");
@@ -434,7 +437,8 @@ poll_interval_ms = 50
         gate_extra.push_str(&format!("anti_passback = \"{apb}\"\n"));
     }
     let text = text.replace("direction = \"entry\"\n", &format!("direction = \"entry\"\n{gate_extra}"));
-    let text = if options.vehicle_lane { text.replace("lane = \"pedestrian\"\n", "lane = \"vehicle\"\n") } else { text };
+    let text =
+        if options.vehicle_lane { text.replace("lane = \"pedestrian\"\n", "lane = \"vehicle\"\n") } else { text };
     format!("{text}\n{}", options.extra_toml)
 }
 

@@ -6,7 +6,9 @@
 use anyhow::Result;
 use gate_core::CredentialKind;
 use gate_proto::v1 as pb;
-use gate_tests::{EVENTS_TOPIC, FixtureOptions, GateFixture, Mosquitto, RunningDaemon, Subscriber, init_test_logging, resident};
+use gate_tests::{
+    EVENTS_TOPIC, FixtureOptions, GateFixture, Mosquitto, RunningDaemon, Subscriber, init_test_logging, resident,
+};
 use qrcode::{Color, QrCode};
 use std::path::Path;
 use std::time::Duration;
@@ -88,7 +90,10 @@ async fn a_pass_held_in_front_of_the_camera_is_one_decision() -> Result<()> {
     let decisions = sub.decisions(EVENTS_TOPIC);
     assert_eq!(decisions.len(), 1, "a code in view is read once, an empty view is no decision");
     let d = &decisions[0];
-    assert_eq!((d.decision(), d.credential_type(), d.pass_id.as_str()), (pb::Decision::Pass, pb::CredentialType::QrCode, "vp-cam"));
+    assert_eq!(
+        (d.decision(), d.credential_type(), d.pass_id.as_str()),
+        (pb::Decision::Pass, pb::CredentialType::QrCode, "vp-cam")
+    );
     daemon.stop().await?;
     Ok(())
 }

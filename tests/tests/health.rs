@@ -45,7 +45,14 @@ fn record(colour: HealthColour, assessed_ago_h: i64, sampled_ago_h: i64) -> Heal
 fn wartime(fx: &GateFixture) -> Result<()> {
     let config = fx.config();
     let mut store = gate_store::Store::open(&config.store.path)?;
-    gate_app::set_mode_locally(&mut store, &config, gate_core::Mode::Wartime, "test", "health", gate_app::wall_clock_ms())?;
+    gate_app::set_mode_locally(
+        &mut store,
+        &config,
+        gate_core::Mode::Wartime,
+        "test",
+        "health",
+        gate_app::wall_clock_ms(),
+    )?;
     Ok(())
 }
 
@@ -166,10 +173,8 @@ async fn stale_record_with_platform_answering_silent_and_offline() -> Result<()>
     broker.stop();
     wait_for("the disconnect", || !daemon.observed.broker_connected()).await?;
     fx.present_card(ZHANG, "张三").await?;
-    wait_for("the offline refusal", || {
-        daemon.observed.decisions.blocked_for(BlockReason::HealthUnverified) == 2
-    })
-    .await?;
+    wait_for("the offline refusal", || daemon.observed.decisions.blocked_for(BlockReason::HealthUnverified) == 2)
+        .await?;
     assert_eq!(daemon.observed.decisions.health_online_unavailable.load(Ordering::Relaxed), 1);
     assert_eq!(unlocks(&fx), 1);
     daemon.stop().await?;

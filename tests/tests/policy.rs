@@ -94,7 +94,14 @@ async fn technician_override_is_an_event_and_fixed_gates_need_health_in_wartime(
 
     let config = fx.config();
     let mut store = gate_store::Store::open(&config.store.path)?;
-    gate_app::set_mode_locally(&mut store, &config, gate_core::Mode::Wartime, "li.wei", "drill", gate_app::wall_clock_ms())?;
+    gate_app::set_mode_locally(
+        &mut store,
+        &config,
+        gate_core::Mode::Wartime,
+        "li.wei",
+        "drill",
+        gate_app::wall_clock_ms(),
+    )?;
     drop(store);
     fx.present_card(ZHANG, "张三").await?;
     sub.wait_until(WAIT, "the decision", |s| s.decisions(EVENTS_TOPIC).len() == 1).await?;
@@ -148,7 +155,8 @@ async fn visitor_passes_over_the_qr_scanner() -> Result<()> {
     let fx = GateFixture::build(broker.port(), &[resident("p-001", ZHANG, "张三")], pass_options(&platform))?;
     // The visitor is registered as such; their card alone is not enough.
     let now = gate_app::wall_clock_ms();
-    let mut visitor = PersonRecord::new("v-9", Category::Visitor, PersonStatus::Active, now - 86_400_000, now + 86_400_000);
+    let mut visitor =
+        PersonRecord::new("v-9", Category::Visitor, PersonStatus::Active, now - 86_400_000, now + 86_400_000);
     visitor.display_name = "李四".into();
     fx.import_records(&[gate_store::NewPerson {
         person: visitor,
@@ -224,7 +232,10 @@ async fn vehicle_lane_decides_on_plates() -> Result<()> {
     plate.read("闽d 12345", "blue", 0.93);
     sub.wait_until(WAIT, "the plate decision", |s| s.decisions(EVENTS_TOPIC).len() == 1).await?;
     let e = last_decision(&sub).expect("decision");
-    assert_eq!((e.decision(), e.credential_type(), e.person_id.as_str()), (pb::Decision::Pass, pb::CredentialType::Plate, "p-car"));
+    assert_eq!(
+        (e.decision(), e.credential_type(), e.person_id.as_str()),
+        (pb::Decision::Pass, pb::CredentialType::Plate, "p-car")
+    );
     assert_eq!(e.lane(), pb::Lane::Vehicle);
     assert!(!e.subject.contains("12345"), "plates are masked: {}", e.subject);
 
@@ -232,7 +243,11 @@ async fn vehicle_lane_decides_on_plates() -> Result<()> {
     plate.read("粤B99999", "yellow", 0.91);
     sub.wait_until(WAIT, "the unknown plate", |s| s.decisions(EVENTS_TOPIC).len() == 2).await?;
     assert_eq!(last_decision(&sub).map(|e| e.reason()), Some(pb::Reason::UnknownVehicle));
-    assert_eq!(daemon.observed.decisions.unusable_plates.load(Ordering::Relaxed), 1, "a low-confidence read is not a decision");
+    assert_eq!(
+        daemon.observed.decisions.unusable_plates.load(Ordering::Relaxed),
+        1,
+        "a low-confidence read is not a decision"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(unlocks(&fx), 1);
     daemon.stop().await?;

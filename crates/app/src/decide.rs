@@ -6,11 +6,11 @@
 //! recorded, the gate stays shut.
 
 use crate::alerts::AlertBook;
+use crate::gate_control::GateRequest;
 use gate_config::{Config, Side};
 use gate_core::{
     BlockReason, CredentialKind, Decision, Lane, Mode, ModeOrigin, ModeSchedule, SiteKey, UnixMillis, Verdict,
 };
-use crate::gate_control::GateRequest;
 use gate_devices::idcard::CardEvent;
 use gate_devices::plate_reader::{PlateEvent, PlateRead};
 use gate_devices::qr_scanner::QrEvent;
@@ -230,11 +230,7 @@ impl DecisionLoop {
         self.config = config;
     }
 
-    pub(crate) async fn run(
-        mut self,
-        mut presented: mpsc::Receiver<Presented>,
-        shutdown: CancellationToken,
-    ) {
+    pub(crate) async fn run(mut self, mut presented: mpsc::Receiver<Presented>, shutdown: CancellationToken) {
         let mut presented_open = true;
         // An idle gate still turns the loop, so the watchdog can tell idle
         // from stuck.
@@ -299,11 +295,8 @@ impl DecisionLoop {
         match card {
             CardEvent::Read(record) => {
                 let key = self.site_key.credential_key(CredentialKind::IdNumber, record.id_number.expose());
-                let mut gathered = g(
-                    CredentialFacts::IdCard { card_valid_to: record.valid_to },
-                    record.id_number.masked(),
-                    Some(key),
-                );
+                let mut gathered =
+                    g(CredentialFacts::IdCard { card_valid_to: record.valid_to }, record.id_number.masked(), Some(key));
                 gathered.holder = Some((record.name.clone(), record.birth_date));
                 Some(gathered)
             }
@@ -404,7 +397,8 @@ impl DecisionLoop {
         if let Some((name, birth)) = holder {
             for recent in &self.recent_certificates {
                 let cert = &recent.certificate;
-                let birth_ok = birth.is_some_and(|b| gate_dcc::birth_date_matches(&cert.birth_date, b.year, b.month, b.day));
+                let birth_ok =
+                    birth.is_some_and(|b| gate_dcc::birth_date_matches(&cert.birth_date, b.year, b.month, b.day));
                 let name_ok = match self.config.health.certificate_match {
                     gate_config::CertificateMatch::NameAndBirth => gate_dcc::holder_name_matches(cert, name),
                     gate_config::CertificateMatch::BirthOnly => true,
@@ -476,7 +470,10 @@ impl DecisionLoop {
             }
             Err(_) => {
                 self.counters.health_online_timeouts.fetch_add(1, Ordering::Relaxed);
-                warn!(timeout_ms = self.config.health.online_timeout.as_millis() as u64, "platform did not answer the health check in time; the fallback decides");
+                warn!(
+                    timeout_ms = self.config.health.online_timeout.as_millis() as u64,
+                    "platform did not answer the health check in time; the fallback decides"
+                );
             }
         }
     }
@@ -675,9 +672,10 @@ impl DecisionLoop {
                 }
                 if let Some(subject) = &passback_subject
                     && self.config.gate.anti_passback != AntiPassback::Off
-                        && let Err(e) = self.store.record_passage(subject, side.as_str(), now) {
-                            error!(error = %e, "could not record anti-passback state");
-                        }
+                    && let Err(e) = self.store.record_passage(subject, side.as_str(), now)
+                {
+                    error!(error = %e, "could not record anti-passback state");
+                }
             }
             Decision::Block => {
                 if let Some(r) = verdict.reason {

@@ -240,9 +240,9 @@ pub async fn run_with_reload(
             health_query_rx,
             shutdown.clone(),
         )
-            .instrument(
-                info_span!(parent: &span, "uplink", broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port)),
-            ),
+        .instrument(
+            info_span!(parent: &span, "uplink", broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port)),
+        ),
     );
 
     // The configuration in force, for every task that follows reloads.

@@ -175,7 +175,10 @@ impl SnapshotFileSource {
         if kind(&path).is_none() {
             return Err(CameraError::Io {
                 path,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "expected a .png, .jpg or .pgm file name"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "expected a .png, .jpg or .pgm file name",
+                ),
             });
         }
         Ok(SnapshotFileSource { path })

@@ -8,13 +8,14 @@
 
 use crate::MetricsConfig;
 use crate::{
-    CameraConfig, CameraSource, AlertsConfig, AntiPassback, CertificateMatch, HealthConfig, CategorySet, Config, ControlConfig, DevicesConfig, GateConfig, GateDriver, GateIoConfig, IdCardConfig,
-    IdentityConfig, MqttConfig, PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator,
-    Side, SiteConfig, StoreConfig, UnlockMode,
+    AlertsConfig, AntiPassback, CameraConfig, CameraSource, CategorySet, CertificateMatch, Config, ControlConfig,
+    DevicesConfig, GateConfig, GateDriver, GateIoConfig, HealthConfig, IdCardConfig, IdentityConfig, MqttConfig,
+    PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator, Side, SiteConfig,
+    StoreConfig, UnlockMode,
 };
 use gate_core::{Category, HealthColour, Mode};
-use gate_engine::{HealthFallback, HealthRules, HealthRulesByCategory};
 use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
+use gate_engine::{HealthFallback, HealthRules, HealthRulesByCategory};
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::{Component, Path, PathBuf};
@@ -134,7 +135,10 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
     // The example shows health rules for wartime only; the other modes take
     // the same table.
     ("policy.normal", &["allowed_categories", "visitor_pass_required", "enforce_time_windows", "health_required_for"]),
-    ("policy.sporadic", &["allowed_categories", "visitor_pass_required", "enforce_time_windows", "health_required_for"]),
+    (
+        "policy.sporadic",
+        &["allowed_categories", "visitor_pass_required", "enforce_time_windows", "health_required_for"],
+    ),
     ("policy.wartime", POLICY_MODE_KEYS),
     ("policy.wartime.health", HEALTH_RULE_KEYS),
     ("health", HEALTH_KEYS),
@@ -918,7 +922,11 @@ impl Checker<'_> {
             }
             _ => {
                 let names: Vec<&str> = sources.iter().map(|(_, k)| *k).collect();
-                self.push(s.at, s.path.to_owned(), format!("expected only one camera source, found {}", names.join(", ")));
+                self.push(
+                    s.at,
+                    s.path.to_owned(),
+                    format!("expected only one camera source, found {}", names.join(", ")),
+                );
                 return None;
             }
         };

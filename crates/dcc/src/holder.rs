@@ -48,6 +48,26 @@ pub fn std_name_matches(cert_std_name: &str, other: &str) -> bool {
     !a.is_empty() && a == letters(other)
 }
 
+/// Whether a certificate's holder is the person whose card shows `card_name`:
+/// the names as written (`fn` + `gn`, e.g. Chinese characters, compared
+/// without spaces) or the ICAO forms (`fnt` + `gnt`) against a Latin-script
+/// card name. Chinese names are written family name first, so both orders
+/// of the ICAO parts are tried.
+pub fn holder_name_matches(cert: &crate::VerifiedCertificate, card_name: &str) -> bool {
+    let squeeze = |s: &str| s.chars().filter(|c| !c.is_whitespace() && *c != '·').collect::<String>();
+    let card = squeeze(card_name);
+    if card.is_empty() {
+        return false;
+    }
+    let written = squeeze(&format!("{}{}", cert.family_name, cert.given_name));
+    if !written.is_empty() && written == card {
+        return true;
+    }
+    let family_first = format!("{}{}", cert.family_name_std, cert.given_name_std);
+    let given_first = format!("{}{}", cert.given_name_std, cert.family_name_std);
+    std_name_matches(&family_first, card_name) || std_name_matches(&given_first, card_name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,24 +96,4 @@ mod tests {
         assert!(!std_name_matches("", ""));
         assert!(!std_name_matches("<<", " "));
     }
-}
-
-/// Whether a certificate's holder is the person whose card shows `card_name`:
-/// the names as written (`fn` + `gn`, e.g. Chinese characters, compared
-/// without spaces) or the ICAO forms (`fnt` + `gnt`) against a Latin-script
-/// card name. Chinese names are written family name first, so both orders
-/// of the ICAO parts are tried.
-pub fn holder_name_matches(cert: &crate::VerifiedCertificate, card_name: &str) -> bool {
-    let squeeze = |s: &str| s.chars().filter(|c| !c.is_whitespace() && *c != '·').collect::<String>();
-    let card = squeeze(card_name);
-    if card.is_empty() {
-        return false;
-    }
-    let written = squeeze(&format!("{}{}", cert.family_name, cert.given_name));
-    if !written.is_empty() && written == card {
-        return true;
-    }
-    let family_first = format!("{}{}", cert.family_name_std, cert.given_name_std);
-    let given_first = format!("{}{}", cert.given_name_std, cert.family_name_std);
-    std_name_matches(&family_first, card_name) || std_name_matches(&given_first, card_name)
 }

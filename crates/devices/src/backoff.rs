@@ -19,11 +19,7 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            next: min,
-            min,
-            max,
-        }
+        Self { next: min, min, max }
     }
 
     /// The delay to wait now; the following one is twice as long, up to the cap.

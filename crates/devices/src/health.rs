@@ -82,8 +82,6 @@ impl DeviceHealth {
     /// the `Option<String>` inside is still a valid value, so keep using it
     /// rather than spreading the panic into the driver.
     fn last_error_guard(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -41,12 +41,7 @@ pub struct IdCardSettings {
 impl IdCardSettings {
     /// The defaults of the protocol text: 115200 baud, 1 s reply timeout.
     pub fn new(port: PathBuf) -> Self {
-        Self {
-            port,
-            baud: 115_200,
-            poll_interval: Duration::from_millis(300),
-            reply_timeout: Duration::from_secs(1),
-        }
+        Self { port, baud: 115_200, poll_interval: Duration::from_millis(300), reply_timeout: Duration::from_secs(1) }
     }
 }
 
@@ -97,9 +92,7 @@ pub async fn run_id_card_reader(
 ) {
     let port_name = settings.port.display().to_string();
     let span = tracing::info_span!("id_card_reader", port = %port_name);
-    run_inner(&settings, &port_name, &events, &health, &shutdown)
-        .instrument(span)
-        .await;
+    run_inner(&settings, &port_name, &events, &health, &shutdown).instrument(span).await;
     health.set_connected(false);
 }
 
@@ -122,16 +115,7 @@ async fn run_inner(
             Ok(port) => {
                 info!(baud = settings.baud, "id card reader port open");
                 health.set_connected(true);
-                let end = session(
-                    port,
-                    settings,
-                    &mut cycle,
-                    events,
-                    health,
-                    shutdown,
-                    &mut backoff,
-                )
-                .await;
+                let end = session(port, settings, &mut cycle, events, health, shutdown, &mut backoff).await;
                 health.set_connected(false);
                 match end {
                     SessionEnd::Stop => return,
@@ -172,15 +156,7 @@ async fn session(
             continue;
         };
         let during = cycle.awaiting().map_or("?", Awaiting::as_str);
-        let exchange = match exchange(
-            &mut port,
-            &mut decoder,
-            command,
-            settings.reply_timeout,
-            health,
-            shutdown,
-        )
-        .await
+        let exchange = match exchange(&mut port, &mut decoder, command, settings.reply_timeout, health, shutdown).await
         {
             Ok(exchange) => exchange,
             Err(err) => return SessionEnd::Lost(err),
@@ -208,10 +184,7 @@ async fn session(
             }
             Exchange::Timeout => {
                 DeviceHealth::bump(&health.timeouts, 1);
-                let message = format!(
-                    "no complete reply to {during} within {:?}",
-                    settings.reply_timeout
-                );
+                let message = format!("no complete reply to {during} within {:?}", settings.reply_timeout);
                 debug!(error = %message, "id card reader timeout");
                 health.set_last_error(message);
                 abandon_exchange(&port, &mut decoder, health, cycle);
@@ -220,9 +193,7 @@ async fn session(
                 match err {
                     FrameError::Checksum { .. } => DeviceHealth::bump(&health.checksum_errors, 1),
                     FrameError::Length { .. } => DeviceHealth::bump(&health.length_errors, 1),
-                    FrameError::Garbage { skipped } => {
-                        DeviceHealth::bump(&health.garbage_bytes, skipped as u64)
-                    }
+                    FrameError::Garbage { skipped } => DeviceHealth::bump(&health.garbage_bytes, skipped as u64),
                 }
                 let message = format!("corrupt reply to {during}: {err}");
                 warn!(error = %message, "id card reader frame error");
@@ -236,12 +207,7 @@ async fn session(
 /// Drops everything left of a failed exchange, in the decoder and in the
 /// port's input queue, so a late or partial reply cannot be taken for the
 /// answer to the next command.
-fn abandon_exchange(
-    port: &SerialStream,
-    decoder: &mut FrameDecoder,
-    health: &DeviceHealth,
-    cycle: &mut ReaderCycle,
-) {
+fn abandon_exchange(port: &SerialStream, decoder: &mut FrameDecoder, health: &DeviceHealth, cycle: &mut ReaderCycle) {
     DeviceHealth::bump(&health.garbage_bytes, decoder.pending_garbage() as u64);
     decoder.clear();
     // Best effort: if flushing fails the decoder still resynchronises on the
@@ -312,11 +278,7 @@ fn record_report(health: &DeviceHealth, report: Report) {
         }
         Report::BadStatus { during, status } => {
             bump_status(health, status);
-            let message = format!(
-                "{} answered {:#04x} ({status:?})",
-                during.as_str(),
-                status.code()
-            );
+            let message = format!("{} answered {:#04x} ({status:?})", during.as_str(), status.code());
             warn!(command = during.as_str(), status = ?status, "id card reader error status");
             health.set_last_error(message);
         }
@@ -324,11 +286,7 @@ fn record_report(health: &DeviceHealth, report: Report) {
 }
 
 fn bump_status(health: &DeviceHealth, status: crate::sam::Status) {
-    let counter = if status.is_auth_failure() {
-        &health.auth_errors
-    } else {
-        &health.status_errors
-    };
+    let counter = if status.is_auth_failure() { &health.auth_errors } else { &health.status_errors };
     DeviceHealth::bump(counter, 1);
 }
 

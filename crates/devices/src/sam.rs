@@ -11,8 +11,7 @@ mod frame;
 
 pub use card::{CardError, parse_base_info, parse_text_block};
 pub use frame::{
-    FrameDecoder, FrameError, MAX_DECLARED_LEN, MIN_DECLARED_LEN, PREAMBLE, Response, Status,
-    encode_command,
+    FrameDecoder, FrameError, MAX_DECLARED_LEN, MIN_DECLARED_LEN, PREAMBLE, Response, Status, encode_command,
 };
 
 /// The commands the driver sends, as `(CMD, PARA)`.

@@ -23,11 +23,7 @@ type Answer = Box<dyn FnMut(u8, u8) -> Option<Vec<u8>> + Send>;
 /// Reads host frames from the master, checks their checksum, logs
 /// `(CMD, PARA)` and writes `answer`'s reply. Ends when the slave side is
 /// gone for good (read error), returning nothing; the log is shared.
-fn spawn_fake_sam(
-    mut master: std::fs::File,
-    log: Arc<Mutex<Vec<(u8, u8)>>>,
-    mut answer: Answer,
-) -> JoinHandle<()> {
+fn spawn_fake_sam(mut master: std::fs::File, log: Arc<Mutex<Vec<(u8, u8)>>>, mut answer: Answer) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 512];
@@ -47,11 +43,7 @@ fn spawn_fake_sam(
                 }
                 let frame: Vec<u8> = buf.drain(..start + 7 + len).skip(start).collect();
                 let chk = frame[5..frame.len() - 1].iter().fold(0u8, |a, b| a ^ b);
-                assert_eq!(
-                    chk,
-                    frame[frame.len() - 1],
-                    "driver sent a bad checksum: {frame:02X?}"
-                );
+                assert_eq!(chk, frame[frame.len() - 1], "driver sent a bad checksum: {frame:02X?}");
                 let (cmd, para) = (frame[7], frame[8]);
                 log.lock().expect("log").push((cmd, para));
                 let reply = answer(cmd, para);
@@ -85,10 +77,7 @@ fn card_module(
 }
 
 fn good_read() -> Vec<u8> {
-    sam_reply(
-        0x90,
-        &base_info_payload(&resident_text(RESIDENT_ID, "长期")),
-    )
+    sam_reply(0x90, &base_info_payload(&resident_text(RESIDENT_ID, "长期")))
 }
 
 struct Running {
@@ -99,27 +88,13 @@ struct Running {
 }
 
 fn start(path: std::path::PathBuf, reply_timeout: Duration) -> Running {
-    let settings = IdCardSettings {
-        port: path,
-        baud: 115_200,
-        poll_interval: Duration::from_millis(20),
-        reply_timeout,
-    };
+    let settings =
+        IdCardSettings { port: path, baud: 115_200, poll_interval: Duration::from_millis(20), reply_timeout };
     let (tx, events) = mpsc::channel(16);
     let health = Arc::new(DeviceHealth::default());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_id_card_reader(
-        settings,
-        tx,
-        health.clone(),
-        shutdown.clone(),
-    ));
-    Running {
-        events,
-        health,
-        shutdown,
-        task,
-    }
+    let task = tokio::spawn(run_id_card_reader(settings, tx, health.clone(), shutdown.clone()));
+    Running { events, health, shutdown, task }
 }
 
 impl Running {
@@ -151,11 +126,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn count(log: &Mutex<Vec<(u8, u8)>>, command: (u8, u8)) -> usize {
-    log.lock()
-        .expect("log")
-        .iter()
-        .filter(|&&c| c == command)
-        .count()
+    log.lock().expect("log").iter().filter(|&&c| c == command).count()
 }
 
 #[tokio::test]
@@ -164,11 +135,7 @@ async fn a_resting_card_is_one_event_until_it_leaves() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let present = Arc::new(AtomicBool::new(true));
     let gone = Arc::new(AtomicUsize::new(0));
-    let fake = spawn_fake_sam(
-        pty.master,
-        log.clone(),
-        card_module(present.clone(), gone.clone(), good_read),
-    );
+    let fake = spawn_fake_sam(pty.master, log.clone(), card_module(present.clone(), gone.clone(), good_read));
     let mut running = start(pty.path.clone(), Duration::from_millis(500));
 
     match running.next_event().await {
@@ -177,27 +144,11 @@ async fn a_resting_card_is_one_event_until_it_leaves() {
     }
     // The card stays: many more polls, still one read.
     wait_until("10 more polls", || count(&log, (0x20, 0x01)) >= 12).await;
-    assert!(
-        running.events.try_recv().is_err(),
-        "a resting card was reported twice"
-    );
-    assert_eq!(
-        count(&log, (0x30, 0x01)),
-        1,
-        "the driver read a latched card again"
-    );
+    assert!(running.events.try_recv().is_err(), "a resting card was reported twice");
+    assert_eq!(count(&log, (0x30, 0x01)), 1, "the driver read a latched card again");
     {
         let log = log.lock().expect("log");
-        assert_eq!(
-            &log[..5],
-            &[
-                (0x10, 0xFF),
-                (0x11, 0xFF),
-                (0x20, 0x01),
-                (0x20, 0x02),
-                (0x30, 0x01)
-            ]
-        );
+        assert_eq!(&log[..5], &[(0x10, 0xFF), (0x11, 0xFF), (0x20, 0x01), (0x20, 0x02), (0x30, 0x01)]);
     }
 
     // Lifted and put back: a second read.
@@ -208,11 +159,7 @@ async fn a_resting_card_is_one_event_until_it_leaves() {
 
     let health = running.health.snapshot();
     assert!(health.connected);
-    assert_eq!(
-        health.checksum_errors + health.timeouts + health.status_errors,
-        0,
-        "{health:?}"
-    );
+    assert_eq!(health.checksum_errors + health.timeouts + health.status_errors, 0, "{health:?}");
     let mut events = running.stop().await;
     assert!(events.try_recv().is_err());
     drop(pty.slave_guard);
@@ -239,11 +186,7 @@ async fn a_corrupt_reply_is_counted_and_never_an_event() {
     let fake = spawn_fake_sam(
         pty.master,
         log.clone(),
-        card_module(
-            Arc::new(AtomicBool::new(true)),
-            Arc::new(AtomicUsize::new(0)),
-            read,
-        ),
+        card_module(Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)), read),
     );
     let mut running = start(pty.path.clone(), Duration::from_millis(500));
 
@@ -251,21 +194,11 @@ async fn a_corrupt_reply_is_counted_and_never_an_event() {
         CardEvent::Read(record) => assert_eq!(record.id_number.expose(), RESIDENT_ID),
         other => panic!("expected a read, got {other:?}"),
     }
-    assert_eq!(
-        reads.load(Ordering::SeqCst),
-        2,
-        "the event must come from the second, intact reply"
-    );
+    assert_eq!(reads.load(Ordering::SeqCst), 2, "the event must come from the second, intact reply");
     let health = running.health.snapshot();
     assert_eq!(health.checksum_errors, 1, "{health:?}");
     assert!(health.garbage_bytes >= 3, "{health:?}");
-    assert!(
-        health
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("checksum")),
-        "{health:?}"
-    );
+    assert!(health.last_error.as_deref().is_some_and(|e| e.contains("checksum")), "{health:?}");
     // Recovered and latched: no further events while the card rests.
     wait_until("more polls", || count(&log, (0x20, 0x01)) >= 8).await;
     let mut events = running.stop().await;
@@ -283,18 +216,9 @@ async fn silence_is_a_counted_timeout_not_a_panic() {
 
     wait_until("three timeouts", || running.health.snapshot().timeouts >= 3).await;
     let health = running.health.snapshot();
-    assert!(
-        health.connected,
-        "a silent module is not a lost port: {health:?}"
-    );
+    assert!(health.connected, "a silent module is not a lost port: {health:?}");
     assert_eq!(health.frames_ok, 0);
-    assert!(
-        health
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("no complete reply")),
-        "{health:?}"
-    );
+    assert!(health.last_error.as_deref().is_some_and(|e| e.contains("no complete reply")), "{health:?}");
     // The cycle carries on: reset first, then polls.
     assert_eq!(log.lock().expect("log").first(), Some(&(0x10, 0xFF)));
     let mut events = running.stop().await;
@@ -309,17 +233,11 @@ async fn a_missing_port_is_retried_with_backoff() {
     let path = dir.join("ttyNOPE");
     let running = start(path.clone(), Duration::from_millis(100));
     // Attempts at 0, 200 ms, 600 ms: two reconnects within about 0.9 s.
-    wait_until("two reconnect attempts", || {
-        running.health.snapshot().reconnects >= 2
-    })
-    .await;
+    wait_until("two reconnect attempts", || running.health.snapshot().reconnects >= 2).await;
     let health = running.health.snapshot();
     assert!(!health.connected);
     assert!(health.reconnects <= 3, "back-off too short: {health:?}");
     let error = health.last_error.unwrap_or_default();
-    assert!(
-        error.contains(&path.display().to_string()),
-        "error names the port: {error}"
-    );
+    assert!(error.contains(&path.display().to_string()), "error names the port: {error}");
     running.stop().await;
 }

@@ -6,12 +6,9 @@ mod support;
 
 use gate_core::{CardKind, CardValidTo, CivilDate, Sex};
 use gate_devices::sam::{
-    self, CardError, FrameDecoder, FrameError, Response, Status, cmd, encode_command,
-    parse_base_info, parse_text_block,
+    self, CardError, FrameDecoder, FrameError, Response, Status, cmd, encode_command, parse_base_info, parse_text_block,
 };
-use support::{
-    PREAMBLE, RESIDENT_ID, base_info_payload, hex, layout, resident_text, sam_reply, text_block,
-};
+use support::{PREAMBLE, RESIDENT_ID, base_info_payload, hex, layout, resident_text, sam_reply, text_block};
 
 #[test]
 fn command_frames_match_the_table() {
@@ -31,26 +28,15 @@ fn command_frames_match_the_table() {
         assert_eq!(encoded, expected, "command {c:02X} {p:02X}");
         // Round trip: the table's frame read back gives the same CMD PARA.
         assert_eq!(&encoded[..5], &sam::PREAMBLE);
-        assert_eq!(
-            usize::from(u16::from_be_bytes([encoded[5], encoded[6]])),
-            encoded.len() - 7
-        );
+        assert_eq!(usize::from(u16::from_be_bytes([encoded[5], encoded[6]])), encoded.len() - 7);
         assert_eq!((encoded[7], encoded[8]), (c, p));
     }
     // With data: LEN grows, the data is under the checksum.
-    assert_eq!(
-        encode_command(0x30, 0x01, &[0x05]),
-        hex("AA AA AA 96 69 00 04 30 01 05 30")
-    );
+    assert_eq!(encode_command(0x30, 0x01, &[0x05]), hex("AA AA AA 96 69 00 04 30 01 05 30"));
 }
 
 fn ok(sw3: u8, data: &[u8]) -> Result<Response, FrameError> {
-    Ok(Response {
-        sw1: 0,
-        sw2: 0,
-        sw3,
-        data: data.to_vec(),
-    })
+    Ok(Response { sw1: 0, sw2: 0, sw3, data: data.to_vec() })
 }
 
 type Decoded = Vec<Result<Response, FrameError>>;
@@ -93,63 +79,21 @@ fn decodes_typical_replies_and_damage() {
     after_length_error.extend_from_slice(&find_fail);
 
     let cases: Vec<(&str, Vec<&[u8]>, Decoded)> = vec![
-        (
-            "find ok, 15 bytes",
-            vec![&find_ok],
-            vec![ok(0x9F, &[0, 0, 0, 0])],
-        ),
+        ("find ok, 15 bytes", vec![&find_ok], vec![ok(0x9F, &[0, 0, 0, 0])]),
         ("find fail, 11 bytes", vec![&find_fail], vec![ok(0x80, &[])]),
-        (
-            "select ok, 19 bytes",
-            vec![&select_ok],
-            vec![ok(0x90, &[0; 8])],
-        ),
-        (
-            "checksum",
-            vec![&bad_chk],
-            vec![Err(FrameError::Checksum {
-                expected: 0x97,
-                found: 0x98,
-            })],
-        ),
-        (
-            "declared too small",
-            vec![&too_small],
-            vec![Err(FrameError::Length { declared: 3 })],
-        ),
-        (
-            "declared zero",
-            vec![&zero],
-            vec![Err(FrameError::Length { declared: 0 })],
-        ),
-        (
-            "declared too large",
-            vec![&too_large],
-            vec![Err(FrameError::Length { declared: 4097 })],
-        ),
-        (
-            "garbage before a frame",
-            vec![&noisy],
-            vec![Err(FrameError::Garbage { skipped: 5 }), ok(0x80, &[])],
-        ),
-        (
-            "two frames in one push",
-            vec![&two],
-            vec![ok(0x9F, &[0, 0, 0, 0]), ok(0x80, &[])],
-        ),
-        (
-            "split in two",
-            vec![&find_ok[..6], &find_ok[6..]],
-            vec![ok(0x9F, &[0, 0, 0, 0])],
-        ),
+        ("select ok, 19 bytes", vec![&select_ok], vec![ok(0x90, &[0; 8])]),
+        ("checksum", vec![&bad_chk], vec![Err(FrameError::Checksum { expected: 0x97, found: 0x98 })]),
+        ("declared too small", vec![&too_small], vec![Err(FrameError::Length { declared: 3 })]),
+        ("declared zero", vec![&zero], vec![Err(FrameError::Length { declared: 0 })]),
+        ("declared too large", vec![&too_large], vec![Err(FrameError::Length { declared: 4097 })]),
+        ("garbage before a frame", vec![&noisy], vec![Err(FrameError::Garbage { skipped: 5 }), ok(0x80, &[])]),
+        ("two frames in one push", vec![&two], vec![ok(0x9F, &[0, 0, 0, 0]), ok(0x80, &[])]),
+        ("split in two", vec![&find_ok[..6], &find_ok[6..]], vec![ok(0x9F, &[0, 0, 0, 0])]),
         (
             "resync after a checksum error",
             vec![&resync],
             vec![
-                Err(FrameError::Checksum {
-                    expected: 0x97,
-                    found: 0x98,
-                }),
+                Err(FrameError::Checksum { expected: 0x97, found: 0x98 }),
                 // The rest of the damaged frame is noise before the next preamble.
                 Err(FrameError::Garbage { skipped: 10 }),
                 ok(0x80, &[]),
@@ -158,18 +102,10 @@ fn decodes_typical_replies_and_damage() {
         (
             "resync after a length error",
             vec![&after_length_error],
-            vec![
-                Err(FrameError::Length { declared: 3 }),
-                Err(FrameError::Garbage { skipped: 6 }),
-                ok(0x80, &[]),
-            ],
+            vec![Err(FrameError::Length { declared: 3 }), Err(FrameError::Garbage { skipped: 6 }), ok(0x80, &[])],
         ),
         ("incomplete", vec![&find_ok[..14]], vec![]),
-        (
-            "largest length accepted, waits for the rest",
-            vec![&largest],
-            vec![],
-        ),
+        ("largest length accepted, waits for the rest", vec![&largest], vec![]),
     ];
     for (name, chunks, expected) in cases {
         assert_eq!(decode(&chunks), expected, "{name}");
@@ -187,10 +123,7 @@ fn every_damaged_byte_is_caught() {
             let mut damaged = find_ok.clone();
             damaged[position] ^= 1 << bit;
             let results = decode(&[&damaged]);
-            assert!(
-                results.iter().all(Result::is_err),
-                "byte {position} bit {bit}: {results:?}"
-            );
+            assert!(results.iter().all(Result::is_err), "byte {position} bit {bit}: {results:?}");
             if position >= 7 {
                 assert!(
                     matches!(results.first(), Some(Err(FrameError::Checksum { expected, found }))
@@ -212,14 +145,9 @@ fn a_full_read_split_byte_by_byte_decodes() {
     noisy.extend_from_slice(&frame);
     let chunks: Vec<&[u8]> = noisy.chunks(1).collect();
     let results = decode(&chunks);
-    assert_eq!(
-        results,
-        vec![Err(FrameError::Garbage { skipped: 2 }), ok(0x90, &payload)]
-    );
+    assert_eq!(results, vec![Err(FrameError::Garbage { skipped: 2 }), ok(0x90, &payload)]);
 
-    let Ok(response) = &results[1] else {
-        unreachable!()
-    };
+    let Ok(response) = &results[1] else { unreachable!() };
     assert_eq!(response.status(), Status::Ok);
     let record = parse_base_info(&response.data, false).expect("card");
     assert_eq!(record.id_number.expose(), RESIDENT_ID);
@@ -230,10 +158,7 @@ fn clear_forgets_partial_frames_and_noise() {
     let mut decoder = FrameDecoder::default();
     decoder.push(&[0x01, 0x02]);
     decoder.push(&hex(FIND_OK)[..9]);
-    assert_eq!(
-        decoder.next_frame(),
-        Some(Err(FrameError::Garbage { skipped: 2 }))
-    );
+    assert_eq!(decoder.next_frame(), Some(Err(FrameError::Garbage { skipped: 2 })));
     assert_eq!(decoder.next_frame(), None);
     decoder.clear();
     decoder.push(&hex(FIND_FAIL));
@@ -265,16 +190,7 @@ fn status_words() {
         (0x42, Status::Other(0x42)),
     ];
     for (code, status) in table {
-        assert_eq!(
-            Response {
-                sw1: 0,
-                sw2: 0,
-                sw3: code,
-                data: vec![]
-            }
-            .status(),
-            status
-        );
+        assert_eq!(Response { sw1: 0, sw2: 0, sw3: code, data: vec![] }.status(), status);
     }
 }
 
@@ -299,10 +215,7 @@ fn resident_card() {
     assert_eq!(record.valid_to, Some(CardValidTo::Date(date(2035, 1, 1))));
     // Debug output masks the personal fields.
     let debug = format!("{record:?}");
-    assert!(
-        !debug.contains("张三") && !debug.contains(RESIDENT_ID),
-        "{debug}"
-    );
+    assert!(!debug.contains("张三") && !debug.contains(RESIDENT_ID), "{debug}");
 }
 
 #[test]
@@ -355,60 +268,33 @@ fn foreigner_cards_are_refused_with_a_reason() {
 
     // 2017 card: 15-character number at 122-151, outside GB 11643.
     let text = text_block(
-        &[
-            ((0, 119), "SMITH JOHN"),
-            ((120, 121), "1"),
-            ((122, 151), "USA110079060101"),
-            ((152, 157), "USA"),
-        ],
+        &[((0, 119), "SMITH JOHN"), ((120, 121), "1"), ((122, 151), "USA110079060101"), ((152, 157), "USA")],
         Some('I'),
     );
-    assert_eq!(
-        parse_text_block(&text),
-        Err(CardError::UnsupportedCardType { type_byte: b'I' })
-    );
+    assert_eq!(parse_text_block(&text), Err(CardError::UnsupportedCardType { type_byte: b'I' }));
 }
 
 #[test]
 fn bad_check_character_is_refused_masked() {
-    let err =
-        parse_text_block(&resident_text("110105194912310021", "长期")).expect_err("bad check");
-    assert_eq!(
-        err,
-        CardError::InvalidIdNumber {
-            masked: "110105********0021".into()
-        }
-    );
+    let err = parse_text_block(&resident_text("110105194912310021", "长期")).expect_err("bad check");
+    assert_eq!(err, CardError::InvalidIdNumber { masked: "110105********0021".into() });
     assert!(!err.to_string().contains("110105194912310021"));
     // An empty number field is refused too, not taken as a card.
-    assert!(matches!(
-        parse_text_block(&resident_text("", "长期")),
-        Err(CardError::InvalidIdNumber { .. })
-    ));
+    assert!(matches!(parse_text_block(&resident_text("", "长期")), Err(CardError::InvalidIdNumber { .. })));
 }
 
 #[test]
 fn base_info_payloads() {
     let text = resident_text(RESIDENT_ID, "长期");
     let good = base_info_payload(&text);
-    assert_eq!(
-        parse_base_info(&good, false).map(|r| r.kind),
-        Ok(CardKind::ResidentId)
-    );
+    assert_eq!(parse_base_info(&good, false).map(|r| r.kind), Ok(CardKind::ResidentId));
 
     // With fingerprint: a third length field and 1024 more bytes.
     let mut with_fp = vec![0x01, 0x00, 0x04, 0x00, 0x04, 0x00];
     with_fp.extend_from_slice(&good[4..]);
     with_fp.extend_from_slice(&[0x5A; 1024]);
-    assert_eq!(
-        sam_reply(0x90, &with_fp).len(),
-        2321,
-        "with fingerprint is 2321 bytes"
-    );
-    assert_eq!(
-        parse_base_info(&with_fp, true).map(|r| r.kind),
-        Ok(CardKind::ResidentId)
-    );
+    assert_eq!(sam_reply(0x90, &with_fp).len(), 2321, "with fingerprint is 2321 bytes");
+    assert_eq!(parse_base_info(&with_fp, true).map(|r| r.kind), Ok(CardKind::ResidentId));
 
     let mut bad_text_len = good.clone();
     bad_text_len[0..2].copy_from_slice(&[0x00, 0x80]);
@@ -419,18 +305,11 @@ fn base_info_payloads() {
         ("text cut short", &good[..100], false),
         ("photo cut short", &good[..good.len() - 1], false),
         ("fingerprint header missing", &good[..5], true),
-        (
-            "fingerprint declared but absent",
-            &with_fp[..with_fp.len() - 10],
-            true,
-        ),
+        ("fingerprint declared but absent", &with_fp[..with_fp.len() - 10], true),
         ("bad text length", &bad_text_len, false),
     ];
     for (name, data, fp) in cases {
-        assert!(
-            matches!(parse_base_info(data, fp), Err(CardError::Malformed(_))),
-            "{name}"
-        );
+        assert!(matches!(parse_base_info(data, fp), Err(CardError::Malformed(_))), "{name}");
     }
 }
 

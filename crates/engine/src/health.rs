@@ -104,7 +104,9 @@ pub fn evaluate(
             let age_h = (now - r.assessed_at_ms) / HOUR_MS;
             facts.push(("record_age_h".into(), age_h.to_string()));
             match rules.fallback {
-                HealthFallback::AcceptStale { max_age_h } if age_h <= i64::from(max_age_h) && now <= r.expires_at_ms => {
+                HealthFallback::AcceptStale { max_age_h }
+                    if age_h <= i64::from(max_age_h) && now <= r.expires_at_ms =>
+                {
                     facts.push(("stale_accepted".into(), "true".into()));
                     Some(r)
                 }
@@ -235,10 +237,14 @@ mod tests {
                 None,
             ),
             ("no test", Box::new(|r, _| r.nat = None), Some(BlockReason::NatMissing)),
-            ("no test, not required", Box::new(|r, p| {
-                r.nat = None;
-                p.nat_required = false
-            }), None),
+            (
+                "no test, not required",
+                Box::new(|r, p| {
+                    r.nat = None;
+                    p.nat_required = false
+                }),
+                None,
+            ),
             (
                 "positive",
                 Box::new(|r, _| r.nat = Some(NatResult { positive: true, sampled_at_ms: NOW - HOUR_MS })),
@@ -264,11 +270,7 @@ mod tests {
             ),
             ("one dose short", Box::new(|r, _| r.vaccine_doses = 1), Some(BlockReason::VaccinationInsufficient)),
             ("exactly the doses", Box::new(|r, _| r.vaccine_doses = 2), None),
-            (
-                "assessed exactly 24 h ago",
-                Box::new(|r, _| r.assessed_at_ms = NOW - 24 * HOUR_MS),
-                None,
-            ),
+            ("assessed exactly 24 h ago", Box::new(|r, _| r.assessed_at_ms = NOW - 24 * HOUR_MS), None),
             (
                 "assessed 24 h and one second ago, refuse",
                 Box::new(|r, _| r.assessed_at_ms = NOW - 24 * HOUR_MS - 1_000),

@@ -11,8 +11,12 @@
 mod health;
 mod policy;
 
-pub use health::{CertificateFacts, Freshness, HealthFallback, HealthRules, HealthVerdict, evaluate as evaluate_health, freshness};
-pub use policy::{AntiPassback, CategorySet, HealthCheck, HealthRulesByCategory, LastPassage, PassFacts, PassState, Policy, Side};
+pub use health::{
+    CertificateFacts, Freshness, HealthFallback, HealthRules, HealthVerdict, evaluate as evaluate_health, freshness,
+};
+pub use policy::{
+    AntiPassback, CategorySet, HealthCheck, HealthRulesByCategory, LastPassage, PassFacts, PassState, Policy, Side,
+};
 
 pub mod gate_fsm;
 
@@ -84,9 +88,10 @@ fn check(attempt: &Attempt<'_>, gate: &GateContext<'_>, now: UnixMillis) -> Resu
         return Err(BlockReason::CheckpointClosed);
     }
     if let CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(valid_to)) } = attempt.credential
-        && CivilDate::of_instant(now, gate.offset) > *valid_to {
-            return Err(BlockReason::CardExpired);
-        }
+        && CivilDate::of_instant(now, gate.offset) > *valid_to
+    {
+        return Err(BlockReason::CardExpired);
+    }
     if attempt.watchlisted {
         return Err(BlockReason::Blocklisted);
     }

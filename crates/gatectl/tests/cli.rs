@@ -116,11 +116,30 @@ fn pass_keygen_and_issue_make_a_pass_the_gate_accepts() {
     let key = dir.path().join("platform.key");
     let out = gatectl(&["pass", "keygen", key.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{:?}", text(&out));
-    let public = text(&out).0.lines().find_map(|l| l.strip_prefix("public key (for [passes] platform_keys): ")).map(str::to_owned).expect("public key");
+    let public = text(&out)
+        .0
+        .lines()
+        .find_map(|l| l.strip_prefix("public key (for [passes] platform_keys): "))
+        .map(str::to_owned)
+        .expect("public key");
     assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
     let out = gatectl(&[
-        "pass", "issue", "--config", config.to_str().expect("utf-8"), "--key", key.to_str().expect("utf-8"),
-        "--pass-id", "vp-7", "--host", "R-1", "--visitor-id-number", "11010519491231002X", "--gates", "east-1", "--uses", "1",
+        "pass",
+        "issue",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+        "--pass-id",
+        "vp-7",
+        "--host",
+        "R-1",
+        "--visitor-id-number",
+        "11010519491231002X",
+        "--gates",
+        "east-1",
+        "--uses",
+        "1",
     ]);
     assert!(out.status.success(), "{:?}", text(&out));
     let token = text(&out).0.trim().to_owned();
@@ -130,5 +149,8 @@ fn pass_keygen_and_issue_make_a_pass_the_gate_accepts() {
     hex::decode_to_slice(&public, &mut raw).expect("hex");
     let keys = gate_pass::PlatformKeys::from_raw(&[raw]).expect("key");
     let pass = keys.verify(&token, "heshan-c03").expect("the gate accepts it");
-    assert_eq!((pass.pass_id.as_str(), pass.max_uses, pass.gates.as_slice()), ("vp-7", 1, ["east-1".to_owned()].as_slice()));
+    assert_eq!(
+        (pass.pass_id.as_str(), pass.max_uses, pass.gates.as_slice()),
+        ("vp-7", 1, ["east-1".to_owned()].as_slice())
+    );
 }

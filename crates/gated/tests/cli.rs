@@ -34,8 +34,11 @@ fn check_config_accepts_the_example_and_refuses_a_bad_file_with_64() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[site]\nid = \"a/b\"\n[gate]\nid = \"g\"\nlane = \"bus\"\n[store]\npath = \"x\"\n[mqtt]\nprot = 1\n")
-        .expect("write");
+    std::fs::write(
+        &bad,
+        "[site]\nid = \"a/b\"\n[gate]\nid = \"g\"\nlane = \"bus\"\n[store]\npath = \"x\"\n[mqtt]\nprot = 1\n",
+    )
+    .expect("write");
     let out = gated().args(["check-config"]).arg(&bad).output().expect("run gated");
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);

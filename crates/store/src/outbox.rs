@@ -38,23 +38,24 @@ impl Store {
     ) -> Result<u64> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(wrap)?;
+        // Deferred, and the first statement writes `main` only: it takes the
+        // main database's write lock without the identity database's, which
+        // `BEGIN IMMEDIATE` would also take (it locks every attached file)
+        // and a snapshot being applied holds for seconds.
+        let tx = self.conn.transaction().map_err(wrap)?;
         let seq: i64 = tx
-            .prepare_cached("SELECT next_seq FROM main.sequence WHERE stream = ?1")
-            .and_then(|mut s| s.query_row(params![stream], |r| r.get(0)).optional())
-            .map_err(wrap)?
-            .unwrap_or(1);
+            .prepare_cached(
+                "INSERT INTO main.sequence (stream, next_seq) VALUES (?1, 2)
+                 ON CONFLICT (stream) DO UPDATE SET next_seq = next_seq + 1
+                 RETURNING next_seq - 1",
+            )
+            .and_then(|mut s| s.query_row(params![stream], |r| r.get(0)))
+            .map_err(wrap)?;
         let payload = encode(seq as u64);
         tx.prepare_cached(
             "INSERT INTO main.outbox (stream, seq, topic, payload, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .and_then(|mut s| s.execute(params![stream, seq, topic, payload, created_ms]))
-        .map_err(wrap)?;
-        tx.prepare_cached(
-            "INSERT INTO main.sequence (stream, next_seq) VALUES (?1, ?2)
-             ON CONFLICT (stream) DO UPDATE SET next_seq = excluded.next_seq",
-        )
-        .and_then(|mut s| s.execute(params![stream, seq + 1]))
         .map_err(wrap)?;
         tx.commit().map_err(wrap)?;
         Ok(seq as u64)

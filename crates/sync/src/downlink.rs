@@ -45,9 +45,14 @@ pub(crate) enum Reply {
     /// The outbox gained an entry (a recorded mode change).
     OutboxChanged,
     /// The health batches are out of step.
-    HealthResync { local_version: u64 },
+    HealthResync {
+        local_version: u64,
+    },
     /// An answer to an online health check.
-    HealthAnswer { correlation_id: String, answer: crate::HealthAnswer },
+    HealthAnswer {
+        correlation_id: String,
+        answer: crate::HealthAnswer,
+    },
 }
 
 /// Everything a mode-change event needs to say where it happened.
@@ -126,10 +131,10 @@ pub(crate) fn handle(
     } else if topic == topics.health_resp {
         match crate::health::decode_response(payload) {
             Ok((correlation_id, answer)) => {
-                if let crate::HealthAnswer::Record(record) = &answer {
-                    if let Err(e) = store.put_health_record(record) {
-                        warn!(topic, error = %e, "could not store the fresh health record");
-                    }
+                if let crate::HealthAnswer::Record(record) = &answer
+                    && let Err(e) = store.put_health_record(record)
+                {
+                    warn!(topic, error = %e, "could not store the fresh health record");
                 }
                 counters.health_answers.fetch_add(1, Ordering::Relaxed);
                 Reply::HealthAnswer { correlation_id, answer }
@@ -205,9 +210,12 @@ fn handle_mode(
     // The retained message comes again on every connection: the same change
     // is not a new one.
     if let Some(current) = &current
-        && current.after == mode && current.effective_at_ms == change.effective_at_ms && current.origin == origin {
-            return Reply::None;
-        }
+        && current.after == mode
+        && current.effective_at_ms == change.effective_at_ms
+        && current.origin == origin
+    {
+        return Reply::None;
+    }
     let schedule = current.unwrap_or_else(|| ModeSchedule::constant(gate_core::Mode::Normal)).with_change(
         now,
         mode,

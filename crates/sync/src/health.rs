@@ -80,7 +80,8 @@ pub(crate) fn handle_health_batch(store: &mut Store, payload: &[u8], now: UnixMi
         Ok(u) => u,
         Err(why) => return BatchOutcome::Rejected { why },
     };
-    let domain = HealthBatch { from_version: batch.from_version, to_version: batch.to_version, upserts, deletes: batch.deletes };
+    let domain =
+        HealthBatch { from_version: batch.from_version, to_version: batch.to_version, upserts, deletes: batch.deletes };
     match store.apply_health_batch(&domain, now) {
         Ok(DeltaOutcome::Applied) => BatchOutcome::Applied { version: domain.to_version },
         Ok(DeltaOutcome::AlreadyApplied) => BatchOutcome::Duplicate,
@@ -101,11 +102,7 @@ pub(crate) fn decode_response(payload: &[u8]) -> Result<(String, HealthAnswer), 
 
 /// Checks a signed trust list against the platform keys and stores it.
 /// Returns the new version, or `None` when it is not newer.
-pub(crate) fn handle_trust(
-    store: &mut Store,
-    keys: &PlatformKeys,
-    payload: &[u8],
-) -> Result<Option<u64>, String> {
+pub(crate) fn handle_trust(store: &mut Store, keys: &PlatformKeys, payload: &[u8]) -> Result<Option<u64>, String> {
     let signed = pb::SignedTrustList::decode(payload).map_err(|e| format!("not a SignedTrustList: {e}"))?;
     keys.verify_detached(&signed.kid, &signed.trust_list, &signed.signature)
         .map_err(|e| format!("trust list signature refused: {e}"))?;

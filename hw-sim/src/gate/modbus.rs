@@ -27,11 +27,7 @@ pub fn crc16_modbus(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xA001
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
         }
     }
     crc
@@ -68,17 +64,9 @@ pub enum Split {
 /// `line_idle` means no more bytes are coming for now: an incomplete frame is
 /// then garbage.
 pub fn split_request(buf: &[u8], line_idle: bool) -> Split {
-    let more = if line_idle {
-        Split::Drop1
-    } else {
-        Split::NeedMore
-    };
+    let more = if line_idle { Split::Drop1 } else { Split::NeedMore };
     if buf.len() < 2 {
-        return if buf.is_empty() {
-            Split::NeedMore
-        } else {
-            more
-        };
+        return if buf.is_empty() { Split::NeedMore } else { more };
     }
     let len = match buf[1] {
         0x01..=0x06 => 8,
@@ -101,11 +89,7 @@ pub fn split_request(buf: &[u8], line_idle: bool) -> Split {
     if buf.len() < len {
         return more;
     }
-    if crc_ok(&buf[..len]) {
-        Split::Frame(len)
-    } else {
-        Split::Drop1
-    }
+    if crc_ok(&buf[..len]) { Split::Frame(len) } else { Split::Drop1 }
 }
 
 /// The board's data model.
@@ -133,11 +117,7 @@ pub struct Outcome {
 impl Bank {
     /// A board with all coils and inputs off.
     pub fn new(unit_id: u8, coils: u16, inputs: u16) -> Bank {
-        Bank {
-            unit_id,
-            coils: vec![false; usize::from(coils)],
-            inputs: vec![false; usize::from(inputs)],
-        }
+        Bank { unit_id, coils: vec![false; usize::from(coils)], inputs: vec![false; usize::from(inputs)] }
     }
 
     /// Executes one CRC-valid frame. Unit 0 is a broadcast: writes are
@@ -148,16 +128,10 @@ impl Bank {
             return Outcome::default();
         }
         let mut writes = Vec::new();
-        let reply = self
-            .pdu(frame, &mut writes)
-            .unwrap_or_else(|code| vec![frame[1] | 0x80, code]);
+        let reply = self.pdu(frame, &mut writes).unwrap_or_else(|code| vec![frame[1] | 0x80, code]);
         let mut full = vec![self.unit_id];
         full.extend(reply);
-        Outcome {
-            reply: (unit != 0).then(|| with_crc(full)),
-            writes,
-            served: true,
-        }
+        Outcome { reply: (unit != 0).then(|| with_crc(full)), writes, served: true }
     }
 
     /// Reply PDU (fc | data) or an exception code.
@@ -170,11 +144,7 @@ impl Bank {
                 if !(1..=2000).contains(&qty) {
                     return Err(EX_ILLEGAL_VALUE);
                 }
-                let bits = if fc == FC_READ_COILS {
-                    &self.coils
-                } else {
-                    &self.inputs
-                };
+                let bits = if fc == FC_READ_COILS { &self.coils } else { &self.inputs };
                 let range = in_range(addr, qty, bits.len())?;
                 let mut data = vec![0u8; usize::from(qty).div_ceil(8)];
                 for (i, &on) in bits[range].iter().enumerate() {
@@ -223,11 +193,7 @@ impl Bank {
 
 fn in_range(addr: u16, qty: u16, len: usize) -> Result<std::ops::Range<usize>, u8> {
     let (start, end) = (usize::from(addr), usize::from(addr) + usize::from(qty));
-    if end > len {
-        Err(EX_ILLEGAL_ADDRESS)
-    } else {
-        Ok(start..end)
-    }
+    if end > len { Err(EX_ILLEGAL_ADDRESS) } else { Ok(start..end) }
 }
 
 #[cfg(test)]
@@ -235,9 +201,7 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).expect("test hex"))
-            .collect()
+        s.split_whitespace().map(|b| u8::from_str_radix(b, 16).expect("test hex")).collect()
     }
 
     fn bank() -> Bank {
@@ -259,14 +223,8 @@ mod tests {
     fn crc_known_frames() {
         // Widely published: FC05 coil 0 on for unit 1, and the Simply Modbus
         // read-coils example for unit 17.
-        assert_eq!(
-            with_crc(hex("01 05 00 00 FF 00")),
-            hex("01 05 00 00 FF 00 8C 3A")
-        );
-        assert_eq!(
-            with_crc(hex("11 01 00 13 00 25")),
-            hex("11 01 00 13 00 25 0E 84")
-        );
+        assert_eq!(with_crc(hex("01 05 00 00 FF 00")), hex("01 05 00 00 FF 00 8C 3A"));
+        assert_eq!(with_crc(hex("11 01 00 13 00 25")), hex("11 01 00 13 00 25 0E 84"));
     }
 
     #[test]
@@ -285,15 +243,9 @@ mod tests {
         let mut b = bank();
         b.coils[1] = true;
         b.coils[4] = true;
-        assert_eq!(
-            run(&mut b, "01 01 00 00 00 08"),
-            Some(with_crc(hex("01 01 01 12")))
-        );
+        assert_eq!(run(&mut b, "01 01 00 00 00 08"), Some(with_crc(hex("01 01 01 12"))));
         // Starting at address 1: coil 1 becomes bit 0.
-        assert_eq!(
-            run(&mut b, "01 01 00 01 00 04"),
-            Some(with_crc(hex("01 01 01 09")))
-        );
+        assert_eq!(run(&mut b, "01 01 00 01 00 04"), Some(with_crc(hex("01 01 01 09"))));
     }
 
     #[test]
@@ -301,14 +253,8 @@ mod tests {
         let mut b = bank();
         b.inputs[0] = true;
         b.inputs[7] = true;
-        assert_eq!(
-            run(&mut b, "01 02 00 00 00 08"),
-            Some(with_crc(hex("01 02 01 81")))
-        );
-        assert_eq!(
-            run(&mut b, "01 02 00 07 00 01"),
-            Some(with_crc(hex("01 02 01 01")))
-        );
+        assert_eq!(run(&mut b, "01 02 00 00 00 08"), Some(with_crc(hex("01 02 01 81"))));
+        assert_eq!(run(&mut b, "01 02 00 07 00 01"), Some(with_crc(hex("01 02 01 01"))));
     }
 
     #[test]
@@ -316,51 +262,21 @@ mod tests {
         let mut b = bank();
         let out = b.execute(&with_crc(hex("01 0F 00 02 00 03 01 05")));
         assert_eq!(out.reply, Some(with_crc(hex("01 0F 00 02 00 03"))));
-        assert_eq!(
-            out.writes,
-            vec![(2, true, false), (3, false, false), (4, true, false)]
-        );
-        assert_eq!(
-            b.coils,
-            [false, false, true, false, true, false, false, false]
-        );
+        assert_eq!(out.writes, vec![(2, true, false), (3, false, false), (4, true, false)]);
+        assert_eq!(b.coils, [false, false, true, false, true, false, false, false]);
     }
 
     #[test]
     fn exceptions() {
         let mut b = bank();
-        assert_eq!(
-            run(&mut b, "01 05 00 08 FF 00"),
-            Some(with_crc(hex("01 85 02")))
-        );
-        assert_eq!(
-            run(&mut b, "01 05 00 00 12 34"),
-            Some(with_crc(hex("01 85 03")))
-        );
-        assert_eq!(
-            run(&mut b, "01 01 00 04 00 05"),
-            Some(with_crc(hex("01 81 02")))
-        );
-        assert_eq!(
-            run(&mut b, "01 02 00 00 00 00"),
-            Some(with_crc(hex("01 82 03")))
-        );
-        assert_eq!(
-            run(&mut b, "01 0F 00 06 00 03 01 07"),
-            Some(with_crc(hex("01 8F 02")))
-        );
-        assert_eq!(
-            run(&mut b, "01 0F 00 00 00 03 02 07 00"),
-            Some(with_crc(hex("01 8F 03")))
-        );
-        assert_eq!(
-            run(&mut b, "01 03 00 00 00 01"),
-            Some(with_crc(hex("01 83 01")))
-        );
-        assert_eq!(
-            run(&mut b, "01 2B 0E 01 00"),
-            Some(with_crc(hex("01 AB 01")))
-        );
+        assert_eq!(run(&mut b, "01 05 00 08 FF 00"), Some(with_crc(hex("01 85 02"))));
+        assert_eq!(run(&mut b, "01 05 00 00 12 34"), Some(with_crc(hex("01 85 03"))));
+        assert_eq!(run(&mut b, "01 01 00 04 00 05"), Some(with_crc(hex("01 81 02"))));
+        assert_eq!(run(&mut b, "01 02 00 00 00 00"), Some(with_crc(hex("01 82 03"))));
+        assert_eq!(run(&mut b, "01 0F 00 06 00 03 01 07"), Some(with_crc(hex("01 8F 02"))));
+        assert_eq!(run(&mut b, "01 0F 00 00 00 03 02 07 00"), Some(with_crc(hex("01 8F 03"))));
+        assert_eq!(run(&mut b, "01 03 00 00 00 01"), Some(with_crc(hex("01 83 01"))));
+        assert_eq!(run(&mut b, "01 2B 0E 01 00"), Some(with_crc(hex("01 AB 01"))));
         assert!(b.coils.iter().all(|c| !c), "failed requests change nothing");
     }
 

@@ -99,15 +99,9 @@ pub fn parse_host(buf: &[u8]) -> Parsed {
         }
     } else {
         // Keep only a tail that could be the start of a preamble split across reads.
-        let keep = (1..PREAMBLE.len())
-            .rev()
-            .find(|&k| k <= buf.len() && buf[buf.len() - k..] == PREAMBLE[..k])
-            .unwrap_or(0);
-        return if buf.len() > keep {
-            Parsed::Skip(buf.len() - keep)
-        } else {
-            Parsed::NeedMore
-        };
+        let keep =
+            (1..PREAMBLE.len()).rev().find(|&k| k <= buf.len() && buf[buf.len() - k..] == PREAMBLE[..k]).unwrap_or(0);
+        return if buf.len() > keep { Parsed::Skip(buf.len() - keep) } else { Parsed::NeedMore };
     }
     let header = PREAMBLE.len() + 2;
     if buf.len() < header {
@@ -116,10 +110,7 @@ pub fn parse_host(buf: &[u8]) -> Parsed {
     let len = usize::from(u16::from_be_bytes([buf[5], buf[6]]));
     if !(3..=MAX_HOST_LEN).contains(&len) {
         // Nothing trustworthy follows; answer and resync after the header.
-        return Parsed::Frame {
-            consumed: header,
-            result: Err(status::LENGTH_ERROR),
-        };
+        return Parsed::Frame { consumed: header, result: Err(status::LENGTH_ERROR) };
     }
     let total = header + len;
     if buf.len() < total {
@@ -127,18 +118,11 @@ pub fn parse_host(buf: &[u8]) -> Parsed {
     }
     let chk = buf[total - 1];
     if xor_checksum(&buf[PREAMBLE.len()..total - 1]) != chk {
-        return Parsed::Frame {
-            consumed: total,
-            result: Err(status::CHECKSUM_ERROR),
-        };
+        return Parsed::Frame { consumed: total, result: Err(status::CHECKSUM_ERROR) };
     }
     Parsed::Frame {
         consumed: total,
-        result: Ok(HostCommand {
-            cmd: buf[header],
-            para: buf[header + 1],
-            data: buf[header + 2..total - 1].to_vec(),
-        }),
+        result: Ok(HostCommand { cmd: buf[header], para: buf[header + 1], data: buf[header + 2..total - 1].to_vec() }),
     }
 }
 
@@ -151,25 +135,17 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).expect("test hex"))
-            .collect()
+        s.split_whitespace().map(|b| u8::from_str_radix(b, 16).expect("test hex")).collect()
     }
 
     #[test]
     fn reply_find_fail_matches_hardware_md() {
-        assert_eq!(
-            encode_reply(0x80, &[]),
-            hex("AA AA AA 96 69 00 04 00 00 80 84")
-        );
+        assert_eq!(encode_reply(0x80, &[]), hex("AA AA AA 96 69 00 04 00 00 80 84"));
     }
 
     #[test]
     fn reply_find_ok_matches_hardware_md() {
-        assert_eq!(
-            encode_reply(0x9F, &[0; 4]),
-            hex("AA AA AA 96 69 00 08 00 00 9F 00 00 00 00 97")
-        );
+        assert_eq!(encode_reply(0x9F, &[0; 4]), hex("AA AA AA 96 69 00 08 00 00 9F 00 00 00 00 97"));
     }
 
     #[test]
@@ -196,14 +172,7 @@ mod tests {
             assert_eq!(host_frame(cmd, para, &[]), bytes, "{text}");
             assert_eq!(
                 parse_host(&bytes),
-                Parsed::Frame {
-                    consumed: 10,
-                    result: Ok(HostCommand {
-                        cmd,
-                        para,
-                        data: vec![]
-                    })
-                },
+                Parsed::Frame { consumed: 10, result: Ok(HostCommand { cmd, para, data: vec![] }) },
                 "{text}"
             );
         }
@@ -221,36 +190,20 @@ mod tests {
         assert_eq!(parse_host(&hex("55 66 AA AA")), Parsed::Skip(2));
         assert_eq!(parse_host(&hex("AA AA")), Parsed::NeedMore);
         assert_eq!(parse_host(&hex("AA AA AA 96 69 00")), Parsed::NeedMore);
-        assert_eq!(
-            parse_host(&hex("AA AA AA 96 69 00 03 20 01")),
-            Parsed::NeedMore
-        );
+        assert_eq!(parse_host(&hex("AA AA AA 96 69 00 03 20 01")), Parsed::NeedMore);
     }
 
     #[test]
     fn parse_bad_checksum_is_status_10() {
         let buf = hex("AA AA AA 96 69 00 03 20 01 23");
-        assert_eq!(
-            parse_host(&buf),
-            Parsed::Frame {
-                consumed: 10,
-                result: Err(0x10)
-            }
-        );
+        assert_eq!(parse_host(&buf), Parsed::Frame { consumed: 10, result: Err(0x10) });
     }
 
     #[test]
     fn parse_bad_length_is_status_11() {
         for len in ["00 00", "00 02", "FF FF"] {
             let buf = hex(&format!("AA AA AA 96 69 {len} 20 01 22"));
-            assert_eq!(
-                parse_host(&buf),
-                Parsed::Frame {
-                    consumed: 7,
-                    result: Err(0x11)
-                },
-                "{len}"
-            );
+            assert_eq!(parse_host(&buf), Parsed::Frame { consumed: 7, result: Err(0x11) }, "{len}");
         }
     }
 }

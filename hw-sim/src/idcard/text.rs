@@ -76,13 +76,8 @@ fn put_field(dst: &mut [u8], text: &str) {
 
 /// Decodes one UCS-2LE field and trims the space padding (for tests and tools).
 pub fn decode_field(bytes: &[u8]) -> String {
-    let units: Vec<u16> = bytes
-        .chunks_exact(2)
-        .map(|p| u16::from_le_bytes([p[0], p[1]]))
-        .collect();
-    String::from_utf16_lossy(&units)
-        .trim_end_matches([' ', '\0'])
-        .to_string()
+    let units: Vec<u16> = bytes.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
+    String::from_utf16_lossy(&units).trim_end_matches([' ', '\0']).to_string()
 }
 
 /// Stand-in for the WLT photo: opaque bytes, deterministic so replies are
@@ -93,9 +88,7 @@ pub fn photo_filler() -> Vec<u8> {
 
 /// Stand-in for the fingerprint templates, same rules as the photo.
 pub fn fingerprint_filler() -> Vec<u8> {
-    (0..FINGERPRINT_LEN)
-        .map(|i| 0x43 ^ (i % 0x40) as u8)
-        .collect()
+    (0..FINGERPRINT_LEN).map(|i| 0x43 ^ (i % 0x40) as u8).collect()
 }
 
 #[cfg(test)]

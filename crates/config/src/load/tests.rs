@@ -743,7 +743,8 @@ fn policies_default_per_mode_and_take_overrides() {
     assert_ne!(other.policy.version, config.policy.version);
     assert_eq!(ok(BASE).policy.version, config.policy.version, "stable");
     assert_eq!(config.gate.anti_passback, AntiPassback::Off);
-    let timed = ok(&BASE.replace("id = \"east-1\"\n", "id = \"east-1\"\nanti_passback = \"timed\"\nanti_passback_s = 45\n"));
+    let timed =
+        ok(&BASE.replace("id = \"east-1\"\n", "id = \"east-1\"\nanti_passback = \"timed\"\nanti_passback_s = 45\n"));
     assert_eq!(timed.gate.anti_passback, AntiPassback::Timed { window_ms: 45_000 });
 }
 

@@ -105,48 +105,29 @@ impl ReaderCycle {
                 self.awaiting = Some(Awaiting::SamStatus);
                 Outcome {
                     send: Some(cmd::SAM_STATUS),
-                    report: if status == Status::Ok {
-                        None
-                    } else {
-                        bad(status)
-                    },
+                    report: if status == Status::Ok { None } else { bad(status) },
                     ..Outcome::default()
                 }
             }
-            Awaiting::SamStatus => Outcome {
-                report: Some(Report::SamStatus(status)),
-                ..Outcome::default()
-            },
+            Awaiting::SamStatus => Outcome { report: Some(Report::SamStatus(status)), ..Outcome::default() },
             Awaiting::Find => match status {
                 Status::FindOk if self.latched => Outcome::default(),
                 Status::FindOk => {
                     self.awaiting = Some(Awaiting::Select);
-                    Outcome {
-                        send: Some(cmd::SELECT_CARD),
-                        ..Outcome::default()
-                    }
+                    Outcome { send: Some(cmd::SELECT_CARD), ..Outcome::default() }
                 }
                 Status::NoCard => {
                     self.latched = false;
                     Outcome::default()
                 }
-                other => Outcome {
-                    report: bad(other),
-                    ..Outcome::default()
-                },
+                other => Outcome { report: bad(other), ..Outcome::default() },
             },
             Awaiting::Select => match status {
                 Status::Ok => {
                     self.awaiting = Some(Awaiting::Read);
-                    Outcome {
-                        send: Some(cmd::READ_BASE),
-                        ..Outcome::default()
-                    }
+                    Outcome { send: Some(cmd::READ_BASE), ..Outcome::default() }
                 }
-                other => Outcome {
-                    report: bad(other),
-                    ..Outcome::default()
-                },
+                other => Outcome { report: bad(other), ..Outcome::default() },
             },
             Awaiting::Read => match status {
                 Status::Ok => {
@@ -157,15 +138,9 @@ impl ReaderCycle {
                         Ok(record) => CardEvent::Read(record),
                         Err(err) => CardEvent::Rejected(err),
                     };
-                    Outcome {
-                        event: Some(event),
-                        ..Outcome::default()
-                    }
+                    Outcome { event: Some(event), ..Outcome::default() }
                 }
-                other => Outcome {
-                    report: bad(other),
-                    ..Outcome::default()
-                },
+                other => Outcome { report: bad(other), ..Outcome::default() },
             },
         }
     }
@@ -177,12 +152,7 @@ mod tests {
     use crate::sam::CardError;
 
     fn reply(status: u8, data: Vec<u8>) -> Response {
-        Response {
-            sw1: 0,
-            sw2: 0,
-            sw3: status,
-            data,
-        }
+        Response { sw1: 0, sw2: 0, sw3: status, data }
     }
 
     /// A read-base-info payload whose text fails early (bad text length):
@@ -197,11 +167,7 @@ mod tests {
         let mut sent = vec![m.poll()];
         let mut events = Vec::new();
         for &s in statuses {
-            let data = if m.awaiting() == Some(Awaiting::Read) {
-                bad_payload()
-            } else {
-                Vec::new()
-            };
+            let data = if m.awaiting() == Some(Awaiting::Read) { bad_payload() } else { Vec::new() };
             let out = m.on_response(&reply(s, data));
             events.extend(out.event);
             match out.send {
@@ -219,13 +185,7 @@ mod tests {
         let out = m.on_response(&reply(0x90, vec![]));
         assert_eq!(out.send, Some(cmd::SAM_STATUS));
         let out = m.on_response(&reply(0x60, vec![]));
-        assert_eq!(
-            out,
-            Outcome {
-                report: Some(Report::SamStatus(Status::SamSelfTestFailed)),
-                ..Outcome::default()
-            }
-        );
+        assert_eq!(out, Outcome { report: Some(Report::SamStatus(Status::SamSelfTestFailed)), ..Outcome::default() });
         assert_eq!(m.awaiting(), None);
     }
 
@@ -235,10 +195,7 @@ mod tests {
         let (sent, events) = cycle(&mut m, &[0x9F, 0x90, 0x90]);
         assert_eq!(sent, [cmd::FIND_CARD, cmd::SELECT_CARD, cmd::READ_BASE]);
         assert_eq!(events.len(), 1);
-        assert!(matches!(
-            events[0],
-            CardEvent::Rejected(CardError::Malformed(_))
-        ));
+        assert!(matches!(events[0], CardEvent::Rejected(CardError::Malformed(_))));
 
         // Still in the field: 9F again is ignored, no select.
         for _ in 0..3 {
@@ -272,13 +229,7 @@ mod tests {
         m.poll();
         m.on_response(&reply(0x9F, vec![]));
         let out = m.on_response(&reply(0x81, vec![]));
-        assert_eq!(
-            out.report,
-            Some(Report::BadStatus {
-                during: Awaiting::Select,
-                status: Status::SelectFailed
-            })
-        );
+        assert_eq!(out.report, Some(Report::BadStatus { during: Awaiting::Select, status: Status::SelectFailed }));
         // A frame nobody asked for changes nothing.
         assert_eq!(m.on_response(&reply(0x9F, vec![])), Outcome::default());
     }

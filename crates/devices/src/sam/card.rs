@@ -37,9 +37,7 @@ pub enum CardError {
 fn unsupported_reason(type_byte: u8) -> &'static str {
     match type_byte {
         b'Y' => "2023 foreigner permanent residence card: text layout not public",
-        b'I' => {
-            "2017 foreigner permanent residence card: 15-character number without GB 11643 check"
-        }
+        b'I' => "2017 foreigner permanent residence card: 15-character number without GB 11643 check",
         _ => "unknown card type",
     }
 }
@@ -61,9 +59,7 @@ pub fn parse_base_info(data: &[u8], with_fingerprint: bool) -> Result<CardRecord
     let photo_len = field(2);
     let fp_len = if with_fingerprint { field(4) } else { 0 };
     if text_len != TEXT_LEN {
-        return Err(CardError::Malformed(format!(
-            "text length field says {text_len}, every card has {TEXT_LEN}"
-        )));
+        return Err(CardError::Malformed(format!("text length field says {text_len}, every card has {TEXT_LEN}")));
     }
     let needed = header + text_len + photo_len + fp_len;
     if data.len() < needed {
@@ -97,17 +93,14 @@ pub fn parse_text_block(text: &[u8; 256]) -> Result<CardRecord, CardError> {
     // are not part of the record. Its 18-character number at 122-157 is the
     // one checked and used as the identity.
     let raw_id = ucs2_field(text, 122, 157);
-    let id_number = IdNumber::parse(&raw_id).map_err(|_| CardError::InvalidIdNumber {
-        masked: mask_id_like(&raw_id),
-    })?;
+    let id_number =
+        IdNumber::parse(&raw_id).map_err(|_| CardError::InvalidIdNumber { masked: mask_id_like(&raw_id) })?;
 
     let valid_to_raw = ucs2_field(text, 204, 219);
     let valid_to = if valid_to_raw == "长期" {
         Some(CardValidTo::LongTerm)
     } else {
-        CivilDate::parse_compact(&valid_to_raw)
-            .ok()
-            .map(CardValidTo::Date)
+        CivilDate::parse_compact(&valid_to_raw).ok().map(CardValidTo::Date)
     };
 
     Ok(CardRecord {
@@ -126,9 +119,7 @@ pub fn parse_text_block(text: &[u8; 256]) -> Result<CardRecord, CardError> {
 
 /// Decodes bytes `first..=last` as UCS-2 LE and trims the space / NUL padding.
 fn ucs2_field(text: &[u8; 256], first: usize, last: usize) -> String {
-    let units = text[first..=last]
-        .chunks_exact(2)
-        .map(|p| u16::from_le_bytes([p[0], p[1]]));
+    let units = text[first..=last].chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]]));
     // UCS-2 has no surrogate pairs; a stray one is a corrupt card field and
     // becomes U+FFFD rather than an error for the whole record.
     char::decode_utf16(units)

@@ -168,9 +168,7 @@ impl Status {
 pub enum FrameError {
     #[error("frame checksum mismatch: computed {expected:#04x}, frame carries {found:#04x}")]
     Checksum { expected: u8, found: u8 },
-    #[error(
-        "frame declares {declared} bytes after its length field, outside {MIN_DECLARED_LEN}..={MAX_DECLARED_LEN}"
-    )]
+    #[error("frame declares {declared} bytes after its length field, outside {MIN_DECLARED_LEN}..={MAX_DECLARED_LEN}")]
     Length { declared: usize },
     #[error("{skipped} bytes of line noise before a frame")]
     Garbage { skipped: usize },
@@ -237,12 +235,7 @@ impl FrameDecoder {
             return Some(Err(FrameError::Checksum { expected, found }));
         }
         let frame: Vec<u8> = self.buf.drain(..total).collect();
-        Some(Ok(Response {
-            sw1: frame[7],
-            sw2: frame[8],
-            sw3: frame[9],
-            data: frame[10..total - 1].to_vec(),
-        }))
+        Some(Ok(Response { sw1: frame[7], sw2: frame[8], sw3: frame[9], data: frame[10..total - 1].to_vec() }))
     }
 
     /// Forgets everything buffered (a new exchange starts; any leftovers are
@@ -266,10 +259,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Length of the longest tail of `buf` that is a proper prefix of the preamble.
 fn partial_preamble_suffix(buf: &[u8]) -> usize {
-    (1..PREAMBLE.len())
-        .rev()
-        .find(|&n| n <= buf.len() && buf[buf.len() - n..] == PREAMBLE[..n])
-        .unwrap_or(0)
+    (1..PREAMBLE.len()).rev().find(|&n| n <= buf.len() && buf[buf.len() - n..] == PREAMBLE[..n]).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -291,13 +281,7 @@ mod tests {
         assert_eq!(d.next_frame(), None);
         assert_eq!(d.pending_garbage(), 1);
         d.push(&[0xAA, 0x96, 0x69, 0x00, 0x04, 0x00, 0x00, 0x80, 0x84]);
-        assert_eq!(
-            d.next_frame(),
-            Some(Err(FrameError::Garbage { skipped: 1 }))
-        );
-        assert_eq!(
-            d.next_frame().and_then(Result::ok).map(|r| r.status()),
-            Some(Status::NoCard)
-        );
+        assert_eq!(d.next_frame(), Some(Err(FrameError::Garbage { skipped: 1 })));
+        assert_eq!(d.next_frame().and_then(Result::ok).map(|r| r.status()), Some(Status::NoCard));
     }
 }

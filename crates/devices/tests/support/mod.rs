@@ -29,17 +29,11 @@ pub fn pty() -> Pty {
     cfmakeraw(&mut termios);
     tcsetattr(&pair.master, SetArg::TCSANOW, &termios).expect("tcsetattr");
     let path = nix::unistd::ttyname(&pair.slave).expect("ttyname");
-    Pty {
-        master: File::from(pair.master),
-        slave_guard: pair.slave,
-        path,
-    }
+    Pty { master: File::from(pair.master), slave_guard: pair.slave, path }
 }
 
 pub fn hex(s: &str) -> Vec<u8> {
-    s.split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
-        .collect()
+    s.split_whitespace().map(|b| u8::from_str_radix(b, 16).expect("hex byte")).collect()
 }
 
 // ---- SAM ----------------------------------------------------------------
@@ -139,11 +133,7 @@ pub fn crc16_modbus(data: &[u8]) -> u16 {
     for &byte in data {
         crc ^= u16::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xA001
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
         }
     }
     crc
