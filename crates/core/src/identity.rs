@@ -234,28 +234,6 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Normalises a vehicle plate: upper case, separators removed, the province
-/// character kept. `None` when what remains cannot be a plate.
-pub fn normalise_plate(raw: &str) -> Option<String> {
-    let cleaned: String = raw
-        .chars()
-        .filter(|c| !c.is_whitespace() && !matches!(c, '·' | '.' | '-' | '•'))
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
-    let count = cleaned.chars().count();
-    if !(5..=9).contains(&count) {
-        return None;
-    }
-    let mut chars = cleaned.chars();
-    let first = chars.next()?;
-    // The province character (non-ASCII) or a letter (embassy, army plates).
-    if first.is_ascii() && !first.is_ascii_uppercase() {
-        return None;
-    }
-    let rest_ok = chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || "挂学警港澳领使".contains(c));
-    rest_ok.then_some(cleaned)
-}
-
 /// Sex code of GB/T 2261.1 as printed on the card.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sex {
@@ -340,21 +318,6 @@ mod tests {
         assert!(TimeWindow::parse("sat,sun 09:30-12:00").is_ok());
         for bad in ["mon 7-19", "xyz 07:00-08:00", "fri-mon 07:00-08:00", "mon 25:00-26:00", "mon 08:00-08:00", "mon"] {
             assert!(TimeWindow::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn plates_normalise() {
-        let cases = [
-            ("闽d 12345", Some("闽D12345")),
-            ("粤B·D12345", Some("粤BD12345")),
-            ("京A-F0236", Some("京AF0236")),
-            ("闽D1234学", Some("闽D1234学")),
-            ("12", None),
-            ("闽D12#45", None),
-        ];
-        for (raw, want) in cases {
-            assert_eq!(normalise_plate(raw).as_deref(), want, "{raw}");
         }
     }
 }

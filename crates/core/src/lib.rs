@@ -11,6 +11,7 @@ mod identity;
 mod ids;
 mod key;
 mod mode;
+mod plate;
 mod verdict;
 
 pub use date::{CivilDate, DateError, UtcOffset};
@@ -18,11 +19,11 @@ pub use health::{HealthColour, HealthRecord, NatResult};
 pub use id_number::{IdNumber, IdNumberError, check_character};
 pub use identity::{
     AllowedGates, CardKind, CardRecord, CardValidTo, Category, Mode, PersonRecord, PersonStatus, Sex, TimeWindow,
-    normalise_plate,
 };
 pub use ids::{GateId, IdError, SiteId};
 pub use key::{CredentialKind, KeyError, SiteKey};
 pub use mode::{ModeOrigin, ModeSchedule};
+pub use plate::normalise_plate;
 pub use verdict::{BlockReason, Decision, Direction, Lane, Verdict};
 
 /// Milliseconds since the Unix epoch, UTC. Decision logic takes it as an
