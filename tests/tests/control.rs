@@ -293,3 +293,38 @@ async fn a_reloaded_policy_decides_the_next_card_and_restart_keys_wait() -> Resu
     assert!(!socket.exists(), "the socket is removed on a clean stop");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_policy_shows_in_the_retained_status_at_once() -> Result<()> {
+    init_test_logging();
+    let broker = Mosquitto::start()?;
+    let sub = gate_tests::Subscriber::connect(broker.port(), "village/#").await?;
+    let fx = GateFixture::new(broker.port(), &[resident("p-001", ZHANG, "张三")])?;
+    let config = fx.config();
+    let (reload, reloads) = tokio::sync::watch::channel(config.clone());
+    let shutdown = CancellationToken::new();
+    let observed = Arc::new(gate_app::Observed::default());
+    let daemon = tokio::spawn(gate_app::run_with_reload(config.clone(), reloads, shutdown.clone(), observed.clone()));
+    let online_with = |version: String| {
+        move |s: &gate_tests::Subscriber| {
+            s.last_status(gate_tests::STATUS_TOPIC).is_some_and(|st| st.online && st.policy_version == version)
+        }
+    };
+    sub.wait_until(WAIT, "the first status", online_with(config.policy.version.clone())).await?;
+
+    let text = std::fs::read_to_string(&fx.config_path)?;
+    let text = format!("{text}\n[policy]\nversion = \"district-order-17\"\n");
+    let candidate = gate_config::parse(&fx.config_path, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    reload.send(candidate)?;
+    // Well before the 15 s periodic refresh.
+    sub.wait_until(
+        Duration::from_secs(5),
+        "the reloaded policy in the status",
+        online_with("district-order-17".into()),
+    )
+    .await?;
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, daemon).await???;
+    Ok(())
+}

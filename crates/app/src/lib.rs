@@ -213,6 +213,28 @@ pub async fn run_with_reload(
     // Online health checks: the decision loop asks, the uplink publishes and
     // answers. A small queue: a check nobody can send is a fallback, not a wait.
     let (health_query_tx, health_query_rx) = mpsc::channel::<gate_sync::HealthQuery>(4);
+    // The configuration in force, for every task that follows reloads.
+    let (applied_tx, applied) = tokio::sync::watch::channel(config.clone());
+    // The uplink reports the policy version in force in its status.
+    let (policy_tx, policy_rx) = tokio::sync::watch::channel(config.policy.version.clone());
+    {
+        let mut applied = applied.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = applied.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let version = applied.borrow().policy.version.clone();
+                        let _ = policy_tx.send(version);
+                    }
+                }
+            }
+        });
+    }
     let sync_settings = SyncSettings {
         host: config.mqtt.host.clone(),
         port: config.mqtt.port,
@@ -229,6 +251,7 @@ pub async fn run_with_reload(
         version: VERSION.to_owned(),
         status_interval: Duration::from_secs(15),
         platform_keys: config.passes.platform_keys.clone(),
+        policy_updates: Some(policy_rx),
     };
     let devices = device_reporter(&config, &observed);
     tracker.spawn(
@@ -245,8 +268,6 @@ pub async fn run_with_reload(
         ),
     );
 
-    // The configuration in force, for every task that follows reloads.
-    let (applied_tx, applied) = tokio::sync::watch::channel(config.clone());
     tracker.spawn(
         reload::follow(config.clone(), reloads, applied_tx, shutdown.clone())
             .instrument(info_span!(parent: &span, "reload")),

@@ -48,6 +48,8 @@ pub struct SyncSettings {
     pub status_interval: Duration,
     /// Ed25519 keys the platform signs trust lists with (`[passes] platform_keys`).
     pub platform_keys: Vec<[u8; 32]>,
+    /// The policy version after a configuration reload, when reloads happen.
+    pub policy_updates: Option<tokio::sync::watch::Receiver<String>>,
 }
 
 /// A device's health for the status message.
@@ -115,10 +117,18 @@ impl Session<'_> {
         };
         SiteState {
             mode,
-            policy_version: self.settings.policy_version.clone(),
+            policy_version: self.policy_version(),
             identity: self.store.identity_state().unwrap_or_default(),
             health: self.store.health_state().unwrap_or_default(),
             trust_version: self.store.trust_list().ok().flatten().map_or(0, |(v, _)| v),
+        }
+    }
+
+    /// The policy version in force: the latest reload's, or the start-up one.
+    fn policy_version(&self) -> String {
+        match &self.settings.policy_updates {
+            Some(updates) => updates.borrow().clone(),
+            None => self.settings.policy_version.clone(),
         }
     }
 
@@ -186,6 +196,7 @@ impl Session<'_> {
     }
 
     fn on_publish(&mut self, topic: &str, payload: &[u8]) -> bool {
+        self.context.policy_version = self.policy_version();
         let reply = downlink::handle(
             &mut self.store,
             &self.topics,
@@ -339,6 +350,8 @@ pub async fn run_sync(
     // state at start, which is what the platform needs to know.
     eventloop.mqtt_options.set_last_will(LastWill::new(&topics.status, session.status(false), QoS::AtLeastOnce, true));
 
+    // A reloaded policy shows in the retained status at once.
+    let mut policy_updates = settings.policy_updates.clone();
     let mut backoff = BACKOFF_START;
     let mut status_tick = tokio::time::interval(settings.status_interval);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,6 +405,11 @@ pub async fn run_sync(
             },
             _ = outbox_changed.notified(), if connected => session.pump(),
             Some(query) = health_queries.recv() => session.ask_health(query),
+            Ok(()) = policy_changed(&mut policy_updates) => {
+                if connected {
+                    session.publish_status();
+                }
+            }
             _ = status_tick.tick(), if connected => {
                 session.publish_status();
                 // A snapshot chunk that never came is noticed here, not on a message.
@@ -421,4 +439,19 @@ pub async fn run_sync(
     }
     link.connected.store(false, Ordering::Relaxed);
     info!("uplink stopped");
+}
+
+/// Resolves when the policy version changes; never when reloads are off or
+/// their sender is gone.
+async fn policy_changed(updates: &mut Option<tokio::sync::watch::Receiver<String>>) -> Result<(), ()> {
+    match updates {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                *updates = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
