@@ -253,7 +253,11 @@ impl Store {
         tx.commit().map_err(&wrap)?;
         // Freeing the old pages takes a while at two million rows; readers
         // already see the new tables, and the pages serve the next staging.
-        relaxed(&mut self.conn, drop_old).map_err(wrap)?;
+        relaxed(&mut self.conn, drop_old).map_err(&wrap)?;
+        // People the snapshot dropped take their health records with them.
+        self.conn
+            .execute("DELETE FROM ident.health WHERE person_id NOT IN (SELECT person_id FROM ident.person)", [])
+            .map_err(wrap)?;
         Ok(true)
     }
 }
@@ -634,5 +638,54 @@ mod tests {
             store.stage_snapshot_chunk(&chunk(2, 1, 4, &[1]), 80).expect("stage"),
             SnapshotOutcome::Staged { received: 1, of: 4 }
         );
+    }
+
+    #[test]
+    fn a_snapshot_takes_the_health_records_of_people_it_dropped() {
+        use gate_core::{HealthColour, HealthRecord};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+        let mut first = NewPerson {
+            person: gate_core::PersonRecord::new(
+                "kept",
+                gate_core::Category::Resident,
+                gate_core::PersonStatus::Active,
+                0,
+                1,
+            ),
+            credentials: vec![(gate_core::CredentialKind::IdNumber, [1; 32])],
+        };
+        let gone = NewPerson {
+            person: gate_core::PersonRecord::new(
+                "gone",
+                gate_core::Category::Resident,
+                gate_core::PersonStatus::Active,
+                0,
+                1,
+            ),
+            credentials: vec![(gate_core::CredentialKind::IdNumber, [2; 32])],
+        };
+        store.import_people(&[first.clone(), gone]).expect("import");
+        for id in ["kept", "gone"] {
+            store
+                .put_health_record(&HealthRecord {
+                    person_id: id.into(),
+                    colour: HealthColour::Green,
+                    nat: None,
+                    vaccine_doses: 0,
+                    last_dose_at_ms: None,
+                    travel_risk: false,
+                    risk_areas: vec![],
+                    assessed_at_ms: 0,
+                    expires_at_ms: 1,
+                })
+                .expect("health");
+        }
+        first.person.display_name = "still here".into();
+        let chunk =
+            SnapshotChunk { version: 1, chunk_index: 0, chunk_count: 1, people: vec![first], ..Default::default() };
+        assert_eq!(store.stage_snapshot_chunk(&chunk, 5).expect("stage"), SnapshotOutcome::Activated { version: 1 });
+        assert!(store.health_record("kept").expect("read").is_some());
+        assert_eq!(store.health_record("gone").expect("read"), None);
     }
 }
