@@ -623,6 +623,10 @@ async fn selftest(ctx: &ControlContext, operator: &str, pulse: bool) -> Reply {
     .unwrap_or_default();
     let window = (slowest * 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
     let before: Vec<HealthSnapshot> = ctx.devices.iter().map(|d| d.health.snapshot()).collect();
+    // Ask the reader driver to query the SAM's status between two polls.
+    for device in ctx.devices.iter().filter(|d| d.name == "id_card") {
+        device.health.sam_query_requested.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     tokio::time::sleep(window).await;
     let secs = window.as_secs_f32();
     let mut checks = Vec::new();
@@ -634,14 +638,24 @@ async fn selftest(ctx: &ControlContext, operator: &str, pulse: bool) -> Reply {
         let open = if after.connected { "open" } else { "NOT open" };
         let last = after.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
         let (passed, checked) = match device.name {
-            "id_card" => (
-                after.connected && replies > 0,
-                format!(
-                    "port {port} {open}; the SAM answered {replies} poll(s) in {secs:.1} s ({errors} new error(s)); \
-                     its status is queried by the driver at each connect ({} reconnect(s) so far){last}",
-                    after.reconnects
-                ),
-            ),
+            "id_card" => {
+                let queried = after.sam_status_replies > before.sam_status_replies;
+                let sam_ok = queried && after.last_sam_status == 0x90;
+                let sam = if !queried {
+                    "the SAM status query got no answer".to_owned()
+                } else if sam_ok {
+                    "SAM status 0x90 (ready)".to_owned()
+                } else {
+                    format!("SAM status {:#04x} (not ready)", after.last_sam_status)
+                };
+                (
+                    after.connected && replies > 0 && sam_ok,
+                    format!(
+                        "port {port} {open}; {sam}; the SAM answered {replies} command(s) in {secs:.1} s \
+                         ({errors} new error(s)){last}"
+                    ),
+                )
+            }
             "gate" => {
                 let inputs = config
                     .devices

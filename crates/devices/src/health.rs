@@ -32,6 +32,13 @@ pub struct DeviceHealth {
     pub auth_errors: AtomicU64,
     /// The last problem, for a technician; never contains personal data.
     pub last_error: Mutex<Option<String>>,
+    /// Set by a technician's selftest: the reader driver queries the SAM's
+    /// status before its next poll, then clears it.
+    pub sam_query_requested: AtomicBool,
+    /// SAM status replies received (at connect and on request).
+    pub sam_status_replies: AtomicU64,
+    /// The status word of the last SAM status reply (0 before any).
+    pub last_sam_status: std::sync::atomic::AtomicU8,
 }
 
 /// A copy of [`DeviceHealth`] at one instant.
@@ -47,6 +54,8 @@ pub struct HealthSnapshot {
     pub status_errors: u64,
     pub auth_errors: u64,
     pub last_error: Option<String>,
+    pub sam_status_replies: u64,
+    pub last_sam_status: u8,
 }
 
 impl DeviceHealth {
@@ -63,6 +72,8 @@ impl DeviceHealth {
             status_errors: get(&self.status_errors),
             auth_errors: get(&self.auth_errors),
             last_error: self.last_error_guard().clone(),
+            sam_status_replies: get(&self.sam_status_replies),
+            last_sam_status: self.last_sam_status.load(Ordering::Relaxed),
         }
     }
 

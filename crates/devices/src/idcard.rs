@@ -152,7 +152,11 @@ async fn session(
                 () = shutdown.cancelled() => return SessionEnd::Stop,
                 () = tokio::time::sleep(settings.poll_interval) => {}
             }
-            next = Some(cycle.poll());
+            next = Some(if health.sam_query_requested.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                cycle.query_sam()
+            } else {
+                cycle.poll()
+            });
             continue;
         };
         let during = cycle.awaiting().map_or("?", Awaiting::as_str);
@@ -266,6 +270,10 @@ async fn exchange(
 }
 
 fn record_report(health: &DeviceHealth, report: Report) {
+    if let Report::SamStatus(status) = &report {
+        health.last_sam_status.store(status.code(), std::sync::atomic::Ordering::Relaxed);
+        DeviceHealth::bump(&health.sam_status_replies, 1);
+    }
     match report {
         Report::SamStatus(status) if status == crate::sam::Status::Ok => {
             info!(sam_status = ?status, "SAM ready");

@@ -272,7 +272,7 @@ async fn selftest_checks_each_device_and_pulses_the_wired_output() -> Result<()>
     assert!(out.status.success(), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
-    assert!(lines[0].starts_with("PASS id_card: port ") && lines[0].contains("the SAM answered"), "{stdout}");
+    assert!(lines[0].starts_with("PASS id_card: port ") && lines[0].contains("SAM status 0x90 (ready)"), "{stdout}");
     assert!(
         lines[1].starts_with("PASS gate: port ") && lines[1].contains("discrete inputs 0 and 1 read by Modbus"),
         "{stdout}"
@@ -284,6 +284,19 @@ async fn selftest_checks_each_device_and_pulses_the_wired_output() -> Result<()>
     assert_eq!(coil_on_writes(&gate.fx, 0), 1, "one pulse");
     let pulse = queued_events(&gate.fx).into_iter().find(|e| e.kind() == pb::EventKind::ManualOpen).expect("recorded");
     assert_eq!(pulse.note, "selftest: output pulse");
+
+    // A SAM that fails its self-test fails the selftest, even though it
+    // answers every poll.
+    gate.fx.idcard.inject_status(hw_sim::script::StatusFault {
+        code: 0x60,
+        target: Some(hw_sim::script::StatusTarget::SamStatus),
+        sticky: true,
+    });
+    let out = run(&["selftest", "--config", &gate.config, "--no-pulse"]).await?;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL id_card:") && stdout.contains("SAM status 0x60 (not ready)"), "{stdout}");
+    gate.fx.idcard.clear_status();
 
     // Without pulses, and with a device gone.
     gate.fx.idcard.set_silent(true);

@@ -74,6 +74,12 @@ impl ReaderCycle {
         cmd::RESET
     }
 
+    /// A status query between polls (a technician's selftest).
+    pub(crate) fn query_sam(&mut self) -> Command {
+        self.awaiting = Some(Awaiting::SamStatus);
+        cmd::SAM_STATUS
+    }
+
     /// The poll interval elapsed with no exchange in flight.
     pub(crate) fn poll(&mut self) -> Command {
         self.awaiting = Some(Awaiting::Find);
