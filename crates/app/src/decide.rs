@@ -90,6 +90,14 @@ struct TrustCache {
 
 impl TrustCache {
     fn refresh(&mut self, store: &Store, config: &Config) {
+        let version = store.trust_list_version().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the synced trust list");
+            0
+        });
+        let has_file = config.health.trust_list_file.is_some();
+        if self.built_from == Some((version, has_file)) {
+            return;
+        }
         let synced = match store.trust_list() {
             Ok(synced) => synced,
             Err(e) => {
@@ -97,11 +105,6 @@ impl TrustCache {
                 None
             }
         };
-        let version = synced.as_ref().map_or(0, |(v, _)| *v);
-        let has_file = config.health.trust_list_file.is_some();
-        if self.built_from == Some((version, has_file)) {
-            return;
-        }
         let mut list = match &config.health.trust_list_file {
             Some(path) => gate_dcc::TrustList::load_pem_or_base64_file(path).unwrap_or_else(|e| {
                 warn!(file = %path.display(), error = %e, "cannot load the trust list file");
@@ -247,7 +250,6 @@ impl DecisionLoop {
                     Some(item) => {
                         let now = crate::wall_clock_ms();
                         self.refresh_health(&item, now).await;
-                        self.trust.refresh(&self.store, &self.config);
                         if let Some((verdict, side)) = self.on_presented(item, now) {
                             // Only `Send` values may live across this await
                             // (the store connection is not `Sync`).
@@ -347,6 +349,8 @@ impl DecisionLoop {
     /// fails verification is a refused credential, and alerts.
     fn gather_certificate(&mut self, text: &str) -> Option<Gathered> {
         let now = crate::wall_clock_ms();
+        // Only certificates need the trust list: other attempts never pay for it.
+        self.trust.refresh(&self.store, &self.config);
         match gate_dcc::verify(text, &self.trust.list, now) {
             Ok(certificate) => {
                 info!(kind = ?certificate.kind, "health certificate verified; waiting for the holder's ID card");
@@ -441,10 +445,15 @@ impl DecisionLoop {
             Presented::Plate(PlateEvent::Read(read), _) => (CredentialKind::Plate, read.plate.clone()),
             _ => return,
         };
-        let key = self.site_key.credential_key(kind, &value);
-        let Ok(Some(person)) = self.store.find_person_by_credential(kind, &key) else { return };
         let mode = self.mode(now);
         let policy = self.config.policy.for_mode(mode);
+        // In a mode without health checks (normal, by default) a decision
+        // pays nothing here.
+        if policy.health_required_for == gate_engine::CategorySet::NONE {
+            return;
+        }
+        let key = self.site_key.credential_key(kind, &value);
+        let Ok(Some(person)) = self.store.find_person_by_credential(kind, &key) else { return };
         if !policy.health_required_for.contains(person.category) {
             return;
         }

@@ -121,33 +121,23 @@ impl Store {
     /// Applies a health batch in one transaction, only on top of its
     /// `from_version`; the same batch twice changes nothing.
     pub fn apply_health_batch(&mut self, batch: &HealthBatch, now_ms: UnixMillis) -> Result<crate::DeltaOutcome> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(wrap)?;
-        let local: i64 =
-            tx.query_row("SELECT version FROM ident.health_state WHERE id = 1", [], |r| r.get(0)).map_err(wrap)?;
-        let local = local as u64;
-        if local >= batch.to_version {
-            return Ok(crate::DeltaOutcome::AlreadyApplied);
-        }
-        if local != batch.from_version {
-            return Ok(crate::DeltaOutcome::Gap { local_version: local });
-        }
-        for id in &batch.deletes {
-            tx.prepare_cached("DELETE FROM ident.health WHERE person_id = ?1")
-                .and_then(|mut s| s.execute(params![id]))
-                .map_err(wrap)?;
-        }
-        for record in &batch.upserts {
-            upsert(&tx, record).map_err(wrap)?;
-        }
-        tx.execute(
-            "UPDATE ident.health_state SET version = ?1, synced_at_ms = ?2 WHERE id = 1",
-            params![batch.to_version as i64, now_ms],
-        )
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)?;
-        Ok(crate::DeltaOutcome::Applied)
+        self.apply_versioned("health_state", batch.from_version, batch.to_version, now_ms, |tx| {
+            for id in &batch.deletes {
+                tx.prepare_cached("DELETE FROM ident.health WHERE person_id = ?1")?.execute(params![id])?;
+            }
+            for record in &batch.upserts {
+                upsert(tx, record)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The accepted trust list's version (0 when none), without loading it.
+    pub fn trust_list_version(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT coalesce(max(version), 0) FROM main.trust_list", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(|e| self.err(e))
     }
 
     /// The accepted trust list: its version and signer certificates (DER).

@@ -222,30 +222,53 @@ impl Store {
     /// Applies a platform delta in one transaction, only on top of its
     /// `from_version`. Applying the same delta twice changes nothing.
     pub fn apply_delta(&mut self, delta: &IdentityDelta, now_ms: UnixMillis) -> Result<DeltaOutcome> {
+        self.apply_versioned("identity_state", delta.from_version, delta.to_version, now_ms, |tx| {
+            delete_people(tx, &delta.deletes)?;
+            upsert_people(tx, &delta.upserts)?;
+            watch(tx, &delta.watch_add, true)?;
+            watch(tx, &delta.watch_remove, false)?;
+            for pass_id in &delta.revoke_passes {
+                tx.prepare_cached("INSERT OR IGNORE INTO ident.pass_revoked (pass_id) VALUES (?1)")?
+                    .execute(params![pass_id])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Applies a change set valid only on top of `from`, in one transaction
+    /// on the identity database: already at `to` or beyond changes nothing,
+    /// any other version is a gap. `state` names the single-row version table.
+    pub(crate) fn apply_versioned(
+        &mut self,
+        state: &'static str,
+        from: u64,
+        to: u64,
+        now_ms: UnixMillis,
+        apply: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<DeltaOutcome> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(wrap)?;
-        let local: i64 =
-            tx.query_row("SELECT version FROM ident.identity_state WHERE id = 1", [], |r| r.get(0)).map_err(wrap)?;
+        // Deferred, and the first statement writes `ident` only: this takes
+        // the identity database's write lock and not the main one's, which
+        // `BEGIN IMMEDIATE` would also take (it locks every attached file),
+        // holding up the decision loop's outbox writes.
+        let tx = self.conn.transaction().map_err(wrap)?;
+        let local: i64 = tx
+            .query_row(&format!("UPDATE ident.{state} SET version = version WHERE id = 1 RETURNING version"), [], |r| {
+                r.get(0)
+            })
+            .map_err(wrap)?;
         let local = local as u64;
-        if local >= delta.to_version {
+        if local >= to {
             return Ok(DeltaOutcome::AlreadyApplied);
         }
-        if local != delta.from_version {
+        if local != from {
             return Ok(DeltaOutcome::Gap { local_version: local });
         }
-        delete_people(&tx, &delta.deletes).map_err(wrap)?;
-        upsert_people(&tx, &delta.upserts).map_err(wrap)?;
-        watch(&tx, &delta.watch_add, true).map_err(wrap)?;
-        watch(&tx, &delta.watch_remove, false).map_err(wrap)?;
-        for pass_id in &delta.revoke_passes {
-            tx.prepare_cached("INSERT OR IGNORE INTO ident.pass_revoked (pass_id) VALUES (?1)")
-                .and_then(|mut s| s.execute(params![pass_id]))
-                .map_err(wrap)?;
-        }
+        apply(&tx).map_err(wrap)?;
         tx.execute(
-            "UPDATE ident.identity_state SET version = ?1, synced_at_ms = ?2 WHERE id = 1",
-            params![delta.to_version as i64, now_ms],
+            &format!("UPDATE ident.{state} SET version = ?1, synced_at_ms = ?2 WHERE id = 1"),
+            params![to as i64, now_ms],
         )
         .map_err(wrap)?;
         tx.commit().map_err(wrap)?;

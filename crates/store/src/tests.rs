@@ -214,8 +214,30 @@ fn trust_list_only_moves_forward() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = Store::open(&dir.path().join("g.db")).expect("open");
     assert_eq!(store.trust_list().expect("get"), None);
+    assert_eq!(store.trust_list_version().expect("version"), 0);
     assert!(store.set_trust_list(2, &[vec![1, 2], vec![3]]).expect("set"));
     assert!(!store.set_trust_list(1, &[vec![9]]).expect("older"));
     assert!(!store.set_trust_list(2, &[vec![9]]).expect("same"));
     assert_eq!(store.trust_list().expect("get"), Some((2, vec![vec![1, 2], vec![3]])));
+    assert_eq!(store.trust_list_version().expect("version"), 2);
+}
+
+#[test]
+fn versioned_batches_do_not_wait_for_the_main_database() {
+    // A decision holding the main database's write lock (its outbox
+    // transaction) must not stop a delta or health batch, and the other way
+    // round: each takes only its own file's lock.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let mut store = Store::open(&path).expect("open");
+    let other = Connection::open(&path).expect("second connection");
+    other.busy_timeout(std::time::Duration::from_millis(0)).expect("no waiting");
+    other.execute_batch("BEGIN; INSERT INTO meta (key, value) VALUES ('held', 'x');").expect("hold main");
+    let started = std::time::Instant::now();
+    let delta = IdentityDelta { from_version: 0, to_version: 1, ..Default::default() };
+    assert_eq!(store.apply_delta(&delta, 1).expect("delta"), DeltaOutcome::Applied);
+    let batch = HealthBatch { from_version: 0, to_version: 1, ..Default::default() };
+    assert_eq!(store.apply_health_batch(&batch, 1).expect("health"), DeltaOutcome::Applied);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "waited {:?}", started.elapsed());
+    other.execute_batch("ROLLBACK").expect("release");
 }

@@ -120,7 +120,7 @@ impl Session<'_> {
             policy_version: self.policy_version(),
             identity: self.store.identity_state().unwrap_or_default(),
             health: self.store.health_state().unwrap_or_default(),
-            trust_version: self.store.trust_list().ok().flatten().map_or(0, |(v, _)| v),
+            trust_version: self.store.trust_list_version().unwrap_or(0),
         }
     }
 
