@@ -780,5 +780,4 @@ mod tests {
         let refused = authorize(65534, 65534, &other).expect_err("no such group");
         assert!(refused.contains("\"no-such-group-here\""), "{refused}");
     }
-
 }

@@ -8,9 +8,7 @@
 use crate::alerts::AlertBook;
 use crate::gate_control::GateRequest;
 use gate_config::{Config, Side};
-use gate_core::{
-    BlockReason, CredentialKind, Decision, Lane, Mode, ModeSchedule, SiteKey, UnixMillis, Verdict,
-};
+use gate_core::{BlockReason, CredentialKind, Decision, Lane, Mode, ModeSchedule, SiteKey, UnixMillis, Verdict};
 use gate_devices::idcard::CardEvent;
 use gate_devices::plate_reader::{PlateEvent, PlateRead};
 use gate_devices::qr_scanner::QrEvent;
@@ -286,7 +284,9 @@ impl DecisionLoop {
             return;
         }
         match self.mode_seen.replace(mode) {
-            None => info!(mode = mode.as_str(), set_by = %origin.operator, reason = %origin.reason, "site mode in force"),
+            None => {
+                info!(mode = mode.as_str(), set_by = %origin.operator, reason = %origin.reason, "site mode in force")
+            }
             Some(previous) if previous != mode => info!(
                 mode = mode.as_str(),
                 previous = previous.as_str(),

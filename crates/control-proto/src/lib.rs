@@ -24,9 +24,9 @@ pub fn login_of(uid: u32) -> String {
 /// A login as `sudo` reports it in `SUDO_USER`: accepted only when it looks
 /// like a login (it ends up in events and logs).
 fn plausible_login(claimed: Option<&str>) -> Option<&str> {
-    claimed.map(str::trim).filter(|s| {
-        !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    })
+    claimed
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
 }
 
 /// Who acts, as `technician:<login>`: the login of `uid`; for root only, the

@@ -231,7 +231,10 @@ pub fn selftest(target: &Target, pulse: bool, json: bool) -> Result<ExitCode> {
     } else {
         eprintln!("selftest: watching each device for a few seconds (outputs not pulsed)");
     }
-    let report = match client::request(&target.socket, Command::Selftest { pulse, sudo_user: gate_control_proto::sudo_user() }) {
+    let report = match client::request(
+        &target.socket,
+        Command::Selftest { pulse, sudo_user: gate_control_proto::sudo_user() },
+    ) {
         Ok(Reply::Selftest(report)) => report,
         Ok(other) => return Ok(unexpected(&other)),
         Err(e) => return Ok(failed(&e)),

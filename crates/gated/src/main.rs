@@ -90,9 +90,8 @@ struct SiteTime(gate_core::UtcOffset);
 
 impl tracing_subscriber::fmt::time::FormatTime for SiteTime {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         w.write_str(&self.0.timestamp(now))
     }
 }
