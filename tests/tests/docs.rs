@@ -139,10 +139,8 @@ fn every_relative_link_and_named_file_exists() {
 
 #[test]
 fn no_file_cites_a_document_outside_the_repository() {
-    let present: Vec<String> = files(&[".md"])
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
+    let present: Vec<String> =
+        files(&[".md"]).iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
     let mut cited_elsewhere = Vec::new();
     for file in files(&[".md", ".rs", ".toml", ".sh", ".proto", ".service", ".rules", ".conf", ""]) {
         let Ok(text) = std::fs::read_to_string(&file) else { continue };
@@ -156,11 +154,7 @@ fn no_file_cites_a_document_outside_the_repository() {
             }
         }
     }
-    assert!(
-        cited_elsewhere.is_empty(),
-        "documents cited but not in the repository:\n{}",
-        cited_elsewhere.join("\n")
-    );
+    assert!(cited_elsewhere.is_empty(), "documents cited but not in the repository:\n{}", cited_elsewhere.join("\n"));
 }
 
 #[test]
