@@ -143,6 +143,10 @@ fn no_file_cites_a_document_outside_the_repository() {
         files(&[".md"]).iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
     let mut cited_elsewhere = Vec::new();
     for file in files(&[".md", ".rs", ".toml", ".sh", ".proto", ".service", ".rules", ".conf", ""]) {
+        // This file names made-up documents to test its own scanners.
+        if file.ends_with("tests/tests/docs.rs") {
+            continue;
+        }
         let Ok(text) = std::fs::read_to_string(&file) else { continue };
         for (n, line) in text.lines().enumerate() {
             // Every `NAME.md` token, upper- or lower-case.
