@@ -180,7 +180,7 @@ fn key_specs() {
     let mut identity = [0u8; 32];
     identity[0] = 1;
     assert_eq!(parse_key_spec(&format!("k:{}", hex::encode(identity))), Err(KeyError::Point));
-    let v = Verifier::from_specs(&[spec.clone()]).expect("valid");
+    let v = Verifier::from_specs(std::slice::from_ref(&spec)).expect("valid");
     assert_eq!(v.specs(), vec![spec]);
     assert_eq!(Verifier::from_specs(&["nope"]).map(|v| v.len()), Err((0, KeyError::Shape)));
 }
