@@ -75,8 +75,19 @@ for path in \
     /usr/share/doc/gated/README.md \
     /usr/share/doc/gated/examples/99-gate.rules \
     /usr/share/doc/gated/examples/mosquitto-bridge.conf \
-    /usr/share/gated/proto/gate/v1/gate.proto; do
+    /usr/share/gated/proto/gate/v1/gate.proto \
+    /usr/bin/hw-sim \
+    /usr/share/bash-completion/completions/gatectl \
+    /usr/share/zsh/vendor-completions/_gatectl \
+    /usr/share/fish/vendor_completions.d/gatectl.fish \
+    /usr/share/bash-completion/completions/gated \
+    /usr/share/bash-completion/completions/hw-sim; do
     check "the package lacks $path" has "$path"
+done
+# Manual pages, compressed or not, for each tool and a subcommand.
+for page in gated gatectl gatectl-identity-import gatectl-lookup hw-sim hw-sim-idcard; do
+    check "the package lacks the manual page $page.1" \
+        bash -c 'grep -qx "/usr/share/man/man1/$1.1\(.gz\)\{0,1\}" <<<"$2"' _ "$page" "$paths"
 done
 unit=""
 for candidate in /lib/systemd/system/gated.service /usr/lib/systemd/system/gated.service; do
@@ -122,6 +133,8 @@ check "the packaged example differs from config/gated.example.toml" \
 
 gated_version=$("$root/usr/bin/gated" --version)
 check "gated --version said '$gated_version', not 'gated ${version%%-*}'" test "$gated_version" = "gated ${version%%-*}"
+hw_sim_help=$("$root/usr/bin/hw-sim" --help)
+check "the packaged hw-sim --help lists no idcard simulator" grep -q idcard <<<"$hw_sim_help"
 gatectl_version=$("$root/usr/bin/gatectl" --version)
 check "gatectl --version said '$gatectl_version'" test "$gatectl_version" = "gatectl ${version%%-*}"
 

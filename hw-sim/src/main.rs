@@ -527,3 +527,18 @@ async fn finish(stop: impl FnOnce(), stopped: impl Future<Output = ()>, link: Op
         hw_sim::pty::remove_link_if_ours(link, slave);
     }
 }
+
+#[cfg(test)]
+mod cli_docs {
+    /// The manual pages and completions in `deploy/` (installed by the
+    /// Debian package) are what this definition generates, and every
+    /// argument has help text.
+    #[test]
+    fn man_pages_and_completions_are_current() {
+        use clap::CommandFactory;
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        if let Err(problems) = gate_clidoc::check(&super::Cli::command(), &deploy) {
+            panic!("{problems}");
+        }
+    }
+}

@@ -25,9 +25,9 @@ use gate_devices::HealthSnapshot;
 use gate_store::Store;
 use gate_sync::{EVENT_STREAM, EventBody, EventRecord, Topics, encode_event};
 use protocol::{
-    BrokerReport, Check, Command, Credential, DecisionTotals, DeviceStatus, LookupReport, MAX_REQUEST_BYTES,
-    OpenReport, OutboxReport, OutboxSummary, PROTOCOL_VERSION, Reply, Request, Response, SelftestReport, StatusReport,
-    TopicBacklog,
+    BrokerReport, Check, Command, Credential, DecisionTotals, DeviceStatus, IdentityCounts, LookupReport,
+    MAX_REQUEST_BYTES, OpenReport, OutboxReport, OutboxSummary, PROTOCOL_VERSION, Reply, Request, Response,
+    SelftestReport, StatusReport, TopicBacklog,
 };
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -328,12 +328,23 @@ async fn status(ctx: &ControlContext) -> Reply {
     let now = crate::wall_clock_ms();
     let db = with_store(config.store.path.clone(), move |store| {
         let mode = store.mode_schedule()?.map_or(Mode::Normal, |s| s.at(now));
-        Ok((mode, store.identity_state()?, store.health_state()?, store.outbox_stats()?))
+        Ok((mode, store.identity_state()?, store.identity_summary()?, store.health_state()?, store.outbox_stats()?))
     })
     .await;
-    let (mode, identity, health, outbox) = match db {
+    let (mode, identity, summary, health, outbox) = match db {
         Ok(found) => found,
         Err(e) => return error(format!("cannot read the database: {e}")),
+    };
+    // The later of the platform's last sync and a technician's last import.
+    let synced =
+        identity.synced_at_ms.map(|at| (at, format!("synced from the platform (version {})", identity.version)));
+    let imported = summary
+        .last_import
+        .as_ref()
+        .map(|i| (i.at_ms, format!("imported from a CSV file by {} ({} people)", i.operator, i.people)));
+    let last_change = match (synced, imported) {
+        (Some(s), Some(i)) => Some(if i.0 > s.0 { i } else { s }),
+        (s, i) => s.or(i),
     };
     let o = &ctx.observed;
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -367,6 +378,17 @@ async fn status(ctx: &ControlContext) -> Reply {
         policy_version: config.policy.version.clone(),
         identity_version: identity.version,
         identity_synced_at_ms: identity.synced_at_ms,
+        identity: IdentityCounts {
+            people: summary.people,
+            residents: summary.residents,
+            workers: summary.workers,
+            visitors: summary.visitors,
+            id_cards: summary.id_cards,
+            ic_cards: summary.ic_cards,
+            plates: summary.plates,
+        },
+        identity_changed_at_ms: last_change.as_ref().map(|(at, _)| *at),
+        identity_changed_how: last_change.map(|(_, how)| how),
         health_version: health.version,
         health_synced_at_ms: health.synced_at_ms,
         broker: BrokerReport {
@@ -444,6 +466,9 @@ async fn lookup(ctx: &ControlContext, credential: Credential, side: Option<&str>
                 mode: run.mode.as_str().to_owned(),
                 side: side.as_str().to_owned(),
                 why: run.why,
+                valid_from: run.valid.map(|(from, _)| from.to_string()),
+                valid_to: run.valid.map(|(_, to)| to.to_string()),
+                state: run.state.map(str::to_owned),
             })
         }
         Err(e) => error(format!("lookup failed: {e}")),
@@ -618,7 +643,14 @@ async fn selftest(ctx: &ControlContext, operator: &str, pulse: bool) -> Reply {
         let replies = after.frames_ok.saturating_sub(before.frames_ok);
         let errors = new_errors(before, &after);
         let port = device.port.display();
-        let open = if after.connected { "open" } else { "NOT open" };
+        // `connected` means the device answers (or, for a passive one, that
+        // its port is open); a port that opens on a silent device is not
+        // "not open", and the technician's next step differs.
+        let open = match (after.connected, after.last_error.as_deref()) {
+            (true, _) => "open",
+            (false, Some(e)) if e.starts_with("cannot open") => "does NOT open",
+            (false, _) => "opens but the device does NOT answer",
+        };
         let last = after.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
         let (passed, checked) = match device.name {
             "id_card" => {
@@ -662,7 +694,7 @@ async fn selftest(ctx: &ControlContext, operator: &str, pulse: bool) -> Reply {
                 ),
             ),
         };
-        checks.push(protocol::Check { device: device.name.to_owned(), passed, checked });
+        checks.push(protocol::Check { device: device.name.to_owned(), passed, skipped: false, checked });
     }
     if let Some(io) = &config.devices.gate {
         for side in wired_sides(&config) {
@@ -672,7 +704,12 @@ async fn selftest(ctx: &ControlContext, operator: &str, pulse: bool) -> Reply {
             };
             let device = format!("gate {} output (coil {coil})", side.as_str());
             if !pulse {
-                checks.push(Check { device, passed: true, checked: "not pulsed (--no-pulse)".to_owned() });
+                checks.push(Check {
+                    device,
+                    passed: true,
+                    skipped: true,
+                    checked: "not pulsed (--no-pulse): this output was not tested".to_owned(),
+                });
                 continue;
             }
             checks.push(pulse_output(ctx, operator, side, device, io.unlock).await);
@@ -685,7 +722,7 @@ async fn selftest(ctx: &ControlContext, operator: &str, pulse: bool) -> Reply {
 /// recorded first like any manual open, and watches the board confirm it on
 /// and then off again.
 async fn pulse_output(ctx: &ControlContext, operator: &str, side: Side, device: String, unlock: Duration) -> Check {
-    let fail = |checked: String| Check { device: device.clone(), passed: false, checked };
+    let fail = |checked: String| Check { device: device.clone(), passed: false, skipped: false, checked };
     let gate = match gate_ready(ctx) {
         Ok(g) => g,
         Err(message) => return fail(format!("not pulsed: {message}")),
@@ -714,6 +751,7 @@ async fn pulse_output(ctx: &ControlContext, operator: &str, side: Side, device: 
     Check {
         device,
         passed: errors == 0 && after.connected,
+        skipped: false,
         checked: format!(
             "recorded as event #{seq}; coil switched on, then off after {} ms; the board answered {answered} \
              Modbus request(s) meanwhile with {errors} error(s)",

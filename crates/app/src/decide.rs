@@ -8,7 +8,9 @@
 use crate::alerts::AlertBook;
 use crate::gate_control::GateRequest;
 use gate_config::{Config, Side};
-use gate_core::{BlockReason, CredentialKind, Decision, Lane, Mode, ModeSchedule, SiteKey, UnixMillis, Verdict};
+use gate_core::{
+    BlockReason, CivilDate, CredentialKind, Decision, Lane, Mode, ModeSchedule, SiteKey, UnixMillis, Verdict,
+};
 use gate_devices::idcard::CardEvent;
 use gate_devices::plate_reader::{PlateEvent, PlateRead};
 use gate_devices::qr_scanner::QrEvent;
@@ -889,6 +891,22 @@ pub(crate) struct DryRun {
     pub mode: Mode,
     pub subject: String,
     pub why: Vec<String>,
+    /// The person's validity, first and last day in site time.
+    pub valid: Option<(CivilDate, CivilDate)>,
+    /// The person's state now: `active`, `expired`, `not_yet_valid`,
+    /// `suspended` or `blocked` (the stored status alone says `active` for
+    /// an expired visitor).
+    pub state: Option<&'static str>,
+}
+
+/// The state a person is really in at `now`: a blocked or suspended status
+/// first, then the validity dates.
+pub(crate) fn person_state(person: &gate_core::PersonRecord, now: UnixMillis) -> &'static str {
+    match person.status {
+        gate_core::PersonStatus::Active if now < person.valid_from_ms => "not_yet_valid",
+        gate_core::PersonStatus::Active if now > person.valid_to_ms => "expired",
+        status => status.as_str(),
+    }
 }
 
 /// What the gate would decide now for a credential typed in by a technician,
@@ -939,12 +957,19 @@ pub(crate) fn dry_run(
         Some(key) => (store.find_person_by_credential(kind, key)?, store.is_watchlisted(kind, key)?),
         None => (None, false),
     };
-    match &person {
-        Some(p) => {
-            why.push(format!("identity table: person {} ({}, {})", p.person_id, p.category.as_str(), p.status.as_str()))
-        }
-        None if key.is_some() => why.push("identity table: no entry for this credential".to_owned()),
-        None => {}
+    let offset = config.site.utc_offset;
+    let valid = person
+        .as_ref()
+        .map(|p| (CivilDate::of_instant(p.valid_from_ms, offset), CivilDate::of_instant(p.valid_to_ms, offset)));
+    let state = person.as_ref().map(|p| person_state(p, now));
+    match (&person, valid, state) {
+        (Some(p), Some((from, to)), Some(state)) => why.push(format!(
+            "identity table: person {} ({}), valid {from} to {to}, {state} now",
+            p.person_id,
+            p.category.as_str()
+        )),
+        (None, ..) if key.is_some() => why.push("identity table: no entry for this credential".to_owned()),
+        _ => {}
     }
     if watchlisted {
         why.push("watchlist: listed".to_owned());
@@ -987,5 +1012,5 @@ pub(crate) fn dry_run(
         health: HealthCheck::NotChecked,
     };
     let verdict = decide(attempt, context, now);
-    Ok(DryRun { verdict, mode, subject, why })
+    Ok(DryRun { verdict, mode, subject, why, valid, state })
 }

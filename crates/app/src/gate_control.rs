@@ -218,6 +218,10 @@ pub(crate) struct GateControl {
     origin: Instant,
     /// The fire alarm state the driver was last told.
     fire_told: bool,
+    /// The IO board is lost (between `IoLost` and `IoRestored`): a grant
+    /// that ends unpassed then was refused by a device fault, not by the
+    /// person, and is a warning.
+    io_lost: bool,
 }
 
 impl GateControl {
@@ -241,6 +245,7 @@ impl GateControl {
             alerts: AlertBook::new(config.alerts.quiet_period.as_millis() as i64),
             origin: Instant::now(),
             fire_told: false,
+            io_lost: false,
         }
     }
 
@@ -389,8 +394,20 @@ impl GateControl {
                 self.counters.passages.fetch_add(1, Ordering::Relaxed);
                 info!(side = side.as_str(), "passage");
             }
+            GateFsmEvent::NotPassed { side } if self.io_lost => {
+                // A device fault refused a pass the engine granted: shown by
+                // `journalctl -p warning`, unlike a person who walked away.
+                warn!(side = side.as_str(), "unlock refused: gate IO board offline; the gate stays locked")
+            }
             GateFsmEvent::NotPassed { side } => info!(side = side.as_str(), "granted but not passed"),
-            GateFsmEvent::IoRestored => info!("gate IO board answers again"),
+            GateFsmEvent::IoRestored => {
+                self.io_lost = false;
+                info!("gate IO board answers again")
+            }
+            GateFsmEvent::IoLost => {
+                self.io_lost = true;
+                warn!(alarm = name, "gate alarm")
+            }
             _ => warn!(alarm = name, side = side.map(Side::as_str), "gate alarm"),
         }
         let body = match event {

@@ -114,6 +114,15 @@ pub struct StatusReport {
     pub policy_version: String,
     pub identity_version: u64,
     pub identity_synced_at_ms: Option<i64>,
+    /// What the identity table holds.
+    #[serde(default)]
+    pub identity: IdentityCounts,
+    /// When the identity table last changed, and how (a platform sync or a
+    /// technician's import); `None` when it never did.
+    #[serde(default)]
+    pub identity_changed_at_ms: Option<i64>,
+    #[serde(default)]
+    pub identity_changed_how: Option<String>,
     pub health_version: u64,
     pub health_synced_at_ms: Option<i64>,
     pub broker: BrokerReport,
@@ -122,6 +131,19 @@ pub struct StatusReport {
     pub devices: Vec<DeviceStatus>,
     /// Milliseconds since the decision loop last turned.
     pub decision_loop_age_ms: Option<u64>,
+}
+
+/// People by category and credentials by kind in the identity table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityCounts {
+    pub people: u64,
+    pub residents: u64,
+    pub workers: u64,
+    pub visitors: u64,
+    /// Resident ID cards (ID numbers).
+    pub id_cards: u64,
+    pub ic_cards: u64,
+    pub plates: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +202,15 @@ pub struct LookupReport {
     pub side: String,
     /// The facts that led to the decision, one per line.
     pub why: Vec<String>,
+    /// The person's first and last valid day (site time, `YYYY-MM-DD`).
+    #[serde(default)]
+    pub valid_from: Option<String>,
+    #[serde(default)]
+    pub valid_to: Option<String>,
+    /// The person's state now: `active`, `expired`, `not_yet_valid`,
+    /// `suspended` or `blocked`.
+    #[serde(default)]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,7 +233,12 @@ pub struct SelftestReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     pub device: String,
+    /// Nothing failed (true for a skipped check too, so it does not fail
+    /// the selftest; `skipped` tells them apart).
     pub passed: bool,
+    /// The check was not run (e.g. `--no-pulse`): shown as SKIP, never PASS.
+    #[serde(default)]
+    pub skipped: bool,
     pub checked: String,
 }
 

@@ -104,7 +104,22 @@ fn render_status(s: &StatusReport, offset: UtcOffset, now: i64) -> String {
         }
         None => "never synced from the platform".to_owned(),
     };
-    line(format!("identity:      version {}, {}", s.identity_version, synced(s.identity_synced_at_ms)));
+    let i = &s.identity;
+    line(format!(
+        "identity:      {} people ({} residents, {} workers, {} visitors); credentials: {} ID cards, {} IC cards, {} plates",
+        i.people, i.residents, i.workers, i.visitors, i.id_cards, i.ic_cards, i.plates
+    ));
+    line(match (s.identity_changed_at_ms, &s.identity_changed_how) {
+        (Some(at), Some(how)) => format!(
+            "               last changed {} ({} ago): {how}",
+            local_time(at, offset),
+            duration(((now - at).max(0) / 1000) as u64)
+        ),
+        _ if i.people == 0 => "               never changed: empty until an import or a platform sync".to_owned(),
+        // Filled by an import that did not record itself (an older gatectl).
+        _ => "               last change not recorded".to_owned(),
+    });
+    line(format!("               platform version {}, {}", s.identity_version, synced(s.identity_synced_at_ms)));
     line(format!("health table:  version {}, {}", s.health_version, synced(s.health_synced_at_ms)));
     let b = &s.broker;
     line(format!(
@@ -185,9 +200,11 @@ pub fn lookup(target: &Target, credential: Credential, side: Option<String>, jso
         Ok(other) => return Ok(unexpected(&other)),
         Err(e) => return Ok(failed(&e)),
     };
+    // A block exits 1, so a script can branch on the verdict.
+    let code = if report.decision == "pass" { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     if json {
         println!("{}", json_line(&report));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let verdict = match &report.reason {
         Some(reason) => format!("{} ({reason})", report.decision.to_uppercase()),
@@ -197,12 +214,18 @@ pub fn lookup(target: &Target, credential: Credential, side: Option<String>, jso
     if let Some(person) = &report.person_id {
         println!("person:   {person} ({})", report.category.as_deref().unwrap_or("?"));
     }
+    if let (Some(from), Some(to)) = (&report.valid_from, &report.valid_to) {
+        println!("valid:    {from} to {to}");
+    }
+    if let Some(state) = &report.state {
+        println!("state:    {state}");
+    }
     println!("why:");
     for reason in &report.why {
         println!("  - {reason}");
     }
     println!("(a dry run: nothing was recorded and the gate did not move)");
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 pub fn open(target: &Target, reason: String, side: Option<String>) -> Result<ExitCode> {
@@ -248,7 +271,12 @@ pub fn selftest(target: &Target, pulse: bool, json: bool) -> Result<ExitCode> {
     for check in &report.checks {
         all &= check.passed;
         if !json {
-            println!("{} {}: {}", if check.passed { "PASS" } else { "FAIL" }, check.device, check.checked);
+            let verdict = match (check.skipped, check.passed) {
+                (true, _) => "SKIP",
+                (false, true) => "PASS",
+                (false, false) => "FAIL",
+            };
+            println!("{verdict} {}: {}", check.device, check.checked);
         }
     }
     Ok(if all { ExitCode::SUCCESS } else { ExitCode::FAILURE })

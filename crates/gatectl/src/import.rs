@@ -8,20 +8,80 @@ use std::path::Path;
 
 pub const HEADER: [&str; 6] = ["person_id", "category", "id_number", "name", "valid_from", "valid_to"];
 
-/// Parses the whole file; on any bad row returns every problem found.
-pub fn parse_people(
-    file: &Path,
-    bytes: &[u8],
-    key: &SiteKey,
-    offset: UtcOffset,
-) -> Result<Vec<NewPerson>, Vec<String>> {
-    let at = |line: u64, message: String| format!("{}:{line}: {message}", file.display());
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
-        Err(e) => {
-            return Err(vec![format!("{}: not UTF-8 (first bad byte at offset {})", file.display(), e.valid_up_to())]);
-        }
+/// The text encodings an identity file may come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encoding {
+    /// UTF-8, with or without a byte-order mark.
+    #[value(name = "utf-8", alias = "utf8")]
+    Utf8,
+    /// GBK, read as GB 18030 (its superset): what Excel saves on a Chinese
+    /// Windows machine.
+    #[value(name = "gbk", alias = "gb18030")]
+    Gbk,
+}
+
+/// The file's text, and a note when the encoding was guessed.
+#[derive(Debug)]
+pub struct Decoded {
+    pub text: String,
+    pub note: Option<String>,
+}
+
+/// Decodes the file: in the encoding asked for, or, when none was, as UTF-8
+/// if it is valid UTF-8 and else as GBK if it is valid GBK (saying so).
+pub fn decode(file: &Path, bytes: &[u8], asked: Option<Encoding>) -> Result<Decoded, String> {
+    let name = file.display();
+    let utf8 = |bytes: &[u8]| std::str::from_utf8(bytes).map(|t| t.strip_prefix('\u{feff}').unwrap_or(t).to_owned());
+    let gbk = |bytes: &[u8]| {
+        encoding_rs::GB18030.decode_without_bom_handling_and_without_replacement(bytes).map(|t| t.into_owned())
     };
+    match asked {
+        Some(Encoding::Utf8) => utf8(bytes).map(|text| Decoded { text, note: None }).map_err(|e| {
+            format!(
+                "{name}: not UTF-8 (first bad byte at offset {}); a file saved by Excel on a Chinese Windows \
+                 machine is GBK: try --encoding gbk",
+                e.valid_up_to()
+            )
+        }),
+        Some(Encoding::Gbk) => gbk(bytes).map(|text| Decoded { text, note: None }).ok_or_else(|| {
+            format!("{name}: not GBK / GB 18030 (first bad byte at offset {})", first_bad_gbk_byte(bytes))
+        }),
+        None => match utf8(bytes) {
+            Ok(text) => Ok(Decoded { text, note: None }),
+            Err(e) => match gbk(bytes) {
+                Some(text) => Ok(Decoded {
+                    text,
+                    note: Some(format!(
+                        "{name}: not UTF-8; read as GBK (GB 18030), as Excel saves CSV on a Chinese Windows \
+                         machine. Check the names below; --encoding gbk says so and skips this guess"
+                    )),
+                }),
+                None => Err(format!(
+                    "{name}: neither UTF-8 (first bad byte at offset {}) nor GBK; save it as \"CSV UTF-8\" \
+                     or say --encoding",
+                    e.valid_up_to()
+                )),
+            },
+        },
+    }
+}
+
+/// Where GB 18030 decoding first fails (for the error message).
+fn first_bad_gbk_byte(bytes: &[u8]) -> usize {
+    let mut decoder = encoding_rs::GB18030.new_decoder_without_bom_handling();
+    let mut out = String::with_capacity(bytes.len() * 3 + 8);
+    let (result, read) = decoder.decode_to_string_without_replacement(bytes, &mut out, true);
+    match result {
+        encoding_rs::DecoderResult::Malformed(bad, consumed_after) => {
+            read.saturating_sub(usize::from(bad) + usize::from(consumed_after))
+        }
+        _ => read,
+    }
+}
+
+/// Parses the whole file; on any bad row returns every problem found.
+pub fn parse_people(file: &Path, text: &str, key: &SiteKey, offset: UtcOffset) -> Result<Vec<NewPerson>, Vec<String>> {
+    let at = |line: u64, message: String| format!("{}:{line}: {message}", file.display());
     let mut reader = csv::ReaderBuilder::new().has_headers(true).trim(csv::Trim::All).from_reader(text.as_bytes());
     let header: Vec<String> = match reader.headers() {
         Ok(h) => h.iter().map(str::to_owned).collect(),
@@ -68,8 +128,11 @@ pub fn parse_people(
         if name.is_empty() {
             row_errors.push("name must not be empty".to_owned());
         }
-        let valid_from = CivilDate::parse_iso(field(4)).map_err(|e| row_errors.push(format!("valid_from: {e}"))).ok();
-        let valid_to = CivilDate::parse_iso(field(5)).map_err(|e| row_errors.push(format!("valid_to: {e}"))).ok();
+        let mut date = |i: usize, key: &str| {
+            CivilDate::parse_iso(field(i)).map_err(|e| row_errors.push(format!("{key} {:?}: {e}", field(i)))).ok()
+        };
+        let valid_from = date(4, "valid_from");
+        let valid_to = date(5, "valid_to");
         if let (Some(from), Some(to)) = (valid_from, valid_to)
             && from > to
         {
@@ -109,7 +172,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<NewPerson>, Vec<String>> {
-        parse_people(Path::new("people.csv"), text.as_bytes(), &SiteKey::from_bytes([3; 32]), UtcOffset::CHINA)
+        parse_people(Path::new("people.csv"), text, &SiteKey::from_bytes([3; 32]), UtcOffset::CHINA)
     }
 
     const HEAD: &str = "person_id,category,id_number,name,valid_from,valid_to\n";
@@ -137,7 +200,7 @@ mod tests {
         let all = errors.join("\n");
         assert!(all.contains("people.csv:3: category"), "{all}");
         assert!(all.contains("people.csv:3: id_number 350203********1237: the check character"), "{all}");
-        assert!(all.contains("people.csv:3: valid_from"), "{all}");
+        assert!(all.contains("people.csv:3: valid_from \"2024-13-01\": "), "{all}");
         assert!(all.contains("people.csv:4: person_id \"p1\" already appears on line 2"), "{all}");
         assert!(all.contains("people.csv:4: valid_from 2024-01-01 is after valid_to 2023-01-01"), "{all}");
         assert!(all.contains("people.csv:5: malformed row: expected 6 fields, found 5"), "{all}");
@@ -151,6 +214,35 @@ mod tests {
         );
         let errors = parse(&text).expect_err("duplicate");
         assert_eq!(errors, vec!["people.csv:3: id_number 350203********123X already appears on line 2".to_owned()]);
+    }
+
+    #[test]
+    fn gbk_files_are_read_as_gbk_when_told_and_detected_when_not() {
+        let utf8 = format!("{HEAD}p1,resident,35020319900101123X,陈建国,2024-01-01,2030-12-31\n");
+        let (gbk, _, unmappable) = encoding_rs::GBK.encode(&utf8);
+        assert!(!unmappable);
+        assert_ne!(gbk.as_ref(), utf8.as_bytes(), "the name is encoded differently");
+        let file = Path::new("people.csv");
+        let told = decode(file, &gbk, Some(Encoding::Gbk)).expect("gbk");
+        assert_eq!((told.text.as_str(), told.note), (utf8.as_str(), None));
+        let guessed = decode(file, &gbk, None).expect("detected");
+        assert_eq!(guessed.text, utf8);
+        assert!(guessed.note.as_deref().is_some_and(|n| n.contains("read as GBK")), "{:?}", guessed.note);
+        let refused = decode(file, &gbk, Some(Encoding::Utf8)).expect_err("not utf-8");
+        assert!(
+            refused.contains("not UTF-8 (first bad byte at offset") && refused.contains("--encoding gbk"),
+            "{refused}"
+        );
+        // GB 18030's four-byte sequences (here U+20000, outside GBK).
+        let (four, _, _) = encoding_rs::GB18030.encode("𠀀");
+        assert_eq!(decode(file, &four, Some(Encoding::Gbk)).expect("gb18030").text, "𠀀");
+        let plain = decode(file, utf8.as_bytes(), None).expect("utf-8");
+        assert_eq!((plain.text.as_str(), plain.note), (utf8.as_str(), None));
+        // Neither: a lone lead byte at the end.
+        let broken = decode(file, b"abc\x81", None).expect_err("neither");
+        assert!(broken.contains("neither UTF-8 (first bad byte at offset 3) nor GBK"), "{broken}");
+        let broken = decode(file, b"abc\x81", Some(Encoding::Gbk)).expect_err("not gbk");
+        assert!(broken.contains("not GBK / GB 18030 (first bad byte at offset 3)"), "{broken}");
     }
 
     #[test]

@@ -25,11 +25,13 @@ struct Cli {
 enum Command {
     /// Create a new site key file (64 hex characters, mode 0600).
     Keygen {
+        /// Where to write the key; refuses to overwrite an existing file.
         #[arg(value_name = "PATH")]
         path: PathBuf,
     },
     /// Validate a configuration file; exit status 64 on a bad file.
     CheckConfig {
+        /// The configuration file to check.
         #[arg(value_name = "PATH")]
         path: PathBuf,
     },
@@ -51,6 +53,7 @@ enum Command {
     /// The running daemon: mode, policy, identity version and last sync,
     /// broker, outbox, each device's health and counters, uptime, version.
     Status {
+        /// The gate's configuration file (the daemon's socket, database and site key are found from it).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
         /// One JSON object, for scripts.
@@ -59,15 +62,18 @@ enum Command {
     },
     /// Follows decisions and alarms as they happen (identities masked) until Ctrl-C.
     Tail {
+        /// The gate's configuration file (the daemon's socket, database and site key are found from it).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
         /// One JSON object per line, for scripts.
         #[arg(long)]
         json: bool,
     },
-    /// What the gate would decide now for a credential, and why. A dry run:
-    /// nothing is recorded and the gate does not move.
+    /// What the gate would decide now for a credential, and why, with the
+    /// person's validity dates and state. A dry run: nothing is recorded and
+    /// the gate does not move. Exit status 0 for a pass, 1 for a block.
     Lookup {
+        /// The gate's configuration file (the daemon's socket, database and site key are found from it).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
         #[command(flatten)]
@@ -75,12 +81,14 @@ enum Command {
         /// entry or exit (default: the gate's usual side).
         #[arg(long)]
         side: Option<String>,
+        /// Print one JSON object instead of text, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Unlocks the gate by hand. Recorded first as an event with your local
     /// user name and the reason.
     Open {
+        /// The gate's configuration file (the daemon's socket, database and site key are found from it).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
         /// Why (kept with the event).
@@ -94,11 +102,13 @@ enum Command {
     /// ports open), pulses each wired unlock output (recorded), and prints a
     /// PASS/FAIL line per device. Exit status 1 when any check fails.
     Selftest {
+        /// The gate's configuration file (the daemon's socket, database and site key are found from it).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
         /// Do not pulse the unlock outputs.
         #[arg(long)]
         no_pulse: bool,
+        /// Print one JSON object instead of text, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -107,8 +117,10 @@ enum Command {
     Ports,
     /// The outbox: events waiting for the broker, the oldest, by topic.
     Outbox {
+        /// The gate's configuration file (the daemon's socket, database and site key are found from it).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
+        /// Print one JSON object instead of text, for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -146,6 +158,7 @@ impl CredentialArgs {
 enum ModeCommand {
     /// Show the mode in force and any scheduled change.
     Show {
+        /// The gate's configuration file (the daemon's socket, database and site key are found from it).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
     },
@@ -153,6 +166,7 @@ enum ModeCommand {
     /// local user name and the reason; the running daemon follows at its next
     /// decision. The platform's next mode message overrides it again.
     Set {
+        /// The gate's configuration file (the daemon's socket, database and site key are found from it).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
         /// normal, sporadic or wartime.
@@ -169,6 +183,7 @@ enum PassCommand {
     /// Create an Ed25519 signing key (private key file, mode 0600) and print
     /// its public key for `[passes] platform_keys`.
     Keygen {
+        /// Where to write the private key (mode 0600); refuses to overwrite.
         #[arg(value_name = "PRIVATE_KEY_PATH")]
         path: PathBuf,
     },
@@ -181,6 +196,7 @@ enum PassCommand {
         /// The platform's private key file.
         #[arg(long, value_name = "PATH")]
         key: PathBuf,
+        /// The pass's id, unique on the platform (shown in events and used for revocation).
         #[arg(long)]
         pass_id: String,
         /// The host's person id.
@@ -206,12 +222,18 @@ enum PassCommand {
 
 #[derive(Debug, Subcommand)]
 enum IdentityCommand {
-    /// Import people from a UTF-8 CSV file with the header
+    /// Import people from a CSV file with the header
     /// `person_id,category,id_number,name,valid_from,valid_to` (dates
     /// YYYY-MM-DD). All rows are checked first; one bad row and nothing is applied.
     Import {
+        /// The gate's configuration (site key and database).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
+        /// The file's text encoding. Without it: UTF-8 when the file is
+        /// valid UTF-8, else GBK when it is valid GBK (and it says so).
+        #[arg(long, value_enum, value_name = "ENCODING")]
+        encoding: Option<import::Encoding>,
+        /// The CSV file of people (ID numbers in clear: delete it afterwards).
         #[arg(value_name = "FILE.csv")]
         file: PathBuf,
     },
@@ -221,7 +243,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gatectl: {e:#}");
+            eprintln!("gatectl: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -361,7 +383,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", gate_pass::sign(&pass, &signing));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Identity { command: IdentityCommand::Import { config, file } } => {
+        Command::Identity { command: IdentityCommand::Import { config, encoding, file } } => {
             let config = match gate_config::load(&config) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -370,8 +392,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
-            let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let people = match import::parse_people(&file, &text, &key, config.site.utc_offset) {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let decoded = match import::decode(&file, &bytes, encoding) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("{}: nothing was imported", file.display());
+                    return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                }
+            };
+            if let Some(note) = &decoded.note {
+                eprintln!("{note}");
+            }
+            let people = match import::parse_people(&file, &decoded.text, &key, config.site.utc_offset) {
                 Ok(people) => people,
                 Err(errors) => {
                     for e in &errors {
@@ -386,6 +419,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let mut store = gate_store::Store::open(&config.store.path)?;
             let summary = store.import_people(&people)?;
+            // For `gatectl status`: when the table last changed, and how.
+            store.note_local_import(&gate_store::LocalImport {
+                at_ms: now_ms(),
+                operator: gate_control_proto::local_operator(),
+                people: summary.people as u64,
+            })?;
             println!(
                 "imported {} people ({} credentials) into {}",
                 summary.people,
@@ -395,6 +434,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The error and its causes, each said once: a cause whose text its
+/// wrapper already quotes (common with `thiserror`'s `{source}`) is not
+/// repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn load_config(path: &std::path::Path) -> Result<gate_config::Config> {
@@ -412,4 +466,19 @@ fn open_store(config: &gate_config::Config) -> Result<gate_store::Store> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     Ok(gate_store::Store::open(&config.store.path)?)
+}
+
+#[cfg(test)]
+mod cli_docs {
+    /// The manual pages and completions in `deploy/` (installed by the
+    /// Debian package) are what this definition generates, and every
+    /// argument has help text.
+    #[test]
+    fn man_pages_and_completions_are_current() {
+        use clap::CommandFactory;
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        if let Err(problems) = gate_clidoc::check(&super::Cli::command(), &deploy) {
+            panic!("{problems}");
+        }
+    }
 }

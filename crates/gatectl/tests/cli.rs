@@ -166,3 +166,60 @@ fn pass_keygen_and_issue_make_a_pass_the_gate_accepts() {
         ("vp-7", 1, ["east-1".to_owned()].as_slice())
     );
 }
+
+#[test]
+fn a_gbk_file_is_detected_and_said_and_errors_echo_the_bad_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = site(dir.path());
+    let cfg = config.to_str().expect("utf-8");
+    // As Excel saves "CSV" on a Chinese Windows machine: GBK.
+    let sample = "person_id,category,id_number,name,valid_from,valid_to\n\
+                R-1,resident,35020319900101123X,陈建国,2024-01-01,2030-12-31\n";
+    let gbk: Vec<u8> = gbk_encode(sample);
+    let file = dir.path().join("excel.csv");
+    std::fs::write(&file, &gbk).expect("csv");
+    let out = gatectl(&["identity", "import", "--config", cfg, file.to_str().expect("utf-8")]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("excel.csv: not UTF-8; read as GBK (GB 18030)"), "{stderr}");
+    assert!(stdout.contains("imported 1 people"), "{stdout}");
+    // Told UTF-8, the same file is refused with a hint.
+    let out = gatectl(&["identity", "import", "--config", cfg, "--encoding", "utf-8", file.to_str().expect("utf-8")]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("try --encoding gbk"), "{stderr}");
+    // Told GBK: read without a guess to report.
+    let out = gatectl(&["identity", "import", "--config", cfg, "--encoding", "gbk", file.to_str().expect("utf-8")]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success() && !stderr.contains("read as GBK"), "{stderr}");
+
+    let bad = dir.path().join("dates.csv");
+    std::fs::write(
+        &bad,
+        "person_id,category,id_number,name,valid_from,valid_to\nR-1,resident,35020319900101123X,a,2024/01/01,2030-12-31\n",
+    )
+    .expect("csv");
+    let out = gatectl(&["identity", "import", "--config", cfg, bad.to_str().expect("utf-8")]);
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("dates.csv:2: valid_from \"2024/01/01\": "), "{stderr}");
+}
+
+/// GBK bytes of `text` (its Chinese characters are all in GB 2312's range).
+fn gbk_encode(text: &str) -> Vec<u8> {
+    // 陈建国 in GBK; everything else in the sample is ASCII.
+    text.replace("陈建国", "\u{0}")
+        .bytes()
+        .flat_map(|b| if b == 0 { vec![0xB3, 0xC2, 0xBD, 0xA8, 0xB9, 0xFA] } else { vec![b] })
+        .collect()
+}
+
+#[test]
+fn keygen_into_a_missing_folder_says_why_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("no-such-folder/site.key");
+    let out = gatectl(&["keygen", key.to_str().expect("utf-8")]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+    assert!(stderr.contains("no-such-folder/site.key"), "{stderr}");
+}

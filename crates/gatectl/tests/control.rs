@@ -21,6 +21,8 @@ const ZHANG: &str = "35020319900101123X";
 const ZHANG_MASKED: &str = "350203********123X";
 /// Valid check character, but nobody in the identity table.
 const STRANGER: &str = "440524188001010014";
+/// A visitor whose entry ended in 2024.
+const VISITOR: &str = "11010519491231002X";
 /// Wrong check character.
 const FORGED: &str = "350203199001011237";
 const WAIT: Duration = Duration::from_secs(10);
@@ -111,7 +113,13 @@ async fn status_and_outbox_report_the_running_daemon() -> Result<()> {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.starts_with(&format!("gated {} at heshan-c03/east-1, up ", env!("CARGO_PKG_VERSION"))), "{stdout}");
     assert!(stdout.contains("mode:          normal (policy auto-"), "{stdout}");
-    assert!(stdout.contains("identity:      version 0, never synced from the platform"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "identity:      1 people (1 residents, 0 workers, 0 visitors); credentials: 1 ID cards, 0 IC cards, 0 plates"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("               platform version 0, never synced from the platform"), "{stdout}");
     assert!(stdout.contains("health table:  version 0, never synced from the platform"), "{stdout}");
     assert!(stdout.contains("broker:        NOT connected to 127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("decisions:     1 passed, 0 blocked, 0 failed"), "{stdout}");
@@ -144,6 +152,31 @@ async fn status_and_outbox_report_the_running_daemon() -> Result<()> {
     let outbox: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(outbox["depth"].as_u64(), Some(depth as u64));
     assert_eq!(outbox["topics"][0]["topic"], "village/heshan-c03/east-1/events");
+
+    // A technician's import shows as the table's last change, with who; an
+    // expired visitor is looked up as expired, with the dates, exit 1.
+    let csv = gate.fx.dir.path().join("visitors.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "person_id,category,id_number,name,valid_from,valid_to\nV-1,visitor,{VISITOR},李四,2024-01-01,2024-06-30\n"
+        ),
+    )?;
+    let out = run(&["identity", "import", "--config", &gate.config, csv.to_str().context("utf-8")?]).await?;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = run(&["status", "--config", &gate.config]).await?;
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("identity:      2 people (1 residents, 0 workers, 1 visitors)"), "{stdout}");
+    let login = std::process::Command::new("id").arg("-un").output()?;
+    let login = String::from_utf8_lossy(&login.stdout).trim().to_owned();
+    assert!(stdout.contains(&format!("imported from a CSV file by technician:{login} (1 people)")), "{stdout}");
+    let out = run(&["lookup", "--config", &gate.config, "--id-number", VISITOR]).await?;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "a block exits 1: {stdout}");
+    assert!(stdout.contains("BLOCK (expired)"), "{stdout}");
+    assert!(stdout.contains("valid:    2024-01-01 to 2024-06-30"), "{stdout}");
+    assert!(stdout.contains("state:    expired"), "{stdout}");
+    assert!(!stdout.contains("active"), "an expired visitor is not active: {stdout}");
     gate.daemon.stop().await
 }
 
@@ -157,12 +190,14 @@ async fn lookup_explains_without_recording_or_unlocking() -> Result<()> {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.starts_with(&format!("id_number {ZHANG_MASKED} at the entry side: PASS")), "{stdout}");
     assert!(stdout.contains("person:   p-001 (resident)"), "{stdout}");
-    assert!(stdout.contains("identity table: person p-001 (resident, active)"), "{stdout}");
+    assert!(stdout.contains("identity table: person p-001 (resident), valid "), "{stdout}");
+    assert!(stdout.contains("state:    active"), "{stdout}");
     assert!(stdout.contains("mode: normal (policy auto-"), "{stdout}");
     assert!(stdout.contains("nothing was recorded"), "{stdout}");
     assert_no_clear_ids(&stdout);
 
     let out = run(&["lookup", "--config", &gate.config, "--id-number", STRANGER, "--json"]).await?;
+    assert_eq!(out.status.code(), Some(1), "a block exits 1, --json too");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!((report["decision"].as_str(), report["reason"].as_str()), (Some("block"), Some("unknown_person")));
     assert_eq!(report["subject"], "440524********0014");
@@ -304,7 +339,11 @@ async fn selftest_checks_each_device_and_pulses_the_wired_output() -> Result<()>
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL id_card:"), "{stdout}");
-    assert!(stdout.contains("PASS gate entry output (coil 0): not pulsed (--no-pulse)"), "{stdout}");
+    assert!(
+        stdout.contains("SKIP gate entry output (coil 0): not pulsed (--no-pulse): this output was not tested"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("PASS gate entry output"), "a check not run is not a pass: {stdout}");
     assert_eq!(coil_on_writes(&gate.fx, 0), 1, "no second pulse");
     gate.daemon.stop().await
 }

@@ -34,6 +34,7 @@ enum Command {
     /// Validate a configuration file without opening any device; prints every
     /// error with file, line and column. Exit status 64 on a bad file.
     CheckConfig {
+        /// The configuration file to check.
         #[arg(value_name = "PATH")]
         path: PathBuf,
     },
@@ -241,5 +242,20 @@ async fn wait_for_stop_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod cli_docs {
+    /// The manual pages and completions in `deploy/` (installed by the
+    /// Debian package) are what this definition generates, and every
+    /// argument has help text.
+    #[test]
+    fn man_pages_and_completions_are_current() {
+        use clap::CommandFactory;
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        if let Err(problems) = gate_clidoc::check(&super::Cli::command(), &deploy) {
+            panic!("{problems}");
+        }
     }
 }

@@ -18,12 +18,14 @@ mod local;
 mod outbox;
 mod schema;
 mod snapshot;
+mod summary;
 
 pub use health::{HealthBatch, HealthState};
 pub use identity::{DeltaOutcome, IdentityDelta, IdentityState, ImportSummary, NewPerson};
 pub use local::PassbackEntry;
 pub use outbox::{OutboxEntry, OutboxStats};
 pub use snapshot::{SnapshotChunk, SnapshotOutcome, SnapshotProgress};
+pub use summary::{IdentitySummary, LocalImport};
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
