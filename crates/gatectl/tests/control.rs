@@ -345,6 +345,19 @@ async fn selftest_checks_each_device_and_pulses_the_wired_output() -> Result<()>
     );
     assert!(!stdout.contains("PASS gate entry output"), "a check not run is not a pass: {stdout}");
     assert_eq!(coil_on_writes(&gate.fx, 0), 1, "no second pulse");
+
+    // A board whose port opens but which does not answer is said so, not
+    // "not open" (the technician's next step is the unit id or the wiring).
+    gate.fx.gate.set_silent(true);
+    wait_for("the silent board to count as lost", || {
+        !gate.daemon.observed.gate_io.connected.load(Ordering::Relaxed)
+    })
+    .await?;
+    let out = run(&["selftest", "--config", &gate.config, "--no-pulse"]).await?;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with("FAIL gate: ")).unwrap_or_default();
+    assert!(line.contains("opens but the device does NOT answer"), "{stdout}");
     gate.daemon.stop().await
 }
 
