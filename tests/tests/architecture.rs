@@ -55,8 +55,7 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
             break;
         }
         let name = cells[1].trim_matches('`').to_owned();
-        let deps =
-            cells[2].split(',').map(|d| d.trim().trim_matches('`').to_owned()).filter(|d| d != "—").collect();
+        let deps = cells[2].split(',').map(|d| d.trim().trim_matches('`').to_owned()).filter(|d| d != "—").collect();
         rows.insert(name, deps);
     }
     rows

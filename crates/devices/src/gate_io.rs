@@ -768,7 +768,9 @@ impl<'a> Driver<'a> {
         let Some(timed) = &self.settings.board_timed else { return Ok(()) };
         for &coil in &timed.coils {
             if self.book.wanted.get(&coil) == Some(&true) {
-                link.write_coil(coil, true).await.map_err(|err| format!("holding coil {coil} on for a fire alarm: {err}"))?;
+                link.write_coil(coil, true)
+                    .await
+                    .map_err(|err| format!("holding coil {coil} on for a fire alarm: {err}"))?;
             }
         }
         Ok(())
