@@ -301,7 +301,7 @@ impl UnlockMode {
 pub const MAX_INPUT_SPAN: u16 = 2000;
 
 /// A board-timed pulse is written to this coil address plus the coil number
-/// (HARDWARE.md's Modbus section: FC05 to 0x0200 + n, width in 100 ms units).
+/// (docs/PROTOCOLS.md, Modbus: FC05 to 0x0200 + n, width in 100 ms units).
 pub const TIMED_PULSE_BASE: u16 = 0x0200;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

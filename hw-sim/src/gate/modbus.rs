@@ -1,6 +1,6 @@
 //! Modbus RTU server side for the simulated IO board: CRC-16/MODBUS, request
 //! framing by function code with CRC resync, and the coil/input data model
-//! (HARDWARE.md §4, written from the standard, not from the daemon's client).
+//! (docs/PROTOCOLS.md §5, written from the standard, not from the daemon's client).
 
 /// Read coils.
 pub const FC_READ_COILS: u8 = 0x01;
@@ -12,7 +12,7 @@ pub const FC_WRITE_COIL: u8 = 0x05;
 pub const FC_WRITE_COILS: u8 = 0x0F;
 
 /// FC05 to this address plus a coil number switches the coil on for a time
-/// the board keeps itself (HARDWARE.md §4: boards that pulse a relay); the
+/// the board keeps itself (docs/PROTOCOLS.md: boards that pulse a relay); the
 /// value is the pulse width in 100 ms units.
 pub const TIMED_PULSE_BASE: u16 = 0x0200;
 /// The unit of a timed pulse's width, in milliseconds.
