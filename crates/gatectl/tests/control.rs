@@ -349,10 +349,8 @@ async fn selftest_checks_each_device_and_pulses_the_wired_output() -> Result<()>
     // A board whose port opens but which does not answer is said so, not
     // "not open" (the technician's next step is the unit id or the wiring).
     gate.fx.gate.set_silent(true);
-    wait_for("the silent board to count as lost", || {
-        !gate.daemon.observed.gate_io.connected.load(Ordering::Relaxed)
-    })
-    .await?;
+    wait_for("the silent board to count as lost", || !gate.daemon.observed.gate_io.connected.load(Ordering::Relaxed))
+        .await?;
     let out = run(&["selftest", "--config", &gate.config, "--no-pulse"]).await?;
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
