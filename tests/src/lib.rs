@@ -31,18 +31,26 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
+pub mod postgres;
+
 /// A Mosquitto broker started by the test, stopped on drop.
 #[derive(Debug)]
 pub struct Mosquitto {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    extra: String,
 }
 
 impl Mosquitto {
     pub fn start() -> Result<Self> {
+        Self::start_with("")
+    }
+
+    /// A broker with more configuration lines (e.g. queue limits).
+    pub fn start_with(extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut broker = Mosquitto { child: None, port: free_port(), dir };
+        let mut broker = Mosquitto { child: None, port: free_port(), dir, extra: extra.to_owned() };
         broker.resume()?;
         Ok(broker)
     }
@@ -79,9 +87,10 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nuser root\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nuser root\n{}\n",
                 self.port,
-                store.display()
+                store.display(),
+                self.extra
             ),
         )?;
         let child = Command::new(mosquitto_binary()?)
