@@ -39,20 +39,34 @@ pub struct Mosquitto {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Lines for the listener (TLS files, `require_certificate`...) and
+    /// general options; anonymous access is allowed unless they say otherwise.
     extra: String,
 }
 
 impl Mosquitto {
     pub fn start() -> Result<Self> {
-        Self::start_with("")
+        Self::start_with("allow_anonymous true\n")
     }
 
-    /// A broker with more configuration lines (e.g. queue limits).
+    /// A broker whose configuration has `extra` after its listener line:
+    /// listener options (TLS) and general ones (`allow_anonymous`,
+    /// `password_file`, `acl_file`).
     pub fn start_with(extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut broker = Mosquitto { child: None, port: free_port(), dir, extra: extra.to_owned() };
         broker.resume()?;
         Ok(broker)
+    }
+
+    /// The broker's folder (its configuration, log and data live there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What the broker logged so far (`log_type all`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
     pub fn port(&self) -> u16 {
@@ -87,10 +101,12 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nuser root\n{}\n",
+                "listener {} 127.0.0.1\n{}\npersistence true\npersistence_location {}/\nuser root\n\
+                 log_dest file {}\nlog_type all\n",
                 self.port,
+                self.extra,
                 store.display(),
-                self.extra
+                self.dir.path().join("mosquitto.log").display(),
             ),
         )?;
         let child = Command::new(mosquitto_binary()?)

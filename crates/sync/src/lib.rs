@@ -7,6 +7,11 @@
 //! unacknowledged entry. Delivery is therefore at least once; consumers
 //! deduplicate by `event_id`.
 //!
+//! The session speaks MQTT 5 (`rumqttc::v5`) so that it can announce a
+//! Maximum Packet Size at CONNECT: the broker then drops any larger message
+//! for this client rather than sending it, and no message on a subscribed
+//! topic, retained or not, can break the session and stall the uplink.
+//!
 //! Status: a retained `GateStatus` on `{prefix}/{site}/{gate}/status` on every
 //! connection and periodically, and a retained last will saying offline.
 //!

@@ -9,7 +9,10 @@ use gate_core::{Direction, GateId, Lane, Mode, SiteId, UnixMillis};
 use gate_proto::v1 as pb;
 use gate_store::Store;
 use prost::Message;
-use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +27,9 @@ use tracing::{debug, info, warn};
 const WINDOW: usize = 64;
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The largest packet this client accepts: the largest downlink message plus
+/// room for the topic and properties.
+const MAX_INCOMING_PACKET: u32 = (downlink::MAX_DOWNLINK_BYTES + 1024) as u32;
 
 /// What the session needs to know.
 #[derive(Debug, Clone)]
@@ -318,9 +324,14 @@ pub async fn run_sync(
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
         .set_keep_alive(settings.keep_alive)
-        .set_clean_session(true)
-        .set_inflight(WINDOW as u16)
-        .set_max_packet_size(downlink::MAX_DOWNLINK_BYTES + 1024, 1 << 20);
+        .set_clean_start(true)
+        .set_outgoing_inflight_upper_limit(WINDOW as u16)
+        // MQTT 5 Maximum Packet Size, announced at CONNECT: the broker drops
+        // a larger message for this client instead of sending it, so no
+        // message of any size on a subscribed topic (a retained one comes
+        // again on every connection) can break the session and stall the
+        // uplink. The 3.1.1 client could only fail the connection.
+        .set_max_packet_size(Some(MAX_INCOMING_PACKET));
     // Room for a full window plus status and resync messages: try_publish
     // never blocks the task that also drives the event loop.
     let (client, mut eventloop) = AsyncClient::new(options.clone(), WINDOW * 2 + 16);
@@ -348,7 +359,7 @@ pub async fn run_sync(
     };
     // The last will is fixed at connect time; it says offline with the
     // state at start, which is what the platform needs to know.
-    eventloop.mqtt_options.set_last_will(LastWill::new(&topics.status, session.status(false), QoS::AtLeastOnce, true));
+    eventloop.options.set_last_will(LastWill::new(&topics.status, session.status(false), QoS::AtLeastOnce, true, None));
 
     // A reloaded policy shows in the retained status at once.
     let mut policy_updates = settings.policy_updates.clone();
@@ -378,7 +389,10 @@ pub async fn run_sync(
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => session.on_puback(ack.pkid),
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if session.on_publish(&publish.topic, &publish.payload) {
+                    // MQTT 5 topics are bytes on the wire; a topic that is
+                    // not UTF-8 matches none of ours and is counted as unknown.
+                    let topic = String::from_utf8_lossy(&publish.topic);
+                    if session.on_publish(&topic, &publish.payload) {
                         session.pump();
                     }
                 }

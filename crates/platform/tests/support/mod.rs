@@ -16,7 +16,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_gate-platform");
 /// A broker able to hold what a stopped replica's persistent session
 /// queues (Mosquitto keeps 1000 messages per client by default and drops
 /// the rest).
-pub const BROKER_CONF: &str = "max_queued_messages 0\nmax_inflight_messages 100\n";
+pub const BROKER_CONF: &str = "allow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 100\n";
 
 /// Writes `platform.toml` into `dir` and returns its path.
 pub fn write_config(dir: &Path, pg_url: &str, mqtt_port: u16, extra: &str) -> PathBuf {
