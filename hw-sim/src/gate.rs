@@ -1,5 +1,5 @@
-//! Turnstile IO board simulator: a Modbus RTU relay/input board (HARDWARE.md
-//! §4) served on a pty, with simulated people walking through after an unlock,
+//! Turnstile IO board simulator: a Modbus RTU relay/input board (docs/PROTOCOLS.md
+//! §5) served on a pty, with simulated people walking through after an unlock,
 //! scenario inputs (passages, the tailgating beam, the fire alarm contact,
 //! the intrusion input) and faults (garbage, bad CRCs, cut replies, slow or
 //! no answers, exceptions, an unplugged cable).

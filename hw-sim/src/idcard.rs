@@ -1,4 +1,4 @@
-//! Resident ID card reader simulator: a SAM module (device side of HARDWARE.md
+//! Resident ID card reader simulator: a SAM module (device side of docs/PROTOCOLS.md
 //! §1) served on a pty, with a handle to place/remove cards and inject faults
 //! (garbage, wrong checksums, cut replies, slow or no answers, a given status,
 //! an unplugged cable).

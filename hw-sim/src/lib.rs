@@ -1,6 +1,6 @@
 //! Simulated checkpoint hardware on pseudo-terminals (SAM ID-card module,
 //! Modbus RTU gate IO board, QR scanner, plate camera), written from the
-//! protocol text in HARDWARE.md and deliberately not from the daemon's
+//! protocol text in docs/PROTOCOLS.md and deliberately not from the daemon's
 //! codecs, so the two cannot share a bug.
 
 pub mod camera;

@@ -1,4 +1,4 @@
-//! QR scanner module simulator (HARDWARE.md §3): on each scan it writes the
+//! QR scanner module simulator (docs/PROTOCOLS.md §3): on each scan it writes the
 //! optional prefix, the payload and the configured terminator to a pty, as a
 //! GM65-class module in serial mode does. Also holds the send-only port
 //! plumbing the plate camera simulator shares.

@@ -40,7 +40,7 @@ fn unique_link(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("hw-sim-test-{tag}-{}-{nanos}", std::process::id()))
 }
 
-// ---- SAM module: frames straight from the HARDWARE.md table ----
+// ---- SAM module: frames straight from the docs/PROTOCOLS.md table ----
 
 const RESET: [u8; 10] = [0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x03, 0x10, 0xFF, 0xEC];
 const SAM_STATUS: [u8; 10] = [0xAA, 0xAA, 0xAA, 0x96, 0x69, 0x00, 0x03, 0x11, 0xFF, 0xED];

@@ -1,6 +1,6 @@
 //! The QR scanner and plate camera simulators over real ptys: the slave is
 //! opened with tokio-serial (as the daemon does) and every byte the simulated
-//! device writes is compared with the framing HARDWARE.md §3 and the camera
+//! device writes is compared with the framing docs/PROTOCOLS.md §3 and the camera
 //! line format describe. Also runs the `hw-sim qr` / `hw-sim plate` binary.
 
 use std::io::{BufRead, BufReader};

@@ -330,7 +330,7 @@ async fn green_lamp_on_a_pass_red_lamp_and_buzzer_on_a_block_for_indicator_ms() 
     rig.stop().await
 }
 
-/// Every SW3 code of HARDWARE.md §1.
+/// Every SW3 code of docs/PROTOCOLS.md §1.
 const SAM_STATUSES: [u8; 18] =
     [0x90, 0x91, 0x9F, 0x10, 0x11, 0x21, 0x23, 0x24, 0x31, 0x32, 0x33, 0x40, 0x41, 0x47, 0x60, 0x66, 0x80, 0x81];
 /// Authentication failures, counted apart.

@@ -13,8 +13,7 @@
 //! unlocks through the same gate command channel the loop grants through,
 //! after recording them.
 
-pub mod client;
-pub mod protocol;
+pub use gate_control_proto::{client, protocol};
 
 use crate::activity::{Activity, GateActivity};
 use crate::gate_control::GateRequest;
@@ -451,23 +450,7 @@ async fn lookup(ctx: &ControlContext, credential: Credential, side: Option<&str>
     }
 }
 
-/// `technician:<login>`: the peer's own login, or for root the login behind
-/// `sudo` as the client reports it (root could claim anything anyway).
-fn operator(uid: u32, sudo_user: Option<&str>) -> String {
-    let claimed = sudo_user.map(str::trim).filter(|s| {
-        !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    });
-    if uid == 0
-        && let Some(login) = claimed
-        && login != "root"
-    {
-        return format!("technician:{login}");
-    }
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(user)) => format!("technician:{}", user.name),
-        _ => format!("technician:uid-{uid}"),
-    }
-}
+use gate_control_proto::operator;
 
 fn wire_side(side: Side) -> gate_sync::Side {
     match side {
@@ -796,14 +779,5 @@ mod tests {
         let other = Access { daemon_uid: 990, group: Some("no-such-group-here".into()) };
         let refused = authorize(65534, 65534, &other).expect_err("no such group");
         assert!(refused.contains("\"no-such-group-here\""), "{refused}");
-    }
-
-    #[test]
-    fn operators_are_named_from_their_uid_unless_root_says_who() {
-        assert_eq!(operator(0, Some("alice")), "technician:alice");
-        assert_eq!(operator(0, Some("root")), "technician:root");
-        assert_eq!(operator(0, Some("bad name;")), "technician:root");
-        assert_eq!(operator(65534, Some("alice")), "technician:nobody", "only root may name someone else");
-        assert_eq!(operator(4_000_000, None), "technician:uid-4000000");
     }
 }

@@ -8,9 +8,7 @@
 use crate::alerts::AlertBook;
 use crate::gate_control::GateRequest;
 use gate_config::{Config, Side};
-use gate_core::{
-    BlockReason, CredentialKind, Decision, Lane, Mode, ModeOrigin, ModeSchedule, SiteKey, UnixMillis, Verdict,
-};
+use gate_core::{BlockReason, CredentialKind, Decision, Lane, Mode, ModeSchedule, SiteKey, UnixMillis, Verdict};
 use gate_devices::idcard::CardEvent;
 use gate_devices::plate_reader::{PlateEvent, PlateRead};
 use gate_devices::qr_scanner::QrEvent;
@@ -149,6 +147,8 @@ pub(crate) struct DecisionLoop {
     certificate_failure: Option<String>,
     /// Online health checks go to the uplink through here.
     health_queries: Option<mpsc::Sender<gate_sync::HealthQuery>>,
+    /// The mode last logged by [`Self::watch_mode`].
+    mode_seen: Option<Mode>,
     /// Configurations applied on SIGHUP, swapped in between two decisions.
     reload: Option<tokio::sync::watch::Receiver<Config>>,
 }
@@ -203,6 +203,7 @@ impl DecisionLoop {
             recent_certificates: Vec::new(),
             certificate_failure: None,
             health_queries: None,
+            mode_seen: None,
         }
     }
 
@@ -244,11 +245,12 @@ impl DecisionLoop {
             self.counters.heartbeat.beat();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = beat.tick() => {}
+                _ = beat.tick() => self.watch_mode(crate::wall_clock_ms()),
                 config = next_config(&mut reload) => self.apply_config(config),
                 item = presented.recv(), if presented_open => match item {
                     Some(item) => {
                         let now = crate::wall_clock_ms();
+                        self.watch_mode(now);
                         self.refresh_health(&item, now).await;
                         if let Some((verdict, side)) = self.on_presented(item, now) {
                             // Only `Send` values may live across this await
@@ -259,6 +261,40 @@ impl DecisionLoop {
                     None => presented_open = false,
                 },
             }
+        }
+    }
+
+    /// Logs the mode in force when it differs from the last one seen, with
+    /// who set it and why: a technician's `gatectl mode set` (another
+    /// process), the platform, or a scheduled change coming due all show in
+    /// the daemon's own log within a heartbeat.
+    fn watch_mode(&mut self, now: UnixMillis) {
+        let schedule = match self.store.mode_schedule() {
+            Ok(schedule) => schedule.unwrap_or_else(|| ModeSchedule::constant(Mode::Normal)),
+            // `mode()` logs the error at the next decision, which then decides as in wartime.
+            Err(_) => return,
+        };
+        let mode = schedule.at(now);
+        let origin = &schedule.origin;
+        if origin.operator.is_empty() {
+            // Never set by anyone: the default.
+            if self.mode_seen.replace(mode).is_none() {
+                info!(mode = mode.as_str(), "site mode in force (the default; never set)");
+            }
+            return;
+        }
+        match self.mode_seen.replace(mode) {
+            None => {
+                info!(mode = mode.as_str(), set_by = %origin.operator, reason = %origin.reason, "site mode in force")
+            }
+            Some(previous) if previous != mode => info!(
+                mode = mode.as_str(),
+                previous = previous.as_str(),
+                set_by = %origin.operator,
+                reason = %origin.reason,
+                "site mode changed"
+            ),
+            Some(_) => {}
         }
     }
 
@@ -822,23 +858,15 @@ pub fn set_mode_locally(
     reason: &str,
     now: UnixMillis,
 ) -> gate_store::Result<u64> {
-    let origin = ModeOrigin { operator: format!("technician:{operator}"), reason: reason.to_owned() };
-    let current = store.mode_schedule()?.unwrap_or_else(|| ModeSchedule::constant(Mode::Normal));
-    let schedule = current.with_change(now, mode, now, origin.clone());
-    store.set_mode_schedule(&schedule)?;
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.site.id, &config.gate.id);
-    let record = EventRecord {
-        event_id: uuid::Uuid::new_v4().to_string(),
+    let context = gate_sync::EventContext {
         site_id: config.site.id.to_string(),
         gate_id: config.gate.id.to_string(),
-        occurred_at_ms: now,
         lane: config.gate.lane,
         direction: config.gate.direction,
-        mode,
         policy_version: config.policy.version.clone(),
-        body: EventBody::ModeChange { mode, operator: origin.operator, note: origin.reason },
     };
-    store.append_event(EVENT_STREAM, &topics.events, now, |seq| encode_event(&record, seq))
+    gate_sync::set_mode_by_technician(store, &topics, &context, mode, &format!("technician:{operator}"), reason, now)
 }
 
 /// The next configuration to apply; never resolves once the sender is gone

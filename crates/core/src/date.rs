@@ -167,6 +167,26 @@ impl UtcOffset {
     pub fn millis(self) -> i64 {
         i64::from(self.minutes) * 60_000
     }
+
+    /// An instant in site time with its offset, as the daemon's log and
+    /// `gatectl` both print it, so the two always agree:
+    /// `2026-03-04T12:34:56.789+08:00`.
+    pub fn timestamp(self, at: UnixMillis) -> String {
+        let local = at + self.millis();
+        let date = CivilDate::from_days_since_epoch(local.div_euclid(MS_PER_DAY));
+        let ms = local.rem_euclid(MS_PER_DAY);
+        let (h, m, sec, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+        format!("{date}T{h:02}:{m:02}:{sec:02}.{milli:03}{self}")
+    }
+}
+
+/// `+08:00`: always the numeric form, so a reader sees the offset even at UTC.
+impl fmt::Display for UtcOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.minutes < 0 { '-' } else { '+' };
+        let abs = self.minutes.unsigned_abs();
+        write!(f, "{sign}{:02}:{:02}", abs / 60, abs % 60)
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +209,16 @@ mod tests {
         assert_eq!(CivilDate::parse_iso("2023/02/01"), Err(DateError::Shape("YYYY-MM-DD")));
         assert_eq!(CivilDate::parse_compact("20301231"), CivilDate::try_new(2030, 12, 31));
         assert_eq!(CivilDate::parse_compact("长期"), Err(DateError::Shape("YYYYMMDD")));
+    }
+
+    #[test]
+    fn timestamps_are_site_time_with_the_offset() {
+        // 2024-01-01T00:00:00Z is 08:00 in China.
+        assert_eq!(UtcOffset::CHINA.timestamp(1_704_067_200_123), "2024-01-01T08:00:00.123+08:00");
+        assert_eq!(UtcOffset::UTC.timestamp(1_704_067_199_000), "2023-12-31T23:59:59.000+00:00");
+        let west = UtcOffset::parse("-03:30").expect("offset");
+        assert_eq!(west.timestamp(1_704_067_200_000), "2023-12-31T20:30:00.000-03:30");
+        assert_eq!(UtcOffset::parse(&west.to_string()), Ok(west));
     }
 
     #[test]

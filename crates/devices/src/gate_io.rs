@@ -607,18 +607,25 @@ impl<'a> Driver<'a> {
     }
 
     /// Shutdown: the shutdown writes, best effort.
+    /// One line says how it ended: "coils off" only when the board
+    /// confirmed every write (a failed write leaves the relay as it was; with
+    /// fail-secure wiring a board without power or link is locked anyway).
     async fn shutdown_writes(&self, link: &mut Link<'_>) {
+        let mut failed = None;
         for (coil, on) in self.book.at_shutdown() {
             if let Err(err) = link.write_coil(coil, on).await {
                 let problem = format!("writing coil {coil} = {on} at shutdown: {err}");
-                warn!(error = %problem, "gate IO shutdown");
-                self.health.set_last_error(problem);
+                self.health.set_last_error(problem.clone());
+                failed.get_or_insert(problem);
             }
         }
-        if self.book.fire {
-            warn!("gate IO driver stopped during a fire alarm: unlock coils left on for egress");
-        } else {
-            info!("gate IO driver stopped, coils off");
+        match (self.book.fire, failed) {
+            (true, _) => warn!("gate IO driver stopped during a fire alarm: unlock coils left on for egress"),
+            (false, None) => info!("gate IO driver stopped, coils off"),
+            (false, Some(problem)) => warn!(
+                error = %problem,
+                "gate IO driver stopped; the board did not confirm the coils off (it relies on its fail-secure wiring)"
+            ),
         }
     }
 

@@ -1,4 +1,4 @@
-//! The QR scanner driver (HARDWARE.md §3): a pure framing codec that turns the
+//! The QR scanner driver (docs/PROTOCOLS.md §3): a pure framing codec that turns the
 //! module's byte stream into payloads, and one task that owns the serial port
 //! and sends each payload (or refused frame) as a [`QrEvent`].
 //!

@@ -1,5 +1,5 @@
 //! The QR scanner driver over a real pseudo-terminal: the test plays the
-//! module on the master side, writing payloads as HARDWARE.md §3 describes
+//! module on the master side, writing payloads as docs/PROTOCOLS.md §3 describes
 //! (prefix, text, terminator), and checks the events and counters.
 
 mod support;

@@ -7,9 +7,9 @@
 //! a typed-in ID number is only sent, never echoed.
 
 use anyhow::Result;
-use gate_app::control::client::{self, ClientError};
-use gate_app::control::protocol::{Command, Credential, Reply, StatusReport};
-use gate_core::{CivilDate, UtcOffset};
+use gate_control_proto::client::{self, ClientError};
+use gate_control_proto::protocol::{Command, Credential, Reply, StatusReport};
+use gate_core::UtcOffset;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,20 +57,14 @@ fn unexpected(reply: &Reply) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// The login behind `sudo`, so a manual open names the technician, not root.
-fn sudo_user() -> Option<String> {
-    std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty())
-}
-
 fn json_line(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-/// `2026-03-04 12:34:56` in the site's time.
+/// `2026-03-04T12:34:56.789+08:00`: site time with the offset, exactly as
+/// the daemon's log stamps its lines.
 fn local_time(at_ms: i64, offset: UtcOffset) -> String {
-    let date = CivilDate::of_instant(at_ms, offset);
-    let secs = (at_ms + offset.millis()).rem_euclid(86_400_000) / 1000;
-    format!("{date} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    offset.timestamp(at_ms)
 }
 
 fn duration(secs: u64) -> String {
@@ -91,7 +85,7 @@ pub fn status(target: &Target, json: bool) -> Result<ExitCode> {
     if json {
         println!("{}", json_line(&report));
     } else {
-        print!("{}", render_status(&report, target.offset, gate_app::wall_clock_ms()));
+        print!("{}", render_status(&report, target.offset, crate::now_ms()));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -216,7 +210,7 @@ pub fn open(target: &Target, reason: String, side: Option<String>) -> Result<Exi
         eprintln!("gatectl: --reason must say why the gate is opened");
         return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
-    let command = Command::Open { reason, side, sudo_user: sudo_user() };
+    let command = Command::Open { reason, side, sudo_user: gate_control_proto::sudo_user() };
     let report = match client::request(&target.socket, command) {
         Ok(Reply::Opened(report)) => report,
         Ok(other) => return Ok(unexpected(&other)),
@@ -237,7 +231,10 @@ pub fn selftest(target: &Target, pulse: bool, json: bool) -> Result<ExitCode> {
     } else {
         eprintln!("selftest: watching each device for a few seconds (outputs not pulsed)");
     }
-    let report = match client::request(&target.socket, Command::Selftest { pulse, sudo_user: sudo_user() }) {
+    let report = match client::request(
+        &target.socket,
+        Command::Selftest { pulse, sudo_user: gate_control_proto::sudo_user() },
+    ) {
         Ok(Reply::Selftest(report)) => report,
         Ok(other) => return Ok(unexpected(&other)),
         Err(e) => return Ok(failed(&e)),
@@ -284,8 +281,8 @@ mod tests {
     #[test]
     fn times_print_in_the_site_offset() {
         // 2024-01-01T00:00:00Z is 08:00 in China.
-        assert_eq!(local_time(1_704_067_200_000, UtcOffset::CHINA), "2024-01-01 08:00:00");
-        assert_eq!(local_time(1_704_067_199_000, UtcOffset::UTC), "2023-12-31 23:59:59");
+        assert_eq!(local_time(1_704_067_200_000, UtcOffset::CHINA), "2024-01-01T08:00:00.000+08:00");
+        assert_eq!(local_time(1_704_067_199_000, UtcOffset::UTC), "2023-12-31T23:59:59.000+00:00");
         assert_eq!(duration(59), "59 s");
         assert_eq!(duration(3_725), "1 h 2 min");
     }

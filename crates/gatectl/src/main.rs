@@ -130,8 +130,8 @@ struct CredentialArgs {
 }
 
 impl CredentialArgs {
-    fn into_credential(self) -> gate_app::control::protocol::Credential {
-        use gate_app::control::protocol::Credential;
+    fn into_credential(self) -> gate_control_proto::protocol::Credential {
+        use gate_control_proto::protocol::Credential;
         match (self.id_number, self.card, self.plate) {
             (Some(n), _, _) => Credential::IdNumber(n),
             (_, Some(uid), _) => Credential::Card(uid),
@@ -303,8 +303,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let config = load_config(&config)?;
             let mut store = open_store(&config)?;
-            let operator = local_user();
-            let seq = gate_app::set_mode_locally(&mut store, &config, mode, &operator, &reason, now_ms())?;
+            let operator = gate_control_proto::local_operator();
+            let topics = gate_sync::Topics::new(&config.mqtt.topic_prefix, &config.site.id, &config.gate.id);
+            let context = gate_sync::EventContext {
+                site_id: config.site.id.to_string(),
+                gate_id: config.gate.id.to_string(),
+                lane: config.gate.lane,
+                direction: config.gate.direction,
+                policy_version: config.policy.version.clone(),
+            };
+            let seq =
+                gate_sync::set_mode_by_technician(&mut store, &topics, &context, mode, &operator, &reason, now_ms())?;
             println!("mode set to {mode} by {operator} (event seq {seq})");
             Ok(ExitCode::SUCCESS)
         }
@@ -392,16 +401,9 @@ fn load_config(path: &std::path::Path) -> Result<gate_config::Config> {
     gate_config::load(path).map_err(|errors| anyhow::anyhow!("{}: bad configuration\n{errors}", path.display()))
 }
 
+/// The wall clock, read once per command.
 fn now_ms() -> i64 {
-    gate_app::wall_clock_ms()
-}
-
-/// Who is at the keyboard: the user behind sudo if any.
-fn local_user() -> String {
-    ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".to_owned())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Opens the gate database, creating its folder on a fresh box.

@@ -96,13 +96,25 @@ fn mode_set_is_recorded_with_who_and_why() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = site(dir.path());
     let cfg = config.to_str().expect("utf-8");
-    let out = gatectl(&["mode", "set", "--config", cfg, "wartime", "--reason", "district order 17"]);
+    // The operator comes from the uid, whatever the environment claims.
+    let out = Command::new(env!("CARGO_BIN_EXE_gatectl"))
+        .args(["mode", "set", "--config", cfg, "wartime", "--reason", "district order 17"])
+        .env("USER", "mallory")
+        .env("LOGNAME", "mallory")
+        .env_remove("SUDO_USER")
+        .output()
+        .expect("run gatectl");
     assert!(out.status.success(), "{:?}", text(&out));
-    assert!(text(&out).0.contains("mode set to wartime"));
+    let login = Command::new("id").arg("-un").output().expect("id -un");
+    let login = String::from_utf8_lossy(&login.stdout).trim().to_owned();
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains(&format!("mode set to wartime by technician:{login} ")), "{stdout}");
+    assert!(!stdout.contains("mallory"), "{stdout}");
     let show = gatectl(&["mode", "show", "--config", cfg]);
     let (stdout, _) = text(&show);
     assert!(stdout.contains("mode: wartime"), "{stdout}");
     assert!(stdout.contains("district order 17"), "{stdout}");
+    assert!(stdout.contains(&format!("set by: technician:{login} ")), "{stdout}");
     let bad = gatectl(&["mode", "set", "--config", cfg, "lockdown", "--reason", "x"]);
     assert_eq!(bad.status.code(), Some(64));
     let store = gate_store::Store::open(&dir.path().join("state/gated.db")).expect("store");

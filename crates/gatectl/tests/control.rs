@@ -109,7 +109,7 @@ async fn status_and_outbox_report_the_running_daemon() -> Result<()> {
     let out = run(&["status", "--config", &gate.config]).await?;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.starts_with(&format!("gated {} at heshan-c03/east-1, up ", gate_app::VERSION)), "{stdout}");
+    assert!(stdout.starts_with(&format!("gated {} at heshan-c03/east-1, up ", env!("CARGO_PKG_VERSION"))), "{stdout}");
     assert!(stdout.contains("mode:          normal (policy auto-"), "{stdout}");
     assert!(stdout.contains("identity:      version 0, never synced from the platform"), "{stdout}");
     assert!(stdout.contains("health table:  version 0, never synced from the platform"), "{stdout}");
@@ -126,7 +126,7 @@ async fn status_and_outbox_report_the_running_daemon() -> Result<()> {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(status["decisions"]["passed"], 1);
     assert_eq!(status["mode"], "normal");
-    assert_eq!(status["version"], gate_app::VERSION);
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     let names: Vec<&str> =
         status["devices"].as_array().expect("devices").iter().filter_map(|d| d["name"].as_str()).collect();
     assert_eq!(names, ["id_card", "gate"]);

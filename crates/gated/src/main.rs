@@ -50,8 +50,16 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { path }) => check_config(&path),
         None => {
-            init_logging(cli.log_format);
-            match serve(cli.config) {
+            let config = match gate_config::load(&cli.config) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!("{}: {} error(s); not starting", cli.config.display(), errors.0.len());
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            init_logging(cli.log_format, config.site.utc_offset);
+            match serve(cli.config, config) {
                 Ok(code) => code,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -76,12 +84,25 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Log times in site time with the offset shown (`[site] utc_offset`), the
+/// same form `gatectl tail` prints, so a technician can match the two.
+struct SiteTime(gate_core::UtcOffset);
+
+impl tracing_subscriber::fmt::time::FormatTime for SiteTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        w.write_str(&self.0.timestamp(now))
+    }
+}
+
+fn init_logging(format: LogFormat, offset: gate_core::UtcOffset) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd, journald stamps each line itself and shows no colours.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_timer(SiteTime(offset));
     match format {
         LogFormat::Json => builder.json().with_current_span(true).init(),
         LogFormat::Text if under_journald => builder.without_time().with_ansi(false).init(),
@@ -89,15 +110,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(config_path: PathBuf) -> Result<ExitCode> {
-    let config = match gate_config::load(&config_path) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{}: {} error(s); not starting", config_path.display(), errors.0.len());
-            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
-        }
-    };
+fn serve(config_path: PathBuf, config: gate_config::Config) -> Result<ExitCode> {
     // systemd (Type=notify): absent when not run by a service manager.
     let notifier = notify::Notifier::from_env().map(Arc::new);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -117,3 +117,78 @@ fn gate_config_key(dir: &Path) {
         .expect("key file");
     writeln!(f, "{}", "cd".repeat(32)).expect("write key");
 }
+
+/// The daemon logs the mode in force at start and every change made behind
+/// its back (here through the store, as `gatectl mode set` does from another
+/// process), with who and why, stamped in site time with the offset shown.
+#[test]
+fn mode_changes_show_in_the_daemon_log_in_site_time() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir()?;
+    // Port 1: no broker; the daemon runs offline.
+    let config = minimal_config(dir.path(), 1);
+    gate_config_key(dir.path());
+    let mut child = gated()
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_line = |needle: &str| -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        anyhow::bail!("no log line with {needle:?}; the log was:\n{}", seen.join("\n"))
+    };
+    let result = (|| -> anyhow::Result<()> {
+        let start = wait_line("site mode in force")?;
+        assert!(start.contains("mode=\"normal\"") || start.contains("mode=normal"), "{start}");
+        // China is the default site offset: every line says +08:00.
+        assert!(start.split_whitespace().next().is_some_and(|t| t.ends_with("+08:00")), "{start}");
+        let loaded = gate_config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut store = gate_store::Store::open(&loaded.store.path)?;
+        let topics = gate_sync::Topics::new("village", &loaded.site.id, &loaded.gate.id);
+        let context = gate_sync::EventContext {
+            site_id: "heshan-c03".into(),
+            gate_id: "east-1".into(),
+            lane: loaded.gate.lane,
+            direction: loaded.gate.direction,
+            policy_version: loaded.policy.version.clone(),
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        gate_sync::set_mode_by_technician(
+            &mut store,
+            &topics,
+            &context,
+            gate_core::Mode::Wartime,
+            "technician:li.wei",
+            "drill",
+            now,
+        )?;
+        let changed = wait_line("site mode changed")?;
+        for part in ["wartime", "previous", "normal", "technician:li.wei", "drill"] {
+            assert!(changed.contains(part), "{part:?} missing in {changed}");
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}

@@ -57,7 +57,7 @@ pub(crate) enum Reply {
 
 /// Everything a mode-change event needs to say where it happened.
 #[derive(Debug, Clone)]
-pub(crate) struct EventContext {
+pub struct EventContext {
     pub site_id: String,
     pub gate_id: String,
     pub lane: Lane,
@@ -246,4 +246,37 @@ fn handle_mode(
             Reply::None
         }
     }
+}
+
+/// A technician's mode change (`gatectl mode set`), made through the store
+/// so that it works with the daemon stopped too: the schedule changes now
+/// and a `ModeChange` event with who and why is queued in the outbox, in one
+/// place for every caller. `operator` is the full `technician:<login>`.
+/// Returns the event's `seq`.
+#[allow(clippy::too_many_arguments)] // The event's parts, each from a different place.
+pub fn set_mode_by_technician(
+    store: &mut Store,
+    topics: &Topics,
+    context: &EventContext,
+    mode: gate_core::Mode,
+    operator: &str,
+    reason: &str,
+    now: UnixMillis,
+) -> gate_store::Result<u64> {
+    let origin = ModeOrigin { operator: operator.to_owned(), reason: reason.to_owned() };
+    let current = store.mode_schedule()?.unwrap_or_else(|| ModeSchedule::constant(gate_core::Mode::Normal));
+    let schedule = current.with_change(now, mode, now, origin.clone());
+    store.set_mode_schedule(&schedule)?;
+    let record = EventRecord {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        site_id: context.site_id.clone(),
+        gate_id: context.gate_id.clone(),
+        occurred_at_ms: now,
+        lane: context.lane,
+        direction: context.direction,
+        mode,
+        policy_version: context.policy_version.clone(),
+        body: EventBody::ModeChange { mode, operator: origin.operator, note: origin.reason },
+    };
+    store.append_event(EVENT_STREAM, &topics.events, now, |seq| encode_event(&record, seq))
 }

@@ -1,6 +1,6 @@
 //! Modbus RTU server side for the simulated IO board: CRC-16/MODBUS, request
 //! framing by function code with CRC resync, and the coil/input data model
-//! (HARDWARE.md §4, written from the standard, not from the daemon's client).
+//! (docs/PROTOCOLS.md §5, written from the standard, not from the daemon's client).
 
 /// Read coils.
 pub const FC_READ_COILS: u8 = 0x01;

@@ -1,5 +1,5 @@
 //! SAM (GA 467) frame codec, device side: splits the host's byte stream into
-//! command frames and encodes status replies, straight from HARDWARE.md §1.
+//! command frames and encodes status replies, straight from docs/PROTOCOLS.md §1.
 
 /// Every frame in either direction starts with these five bytes.
 pub const PREAMBLE: [u8; 5] = [0xAA, 0xAA, 0xAA, 0x96, 0x69];

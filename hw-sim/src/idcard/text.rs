@@ -1,4 +1,4 @@
-//! The 256-byte UCS-2LE text block of a resident ID card (HARDWARE.md §1 table)
+//! The 256-byte UCS-2LE text block of a resident ID card (docs/PROTOCOLS.md §1 table)
 //! plus the opaque photo / fingerprint filler that follows it on the wire.
 
 use super::SimCard;

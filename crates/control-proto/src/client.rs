@@ -2,8 +2,8 @@
 //! is a short-lived command and needs no runtime. Errors name what the
 //! technician must do: start the daemon, or get permission.
 
-use super::protocol::{Command, PROTOCOL_VERSION, Reply, Request, Response};
 use crate::activity::Activity;
+use crate::protocol::{Command, PROTOCOL_VERSION, Reply, Request, Response};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
