@@ -107,12 +107,21 @@ struct BoardState {
     writes: Vec<CoilWrite>,
     faults: FrameFaults,
     status: Option<StatusFault>,
+    /// Per coil, how many times it was written: a timed pulse drops its coil
+    /// only if nothing wrote the coil since it started.
+    generation: Vec<u64>,
 }
 
 impl BoardState {
     /// Feeds bytes (or an idle gap) in; returns reply bytes and the coil
     /// transitions to react to.
-    fn on_input(&mut self, input: Input<'_>, changes: &mut Vec<(u16, bool)>) -> Vec<u8> {
+    /// `pulses` receives each timed pulse started: (coil, width, generation).
+    fn on_input(
+        &mut self,
+        input: Input<'_>,
+        changes: &mut Vec<(u16, bool)>,
+        pulses: &mut Vec<(u16, Duration, u64)>,
+    ) -> Vec<u8> {
         let idle = match input {
             Input::Bytes(b) => {
                 self.rx.extend_from_slice(b);
@@ -140,9 +149,17 @@ impl BoardState {
                     let now = Instant::now();
                     for (coil, on, was) in outcome.writes {
                         self.writes.push(CoilWrite { coil, on, at: now });
+                        if let Some(g) = self.generation.get_mut(usize::from(coil)) {
+                            *g += 1;
+                        }
                         if on != was {
                             changes.push((coil, on));
                         }
+                    }
+                    for (coil, units) in outcome.pulses {
+                        let width = Duration::from_millis(u64::from(units) * modbus::TIMED_PULSE_UNIT_MS);
+                        let generation = self.generation.get(usize::from(coil)).copied().unwrap_or(0);
+                        pulses.push((coil, width, generation));
                     }
                     if outcome.served {
                         self.served += 1;
@@ -205,6 +222,33 @@ impl Shared {
         }
     }
 
+    /// The board's own timer of a timed pulse: the coil drops after `width`
+    /// unless it was written again meanwhile. It runs without the host: a
+    /// host that dies mid-pulse leaves no relay on.
+    fn end_pulse_after(self: &Arc<Self>, coil: u16, width: Duration, generation: u64) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = me.cancel.cancelled() => return,
+                _ = tokio::time::sleep(width) => {}
+            }
+            let dropped = {
+                let mut state = me.state();
+                let current = state.generation.get(usize::from(coil)).copied();
+                match state.bank.coils.get_mut(usize::from(coil)) {
+                    Some(slot) if current == Some(generation) && *slot => {
+                        *slot = false;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if dropped {
+                let _ = me.events.send(GateEvent::Coil { coil, on: false });
+            }
+        });
+    }
+
     /// A person walks through: after the delay the passage sensor pulses.
     fn schedule_passage(self: &Arc<Self>, input: u16) {
         self.pulse_input(input, self.config.auto_passage_delay);
@@ -257,6 +301,7 @@ impl GateSim {
                 writes: Vec::new(),
                 faults: FrameFaults::default(),
                 status: None,
+                generation: vec![0; usize::from(config.coils)],
             }),
             config,
             cancel: CancellationToken::new(),
@@ -275,7 +320,11 @@ impl GateSim {
                 IDLE_RESYNC,
                 move |input| {
                     let mut changes = Vec::new();
-                    let out = s.state().on_input(input, &mut changes);
+                    let mut pulses = Vec::new();
+                    let out = s.state().on_input(input, &mut changes, &mut pulses);
+                    for (coil, width, generation) in pulses {
+                        s.end_pulse_after(coil, width, generation);
+                    }
                     for (coil, on) in changes {
                         let _ = s.events.send(GateEvent::Coil { coil, on });
                         if on {
@@ -463,6 +512,7 @@ mod tests {
             writes: Vec::new(),
             faults: FrameFaults::default(),
             status: None,
+            generation: vec![0; 8],
         }
     }
 
@@ -474,18 +524,18 @@ mod tests {
         let read = with_crc(vec![1, 2, 0, 0, 0, 8]);
         // A sticky exception on writes: refused and not executed; reads go on.
         b.status = Some(StatusFault { code: 4, target: Some(StatusTarget::Write), sticky: true });
-        assert_eq!(b.on_input(Input::Bytes(&on), &mut Vec::new()), with_crc(vec![1, 0x85, 4]));
-        assert_eq!(b.on_input(Input::Bytes(&read), &mut Vec::new()), with_crc(vec![1, 2, 1, 0]));
+        assert_eq!(b.on_input(Input::Bytes(&on), &mut Vec::new(), &mut Vec::new()), with_crc(vec![1, 0x85, 4]));
+        assert_eq!(b.on_input(Input::Bytes(&read), &mut Vec::new(), &mut Vec::new()), with_crc(vec![1, 2, 1, 0]));
         assert!(!b.bank.coils[0]);
         b.status = None;
         b.faults.corrupt = 1;
-        let bad = b.on_input(Input::Bytes(&on), &mut Vec::new());
+        let bad = b.on_input(Input::Bytes(&on), &mut Vec::new(), &mut Vec::new());
         assert_eq!(bad.len(), 8);
         assert!(!modbus::crc_ok(&bad));
         assert!(b.bank.coils[0], "a reply with a bad CRC still reports an executed write");
         b.faults.truncate = 1;
         b.faults.garbage = vec![0xEE];
-        assert_eq!(b.on_input(Input::Bytes(&read), &mut Vec::new()), [0xEE, 1, 2, 1]);
+        assert_eq!(b.on_input(Input::Bytes(&read), &mut Vec::new(), &mut Vec::new()), [0xEE, 1, 2, 1]);
     }
 
     #[test]
@@ -493,9 +543,9 @@ mod tests {
         let mut b = board();
         let mut changes = Vec::new();
         let on = with_crc(vec![1, 5, 0, 0, 0xFF, 0]);
-        let out = b.on_input(Input::Bytes(&on), &mut changes);
+        let out = b.on_input(Input::Bytes(&on), &mut changes, &mut Vec::new());
         assert_eq!(out, on);
-        b.on_input(Input::Bytes(&on), &mut changes);
+        b.on_input(Input::Bytes(&on), &mut changes, &mut Vec::new());
         assert_eq!(changes, vec![(0, true)], "second write is no transition");
         assert_eq!(b.writes.len(), 2);
         assert_eq!(b.served, 2);
@@ -509,8 +559,8 @@ mod tests {
         // Garbage that looks like the start of a long FC0F frame stalls until idle.
         let mut bytes = vec![0x01, 0x0F, 0x00, 0x00, 0x00, 0x10, 0xF0];
         bytes.extend(&req);
-        assert!(b.on_input(Input::Bytes(&bytes), &mut changes).is_empty());
-        assert_eq!(b.on_input(Input::Idle, &mut changes), with_crc(vec![1, 1, 1, 0]));
+        assert!(b.on_input(Input::Bytes(&bytes), &mut changes, &mut Vec::new()).is_empty());
+        assert_eq!(b.on_input(Input::Idle, &mut changes, &mut Vec::new()), with_crc(vec![1, 1, 1, 0]));
         assert!(b.rx.is_empty());
     }
 
@@ -519,7 +569,7 @@ mod tests {
         let mut b = board();
         b.silent = true;
         let on = with_crc(vec![1, 5, 0, 0, 0xFF, 0]);
-        assert!(b.on_input(Input::Bytes(&on), &mut Vec::new()).is_empty());
+        assert!(b.on_input(Input::Bytes(&on), &mut Vec::new(), &mut Vec::new()).is_empty());
         assert!(!b.bank.coils[0]);
         assert_eq!(b.served, 0);
     }

@@ -194,3 +194,51 @@ fn every_scenario_example_in_the_readme_parses_for_its_device() {
     }
     assert_eq!(seen, [Device::IdCard, Device::Gate, Device::Qr, Device::Plate]);
 }
+
+/// A timed pulse (FC05 to 0x0200 + coil, width in 100 ms units) is dropped by
+/// the board itself after its width, with nobody writing the coil again; a
+/// later write to the coil (the host switching it off early, or on again)
+/// takes over from the board's timer.
+#[tokio::test]
+async fn a_timed_pulse_drops_on_its_own_and_a_later_write_takes_over() {
+    let link = unique_link("timed");
+    let sim = GateSim::start(Some(&link), GateSimConfig { auto_passage: vec![], ..GateSimConfig::default() })
+        .expect("start gate sim");
+    let mut port = open(&sim.device_path());
+    let mut events = sim.subscribe();
+
+    // Coil 0 for 300 ms.
+    let pulse = frame(&[1, 5, 0x02, 0x00, 0x00, 0x03]);
+    port.write_all(&pulse).await.expect("write");
+    assert_eq!(recv(&mut port, 8).await, pulse, "echoed");
+    let on_at = Instant::now();
+    assert!(sim.coil(0));
+    let dropped = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(hw_sim::gate::GateEvent::Coil { coil: 0, on: false }) = events.recv().await {
+                return Instant::now();
+            }
+        }
+    })
+    .await
+    .expect("the board drops the coil itself");
+    let width = dropped - on_at;
+    assert!(width >= Duration::from_millis(250) && width < Duration::from_millis(900), "dropped after {width:?}");
+    assert!(!sim.coil(0));
+
+    // On again by a timed pulse, then held by a plain write: the plain write
+    // wins, the pulse's timer must not drop a coil the host holds.
+    port.write_all(&pulse).await.expect("write");
+    recv(&mut port, 8).await;
+    let hold = frame(&[1, 5, 0x00, 0x00, 0xFF, 0x00]);
+    port.write_all(&hold).await.expect("write");
+    recv(&mut port, 8).await;
+    // A second, shorter pulse on coil 1 is the positive marker that the
+    // first pulse's width has run out by the time it is checked.
+    let marker = frame(&[1, 5, 0x02, 0x01, 0x00, 0x04]);
+    port.write_all(&marker).await.expect("write");
+    recv(&mut port, 8).await;
+    wait_for("coil 1's pulse to end", || !sim.coil(1)).await;
+    assert!(sim.coil(0), "a coil held by a plain write stays on after an earlier pulse's width");
+    sim.stop();
+}

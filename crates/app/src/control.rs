@@ -95,8 +95,13 @@ struct Access {
 
 /// Serves the control socket at `[control] socket` until `shutdown`, then
 /// removes it. A socket that cannot be set up is logged and the daemon runs
-/// on without it: the gate matters more than its tools.
-pub(crate) async fn run_control(ctx: ControlContext, shutdown: CancellationToken) {
+/// on without it: the gate matters more than its tools. `bound` is answered
+/// (or dropped, on failure) once the socket accepts connections.
+pub(crate) async fn run_control(
+    ctx: ControlContext,
+    bound: tokio::sync::oneshot::Sender<()>,
+    shutdown: CancellationToken,
+) {
     let (path, group) = {
         let config = ctx.config.borrow();
         (config.control.socket.clone(), config.control.group.clone())
@@ -110,6 +115,7 @@ pub(crate) async fn run_control(ctx: ControlContext, shutdown: CancellationToken
         }
     };
     info!(socket = %path.display(), "control socket ready");
+    let _ = bound.send(());
     let connections = AtomicU64::new(0);
     loop {
         let stream = tokio::select! {

@@ -59,6 +59,12 @@ pub(crate) fn driver_settings(io: &GateIoConfig) -> GateIoSettings {
         poll_interval: io.poll_interval,
         request_timeout: Duration::from_millis(500),
         failures_before_lost: 3,
+        // The board drops an unlock relay itself after `unlock_ms`; the
+        // state machine still switches it off earlier at a passage.
+        board_timed: io.unlock_mode.board_timed().then(|| gate_devices::gate_io::BoardTimed {
+            coils: vec![io.unlock_entry_coil, io.unlock_exit_coil],
+            width: io.unlock,
+        }),
     }
 }
 
@@ -73,7 +79,8 @@ pub(crate) fn fsm_config(io: &GateIoConfig) -> GateFsmConfig {
         // `[devices.gate] unlock_mode = "level"` documents (a held level cut
         // by the passage or by `unlock_ms`); "pulse" only differs by its
         // shorter default. The machine's own level mode would hold the coil
-        // for the whole `pass_timeout_ms` and ignore `unlock_ms`.
+        // for the whole `pass_timeout_ms` and ignore `unlock_ms`. With
+        // "board_timed" the board also times the pulse (see the driver).
         unlock_mode: UnlockMode::Pulse,
         unlock_ms: ms(io.unlock),
         pass_timeout_ms: ms(io.pass_timeout),

@@ -96,6 +96,21 @@ pub async fn run_with_reload(
     shutdown: CancellationToken,
     observed: Arc<Observed>,
 ) -> Result<(), StartError> {
+    run_until_stopped(config, reloads, shutdown, observed, || {}).await
+}
+
+/// [`run_with_reload`], calling `ready` once the daemon works: the site key
+/// loaded, the store open, every task spawned, the control socket bound (or
+/// given up, logged) and the decision loop turned once. `gated` sends
+/// systemd's `READY=1` from it. Not called when the daemon cannot start or is
+/// stopped before it is ready.
+pub async fn run_until_stopped(
+    config: Config,
+    reloads: tokio::sync::watch::Receiver<Config>,
+    shutdown: CancellationToken,
+    observed: Arc<Observed>,
+    ready: impl FnOnce() + Send,
+) -> Result<(), StartError> {
     let started = std::time::Instant::now();
     let site_key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
     if let Some(dir) = config.store.path.parent() {
@@ -282,7 +297,10 @@ pub async fn run_with_reload(
         devices: control::configured_devices(&config, &observed),
         tracker: tracker.clone(),
     };
-    tracker.spawn(control::run_control(control, shutdown.clone()).instrument(info_span!(parent: &span, "control")));
+    let (control_bound, control_ready) = tokio::sync::oneshot::channel();
+    tracker.spawn(
+        control::run_control(control, control_bound, shutdown.clone()).instrument(info_span!(parent: &span, "control")),
+    );
     if let Some(listen) = config.metrics.listen {
         let source = metrics::MetricsSource {
             observed: observed.clone(),
@@ -303,6 +321,21 @@ pub async fn run_with_reload(
     tracker.spawn(decider.run(presented_rx, shutdown.clone()).instrument(info_span!(parent: &span, "decisions")));
 
     tracker.close();
+    let running = async {
+        // Bound, or failed and logged: either way the socket's task is done
+        // starting; a missing socket does not keep the gate from working.
+        let _ = control_ready.await;
+        while observed.decisions.heartbeat.age().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = running => {
+            span.in_scope(|| info!(elapsed_ms = started.elapsed().as_millis() as u64, "ready"));
+            ready();
+        }
+    }
     shutdown.cancelled().await;
     span.in_scope(|| info!("stopping"));
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {

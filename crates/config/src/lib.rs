@@ -277,11 +277,32 @@ pub enum GateDriver {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnlockMode {
-    /// Coil on, then off after `unlock_ms`.
+    /// Coil on, then off after `unlock_ms`, timed by the daemon (`"pulse"`,
+    /// also spelt `"daemon_timed"`).
     Pulse,
-    /// Coil on until passage is seen or `unlock_ms` runs out.
+    /// Coil on until passage is seen or `unlock_ms` runs out, timed by the
+    /// daemon.
     Level,
+    /// `"board_timed"`: the board is told the pulse width with the unlock
+    /// and drops the relay on its own, so a daemon that dies mid-pulse
+    /// cannot hold the door open. The daemon still relocks at a passage.
+    BoardTimed,
 }
+
+impl UnlockMode {
+    /// Whether the IO board times the unlock pulse itself.
+    pub fn board_timed(self) -> bool {
+        self == UnlockMode::BoardTimed
+    }
+}
+
+/// The most discrete inputs one Modbus FC02 request may read (the standard's
+/// limit): every wired input of `[devices.gate]` must lie within this span.
+pub const MAX_INPUT_SPAN: u16 = 2000;
+
+/// A board-timed pulse is written to this coil address plus the coil number
+/// (docs/PROTOCOLS.md, Modbus: FC05 to 0x0200 + n, width in 100 ms units).
+pub const TIMED_PULSE_BASE: u16 = 0x0200;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateIoConfig {
@@ -299,7 +320,8 @@ pub struct GateIoConfig {
     pub unlock_exit_coil: u16,
     /// `[devices.gate] unlock_mode`, default pulse.
     pub unlock_mode: UnlockMode,
-    /// `[devices.gate] unlock_ms`, default 500 for pulse, 5000 for level.
+    /// `[devices.gate] unlock_ms`, default 500 for pulse and board_timed,
+    /// 5000 for level.
     pub unlock: Duration,
     /// `[devices.gate] passage_entry_input`, default 0 (zero-based input address).
     pub passage_entry_input: u16,

@@ -204,8 +204,11 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(path, &text),
+    match std::fs::read(path) {
+        Ok(bytes) => match std::str::from_utf8(&bytes) {
+            Ok(text) => parse(path, text),
+            Err(e) => Err(ConfigErrors(vec![not_utf8(path, &bytes, &e)])),
+        },
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line: None,
@@ -264,6 +267,26 @@ fn base_folder(source: &Path) -> PathBuf {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
+/// A file that is not UTF-8 (TOML must be), pinned to its first bad byte so
+/// a technician can find a stray Latin-1 or GBK character.
+fn not_utf8(path: &Path, bytes: &[u8], e: &std::str::Utf8Error) -> ConfigError {
+    let good = e.valid_up_to();
+    // The prefix up to `good` is valid UTF-8 by definition.
+    let prefix = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+    let (line, column) = position(prefix, good);
+    let bad: Vec<String> = bytes[good..].iter().take(e.error_len().unwrap_or(1)).map(|b| format!("{b:#04x}")).collect();
+    ConfigError {
+        file: path.to_path_buf(),
+        line: Some(line),
+        column: Some(column),
+        key: None,
+        message: format!(
+            "the file is not UTF-8: byte {} cannot start or continue a character here; save it as UTF-8",
+            bad.join(" ")
+        ),
+    }
+}
+
 fn position(text: &str, offset: usize) -> (usize, usize) {
     let before = &text.as_bytes()[..offset.min(text.len())];
     let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -1311,6 +1334,26 @@ impl Checker<'_> {
         ok
     }
 
+    /// Every wired input is read by one FC02 request, which covers at most
+    /// [`crate::MAX_INPUT_SPAN`] inputs from the lowest wired one; the input
+    /// that reaches past that is reported. `false` when one does.
+    fn input_span_fits(&mut self, s: Section<'_>, keys: &[(&str, Option<Option<u16>>)]) -> bool {
+        let wired: Vec<(&str, u16)> = keys.iter().filter_map(|&(key, channel)| Some((key, channel??))).collect();
+        let Some(&(low_key, low)) = wired.iter().min_by_key(|&&(_, n)| n) else { return true };
+        let Some(&(high_key, high)) = wired.iter().max_by_key(|&&(_, n)| n) else { return true };
+        // u32: inputs 0 and 65535 span 65536, one more than a u16 holds.
+        let span = u32::from(high) - u32::from(low) + 1;
+        if span <= u32::from(crate::MAX_INPUT_SPAN) {
+            return true;
+        }
+        let message = format!(
+            "expected the wired inputs within {} of each other (one FC02 read covers them all), found `{low_key}` = {low} and {high} here: a span of {span}",
+            crate::MAX_INPUT_SPAN
+        );
+        self.push(s.value_at(high_key), s.dotted(high_key), message);
+        false
+    }
+
     fn gate_io(&mut self, s: Section<'_>) -> Option<GateIoConfig> {
         self.unknown_keys(s, GATE_IO_KEYS);
         let driver = self.choice(s, "driver", &[("modbus-rtu", GateDriver::ModbusRtu)]);
@@ -1322,16 +1365,42 @@ impl Checker<'_> {
         let unlock_entry_coil = self.int_in(s, "unlock_entry_coil", 0..=65_535).or(0u16);
         let unlock_exit_coil = self.int_in(s, "unlock_exit_coil", 0..=65_535).or(1u16);
         let unlock_mode = self
-            .choice(s, "unlock_mode", &[("pulse", UnlockMode::Pulse), ("level", UnlockMode::Level)])
+            .choice(
+                s,
+                "unlock_mode",
+                &[
+                    ("pulse", UnlockMode::Pulse),
+                    ("daemon_timed", UnlockMode::Pulse),
+                    ("level", UnlockMode::Level),
+                    ("board_timed", UnlockMode::BoardTimed),
+                ],
+            )
             .or(UnlockMode::Pulse);
         let unlock_ms = match self.int_in::<u64>(s, "unlock_ms", 50..=60_000) {
             Got::Found(ms) => Some(ms),
             Got::Invalid => None,
             Got::Absent => unlock_mode.map(|mode| match mode {
-                UnlockMode::Pulse => 500,
+                UnlockMode::Pulse | UnlockMode::BoardTimed => 500,
                 UnlockMode::Level => 5000,
             }),
         };
+        // A board-timed pulse addresses coil 0x0200 + n: the unlock coils
+        // must leave room for that offset.
+        let mut coils_fit = true;
+        if unlock_mode == Some(UnlockMode::BoardTimed) {
+            let highest = u16::MAX - crate::TIMED_PULSE_BASE;
+            for (key, coil) in [("unlock_entry_coil", unlock_entry_coil), ("unlock_exit_coil", unlock_exit_coil)] {
+                if let Some(n) = coil
+                    && n > highest
+                {
+                    coils_fit = false;
+                    let message = format!(
+                        "expected a coil of 0-{highest} with unlock_mode = \"board_timed\" (the timed pulse goes to 0x0200 + coil), found {n}"
+                    );
+                    self.push(s.value_at(key), s.dotted(key), message);
+                }
+            }
+        }
         let passage_entry_input = self.int_in(s, "passage_entry_input", 0..=65_535).or(0u16);
         let passage_exit_input = self.int_in(s, "passage_exit_input", 0..=65_535).or(1u16);
         let poll = self.int_in(s, "poll_interval_ms", 10..=5000).or(100u64);
@@ -1371,7 +1440,8 @@ impl Checker<'_> {
             ("intrusion_input", intrusion_input),
         ];
         let distinct = self.distinct_channels(s, "a coil", &coils) & self.distinct_channels(s, "an input", &inputs);
-        if !distinct {
+        let span_fits = self.input_span_fits(s, &inputs);
+        if !distinct || !coils_fit || !span_fits {
             return None;
         }
         Some(GateIoConfig {

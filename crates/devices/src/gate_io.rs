@@ -15,6 +15,10 @@
 //!   the coils as last commanded, since the controller still counts on them.
 //! - At shutdown every coil goes off, unless a fire alarm holds the unlocks
 //!   on: stopping the daemon must not lock people in.
+//! - With a board that times pulses itself ([`BoardTimed`]), an unlock coil
+//!   is switched on only by a timed pulse (FC05 to 0x0200 + coil, width in
+//!   100 ms units): the board drops it even if this process is killed. A
+//!   fire alarm alone holds an unlock coil on with a plain write.
 //!
 //! The coil bookkeeping and input change detection are pure (`CoilBook`,
 //! `InputWatch`) and unit-tested; the async functions only do Modbus calls.
@@ -67,7 +71,34 @@ pub struct GateIoSettings {
     /// Failed exchanges in a row after which the board counts as lost
     /// (default 3). A single bad frame only reopens the port.
     pub failures_before_lost: u32,
+    /// The board times the unlock pulses itself; `None` (the default) when
+    /// the host switches every coil off again.
+    pub board_timed: Option<BoardTimed>,
 }
+
+/// Coils the board pulses on its own, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardTimed {
+    /// The unlock coils; switched on only by a timed pulse (unless a fire
+    /// alarm holds them).
+    pub coils: Vec<u16>,
+    /// The pulse width, rounded up to the board's 100 ms unit.
+    pub width: Duration,
+}
+
+impl BoardTimed {
+    /// The width in the board's 100 ms units, rounded up (so the board never
+    /// cuts a pulse shorter than asked), at least 1.
+    pub fn units(&self) -> u16 {
+        let units = self.width.as_millis().div_ceil(u128::from(TIMED_PULSE_UNIT_MS)).max(1);
+        u16::try_from(units).unwrap_or(u16::MAX)
+    }
+}
+
+/// FC05 to this address plus the coil number starts a timed pulse.
+pub const TIMED_PULSE_BASE: u16 = 0x0200;
+/// The unit of a timed pulse's width, in milliseconds.
+pub const TIMED_PULSE_UNIT_MS: u64 = 100;
 
 impl GateIoSettings {
     /// The usual board: unit 1 at 9600 baud, unlock coils 0 / 1, passage
@@ -83,6 +114,7 @@ impl GateIoSettings {
             poll_interval: Duration::from_millis(50),
             request_timeout: Duration::from_millis(500),
             failures_before_lost: 3,
+            board_timed: None,
         }
     }
 }
@@ -223,17 +255,35 @@ impl fmt::Display for CallError {
 /// The serial port, counting the bytes read from it. tokio-modbus skips
 /// line noise before a reply without telling; comparing what was read with
 /// the length of the reply decoded is how that noise gets counted.
+///
+/// Cloneable: tokio-modbus owns one handle, and the driver keeps another
+/// for the one exchange tokio-modbus cannot decode (a timed pulse's echo
+/// carries a width, not FF00/0000). The driver makes one exchange at a
+/// time, so the two never read at once; the lock is held only per poll.
 #[derive(Debug)]
 struct CountingPort<T> {
-    inner: T,
+    inner: Arc<std::sync::Mutex<T>>,
     read: Arc<AtomicU64>,
+}
+
+impl<T> Clone for CountingPort<T> {
+    fn clone(&self) -> Self {
+        CountingPort { inner: Arc::clone(&self.inner), read: Arc::clone(&self.read) }
+    }
+}
+
+impl<T> CountingPort<T> {
+    fn port(&self) -> std::sync::MutexGuard<'_, T> {
+        // Plain bytes behind the lock: a panic elsewhere leaves nothing torn.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for CountingPort<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = Pin::new(&mut *this.port()).poll_read(cx, buf);
         this.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         polled
     }
@@ -241,16 +291,63 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountingPort<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for CountingPort<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        Pin::new(&mut *self.get_mut().port()).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        Pin::new(&mut *self.get_mut().port()).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        Pin::new(&mut *self.get_mut().port()).poll_shutdown(cx)
     }
+}
+
+/// CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF), sent low byte first.
+fn crc16_modbus(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0xFFFF;
+    for &b in data {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+        }
+    }
+    crc
+}
+
+/// `body` followed by its CRC.
+fn rtu_frame(body: &[u8]) -> Vec<u8> {
+    let mut frame = body.to_vec();
+    frame.extend_from_slice(&crc16_modbus(body).to_le_bytes());
+    frame
+}
+
+/// What the bytes read so far after a timed pulse request say.
+#[derive(Debug, PartialEq, Eq)]
+enum EchoScan {
+    /// Not yet a whole answer.
+    More,
+    /// The echo, after this many bytes of line noise.
+    Echo { noise: usize },
+    /// An exception reply with this code.
+    Exception(u8),
+}
+
+/// Looks for the echo of `request` (or an exception reply from its unit)
+/// at the end of `read`: the board answers only after the request, so
+/// anything before the answer is noise.
+fn scan_echo(request: &[u8], read: &[u8]) -> EchoScan {
+    if read.ends_with(request) {
+        return EchoScan::Echo { noise: read.len() - request.len() };
+    }
+    if read.len() >= 5 {
+        let tail = &read[read.len() - 5..];
+        if tail[0] == request[0] && tail[1] == request[1] | 0x80 && tail[3..] == crc16_modbus(&tail[..3]).to_le_bytes()
+        {
+            return EchoScan::Exception(tail[2]);
+        }
+    }
+    EchoScan::More
 }
 
 /// The RTU frame length of a reply: unit, PDU, CRC.
@@ -265,6 +362,9 @@ fn reply_len(response: &Response) -> u64 {
 /// The link to the board plus what every call needs.
 struct Link<'a> {
     ctx: Context,
+    /// The same port, for the timed pulse tokio-modbus cannot decode.
+    raw: CountingPort<tokio_serial::SerialStream>,
+    unit_id: u8,
     timeout: Duration,
     health: &'a DeviceHealth,
     /// Bytes read from the port so far.
@@ -320,6 +420,60 @@ impl Link<'_> {
                 Err(CallError::BadReply(format!("write coil {addr} = {on} answered {other:?}")))
             }
         }
+    }
+
+    /// FC05 to [`TIMED_PULSE_BASE`] + `coil` with the width in 100 ms units:
+    /// the board switches the coil on and off again by itself. The echo must
+    /// match byte for byte. Framed here because tokio-modbus rejects an FC05
+    /// echo whose value is not FF00/0000.
+    async fn timed_pulse(&mut self, coil: u16, units: u16) -> Result<(), CallError> {
+        let Some(addr) = TIMED_PULSE_BASE.checked_add(coil) else {
+            // Refused by the configuration already; never wrapped around.
+            return Err(CallError::BadReply(format!("coil {coil} has no timed-pulse address")));
+        };
+        let [a_hi, a_lo] = addr.to_be_bytes();
+        let [u_hi, u_lo] = units.to_be_bytes();
+        let request = rtu_frame(&[self.unit_id, 0x05, a_hi, a_lo, u_hi, u_lo]);
+        let exchange = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // Leftovers of an earlier, abandoned exchange are no answer.
+            let _ = tokio_serial::SerialPort::clear(&*self.raw.port(), tokio_serial::ClearBuffer::Input);
+            self.raw.write_all(&request).await?;
+            let mut read = Vec::with_capacity(16);
+            let mut buf = [0u8; 64];
+            loop {
+                let n = self.raw.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                }
+                read.extend_from_slice(&buf[..n]);
+                match scan_echo(&request, &read) {
+                    EchoScan::More if read.len() < 256 => {}
+                    EchoScan::More => return Ok(EchoScan::More),
+                    answer => return Ok(answer),
+                }
+            }
+        };
+        let result = match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_elapsed) => Err(CallError::Timeout),
+            Ok(Err(err)) => Err(CallError::Io(err)),
+            Ok(Ok(EchoScan::Echo { noise })) => {
+                if noise > 0 {
+                    DeviceHealth::bump(&self.health.garbage_bytes, noise as u64);
+                }
+                Ok(())
+            }
+            Ok(Ok(EchoScan::Exception(code))) => Err(CallError::Exception(ExceptionCode::new(code))),
+            Ok(Ok(EchoScan::More)) => Err(CallError::BadReply(format!("timed pulse of coil {coil}: no echo"))),
+        };
+        let counter = match &result {
+            Ok(()) => &self.health.frames_ok,
+            Err(CallError::Timeout) => &self.health.timeouts,
+            Err(CallError::Io(_)) => return result,
+            Err(_) => &self.health.status_errors,
+        };
+        DeviceHealth::bump(counter, 1);
+        result
     }
 
     /// FC02 over the span `first..first + count`.
@@ -445,9 +599,17 @@ impl<'a> Driver<'a> {
         // answers to anything we will ask.
         let _ = port.clear(tokio_serial::ClearBuffer::Input);
         let read = Arc::new(AtomicU64::new(0));
-        let port = CountingPort { inner: port, read: Arc::clone(&read) };
+        let port = CountingPort { inner: Arc::new(std::sync::Mutex::new(port)), read: Arc::clone(&read) };
+        let raw = port.clone();
         let ctx = tokio_modbus::client::rtu::attach_slave(port, Slave(self.settings.unit_id));
-        Ok(Link { ctx, timeout: self.settings.request_timeout, health: self.health, read })
+        Ok(Link {
+            ctx,
+            raw,
+            unit_id: self.settings.unit_id,
+            timeout: self.settings.request_timeout,
+            health: self.health,
+            read,
+        })
     }
 
     /// Sleeps out `delay`, taking commands (the book follows them; nothing
@@ -485,7 +647,7 @@ impl<'a> Driver<'a> {
         }
         if let Ok(mut link) = self.open() {
             for (coil, on) in self.book.at_shutdown() {
-                let _ = link.write_coil(coil, on).await;
+                let _ = self.write(&mut link, coil, on).await;
             }
         }
     }
@@ -523,7 +685,7 @@ impl<'a> Driver<'a> {
     ) -> SessionEnd {
         let after_loss = self.reachable != Some(true);
         for (coil, on) in self.book.on_connect(after_loss) {
-            if let Err(err) = link.write_coil(coil, on).await {
+            if let Err(err) = self.write(link, coil, on).await {
                 return SessionEnd::Failed(format!("writing coil {coil} = {on} on connect: {err}"));
             }
         }
@@ -561,13 +723,19 @@ impl<'a> Driver<'a> {
                         return SessionEnd::Stop;
                     }
                     Some(command) => {
+                        let fire_before = self.book.fire;
                         if self.apply(&command)
                             && let GateCommand::SetCoil { coil, on } = command
                         {
-                            if let Err(err) = link.write_coil(coil, on).await {
+                            if let Err(err) = self.write(link, coil, on).await {
                                 return SessionEnd::Failed(format!("writing coil {coil} = {on}: {err}"));
                             }
                             debug!(coil, on, "coil written");
+                        }
+                        if self.book.fire && !fire_before
+                            && let Err(problem) = self.hold_timed_coils(link).await
+                        {
+                            return SessionEnd::Failed(problem);
                         }
                     }
                 },
@@ -582,9 +750,35 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// Writes one coil the way the board wants it: an unlock coil of a
+    /// board that times pulses goes on by a timed pulse, unless a fire alarm
+    /// holds it on; everything else by a plain FC05.
+    async fn write(&self, link: &mut Link<'_>, coil: u16, on: bool) -> Result<(), CallError> {
+        match &self.settings.board_timed {
+            Some(timed) if on && !self.book.fire && timed.coils.contains(&coil) => {
+                link.timed_pulse(coil, timed.units()).await
+            }
+            _ => link.write_coil(coil, on).await,
+        }
+    }
+
+    /// A fire alarm began: unlock coils already on by a timed pulse would
+    /// drop when their width runs out, so they are held on plainly.
+    async fn hold_timed_coils(&self, link: &mut Link<'_>) -> Result<(), String> {
+        let Some(timed) = &self.settings.board_timed else { return Ok(()) };
+        for &coil in &timed.coils {
+            if self.book.wanted.get(&coil) == Some(&true) {
+                link.write_coil(coil, true)
+                    .await
+                    .map_err(|err| format!("holding coil {coil} on for a fire alarm: {err}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads every wired input and reports a change.
     async fn poll(&mut self, link: &mut Link<'_>) -> Result<(), String> {
-        let Some((first, count)) = input_span(&self.settings.inputs) else {
+        let Some((first, count)) = input_span(&self.settings.inputs)? else {
             // Nothing wired to read: report the empty set once per link.
             if let Some(levels) = self.watch.read(InputLevels::default()) {
                 self.emit(GateIoEvent::Inputs(levels));
@@ -597,7 +791,11 @@ impl<'a> Driver<'a> {
             .settings
             .inputs
             .iter()
-            .map(|&input| (input, bits.get(usize::from(input - first)).copied().unwrap_or(false)))
+            .map(|&input| {
+                // Every wired input is at or above `first`, the minimum.
+                let at = input.checked_sub(first).map(usize::from);
+                (input, at.and_then(|at| bits.get(at)).copied().unwrap_or(false))
+            })
             .collect();
         if let Some(levels) = self.watch.read(levels) {
             debug!(?levels, "inputs changed");
@@ -613,7 +811,7 @@ impl<'a> Driver<'a> {
     async fn shutdown_writes(&self, link: &mut Link<'_>) {
         let mut failed = None;
         for (coil, on) in self.book.at_shutdown() {
-            if let Err(err) = link.write_coil(coil, on).await {
+            if let Err(err) = self.write(link, coil, on).await {
                 let problem = format!("writing coil {coil} = {on} at shutdown: {err}");
                 self.health.set_last_error(problem.clone());
                 failed.get_or_insert(problem);
@@ -668,11 +866,24 @@ impl<'a> Driver<'a> {
     }
 }
 
-/// The smallest FC02 read covering every wired input, `None` when none is.
-fn input_span(inputs: &[u16]) -> Option<(u16, u16)> {
-    let first = *inputs.iter().min()?;
-    let last = *inputs.iter().max()?;
-    Some((first, last - first + 1))
+/// The most inputs one FC02 request may read (the Modbus standard's limit).
+pub const MAX_INPUT_SPAN: u16 = 2000;
+
+/// The smallest FC02 read covering every wired input: `Ok(None)` when none
+/// is wired, an error when they lie further apart than one read covers
+/// (the configuration refuses that; settings built by hand may not).
+fn input_span(inputs: &[u16]) -> Result<Option<(u16, u16)>, String> {
+    let (Some(&first), Some(&last)) = (inputs.iter().min(), inputs.iter().max()) else {
+        return Ok(None);
+    };
+    // In u32: inputs 0 and 65535 span 65536, more than a u16 holds.
+    let span = u32::from(last) - u32::from(first) + 1;
+    match u16::try_from(span) {
+        Ok(count) if count <= MAX_INPUT_SPAN => Ok(Some((first, count))),
+        _ => Err(format!(
+            "wired inputs {first}..={last} span {span} inputs; one FC02 read covers at most {MAX_INPUT_SPAN}"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -722,8 +933,42 @@ mod tests {
 
     #[test]
     fn input_span_covers_every_wired_input() {
-        assert_eq!(input_span(&[5, 2, 9]), Some((2, 8)));
-        assert_eq!(input_span(&[3]), Some((3, 1)));
-        assert_eq!(input_span(&[]), None);
+        assert_eq!(input_span(&[5, 2, 9]), Ok(Some((2, 8))));
+        assert_eq!(input_span(&[3]), Ok(Some((3, 1))));
+        assert_eq!(input_span(&[]), Ok(None));
+        assert_eq!(input_span(&[65535]), Ok(Some((65535, 1))));
+        assert_eq!(input_span(&[100, 2099]), Ok(Some((100, 2000))));
+        // No overflow, no wrap: a span too wide for one read is an error.
+        assert!(input_span(&[0, 65535]).expect_err("0..=65535").contains("span 65536"));
+        assert!(input_span(&[0, 2000]).is_err());
+    }
+
+    #[test]
+    fn a_timed_pulse_echo_is_found_after_noise_and_exceptions_are_read() {
+        // FC05 to 0x0200 (coil 0), width 5 units, unit 1.
+        let request = rtu_frame(&[1, 5, 0x02, 0x00, 0x00, 0x05]);
+        assert_eq!(scan_echo(&request, &request), EchoScan::Echo { noise: 0 });
+        assert_eq!(scan_echo(&request, &request[..7]), EchoScan::More);
+        let mut noisy = vec![0xAA, 0x01];
+        noisy.extend(&request);
+        assert_eq!(scan_echo(&request, &noisy), EchoScan::Echo { noise: 2 });
+        let exception = rtu_frame(&[1, 0x85, 0x02]);
+        assert_eq!(scan_echo(&request, &exception), EchoScan::Exception(2));
+        // An exception with a bad CRC is not one.
+        let mut bad = exception.clone();
+        bad[4] ^= 0xFF;
+        assert_eq!(scan_echo(&request, &bad), EchoScan::More);
+        // The published frame: FC05 coil 0 on for unit 1 is 8C 3A.
+        assert_eq!(rtu_frame(&[1, 5, 0, 0, 0xFF, 0])[6..], [0x8C, 0x3A]);
+    }
+
+    #[test]
+    fn timed_pulse_width_rounds_up_to_the_boards_unit() {
+        let timed = |ms| BoardTimed { coils: vec![0], width: Duration::from_millis(ms) };
+        assert_eq!(timed(500).units(), 5);
+        assert_eq!(timed(550).units(), 6);
+        assert_eq!(timed(50).units(), 1);
+        assert_eq!(timed(0).units(), 1);
+        assert_eq!(timed(60_000).units(), 600);
     }
 }

@@ -6,7 +6,7 @@
 mod support;
 
 use gate_devices::DeviceHealth;
-use gate_devices::gate_io::{GateCommand, GateIoEvent, GateIoSettings, InputLevels, run_gate_io};
+use gate_devices::gate_io::{BoardTimed, GateCommand, GateIoEvent, GateIoSettings, InputLevels, run_gate_io};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -135,6 +135,10 @@ struct Running {
 }
 
 fn start(path: std::path::PathBuf) -> Running {
+    start_with(path, None)
+}
+
+fn start_with(path: std::path::PathBuf, board_timed: Option<BoardTimed>) -> Running {
     let settings = GateIoSettings {
         port: path,
         baud: 9600,
@@ -144,6 +148,7 @@ fn start(path: std::path::PathBuf) -> Running {
         poll_interval: Duration::from_millis(20),
         request_timeout: Duration::from_millis(150),
         failures_before_lost: 3,
+        board_timed,
     };
     let (commands, command_rx) = mpsc::channel(8);
     let (event_tx, events) = mpsc::channel(64);
@@ -349,4 +354,50 @@ async fn line_noise_before_a_reply_is_counted_and_the_reply_still_taken() {
     running.stop().await;
     drop(pty.slave_guard);
     fake.join().expect("board");
+}
+
+/// A board that times pulses: an unlock goes out as one FC05 to 0x0200 +
+/// coil carrying the width in 100 ms units (rounded up), never as a plain
+/// "on"; an early relock is a plain "off"; a fire alarm holds the unlock
+/// coils on plainly (a timed pulse would drop them during the alarm), and a
+/// lamp coil is written plainly as before.
+#[tokio::test]
+async fn a_board_timed_unlock_is_one_timed_pulse_and_fire_holds_it_plainly() {
+    let pty = pty();
+    let board = Arc::new(Board::default());
+    let _fake = spawn_board(pty.master, board.clone());
+    let timed = BoardTimed { coils: vec![ENTRY_COIL, EXIT_COIL], width: Duration::from_millis(1250) };
+    let mut running = start_with(pty.path.clone(), Some(timed));
+    assert_eq!(running.next_event().await, levels(false, false, false));
+    assert_eq!(running.next_event().await, GateIoEvent::Reachable(true));
+    // Connect: plain offs, never a timed pulse.
+    assert_eq!(board.writes(), [(ENTRY_COIL, false), (EXIT_COIL, false), (LAMP_COIL, false)]);
+
+    running.set_coil(ENTRY_COIL, true).await;
+    running.set_coil(LAMP_COIL, true).await;
+    running.set_coil(ENTRY_COIL, false).await;
+    wait_until("three more writes", || board.writes().len() == 6).await;
+    let fc05: Vec<(u16, u16)> =
+        board.seen().into_iter().filter(|s| s.function == 0x05).map(|s| (s.addr, s.value)).collect();
+    assert_eq!(
+        fc05[3..],
+        [(0x0200 + ENTRY_COIL, 13), (LAMP_COIL, 0xFF00), (ENTRY_COIL, 0x0000)],
+        "unlock as a 1.3 s timed pulse, the lamp plainly, the relock plainly"
+    );
+    assert_eq!(running.health.snapshot().status_errors, 0, "the timed pulse's echo was accepted");
+
+    // Unlocked by a pulse, then a fire alarm: held on plainly.
+    running.set_coil(EXIT_COIL, true).await;
+    running.send(GateCommand::FireAlarm(true)).await;
+    running.set_coil(ENTRY_COIL, true).await;
+    wait_until("the fire writes", || board.writes().len() == 9).await;
+    let fc05: Vec<(u16, u16)> =
+        board.seen().into_iter().filter(|s| s.function == 0x05).map(|s| (s.addr, s.value)).collect();
+    assert_eq!(fc05[6..], [(0x0200 + EXIT_COIL, 13), (EXIT_COIL, 0xFF00), (ENTRY_COIL, 0xFF00)]);
+    let left = running.stop().await;
+    assert!(!left.contains(&GateIoEvent::Reachable(false)), "{left:?}");
+    // Shutdown during the fire alarm: the unlock coils stay on, plainly.
+    let fc05: Vec<(u16, u16)> =
+        board.seen().into_iter().filter(|s| s.function == 0x05).map(|s| (s.addr, s.value)).collect();
+    assert!(fc05[9..].contains(&(ENTRY_COIL, 0xFF00)) && fc05[9..].contains(&(EXIT_COIL, 0xFF00)), "{fc05:?}");
 }

@@ -101,8 +101,15 @@ fn init_logging(format: LogFormat, offset: gate_core::UtcOffset) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd, journald stamps each line itself and shows no colours.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_timer(SiteTime(offset));
+    // A closed stderr (`gated ... 2>&1 | head -1`) must not stop the daemon:
+    // tracing's default reports a failed write with `eprintln!`, which panics
+    // on a closed stderr and takes down the task that logged (the signal task
+    // among them, so SIGTERM was then ignored). Lost log lines are dropped.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| LossyStderr)
+        .log_internal_errors(false)
+        .with_timer(SiteTime(offset));
     match format {
         LogFormat::Json => builder.json().with_current_span(true).init(),
         LogFormat::Text if under_journald => builder.without_time().with_ansi(false).init(),
@@ -119,11 +126,12 @@ fn serve(config_path: PathBuf, config: gate_config::Config) -> Result<ExitCode> 
         let signals = shutdown.clone();
         let stop_notifier = notifier.clone();
         tokio::spawn(async move {
-            wait_for_stop_signal().await;
+            let name = wait_for_stop_signal().await;
+            signals.cancel();
             if let Some(n) = &stop_notifier {
                 n.stopping();
             }
-            signals.cancel();
+            tracing::info!("{name} received: stopping");
         });
         // The live counters, shared with the watchdog feed: it pings only
         // while the decision loop turns.
@@ -131,18 +139,24 @@ fn serve(config_path: PathBuf, config: gate_config::Config) -> Result<ExitCode> 
         // SIGHUP: the file is validated again; only a good one reaches the daemon.
         let (reload_tx, reloads) = tokio::sync::watch::channel(config.clone());
         tokio::spawn(reload_on_sighup(config_path.clone(), reload_tx));
-        if let Some(n) = &notifier {
-            // READY=1 as soon as the configuration is valid. It belongs after
-            // `gate_app::run` has loaded the key, opened the store and spawned
-            // its tasks: move it there once `gate_app` offers a ready hook.
-            n.ready();
-            if let Some(period) = n.watchdog_interval() {
-                // Fed only while the decision loop's heartbeat is fresh, so
-                // a wedged loop gets the daemon restarted.
-                tokio::spawn(feed_watchdog(n.clone(), period, observed.clone()));
-            }
+        if let Some(n) = &notifier
+            && let Some(period) = n.watchdog_interval()
+        {
+            // Fed only while the decision loop's heartbeat is fresh, so a
+            // wedged loop gets the daemon restarted. Before the first turn
+            // the feed allows a start-up grace.
+            tokio::spawn(feed_watchdog(n.clone(), period, observed.clone()));
         }
-        match gate_app::run_with_reload(config, reloads, shutdown, observed).await {
+        // READY=1 only once `gate_app` has loaded the key, opened the store,
+        // spawned every task, bound the control socket and seen the decision
+        // loop turn: `systemctl start` returning means the gate works.
+        let ready_notifier = notifier.clone();
+        let ready = move || {
+            if let Some(n) = &ready_notifier {
+                n.ready();
+            }
+        };
+        match gate_app::run_until_stopped(config, reloads, shutdown, observed, ready).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => {
                 tracing::error!("cannot start: {e}");
@@ -229,17 +243,35 @@ async fn reload_on_sighup(path: PathBuf, reloads: tokio::sync::watch::Sender<gat
     }
 }
 
-async fn wait_for_stop_signal() {
+/// Standard error that never fails: a write to a closed or full pipe is
+/// dropped, because the gate must keep working when nobody reads its log.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Claim the whole buffer on error so `write_all` does not retry.
+        Ok(std::io::stderr().write(buf).unwrap_or(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Waits for SIGTERM or SIGINT and names it. The caller cancels the daemon
+/// before anything else: a stop never depends on a log line being written.
+async fn wait_for_stop_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
-            return;
+            return "SIGINT";
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }

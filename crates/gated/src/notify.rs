@@ -6,10 +6,9 @@
 //! is sent. A failed send is logged and never fatal: the daemon keeps the gate
 //! working whether or not its supervisor hears about it.
 //!
-//! Today `main` sends `READY=1` once the configuration is valid and feeds the
-//! watchdog from a timer task, which proves only that the runtime still runs.
-//! Planned: `READY=1` after `gate_app::run` has started its tasks, and the
-//! decision loop feeding the watchdog, so that a wedged loop gets restarted.
+//! `main` sends `READY=1` once `gate_app` reports every task running, and
+//! feeds the watchdog only while the decision loop's heartbeat is fresh, so
+//! that a wedged loop gets restarted.
 
 use std::ffi::OsStr;
 use std::io;

@@ -150,3 +150,120 @@ fn reports_ready_watchdog_and_stopping_to_systemd() {
     assert_eq!(exit.code(), Some(0), "gated exited with {exit}; log:\n{log}");
     assert!(log.contains("stopped"), "no orderly stop in the log:\n{log}");
 }
+
+fn wait_for_exit(daemon: &mut Daemon, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = daemon.0.try_wait().expect("wait for gated") {
+            return Some(exit);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `READY=1` means the daemon works: by the time it arrives, the key has
+/// been read, the store opened and the control socket answers.
+#[test]
+fn ready_comes_after_the_store_and_the_control_socket() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_site_key(&dir.path().join("site.key"));
+    let config = write_config(dir.path(), closed_port());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    let child = Command::new(env!("CARGO_BIN_EXE_gated"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gated");
+    let mut daemon = Daemon(child);
+    wait_for(&socket, "READY=1", Duration::from_secs(30));
+    // Checked right at READY=1, before anything else can catch up.
+    let control = dir.path().join("state/gated.sock");
+    assert!(dir.path().join("state/gated.db").exists(), "READY=1 before the store was opened");
+    std::os::unix::net::UnixStream::connect(&control).expect("READY=1 before the control socket accepted connections");
+    let _ = Command::new("kill").args(["-TERM", &daemon.0.id().to_string()]).status();
+    assert!(wait_for_exit(&mut daemon, Duration::from_secs(15)).is_some(), "gated did not stop");
+}
+
+/// A daemon that cannot start (an unusable site key) never says READY=1:
+/// systemd must see a failed start, not a running service that then exits.
+#[test]
+fn no_ready_when_the_key_is_unusable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("site.key"), "not a key\n").expect("write a bad key");
+    let config = write_config(dir.path(), closed_port());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket.set_nonblocking(true).expect("non-blocking");
+    let child = Command::new(env!("CARGO_BIN_EXE_gated"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env_remove("WATCHDOG_USEC")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gated");
+    let mut daemon = Daemon(child);
+    // The exit is the positive marker: everything it sent is queued by then.
+    let exit = wait_for_exit(&mut daemon, Duration::from_secs(30)).expect("gated exits on a bad key");
+    assert_eq!(exit.code(), Some(78), "EX_CONFIG on an unusable key");
+    let mut buf = [0u8; 4096];
+    let mut received = Vec::new();
+    while let Ok(n) = socket.recv(&mut buf) {
+        received.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        !received.iter().any(|m| m.lines().any(|l| l == "READY=1")),
+        "READY=1 sent by a daemon that could not start: {received:?}"
+    );
+}
+
+/// SIGTERM stops the daemon within its grace even when nobody reads its
+/// output any more (`gated ... 2>&1 | head -1`): a log line to a closed pipe
+/// must not take down the task that handles the signal.
+#[test]
+fn sigterm_stops_the_daemon_whose_output_pipe_is_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_site_key(&dir.path().join("site.key"));
+    let config = write_config(dir.path(), closed_port());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gated"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM")
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gated");
+    // Like `head -1`: read a line, then close both pipes.
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut err, &mut first).expect("a first log line");
+    drop(err);
+    drop(child.stdout.take());
+    let mut daemon = Daemon(child);
+    wait_for(&socket, "READY=1", Duration::from_secs(30));
+    // The daemon keeps logging (debug, a broker it cannot reach) into the
+    // closed pipe; a reconnect attempt or two is the positive marker.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").args(["-TERM", &daemon.0.id().to_string()]).status();
+    wait_for(&socket, "STOPPING=1", Duration::from_secs(10));
+    let exit = wait_for_exit(&mut daemon, Duration::from_secs(10)).expect("gated did not stop within 10 s of SIGTERM");
+    assert_eq!(exit.code(), Some(0), "orderly stop");
+}

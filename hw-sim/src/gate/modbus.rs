@@ -11,6 +11,13 @@ pub const FC_WRITE_COIL: u8 = 0x05;
 /// Write multiple coils.
 pub const FC_WRITE_COILS: u8 = 0x0F;
 
+/// FC05 to this address plus a coil number switches the coil on for a time
+/// the board keeps itself (docs/PROTOCOLS.md: boards that pulse a relay); the
+/// value is the pulse width in 100 ms units.
+pub const TIMED_PULSE_BASE: u16 = 0x0200;
+/// The unit of a timed pulse's width, in milliseconds.
+pub const TIMED_PULSE_UNIT_MS: u64 = 100;
+
 /// Exception: function code not supported.
 pub const EX_ILLEGAL_FUNCTION: u8 = 0x01;
 /// Exception: address range outside the board.
@@ -112,6 +119,9 @@ pub struct Outcome {
     pub writes: Vec<(u16, bool, bool)>,
     /// Whether the request was addressed to us (or broadcast) and executed.
     pub served: bool,
+    /// Timed pulses started (coil, width in 100 ms units): the board drops
+    /// each coil on its own when the width runs out.
+    pub pulses: Vec<(u16, u16)>,
 }
 
 impl Bank {
@@ -128,14 +138,20 @@ impl Bank {
             return Outcome::default();
         }
         let mut writes = Vec::new();
-        let reply = self.pdu(frame, &mut writes).unwrap_or_else(|code| vec![frame[1] | 0x80, code]);
+        let mut pulses = Vec::new();
+        let reply = self.pdu(frame, &mut writes, &mut pulses).unwrap_or_else(|code| vec![frame[1] | 0x80, code]);
         let mut full = vec![self.unit_id];
         full.extend(reply);
-        Outcome { reply: (unit != 0).then(|| with_crc(full)), writes, served: true }
+        Outcome { reply: (unit != 0).then(|| with_crc(full)), writes, served: true, pulses }
     }
 
     /// Reply PDU (fc | data) or an exception code.
-    fn pdu(&mut self, frame: &[u8], writes: &mut Vec<(u16, bool, bool)>) -> Result<Vec<u8>, u8> {
+    fn pdu(
+        &mut self,
+        frame: &[u8],
+        writes: &mut Vec<(u16, bool, bool)>,
+        pulses: &mut Vec<(u16, u16)>,
+    ) -> Result<Vec<u8>, u8> {
         let fc = frame[1];
         let word = |i: usize| u16::from_be_bytes([frame[i], frame[i + 1]]);
         match fc {
@@ -155,6 +171,16 @@ impl Bank {
                 let mut out = vec![fc, data.len() as u8];
                 out.extend(data);
                 Ok(out)
+            }
+            FC_WRITE_COIL if word(2) >= TIMED_PULSE_BASE => {
+                let (coil, units) = (word(2) - TIMED_PULSE_BASE, word(4));
+                if units == 0 {
+                    return Err(EX_ILLEGAL_VALUE);
+                }
+                in_range(coil, 1, self.coils.len())?;
+                self.set_coil(coil, true, writes);
+                pulses.push((coil, units));
+                Ok(frame[1..6].to_vec())
             }
             FC_WRITE_COIL => {
                 let (addr, value) = (word(2), word(4));
@@ -236,6 +262,21 @@ mod tests {
         let off = run(&mut b, "01 05 00 03 00 00");
         assert_eq!(off, Some(with_crc(hex("01 05 00 03 00 00"))));
         assert!(!b.coils[3]);
+    }
+
+    #[test]
+    fn fc05_timed_pulse_switches_on_and_asks_for_the_drop() {
+        let mut b = bank();
+        // Coil 1 for 1.5 s (15 units of 100 ms), echoed like any FC05.
+        let out = b.execute(&with_crc(hex("01 05 02 01 00 0F")));
+        assert_eq!(out.reply, Some(with_crc(hex("01 05 02 01 00 0F"))));
+        assert_eq!(out.pulses, vec![(1, 15)]);
+        assert_eq!(out.writes, vec![(1, true, false)]);
+        assert!(b.coils[1]);
+        // Width 0 and coils the board lacks are refused, nothing switched.
+        assert_eq!(run(&mut b, "01 05 02 02 00 00"), Some(with_crc(hex("01 85 03"))));
+        assert_eq!(run(&mut b, "01 05 02 08 00 05"), Some(with_crc(hex("01 85 02"))));
+        assert!(!b.coils[2]);
     }
 
     #[test]

@@ -255,7 +255,7 @@ fn each_kind_of_bad_value_is_pinned_to_its_position() {
         (
             "misspelt unlock mode",
             device_gate("unlock_mode = \"pluse\""),
-            vec![(12, 15, "devices.gate.unlock_mode", "expected \"pulse\" or \"level\", found \"pluse\"; did you mean \"pulse\"?")],
+            vec![(12, 15, "devices.gate.unlock_mode", "expected \"pulse\", \"daemon_timed\", \"level\" or \"board_timed\", found \"pluse\"; did you mean \"pulse\"?")],
         ),
         (
             "unknown direction",
@@ -473,7 +473,7 @@ unlock_mode = "pluse"
                 19,
                 15,
                 "devices.gate.unlock_mode",
-                "expected \"pulse\" or \"level\", found \"pluse\"; did you mean \"pulse\"?",
+                "expected \"pulse\", \"daemon_timed\", \"level\" or \"board_timed\", found \"pluse\"; did you mean \"pulse\"?",
             ),
         ],
     );
@@ -645,6 +645,80 @@ fn load_reports_an_unreadable_file_without_a_line() {
     let errors = load(&path).expect_err("bad port");
     assert_eq!(errors.0[0].file, path);
     assert_eq!(errors.0[0].line, Some(10));
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gated.toml");
+    // A GBK-encoded 张 (0xD5 0xC5) in a comment of line 3, after "# 门 ":
+    // the column counts characters, not bytes.
+    let mut bytes = b"[site]\nid = \"x\"\n# \xe9\x97\xa8 ".to_vec();
+    bytes.extend([0xD5, 0xC5]);
+    bytes.extend(b"\n");
+    std::fs::write(&path, &bytes).expect("write");
+    let errors = load(&path).expect_err("not UTF-8");
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    let error = &errors.0[0];
+    assert_eq!((error.line, error.column, error.key.as_deref()), (Some(3), Some(5), None), "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}:3:5: the file is not UTF-8: byte 0xd5 cannot start or continue a character here; save it as UTF-8",
+            path.display()
+        )
+    );
+    // A truncated character at the very end of the file.
+    std::fs::write(&path, b"[site]\nid = \"\xe9\x97").expect("write");
+    let errors = load(&path).expect_err("cut character");
+    assert_eq!((errors.0[0].line, errors.0[0].column), (Some(2), Some(7)), "{errors}");
+}
+
+#[test]
+fn board_timed_unlocks_and_the_input_span() {
+    let gate =
+        |extra: &str| with_base(&format!("[devices.gate]\ndriver = \"modbus-rtu\"\nport = \"/dev/gate-io\"\n{extra}"));
+    let io = ok(&gate("unlock_mode = \"board_timed\"\n")).devices.gate.expect("a gate");
+    assert_eq!((io.unlock_mode, io.unlock), (UnlockMode::BoardTimed, Duration::from_millis(500)));
+    assert!(io.unlock_mode.board_timed());
+    let io = ok(&gate("unlock_mode = \"daemon_timed\"\n")).devices.gate.expect("a gate");
+    assert_eq!(io.unlock_mode, UnlockMode::Pulse);
+    // The timed pulse goes to 0x0200 + coil: the coil must leave room.
+    ok(&gate("unlock_mode = \"board_timed\"\nunlock_entry_coil = 65023\n"));
+    assert_errors(
+        "board-timed coil too high",
+        &gate("unlock_mode = \"board_timed\"\nunlock_exit_coil = 65024\n"),
+        &[(
+            13,
+            20,
+            "devices.gate.unlock_exit_coil",
+            "expected a coil of 0-65023 with unlock_mode = \"board_timed\" (the timed pulse goes to 0x0200 + coil), found 65024",
+        )],
+    );
+    ok(&gate("unlock_mode = \"pulse\"\nunlock_exit_coil = 65535\n"));
+
+    // One FC02 read covers every wired input: at most 2000 of them.
+    ok(&gate("passage_entry_input = 100\npassage_exit_input = 2099\n"));
+    assert_errors(
+        "inputs 0 and 65535 (a span that overflows u16)",
+        &gate("passage_entry_input = 0\npassage_exit_input = 65535\n"),
+        &[(
+            13,
+            22,
+            "devices.gate.passage_exit_input",
+            "expected the wired inputs within 2000 of each other (one FC02 read covers them all), found `passage_entry_input` = 0 and 65535 here: a span of 65536",
+        )],
+    );
+    assert_errors(
+        "a fire contact far from the passage inputs",
+        &gate("fire_alarm_input = 2000\n"),
+        &[(
+            12,
+            20,
+            "devices.gate.fire_alarm_input",
+            "expected the wired inputs within 2000 of each other (one FC02 read covers them all), found `passage_entry_input` = 0 and 2000 here: a span of 2001",
+        )],
+    );
 }
 
 fn example_path() -> &'static Path {
