@@ -1,0 +1,184 @@
+//! `gate-platform fleet`: one line per gate from the `gates` table, its open
+//! gaps and its recent alarms; `--json` for scripts. Online means the last
+//! retained status said so and is younger than three status intervals.
+
+use deadpool_postgres::Pool;
+use serde_json::{Value, json};
+
+use crate::db::DbError;
+
+/// A status older than this (3 intervals of 15 s) is shown as stale.
+pub const STALE_MS: i64 = 45_000;
+/// Alarms counted as open: those of the last day.
+const ALARM_WINDOW: &str = "24 hours";
+
+/// One gate as the fleet view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateLine {
+    pub site_id: String,
+    pub gate_id: String,
+    /// `online`, `offline`, `stale` (no fresh status) or `unknown` (never one).
+    pub state: String,
+    pub last_event_age_ms: Option<i64>,
+    pub outbox_depth: Option<i64>,
+    pub oldest_queued_age_ms: Option<i64>,
+    pub version: Option<String>,
+    pub identity_version: Option<i64>,
+    pub health_version: Option<i64>,
+    pub trust_version: Option<i64>,
+    pub open_gaps: i64,
+    pub missing_events: i64,
+    pub open_alarms: i64,
+}
+
+/// Whether a gate counts as online at `now_ms`.
+pub fn state(online: Option<bool>, reported_at_ms: Option<i64>, now_ms: i64) -> &'static str {
+    match (online, reported_at_ms) {
+        (None, _) | (_, None) => "unknown",
+        (Some(false), _) => "offline",
+        (Some(true), Some(at)) if now_ms - at > STALE_MS => "stale",
+        (Some(true), Some(_)) => "online",
+    }
+}
+
+pub async fn lines(pool: &Pool, now_ms: i64) -> Result<Vec<GateLine>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT g.site_id, g.gate_id, g.online,
+                    (extract(epoch FROM g.status_reported_at) * 1000)::bigint,
+                    (extract(epoch FROM g.last_event_at) * 1000)::bigint,
+                    g.outbox_depth, g.oldest_queued_age_ms, g.version, g.identity_version, g.health_version,
+                    g.trust_version,
+                    (SELECT count(*) FROM gaps p WHERE p.site_id = g.site_id AND p.gate_id = g.gate_id
+                        AND p.filled_at IS NULL),
+                    (SELECT count(*) FROM alerts a WHERE a.site_id = g.site_id AND a.gate_id = g.gate_id
+                        AND a.kind IN ('alarm', 'gap') AND a.occurred_at > now() - interval '{ALARM_WINDOW}')
+                 FROM gates g ORDER BY g.site_id, g.gate_id"
+            ),
+            &[],
+        )
+        .await?;
+    let missing = client
+        .query(
+            "SELECT s.site_id, s.gate_id, coalesce(sum(h.\"to\" - h.\"from\" + 1), 0)::bigint
+             FROM seq_streams s, jsonb_to_recordset(s.holes) AS h(\"from\" bigint, \"to\" bigint)
+             GROUP BY 1, 2",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (site, gate): (String, String) = (r.get(0), r.get(1));
+            let missing_events = missing
+                .iter()
+                .find(|m| m.get::<_, String>(0) == site && m.get::<_, String>(1) == gate)
+                .map_or(0, |m| m.get(2));
+            GateLine {
+                state: state(r.get(2), r.get(3), now_ms).into(),
+                last_event_age_ms: r.get::<_, Option<i64>>(4).map(|at| now_ms - at),
+                outbox_depth: r.get(5),
+                oldest_queued_age_ms: r.get(6),
+                version: r.get(7),
+                identity_version: r.get(8),
+                health_version: r.get(9),
+                trust_version: r.get(10),
+                open_gaps: r.get(11),
+                missing_events,
+                open_alarms: r.get(12),
+                site_id: site,
+                gate_id: gate,
+            }
+        })
+        .collect())
+}
+
+fn age(ms: Option<i64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) if ms < 0 => "0s".into(),
+        Some(ms) if ms < 120_000 => format!("{}s", ms / 1000),
+        Some(ms) if ms < 7_200_000 => format!("{}m", ms / 60_000),
+        Some(ms) if ms < 172_800_000 => format!("{}h", ms / 3_600_000),
+        Some(ms) => format!("{}d", ms / 86_400_000),
+    }
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), ToString::to_string)
+}
+
+pub fn to_json(lines: &[GateLine]) -> Value {
+    json!({
+        "gates": lines.iter().map(|l| json!({
+            "site_id": l.site_id, "gate_id": l.gate_id, "state": l.state,
+            "last_event_age_ms": l.last_event_age_ms, "outbox_depth": l.outbox_depth,
+            "oldest_queued_age_ms": l.oldest_queued_age_ms, "version": l.version,
+            "identity_version": l.identity_version, "health_version": l.health_version,
+            "trust_version": l.trust_version, "open_gaps": l.open_gaps,
+            "missing_events": l.missing_events, "open_alarms": l.open_alarms,
+        })).collect::<Vec<_>>()
+    })
+}
+
+pub fn to_table(lines: &[GateLine]) -> String {
+    let mut out = format!(
+        "{:<16} {:<12} {:<8} {:>10} {:>7} {:>8} {:>8} {:>6} {:>6} {:>5} {:>7} {:>6}\n",
+        "SITE",
+        "GATE",
+        "STATE",
+        "LAST EVENT",
+        "OUTBOX",
+        "OLDEST",
+        "IDENTITY",
+        "HEALTH",
+        "TRUST",
+        "GAPS",
+        "MISSING",
+        "ALARMS"
+    );
+    for l in lines {
+        out.push_str(&format!(
+            "{:<16} {:<12} {:<8} {:>10} {:>7} {:>8} {:>8} {:>6} {:>6} {:>5} {:>7} {:>6}\n",
+            l.site_id,
+            l.gate_id,
+            l.state,
+            age(l.last_event_age_ms),
+            opt(&l.outbox_depth),
+            age(l.oldest_queued_age_ms),
+            opt(&l.identity_version),
+            opt(&l.health_version),
+            opt(&l.trust_version),
+            l.open_gaps,
+            l.missing_events,
+            l.open_alarms
+        ));
+    }
+    out
+}
+
+pub async fn print(pool: &Pool, json: bool, now_ms: i64) -> Result<(), DbError> {
+    crate::db::migrate(pool).await?;
+    let lines = lines(pool, now_ms).await?;
+    if json {
+        println!("{}", to_json(&lines));
+    } else {
+        print!("{}", to_table(&lines));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_is_online_only_with_a_fresh_online_status() {
+        assert_eq!(state(Some(true), Some(1_000), 1_000 + STALE_MS), "online");
+        assert_eq!(state(Some(true), Some(1_000), 1_001 + STALE_MS), "stale");
+        assert_eq!(state(Some(false), Some(1_000), 1_000), "offline");
+        assert_eq!(state(None, None, 0), "unknown");
+    }
+}

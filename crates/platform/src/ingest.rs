@@ -1,0 +1,757 @@
+//! `gate-platform ingest`: one replica of the consumer group. Subscribes with
+//! MQTT shared subscriptions to every gate's events, alerts and status,
+//! decodes `gate.v1`, writes each batch in one PostgreSQL transaction and
+//! acknowledges its messages (manual PUBACK) only after the commit.
+//!
+//! Two tasks: the MQTT task owns the session and only polls and forwards;
+//! the writer owns the batches and the database. A replica killed at any
+//! moment loses nothing: what it did not acknowledge the broker delivers
+//! again (to it on its return, its session being persistent), and the
+//! unique `event_id` / `alert_id` turn redeliveries into no-ops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::Pool;
+use gate_proto::v1 as pb;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_postgres::Transaction;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::PlatformConfig;
+use crate::db::DbError;
+use crate::seqtrack::SeqState;
+use crate::wire;
+
+/// Largest message accepted (an event is a few hundred bytes).
+const MAX_PACKET: usize = 1 << 20;
+/// Messages the broker may have in flight to this replica (and the bound of
+/// the queue between the two tasks).
+const INFLIGHT: usize = 1000;
+
+/// What a replica counted since it started.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub received: AtomicU64,
+    /// Events and alerts newly inserted (not already present).
+    pub stored: AtomicU64,
+    /// Events and alerts already present (redeliveries, republished outboxes).
+    pub duplicates: AtomicU64,
+    pub statuses: AtomicU64,
+    /// Messages that could not be decoded or contradict their topic:
+    /// acknowledged (a poison message must not loop) and logged.
+    pub rejected: AtomicU64,
+    pub batches: AtomicU64,
+    /// Transactions retried after a deadlock, serialization failure or a
+    /// lost connection.
+    pub retries: AtomicU64,
+    pub gaps_opened: AtomicU64,
+    /// Set once the broker acknowledged the subscriptions.
+    pub subscribed: AtomicU64,
+}
+
+/// The MQTT topics of one prefix.
+#[derive(Debug, Clone)]
+pub struct Filters {
+    pub events: String,
+    pub alerts: String,
+    pub status: String,
+}
+
+impl Filters {
+    pub fn shared(group: &str, prefix: &str) -> Self {
+        Filters {
+            events: format!("$share/{group}/{prefix}/+/+/events"),
+            alerts: format!("$share/{group}/{prefix}/+/alerts"),
+            status: format!("$share/{group}/{prefix}/+/+/status"),
+        }
+    }
+}
+
+/// What a topic is, once the prefix is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicKind {
+    Events { site: String, gate: String },
+    Alerts { site: String },
+    Status { site: String, gate: String },
+}
+
+/// Parses `{prefix}/{site}/{gate}/events`, `{prefix}/{site}/alerts`,
+/// `{prefix}/{site}/{gate}/status`.
+pub fn classify(prefix: &str, topic: &str) -> Option<TopicKind> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [site, gate, "events"] => Some(TopicKind::Events { site: (*site).into(), gate: (*gate).into() }),
+        [site, "alerts"] => Some(TopicKind::Alerts { site: (*site).into() }),
+        [site, gate, "status"] => Some(TopicKind::Status { site: (*site).into(), gate: (*gate).into() }),
+        _ => None,
+    }
+}
+
+/// One message handed from the MQTT task to the writer.
+struct Incoming {
+    publish: Publish,
+    /// The connection it came on: an acknowledgement is only sent on it.
+    generation: u64,
+}
+
+/// A decoded message, ready for the database.
+enum Decoded {
+    Event(pb::GateEvent),
+    Alert(pb::Alert),
+    Status(pb::GateStatus),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Decodes a message and checks it against its topic.
+fn decode(prefix: &str, publish: &Publish) -> Result<Decoded, String> {
+    let kind = classify(prefix, &publish.topic).ok_or("unexpected topic")?;
+    let bytes = publish.payload.as_ref();
+    match kind {
+        TopicKind::Events { site, gate } => {
+            let e = pb::GateEvent::decode(bytes).map_err(|e| format!("not a GateEvent: {e}"))?;
+            if e.site_id != site || e.gate_id != gate {
+                return Err("site or gate differs from the topic's".into());
+            }
+            if e.event_id.is_empty() || e.event_id.len() > 64 || e.seq == 0 || e.seq > i64::MAX as u64 {
+                return Err("missing event_id or seq".into());
+            }
+            Ok(Decoded::Event(e))
+        }
+        TopicKind::Alerts { site } => {
+            let a = pb::Alert::decode(bytes).map_err(|e| format!("not an Alert: {e}"))?;
+            if a.site_id != site || a.gate_id.is_empty() || a.gate_id.contains('/') {
+                return Err("site differs from the topic's, or no gate".into());
+            }
+            if a.alert_id.is_empty() || a.alert_id.len() > 64 || a.seq > i64::MAX as u64 {
+                return Err("missing alert_id".into());
+            }
+            Ok(Decoded::Alert(a))
+        }
+        TopicKind::Status { site, gate } => {
+            let s = pb::GateStatus::decode(bytes).map_err(|e| format!("not a GateStatus: {e}"))?;
+            if s.site_id != site || s.gate_id != gate {
+                return Err("site or gate differs from the topic's".into());
+            }
+            Ok(Decoded::Status(s))
+        }
+    }
+}
+
+/// Runs one ingest replica until `shutdown`. `replica` names it in the
+/// client id (`{client_id}-{replica}`), which must be stable across its
+/// restarts so the broker hands back what it had not acknowledged.
+pub async fn run_ingest(
+    config: &PlatformConfig,
+    pool: Pool,
+    replica: Option<&str>,
+    stats: Arc<IngestStats>,
+    shutdown: CancellationToken,
+) -> Result<(), DbError> {
+    crate::db::migrate(&pool).await?;
+    let client_id = match replica {
+        Some(r) => format!("{}-{r}", config.mqtt.client_id),
+        None => config.mqtt.client_id.clone(),
+    };
+    let mut options = MqttOptions::new(&client_id, &config.mqtt.host, config.mqtt.port);
+    options
+        .set_keep_alive(config.mqtt.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_inflight(100);
+    if let (Some(user), Some(file)) = (&config.mqtt.username, &config.mqtt.password_file) {
+        let password = std::fs::read_to_string(file)
+            .map_err(|e| DbError::Invalid(format!("MQTT password file {}: {e}", file.display())))?;
+        options.set_credentials(user, password.trim_end());
+    }
+    if config.mqtt.tls.is_some() {
+        return Err(DbError::Invalid(
+            "[mqtt] TLS is configured but this build of gate-platform has no TLS transport yet; \
+             run it next to the broker on a plain listener bound to loopback"
+                .into(),
+        ));
+    }
+    let (client, eventloop) = AsyncClient::new(options, INFLIGHT);
+    let filters = Filters::shared(&config.ingest.group, &config.mqtt.topic_prefix);
+    let generation = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel(INFLIGHT);
+    info!(client_id, group = %config.ingest.group, "ingest starting");
+    let mqtt = tokio::spawn(mqtt_task(
+        eventloop,
+        client.clone(),
+        filters,
+        tx,
+        generation.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    let sweeper = tokio::spawn(sweep_gaps(pool.clone(), config.ingest.gap_timeout, stats.clone(), shutdown.clone()));
+    let writer = Writer {
+        pool,
+        client: client.clone(),
+        prefix: config.mqtt.topic_prefix.clone(),
+        batch_max: config.ingest.batch_max,
+        batch_wait: config.ingest.batch_wait,
+        generation,
+        stats,
+    };
+    let result = writer.run(rx, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), mqtt).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
+    result
+}
+
+/// Owns the MQTT session: polls, (re)subscribes on every connection,
+/// forwards publishes to the writer. Never awaits the database.
+async fn mqtt_task(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    filters: Filters,
+    tx: mpsc::Sender<Incoming>,
+    generation: Arc<AtomicU64>,
+    stats: Arc<IngestStats>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(200);
+                let g = generation.fetch_add(1, Ordering::SeqCst) + 1;
+                info!(generation = g, session_present = ack.session_present, "connected to the broker");
+                // Subscribing again is harmless on a resumed session and
+                // needed on a new one.
+                for filter in [&filters.events, &filters.alerts, &filters.status] {
+                    if let Err(e) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                        warn!(error = %e, filter, "could not queue a subscription");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                stats.subscribed.fetch_add(1, Ordering::Relaxed);
+                info!(pkid = ack.pkid, "subscription acknowledged");
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                let incoming = Incoming { publish, generation: generation.load(Ordering::SeqCst) };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    sent = tx.send(incoming) => if sent.is_err() { return },
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+struct Writer {
+    pool: Pool,
+    client: AsyncClient,
+    prefix: String,
+    batch_max: usize,
+    batch_wait: Duration,
+    generation: Arc<AtomicU64>,
+    stats: Arc<IngestStats>,
+}
+
+impl Writer {
+    async fn run(&self, mut rx: mpsc::Receiver<Incoming>, shutdown: CancellationToken) -> Result<(), DbError> {
+        let mut batch: Vec<Incoming> = Vec::with_capacity(self.batch_max);
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                m = rx.recv() => match m { Some(m) => m, None => return Ok(()) },
+            };
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + self.batch_wait;
+            while batch.len() < self.batch_max {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(m)) => batch.push(m),
+                        _ => break,
+                    },
+                }
+            }
+            // A batch is written even during shutdown only if it can finish;
+            // otherwise it is left unacknowledged for redelivery.
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.write_with_retries(&batch) => r?,
+            }
+            let current = self.generation.load(Ordering::SeqCst);
+            for m in batch.drain(..) {
+                // A message from an older connection is redelivered by the
+                // broker on this one under another packet id: acknowledging
+                // its old id here could acknowledge a different message.
+                if m.generation == current {
+                    let _ = self.client.ack(&m.publish).await;
+                }
+            }
+        }
+    }
+
+    async fn write_with_retries(&self, batch: &[Incoming]) -> Result<(), DbError> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.write(batch).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_transient(&e) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "batch not written, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn write(&self, batch: &[Incoming]) -> Result<(), DbError> {
+        let started = Instant::now();
+        let mut events = Vec::new();
+        let mut alerts = Vec::new();
+        let mut statuses = Vec::new();
+        let mut rejected = 0u64;
+        for m in batch {
+            match decode(&self.prefix, &m.publish) {
+                Ok(Decoded::Event(e)) => events.push(e),
+                Ok(Decoded::Alert(a)) => alerts.push(a),
+                Ok(Decoded::Status(s)) => statuses.push(s),
+                Err(why) => {
+                    rejected += 1;
+                    warn!(topic = %m.publish.topic, bytes = m.publish.payload.len(), why, "message rejected");
+                }
+            }
+        }
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let now = now_ms();
+        // Lock every stream touched, in one order, before inserting: two
+        // replicas holding the same gate's messages then take turns.
+        let mut seqs: BTreeMap<(String, String, &'static str), Vec<u64>> = BTreeMap::new();
+        for e in &events {
+            seqs.entry((e.site_id.clone(), e.gate_id.clone(), "events")).or_default().push(e.seq);
+        }
+        for a in &alerts {
+            if a.seq > 0 {
+                seqs.entry((a.site_id.clone(), a.gate_id.clone(), "alerts")).or_default().push(a.seq);
+            }
+        }
+        let mut states = Vec::with_capacity(seqs.len());
+        for ((site, gate, stream), list) in &seqs {
+            let state = lock_stream(&tx, site, gate, stream, list).await?;
+            states.push(state);
+        }
+        let (new_events, dup_events) = insert_events(&tx, &events).await?;
+        let (new_alerts, dup_alerts) = insert_alerts(&tx, &alerts).await?;
+        for (((site, gate, stream), list), mut state) in seqs.iter().zip(states) {
+            let gaps_before = state.open_gaps();
+            state.apply(list, now);
+            for (from, to) in overflow_ranges(&events, site, gate, stream) {
+                state.explain(from, to);
+                tx.execute(
+                    "UPDATE gaps SET explained_by = 'outbox_overflow', filled_at = coalesce(filled_at, now())
+                     WHERE site_id = $1 AND gate_id = $2 AND stream = $3 AND from_seq <= $5 AND to_seq >= $4",
+                    &[site, gate, stream, &(from as i64), &(to as i64)],
+                )
+                .await?;
+            }
+            let gaps_after = state.open_gaps();
+            let filled: Vec<i64> = gaps_before.into_iter().filter(|g| !gaps_after.contains(g)).collect();
+            if !filled.is_empty() {
+                tx.execute(
+                    "UPDATE gaps SET filled_at = now() WHERE gap_id = ANY($1) AND filled_at IS NULL",
+                    &[&filled],
+                )
+                .await?;
+                info!(site, gate, stream, gaps = ?filled, "gaps filled");
+            }
+            tx.execute(
+                "UPDATE seq_streams SET contiguous = $4, max_seq = $5, holes = $6, updated_at = now()
+                 WHERE site_id = $1 AND gate_id = $2 AND stream = $3",
+                &[site, gate, stream, &(state.contiguous as i64), &(state.max_seq as i64), &state.holes_json()],
+            )
+            .await?;
+        }
+        update_gates(&tx, &events, &statuses).await?;
+        tx.commit().await?;
+        let s = &self.stats;
+        s.stored.fetch_add(new_events + new_alerts, Ordering::Relaxed);
+        s.duplicates.fetch_add(dup_events + dup_alerts, Ordering::Relaxed);
+        s.statuses.fetch_add(statuses.len() as u64, Ordering::Relaxed);
+        s.rejected.fetch_add(rejected, Ordering::Relaxed);
+        s.batches.fetch_add(1, Ordering::Relaxed);
+        debug!(
+            messages = batch.len(),
+            new_events,
+            dup_events,
+            new_alerts,
+            statuses = statuses.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        Ok(())
+    }
+}
+
+/// Errors worth another try: deadlock, serialization failure, a connection
+/// lost or a pool that could not hand one out.
+fn is_transient(e: &DbError) -> bool {
+    match e {
+        DbError::Postgres(pg) => {
+            pg.is_closed()
+                || pg.code().is_some_and(|c| {
+                    let c = c.code();
+                    c == "40P01" || c == "40001" || c.starts_with("08") || c == "57P01"
+                })
+        }
+        DbError::Pool(_) => true,
+        _ => false,
+    }
+}
+
+/// Takes the stream's row lock (creating the row the first time) and reads
+/// its state.
+async fn lock_stream(
+    tx: &Transaction<'_>,
+    site: &str,
+    gate: &str,
+    stream: &str,
+    first_seqs: &[u64],
+) -> Result<SeqState, DbError> {
+    let select = "SELECT contiguous, max_seq, holes FROM seq_streams
+                  WHERE site_id = $1 AND gate_id = $2 AND stream = $3 FOR UPDATE";
+    if let Some(row) = tx.query_opt(select, &[&site, &gate, &stream]).await? {
+        return Ok(SeqState::from_row(row.get(0), row.get(1), &row.get::<_, Value>(2)));
+    }
+    let fresh = SeqState::first_seen(first_seqs);
+    tx.execute(
+        "INSERT INTO seq_streams (site_id, gate_id, stream, contiguous, max_seq) VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT DO NOTHING",
+        &[&site, &gate, &stream, &(fresh.contiguous as i64)],
+    )
+    .await?;
+    let row = tx.query_one(select, &[&site, &gate, &stream]).await?;
+    Ok(SeqState::from_row(row.get(0), row.get(1), &row.get::<_, Value>(2)))
+}
+
+/// Ranges a gate said it dropped (`outbox_overflow` events), for `stream`.
+fn overflow_ranges(events: &[pb::GateEvent], site: &str, gate: &str, stream: &str) -> Vec<(u64, u64)> {
+    events
+        .iter()
+        .filter(|e| e.site_id == site && e.gate_id == gate && wire::is_outbox_overflow(e))
+        .flat_map(|e| wire::dropped_ranges(e, stream))
+        .collect()
+}
+
+/// Inserts events, ignoring those already stored; returns (new, duplicates).
+async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result<(u64, u64), DbError> {
+    if events.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut sorted: Vec<&pb::GateEvent> = events.iter().collect();
+    sorted.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    sorted.dedup_by(|a, b| a.event_id == b.event_id);
+    let rows: Vec<wire::EventRow> = sorted.iter().map(|e| wire::EventRow::from(*e)).collect();
+    let col = |f: fn(&wire::EventRow) -> Option<String>| rows.iter().map(f).collect::<Vec<Option<String>>>();
+    let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+    let sites: Vec<String> = rows.iter().map(|r| r.site_id.clone()).collect();
+    let gates: Vec<String> = rows.iter().map(|r| r.gate_id.clone()).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let at: Vec<i64> = rows.iter().map(|r| r.occurred_at_ms).collect();
+    let kinds: Vec<String> = rows.iter().map(|r| r.kind.clone()).collect();
+    let inserted = tx
+        .execute(
+            "INSERT INTO events (event_id, site_id, gate_id, seq, occurred_at, kind, decision, reason, category,
+                 credential_type, subject, person_id, lane, direction, side, mode, policy_version, tags, pass_id,
+                 operator, note, alarm, facts, stored_at)
+             SELECT u.id, u.site, u.gate, u.seq, to_timestamp(u.at::float8 / 1000), u.kind, u.decision, u.reason,
+                 u.category, u.credential_type, u.subject, u.person_id, u.lane, u.direction, u.side, u.mode,
+                 u.policy_version, ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)), u.pass_id, u.operator,
+                 u.note, u.alarm, u.facts::jsonb, clock_timestamp()
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
+                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                 $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+                 $22::text[], $23::text[])
+               AS u(id, site, gate, seq, at, kind, decision, reason, category, credential_type, subject, person_id,
+                    lane, direction, side, mode, policy_version, tags, pass_id, operator, note, alarm, facts)
+             ON CONFLICT (event_id) DO NOTHING",
+            &[
+                &ids,
+                &sites,
+                &gates,
+                &seqs,
+                &at,
+                &kinds,
+                &col(|r| r.decision.clone()),
+                &col(|r| r.reason.clone()),
+                &col(|r| r.category.clone()),
+                &col(|r| r.credential_type.clone()),
+                &col(|r| r.subject.clone()),
+                &col(|r| r.person_id.clone()),
+                &col(|r| r.lane.clone()),
+                &col(|r| r.direction.clone()),
+                &col(|r| r.side.clone()),
+                &col(|r| r.mode.clone()),
+                &col(|r| r.policy_version.clone()),
+                &col(|r| Some(r.tags_json.clone())),
+                &col(|r| r.pass_id.clone()),
+                &col(|r| r.operator.clone()),
+                &col(|r| r.note.clone()),
+                &col(|r| r.alarm.clone()),
+                &col(|r| r.facts_json.clone()),
+            ],
+        )
+        .await?;
+    Ok((inserted, events.len() as u64 - inserted))
+}
+
+/// Inserts the gates' alerts, ignoring those already stored.
+async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<(u64, u64), DbError> {
+    let mut new = 0;
+    let mut sorted: Vec<&pb::Alert> = alerts.iter().collect();
+    sorted.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+    for a in &sorted {
+        let r = wire::AlertRow::from(*a);
+        new += tx
+            .execute(
+                "INSERT INTO alerts (alert_id, source, kind, site_id, gate_id, seq, occurred_at, reason, category,
+                     subject, person_id, alarm, mode, repeat_count, first_occurred_at, facts)
+                 VALUES ($1, 'gate', $2, $3, $4, $5, to_timestamp($6::float8 / 1000), $7, $8, $9, $10, $11, $12, $13,
+                     to_timestamp($14::float8 / 1000), $15::text::jsonb)
+                 ON CONFLICT (alert_id) DO NOTHING",
+                &[
+                    &r.alert_id,
+                    &r.kind,
+                    &r.site_id,
+                    &r.gate_id,
+                    &r.seq,
+                    &(r.occurred_at_ms as f64),
+                    &r.reason,
+                    &r.category,
+                    &r.subject,
+                    &r.person_id,
+                    &r.alarm,
+                    &r.mode,
+                    &r.repeat_count,
+                    &(r.first_occurred_at_ms as f64),
+                    &r.facts_json,
+                ],
+            )
+            .await?;
+    }
+    Ok((new, alerts.len() as u64 - new))
+}
+
+/// The fleet table: newest event time, and the status fields. A status
+/// older than the stored one is ignored, except that "offline" (gated's last
+/// will, dated when it connected) always lands.
+async fn update_gates(
+    tx: &Transaction<'_>,
+    events: &[pb::GateEvent],
+    statuses: &[pb::GateStatus],
+) -> Result<(), DbError> {
+    let mut newest: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for e in events {
+        let at = newest.entry((e.site_id.clone(), e.gate_id.clone())).or_insert(i64::MIN);
+        *at = (*at).max(e.occurred_at_ms);
+    }
+    let mut touched: BTreeSet<(String, String)> = newest.keys().cloned().collect();
+    touched.extend(statuses.iter().map(|s| (s.site_id.clone(), s.gate_id.clone())));
+    for (site, gate) in &touched {
+        if let Some(at) = newest.get(&(site.clone(), gate.clone())) {
+            tx.execute(
+                "INSERT INTO gates (site_id, gate_id, last_event_at) VALUES ($1, $2, to_timestamp($3::float8 / 1000))
+                 ON CONFLICT (site_id, gate_id) DO UPDATE
+                 SET last_event_at = greatest(gates.last_event_at, excluded.last_event_at)",
+                &[site, gate, &(*at as f64)],
+            )
+            .await?;
+        }
+        for s in statuses.iter().filter(|s| &s.site_id == site && &s.gate_id == gate) {
+            let devices = wire::devices_json(s);
+            tx.execute(
+                "INSERT INTO gates (site_id, gate_id, online, version, outbox_depth, oldest_queued_age_ms,
+                     policy_version, identity_version, health_version, trust_version, devices,
+                     status_reported_at, status_received_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb, to_timestamp($12::float8 / 1000), now())
+                 ON CONFLICT (site_id, gate_id) DO UPDATE SET
+                     online = excluded.online, version = excluded.version, outbox_depth = excluded.outbox_depth,
+                     oldest_queued_age_ms = excluded.oldest_queued_age_ms,
+                     policy_version = excluded.policy_version, identity_version = excluded.identity_version,
+                     health_version = excluded.health_version, trust_version = excluded.trust_version,
+                     devices = excluded.devices, status_reported_at = excluded.status_reported_at,
+                     status_received_at = now()
+                 WHERE gates.status_reported_at IS NULL OR excluded.status_reported_at >= gates.status_reported_at",
+                &[
+                    site,
+                    gate,
+                    &s.online,
+                    &s.version,
+                    &(s.outbox_depth.min(i64::MAX as u64) as i64),
+                    &s.oldest_queued_age_ms,
+                    &s.policy_version,
+                    &(s.identity_version.min(i64::MAX as u64) as i64),
+                    &(s.health_version.min(i64::MAX as u64) as i64),
+                    &(s.trust_version.min(i64::MAX as u64) as i64),
+                    &devices,
+                    &(s.reported_at_ms as f64),
+                ],
+            )
+            .await?;
+            if !s.online {
+                tx.execute(
+                    "UPDATE gates SET online = false, status_received_at = now() WHERE site_id = $1 AND gate_id = $2",
+                    &[site, gate],
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every few seconds, turns holes older than the gap timeout into `gaps`
+/// rows and platform alerts. Rows locked by a replica's writer are skipped
+/// (SKIP LOCKED) and looked at on the next round.
+async fn sweep_gaps(pool: Pool, timeout: Duration, stats: Arc<IngestStats>, shutdown: CancellationToken) {
+    let period = (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        match sweep_once(&pool, timeout, now_ms()).await {
+            Ok(n) if n > 0 => {
+                stats.gaps_opened.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "gap sweep failed; retrying on the next round"),
+        }
+    }
+}
+
+/// One sweep at `now_ms`; returns the number of gaps opened.
+pub async fn sweep_once(pool: &Pool, timeout: Duration, now_ms: i64) -> Result<u64, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "SELECT site_id, gate_id, stream, contiguous, max_seq, holes FROM seq_streams
+             WHERE holes <> '[]' ORDER BY site_id, gate_id, stream FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .await?;
+    let mut opened = 0;
+    for row in rows {
+        let (site, gate, stream): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let mut state = SeqState::from_row(row.get(3), row.get(4), &row.get::<_, Value>(5));
+        let due = state.due(now_ms, timeout.as_millis() as i64);
+        if due.is_empty() {
+            continue;
+        }
+        for i in due {
+            let (from, to, opened_at) = (state.holes[i].from, state.holes[i].to, state.holes[i].opened_at_ms);
+            let alert_id = uuid::Uuid::new_v4().to_string();
+            let gap_id: i64 = tx
+                .query_one(
+                    "INSERT INTO gaps (site_id, gate_id, stream, from_seq, to_seq, opened_at, detected_at, alert_id)
+                     VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000), to_timestamp($7::float8 / 1000), $8)
+                     RETURNING gap_id",
+                    &[
+                        &site,
+                        &gate,
+                        &stream,
+                        &(from as i64),
+                        &(to as i64),
+                        &(opened_at as f64),
+                        &(now_ms as f64),
+                        &alert_id,
+                    ],
+                )
+                .await?
+                .get(0);
+            let detail = format!("{stream} seq {from}..={to} missing since {opened_at} (Unix ms)");
+            let facts = serde_json::json!({"stream": stream, "from_seq": from, "to_seq": to, "gap_id": gap_id});
+            tx.execute(
+                "INSERT INTO alerts (alert_id, source, kind, site_id, gate_id, occurred_at, detail, facts)
+                 VALUES ($1, 'platform', 'gap', $2, $3, to_timestamp($4::float8 / 1000), $5, $6)",
+                &[&alert_id, &site, &gate, &(now_ms as f64), &detail, &facts],
+            )
+            .await?;
+            warn!(site, gate, stream, from, to, gap_id, "gap: events missing past the timeout");
+            state.holes[i].gap_id = Some(gap_id);
+            opened += 1;
+        }
+        tx.execute(
+            "UPDATE seq_streams SET holes = $4 WHERE site_id = $1 AND gate_id = $2 AND stream = $3",
+            &[&site, &gate, &stream, &state.holes_json()],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(opened)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_classified_by_their_shape() {
+        let table = [
+            ("village/s1/g1/events", Some(TopicKind::Events { site: "s1".into(), gate: "g1".into() })),
+            ("village/s1/alerts", Some(TopicKind::Alerts { site: "s1".into() })),
+            ("village/s1/g1/status", Some(TopicKind::Status { site: "s1".into(), gate: "g1".into() })),
+            ("village/s1/g1/sync", None),
+            ("villagex/s1/g1/events", None),
+            ("other/s1/g1/events", None),
+        ];
+        for (topic, expected) in table {
+            assert_eq!(classify("village", topic), expected, "{topic}");
+        }
+    }
+
+    #[test]
+    fn a_message_that_contradicts_its_topic_is_rejected() {
+        let event = pb::GateEvent {
+            event_id: "e1".into(),
+            seq: 1,
+            site_id: "s1".into(),
+            gate_id: "g2".into(),
+            ..Default::default()
+        };
+        let publish = Publish::new("village/s1/g1/events", QoS::AtLeastOnce, event.encode_to_vec());
+        assert!(decode("village", &publish).is_err());
+        let publish = Publish::new("village/s1/g2/events", QoS::AtLeastOnce, event.encode_to_vec());
+        assert!(matches!(decode("village", &publish), Ok(Decoded::Event(_))));
+        let garbage = Publish::new("village/s1/g2/events", QoS::AtLeastOnce, vec![0xff, 0xff, 0xff]);
+        assert!(decode("village", &garbage).is_err());
+    }
+}
