@@ -149,7 +149,7 @@ fn no_file_cites_a_document_outside_the_repository() {
         }
         let Ok(text) = std::fs::read_to_string(&file) else { continue };
         for (n, line) in text.lines().enumerate() {
-            // Every `NAME.md` token, upper- or lower-case.
+            // Every token ending in `.md`, upper- or lower-case.
             for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || "._-/".contains(c))) {
                 let Some(name) = word.rsplit('/').next() else { continue };
                 if name.len() > 3 && name.ends_with(".md") && !present.iter().any(|p| p == name) {
