@@ -158,6 +158,14 @@ pub async fn run_ingest(
     stats: Arc<IngestStats>,
     shutdown: CancellationToken,
 ) -> Result<(), DbError> {
+    // Every route's secret is read before anything is consumed: a route
+    // that cannot sign must stop the start, not lose alerts later.
+    let routes = config
+        .routes
+        .iter()
+        .map(crate::routes::Route::load)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DbError::Invalid(e.to_string()))?;
     crate::db::migrate(&pool).await?;
     let client_id = match replica {
         Some(r) => format!("{}-{r}", config.mqtt.client_id),
@@ -196,9 +204,22 @@ pub async fn run_ingest(
         stats.clone(),
         shutdown.clone(),
     ));
-    let sweeper = tokio::spawn(sweep_gaps(pool.clone(), config.ingest.gap_timeout, stats.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(sweep_gaps(
+        pool.clone(),
+        config.ingest.gap_timeout,
+        config.routes.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    let dispatcher = tokio::spawn(crate::routes::run_dispatcher(
+        pool.clone(),
+        routes,
+        Arc::new(crate::routes::DeliveryStats::default()),
+        shutdown.clone(),
+    ));
     let writer = Writer {
         pool,
+        routes: config.routes.clone(),
         client: client.clone(),
         prefix: config.mqtt.topic_prefix.clone(),
         batch_max: config.ingest.batch_max,
@@ -211,6 +232,7 @@ pub async fn run_ingest(
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), mqtt).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
+    let _ = tokio::time::timeout(crate::routes::HTTP_TIMEOUT, dispatcher).await;
     result
 }
 
@@ -271,6 +293,7 @@ async fn mqtt_task(
 
 struct Writer {
     pool: Pool,
+    routes: Vec<crate::config::RouteConfig>,
     client: AsyncClient,
     prefix: String,
     batch_max: usize,
@@ -369,7 +392,9 @@ impl Writer {
             states.push(state);
         }
         let (new_events, dup_events) = insert_events(&tx, &events).await?;
-        let (new_alerts, dup_alerts) = insert_alerts(&tx, &alerts).await?;
+        let new_alerts = insert_alerts(&tx, &alerts).await?;
+        crate::routes::enqueue(&tx, &self.routes, &new_alerts).await?;
+        let (new_alerts, dup_alerts) = (new_alerts.len() as u64, (alerts.len() - new_alerts.len()) as u64);
         for (((site, gate, stream), list), mut state) in seqs.iter().zip(states) {
             let gaps_before = state.open_gaps();
             state.apply(list, now);
@@ -532,14 +557,15 @@ async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result
     Ok((inserted, events.len() as u64 - inserted))
 }
 
-/// Inserts the gates' alerts, ignoring those already stored.
-async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<(u64, u64), DbError> {
-    let mut new = 0;
+/// Inserts the gates' alerts, ignoring those already stored; returns the
+/// new ones (to be routed).
+async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<Vec<crate::routes::AlertFacts>, DbError> {
+    let mut new = Vec::new();
     let mut sorted: Vec<&pb::Alert> = alerts.iter().collect();
     sorted.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
     for a in &sorted {
         let r = wire::AlertRow::from(*a);
-        new += tx
+        let inserted = tx
             .execute(
                 "INSERT INTO alerts (alert_id, source, kind, site_id, gate_id, seq, occurred_at, reason, category,
                      subject, person_id, alarm, mode, repeat_count, first_occurred_at, facts)
@@ -565,8 +591,17 @@ async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<(u6
                 ],
             )
             .await?;
+        if inserted == 1 {
+            new.push(crate::routes::AlertFacts {
+                alert_id: r.alert_id,
+                site_id: r.site_id,
+                kind: r.kind,
+                reason: r.reason,
+                category: r.category,
+            });
+        }
     }
-    Ok((new, alerts.len() as u64 - new))
+    Ok(new)
 }
 
 /// The fleet table: newest event time, and the status fields. A status
@@ -640,14 +675,20 @@ async fn update_gates(
 /// Every few seconds, turns holes older than the gap timeout into `gaps`
 /// rows and platform alerts. Rows locked by a replica's writer are skipped
 /// (SKIP LOCKED) and looked at on the next round.
-async fn sweep_gaps(pool: Pool, timeout: Duration, stats: Arc<IngestStats>, shutdown: CancellationToken) {
+async fn sweep_gaps(
+    pool: Pool,
+    timeout: Duration,
+    routes: Vec<crate::config::RouteConfig>,
+    stats: Arc<IngestStats>,
+    shutdown: CancellationToken,
+) {
     let period = (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        match sweep_once(&pool, timeout, now_ms()).await {
+        match sweep_once(&pool, timeout, &routes, now_ms()).await {
             Ok(n) if n > 0 => {
                 stats.gaps_opened.fetch_add(n, Ordering::Relaxed);
             }
@@ -658,7 +699,12 @@ async fn sweep_gaps(pool: Pool, timeout: Duration, stats: Arc<IngestStats>, shut
 }
 
 /// One sweep at `now_ms`; returns the number of gaps opened.
-pub async fn sweep_once(pool: &Pool, timeout: Duration, now_ms: i64) -> Result<u64, DbError> {
+pub async fn sweep_once(
+    pool: &Pool,
+    timeout: Duration,
+    routes: &[crate::config::RouteConfig],
+    now_ms: i64,
+) -> Result<u64, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let rows = tx
@@ -705,6 +751,14 @@ pub async fn sweep_once(pool: &Pool, timeout: Duration, now_ms: i64) -> Result<u
                 &[&alert_id, &site, &gate, &(now_ms as f64), &detail, &facts],
             )
             .await?;
+            let routed = crate::routes::AlertFacts {
+                alert_id: alert_id.clone(),
+                site_id: site.clone(),
+                kind: "gap".into(),
+                reason: None,
+                category: None,
+            };
+            crate::routes::enqueue(&tx, routes, std::slice::from_ref(&routed)).await?;
             warn!(site, gate, stream, from, to, gap_id, "gap: events missing past the timeout");
             state.holes[i].gap_id = Some(gap_id);
             opened += 1;

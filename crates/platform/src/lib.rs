@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod ingest;
 pub mod keys;
 pub mod report;
+pub mod routes;
 pub mod seqtrack;
 pub mod sim;
 pub mod wire;

@@ -158,13 +158,13 @@ async fn run(command: Command, config: PlatformConfig) -> ExitCode {
             r.map_err(|e| e.to_string())
         }
         Command::SweepGaps => match db::migrate(&pool).await {
-            Ok(_) => ingest::sweep_once(&pool, config.ingest.gap_timeout, ingest::now_ms())
+            Ok(_) => ingest::sweep_once(&pool, config.ingest.gap_timeout, &config.routes, ingest::now_ms())
                 .await
                 .map(|n| println!("{n} gap(s) opened"))
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
-        Command::Fleet { json } => fleet::print(&pool, json, ingest::now_ms()).await.map_err(|e| e.to_string()),
+        Command::Fleet { json } => fleet::print(&pool, &config.routes, json, ingest::now_ms()).await.map_err(|e| e.to_string()),
         Command::Report { report: ReportCommand::Flow { site, day, svg } } => {
             report::flow(&pool, &site, &day, svg.as_deref()).await.map_err(|e| e.to_string())
         }
