@@ -70,7 +70,6 @@ pub fn describe(item: &Item) -> String {
     }
 }
 
-
 /// "unknown key `prot` (expected one of: host, port); did you mean `port`?"
 pub fn unknown_key_message(name: &str, item: &Item, known: &[&str]) -> String {
     let what = if item.is_table() || item.is_array_of_tables() { "table" } else { "key" };

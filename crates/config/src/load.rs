@@ -7,6 +7,7 @@
 //! misspelt key is always reported, never ignored.
 
 use crate::MetricsConfig;
+use crate::diag::{base_folder, describe, position, suggest, unknown_key_message};
 use crate::{
     AlertsConfig, AntiPassback, CameraConfig, CameraSource, CategorySet, CertificateMatch, Config, ControlConfig,
     DevicesConfig, GateConfig, GateDriver, GateIoConfig, HealthConfig, IdCardConfig, IdentityConfig, MqttConfig,
@@ -20,7 +21,6 @@ use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
-use crate::diag::{base_folder, describe, position, suggest, unknown_key_message};
 use toml_edit::{Document, Item, TableLike, Value};
 
 /// Serial speeds the devices accept.

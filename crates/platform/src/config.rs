@@ -585,7 +585,10 @@ mod tests {
         assert!(errs.iter().any(|e| e.contains(":2:7: route[1].url: expected an http")), "{errs:?}");
         let route = |body: &str| errors(&format!("{MINIMAL}[[route]]\nsecret_file = \"s\"\n{body}"));
         let errs = route("url = \"http://h/x\"\nkind = \"gate\"\n");
-        assert_eq!(errs, ["/etc/p/platform.toml:8:8: route[1].kind: expected one of refusal, alarm, gap, found \"gate\""]);
+        assert_eq!(
+            errs,
+            ["/etc/p/platform.toml:8:8: route[1].kind: expected one of refusal, alarm, gap, found \"gate\""]
+        );
         let errs = route("url = \"http://h/x\"\nreason = \"blocklist\"\n");
         assert!(errs[0].contains("route[1].reason: expected a gate.v1 reason name"), "{errs:?}");
         let errs = route("url = \"https://h/x\"\n");

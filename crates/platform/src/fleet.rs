@@ -167,8 +167,10 @@ pub fn to_table(lines: &[GateLine]) -> String {
 
 /// The routes' table: last delivery and failures of each `[[route]]`.
 pub fn routes_table(routes: &[RouteLine]) -> String {
-    let mut out =
-        format!("{:<16} {:>9} {:>7} {:>8} {:>13}  {}\n", "ROUTE", "DELIVERED", "PENDING", "FAILURES", "LAST DELIVERY", "LAST ERROR");
+    let mut out = format!(
+        "{:<16} {:>9} {:>7} {:>8} {:>13}  {}\n",
+        "ROUTE", "DELIVERED", "PENDING", "FAILURES", "LAST DELIVERY", "LAST ERROR"
+    );
     for r in routes {
         out.push_str(&format!(
             "{:<16} {:>9} {:>7} {:>8} {:>13}  {}\n",

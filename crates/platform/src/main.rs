@@ -164,7 +164,9 @@ async fn run(command: Command, config: PlatformConfig) -> ExitCode {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
-        Command::Fleet { json } => fleet::print(&pool, &config.routes, json, ingest::now_ms()).await.map_err(|e| e.to_string()),
+        Command::Fleet { json } => {
+            fleet::print(&pool, &config.routes, json, ingest::now_ms()).await.map_err(|e| e.to_string())
+        }
         Command::Report { report: ReportCommand::Flow { site, day, svg } } => {
             report::flow(&pool, &site, &day, svg.as_deref()).await.map_err(|e| e.to_string())
         }

@@ -217,9 +217,8 @@ pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
 /// handful of department endpoints, not a browser's web.
 pub async fn post(url: &HttpUrl, headers: &[(&str, String)], body: &[u8]) -> Result<u16, String> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let mut stream =
+            tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await.map_err(|e| format!("connect: {e}"))?;
         let mut head = format!(
             "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
              Connection: close\r\nUser-Agent: gate-platform/{}\r\n",
