@@ -206,8 +206,10 @@ async fn send(
 ) -> Result<Vec<Sealed>, String> {
     let mut lock = SiteLock::acquire(d.pool, site).await.map_err(|e| e.to_string())?;
     let result = async {
-        let sealed =
-            lock.seal(d.signer, &d.config.mqtt.topic_prefix, site, &messages, now_ms).await.map_err(|e| e.to_string())?;
+        let sealed = lock
+            .seal(d.signer, &d.config.mqtt.topic_prefix, site, &messages, now_ms)
+            .await
+            .map_err(|e| e.to_string())?;
         publish(&d.config.mqtt, role, &sealed).await?;
         if !after.is_empty() {
             lock.client.execute(after, after_params).await.map_err(|e| e.to_string())?;
@@ -293,10 +295,7 @@ async fn snapshot_messages(
     chunk_people: usize,
 ) -> Result<(Vec<Outgoing>, usize), DbError> {
     let rows = client
-        .query(
-            "SELECT person FROM identity_people WHERE site_id = $1 AND NOT deleted ORDER BY person_id",
-            &[&site],
-        )
+        .query("SELECT person FROM identity_people WHERE site_id = $1 AND NOT deleted ORDER BY person_id", &[&site])
         .await?;
     let people: Vec<pb::Person> =
         rows.iter().filter_map(|r| pb::Person::decode(r.get::<_, Vec<u8>>(0).as_slice()).ok()).collect();
@@ -369,13 +368,24 @@ pub async fn identity_publish(
                     delta.upserts.push(p);
                 }
             }
-            let outcome =
-                Published::Delta { from: published, to: version, upserts: delta.upserts.len(), deletes: delta.deletes.len() };
+            let outcome = Published::Delta {
+                from: published,
+                to: version,
+                upserts: delta.upserts.len(),
+                deletes: delta.deletes.len(),
+            };
             let batch = pb::IdentityBatch { body: Some(pb::identity_batch::Body::Delta(delta)) };
-            (vec![Outgoing { gate: String::new(), stream: "identity", retain: false, payload: batch.encode_to_vec() }], outcome)
+            (
+                vec![Outgoing {
+                    gate: String::new(),
+                    stream: "identity",
+                    retain: false,
+                    payload: batch.encode_to_vec(),
+                }],
+                outcome,
+            )
         };
-        let sealed =
-            lock.seal(d.signer, &d.config.mqtt.topic_prefix, site, &messages, now_ms).await.map_err(err)?;
+        let sealed = lock.seal(d.signer, &d.config.mqtt.topic_prefix, site, &messages, now_ms).await.map_err(err)?;
         publish(&d.config.mqtt, "identity", &sealed).await?;
         lock.client
             .execute(
@@ -403,11 +413,7 @@ pub async fn identity_publish(
 /// Answers a gate's `SyncRequest` with a snapshot of the site's current
 /// table, unless a snapshot started after `received_at_ms` (another gate's
 /// request, another replica) already covers it. Returns whether one was sent.
-pub async fn answer_sync(
-    d: &Downlink<'_>,
-    request: &pb::SyncRequest,
-    received_at_ms: i64,
-) -> Result<bool, String> {
+pub async fn answer_sync(d: &Downlink<'_>, request: &pb::SyncRequest, received_at_ms: i64) -> Result<bool, String> {
     let site = request.site_id.as_str();
     let err = |e: DbError| e.to_string();
     let mut lock = SiteLock::acquire(d.pool, site).await.map_err(err)?;
@@ -423,9 +429,14 @@ pub async fn answer_sync(
             )
             .await
             .map_err(|e| e.to_string())?;
-        let (version, published, sent_at, started): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (version, published, sent_at, started): (i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         if published == 0 || version == 0 {
-            warn!(site, gate = request.gate_id, "SyncRequest for a site with no published identity table; not answered");
+            warn!(
+                site,
+                gate = request.gate_id,
+                "SyncRequest for a site with no published identity table; not answered"
+            );
             return Ok(false);
         }
         if sent_at >= received_at_ms {
@@ -515,7 +526,10 @@ pub async fn heartbeat_round(d: &Downlink<'_>) -> Result<usize, String> {
     let sites: Vec<String> = {
         let client = d.pool.get().await.map_err(|e| e.to_string())?;
         client
-            .execute("INSERT INTO site_downlink (site_id) SELECT DISTINCT site_id FROM gates ON CONFLICT DO NOTHING", &[])
+            .execute(
+                "INSERT INTO site_downlink (site_id) SELECT DISTINCT site_id FROM gates ON CONFLICT DO NOTHING",
+                &[],
+            )
             .await
             .map_err(|e| e.to_string())?;
         client

@@ -184,9 +184,9 @@ pub async fn run_ingest(
     // The signing key too: a replica that could not answer SyncRequests
     // or send heartbeats must say so at start.
     let signer = match &config.signing {
-        Some(s) => Some(Arc::new(
-            gate_envelope::Signer::from_file(&s.key_file).map_err(|e| DbError::Invalid(e.to_string()))?,
-        )),
+        Some(s) => {
+            Some(Arc::new(gate_envelope::Signer::from_file(&s.key_file).map_err(|e| DbError::Invalid(e.to_string()))?))
+        }
         None => None,
     };
     crate::db::migrate(&pool).await?;
@@ -241,9 +241,9 @@ pub async fn run_ingest(
         Arc::new(crate::routes::DeliveryStats::default()),
         shutdown.clone(),
     ));
-    let heartbeats = signer.clone().map(|signer| {
-        tokio::spawn(send_heartbeats(pool.clone(), signer, shared.clone(), shutdown.clone()))
-    });
+    let heartbeats = signer
+        .clone()
+        .map(|signer| tokio::spawn(send_heartbeats(pool.clone(), signer, shared.clone(), shutdown.clone())));
     let writer = Writer {
         sync: signer.map(|signer| SyncAnswers { pool: pool.clone(), signer, config: shared }),
         pool,
@@ -498,7 +498,11 @@ impl Writer {
         for request in requests {
             self.stats.sync_requests.fetch_add(1, Ordering::Relaxed);
             let Some(sync) = self.sync.clone() else {
-                warn!(site = request.site_id, gate = request.gate_id, "SyncRequest received, but [signing] is not set: not answered");
+                warn!(
+                    site = request.site_id,
+                    gate = request.gate_id,
+                    "SyncRequest received, but [signing] is not set: not answered"
+                );
                 continue;
             };
             let stats = self.stats.clone();
@@ -509,7 +513,9 @@ impl Writer {
                         stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(false) => {}
-                    Err(e) => warn!(site = request.site_id, gate = request.gate_id, error = %e, "SyncRequest not answered"),
+                    Err(e) => {
+                        warn!(site = request.site_id, gate = request.gate_id, error = %e, "SyncRequest not answered")
+                    }
                 }
             });
         }
@@ -873,7 +879,8 @@ mod tests {
             ("village/s1/g1/events", Some(TopicKind::Events { site: "s1".into(), gate: "g1".into() })),
             ("village/s1/alerts", Some(TopicKind::Alerts { site: "s1".into() })),
             ("village/s1/g1/status", Some(TopicKind::Status { site: "s1".into(), gate: "g1".into() })),
-            ("village/s1/g1/sync", None),
+            ("village/s1/g1/sync", Some(TopicKind::Sync { site: "s1".into(), gate: "g1".into() })),
+            ("village/s1/g1/health/req", None),
             ("villagex/s1/g1/events", None),
             ("other/s1/g1/events", None),
         ];

@@ -253,9 +253,9 @@ async fn run(command: Command, config: PlatformConfig) -> ExitCode {
                     downlink::Published::Snapshot { version, people, chunks } => {
                         println!("site {site}: snapshot of version {version} sent ({people} people, {chunks} chunk(s))")
                     }
-                    downlink::Published::Delta { from, to, upserts, deletes } => println!(
-                        "site {site}: delta {from} -> {to} sent ({upserts} upsert(s), {deletes} delete(s))"
-                    ),
+                    downlink::Published::Delta { from, to, upserts, deletes } => {
+                        println!("site {site}: delta {from} -> {to} sent ({upserts} upsert(s), {deletes} delete(s))")
+                    }
                     downlink::Published::NothingNew { version } => {
                         println!("site {site}: version {version} is already published; nothing sent")
                     }

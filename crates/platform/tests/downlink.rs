@@ -69,12 +69,15 @@ async fn mode_identity_sync_and_heartbeat_go_down_signed_with_increasing_counter
     let signing = format!("[signing]\nkey_file = \"{}\"\nheartbeat_s = 1\nsnapshot_chunk_people = 2\n", key.display());
     let config = write_config(dir.path(), &pg.url(), broker.port(), &signing);
     let keygen = ok(&run(&config, &["keygen", key.to_str().context("utf-8")?]));
-    let verifier = Verifier::from_specs(&[keygen.lines().last().context("key line")?])
-        .map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+    let verifier =
+        Verifier::from_specs(&[keygen.lines().last().context("key line")?]).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
     let sub = Subscriber::connect(broker.port(), &format!("village/{SITE}/#")).await?;
 
     // The mode, twice: counters 1 then 2 on stream "mode".
-    ok(&run(&config, &["mode", "set", "--site", SITE, "wartime", "--reason", "drill", "--at", "2026-12-02T08:00+08:00"]));
+    ok(&run(
+        &config,
+        &["mode", "set", "--site", SITE, "wartime", "--reason", "drill", "--at", "2026-12-02T08:00+08:00"],
+    ));
     ok(&run(&config, &["mode", "set", "--site", SITE, "normal", "--reason", "drill over"]));
     sub.wait_until(WAIT, "two mode messages", |s| opened(s, &verifier, "mode").len() == 2).await?;
     let modes = opened(&sub, &verifier, "mode");
@@ -102,8 +105,18 @@ async fn mode_identity_sync_and_heartbeat_go_down_signed_with_increasing_counter
          p-003,visitor,110101199003077774,王五,2024-01-01,2030-12-31\n",
     )?;
     let import = |file: &Path| {
-        run(&config, &["identity", "import", "--site", SITE, "--hmac-key-file", site_key.to_str().expect("utf-8"),
-            file.to_str().expect("utf-8")])
+        run(
+            &config,
+            &[
+                "identity",
+                "import",
+                "--site",
+                SITE,
+                "--hmac-key-file",
+                site_key.to_str().expect("utf-8"),
+                file.to_str().expect("utf-8"),
+            ],
+        )
     };
     let out = ok(&import(&csv));
     assert!(out.contains("3 new, 0 changed, 0 unchanged; identity version 1 (published: 0)"), "{out}");
@@ -157,7 +170,8 @@ async fn mode_identity_sync_and_heartbeat_go_down_signed_with_increasing_counter
         requested_at_ms: gate_platform::ingest::now_ms(),
     };
     gate_tests::publish(broker.port(), &format!("village/{SITE}/g1/sync"), request.encode_to_vec(), false).await?;
-    sub.wait_until(WAIT, "the snapshot answering the SyncRequest", |s| identity_batches(s, &verifier).len() == 5).await?;
+    sub.wait_until(WAIT, "the snapshot answering the SyncRequest", |s| identity_batches(s, &verifier).len() == 5)
+        .await?;
     let answer = identity_batches(&sub, &verifier);
     for (i, (counter, body)) in answer[3..].iter().enumerate() {
         assert_eq!(*counter, 4 + i as u64);
