@@ -24,7 +24,7 @@ const MQTT_KEYS: &[&str] = &[
     "password_file",
 ];
 const INGEST_KEYS: &[&str] = &["group", "gap_timeout_s", "batch_max", "batch_wait_ms"];
-const SIGNING_KEYS: &[&str] = &["key_file"];
+const SIGNING_KEYS: &[&str] = &["key_file", "heartbeat_s", "snapshot_chunk_people"];
 /// What `[[route]] kind` may say: the alerts' kinds.
 const ROUTE_KINDS: &[&str] = &["refusal", "alarm", "gap"];
 const ROUTE_KEYS: &[&str] = &["name", "url", "secret_file", "site", "kind", "reason", "category"];
@@ -104,6 +104,17 @@ pub struct IngestConfig {
 #[derive(Debug, Clone)]
 pub struct SigningConfig {
     pub key_file: PathBuf,
+    /// How often each site's signed heartbeat is sent (retained).
+    pub heartbeat_s: u64,
+    /// People per identity snapshot chunk.
+    pub snapshot_chunk_people: usize,
+}
+
+impl PlatformConfig {
+    /// People per identity snapshot chunk.
+    pub fn chunk_people(&self) -> usize {
+        self.signing.as_ref().map_or(1000, |s| s.snapshot_chunk_people)
+    }
 }
 
 /// One `[[route]]`: alerts matching every filter set go to `url`.
@@ -441,8 +452,11 @@ impl Checker<'_> {
     fn signing(&mut self, root: Section<'_>) -> Option<Option<SigningConfig>> {
         let Some(sec) = self.section(root, "signing", "signing").ok()? else { return Some(None) };
         self.unknown_keys(sec, SIGNING_KEYS);
+        let heartbeat = self.int_in(sec, "heartbeat_s", 1, 86_400);
+        let chunk = self.int_in(sec, "snapshot_chunk_people", 1, 20_000);
+        let (heartbeat_s, chunk) = (heartbeat.ok()?.unwrap_or(120) as u64, chunk.ok()?.unwrap_or(1000) as usize);
         match self.path(sec, "key_file").ok()? {
-            Some(key_file) => Some(Some(SigningConfig { key_file })),
+            Some(key_file) => Some(Some(SigningConfig { key_file, heartbeat_s, snapshot_chunk_people: chunk })),
             None => {
                 self.missing(sec, "key_file");
                 None

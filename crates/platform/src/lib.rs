@@ -10,7 +10,9 @@
 
 pub mod config;
 pub mod db;
+pub mod downlink;
 pub mod fleet;
+pub mod identity;
 pub mod ingest;
 pub mod keys;
 pub mod report;
