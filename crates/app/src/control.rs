@@ -404,6 +404,7 @@ async fn status(ctx: &ControlContext) -> Reply {
             acked: load(&o.link.acked),
             connections: load(&o.link.connections),
             connection_errors: load(&o.link.connection_errors),
+            last_error: if o.broker_connected() { None } else { o.link.last_error() },
         },
         outbox: OutboxSummary { depth: outbox.depth, oldest_age_s: outbox.oldest_created_ms.map(|t| age_s(now, t)) },
         decisions: DecisionTotals {

@@ -51,6 +51,23 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] gate_store::StoreError),
+    /// `[mqtt]` TLS or password files that cannot be used (missing, not
+    /// PEM, a key others may read).
+    #[error(transparent)]
+    BrokerAuth(#[from] gate_sync::AuthError),
+}
+
+/// The broker's security settings of `[mqtt]`, as the uplink takes them.
+pub fn broker_auth(mqtt: &gate_config::MqttConfig) -> gate_sync::BrokerAuth {
+    gate_sync::BrokerAuth {
+        tls: mqtt.tls.as_ref().map(|t| gate_sync::TlsFiles {
+            ca_file: t.ca_file.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+        }),
+        username: mqtt.username.clone(),
+        password_file: mqtt.password_file.clone(),
+    }
 }
 
 /// The wall clock, read only at the edge: the engine gets `now` as an argument.
@@ -113,6 +130,7 @@ pub async fn run_until_stopped(
 ) -> Result<(), StartError> {
     let started = std::time::Instant::now();
     let site_key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
+    broker_auth(&config.mqtt).check()?;
     if let Some(dir) = config.store.path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir { path: dir.to_owned(), source })?;
     }
@@ -232,6 +250,8 @@ pub async fn run_until_stopped(
     let (applied_tx, applied) = tokio::sync::watch::channel(config.clone());
     // The uplink reports the policy version in force in its status.
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(config.policy.version.clone());
+    // Every reload, counted: the uplink reads its certificates again.
+    let (reload_tx, reload_rx) = tokio::sync::watch::channel(0u64);
     {
         let mut applied = applied.clone();
         let shutdown = shutdown.clone();
@@ -245,6 +265,7 @@ pub async fn run_until_stopped(
                         }
                         let version = applied.borrow().policy.version.clone();
                         let _ = policy_tx.send(version);
+                        reload_tx.send_modify(|n| *n += 1);
                     }
                 }
             }
@@ -267,6 +288,8 @@ pub async fn run_until_stopped(
         status_interval: Duration::from_secs(15),
         platform_keys: config.passes.platform_keys.clone(),
         policy_updates: Some(policy_rx),
+        auth: broker_auth(&config.mqtt),
+        reloads: Some(reload_rx),
     };
     let devices = device_reporter(&config, &observed);
     tracker.spawn(

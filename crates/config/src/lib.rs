@@ -177,6 +177,29 @@ pub struct MqttConfig {
     pub topic_prefix: String,
     /// `[mqtt] keep_alive_s`, default 30.
     pub keep_alive: Duration,
+    /// `[mqtt] tls` (implied by `ca_file` and `cert_file`): TLS to the
+    /// broker, with these files.
+    pub tls: Option<TlsConfig>,
+    /// `[mqtt] username`.
+    pub username: Option<String>,
+    /// `[mqtt] password_file`: the password on its first line; the file
+    /// must be readable by its owner only.
+    pub password_file: Option<PathBuf>,
+}
+
+/// The TLS files of `[mqtt]`. All are read when the uplink starts and again
+/// on every reload (SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// `[mqtt] ca_file`: the certificates the broker's must chain to (PEM);
+    /// absent, the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// `[mqtt] cert_file`: this gate's client certificate chain (PEM), for
+    /// brokers that require one.
+    pub cert_file: Option<PathBuf>,
+    /// `[mqtt] key_file`: its private key (PEM); refused unless readable by
+    /// its owner only.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

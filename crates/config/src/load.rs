@@ -12,7 +12,7 @@ use crate::{
     AlertsConfig, AntiPassback, CameraConfig, CameraSource, CategorySet, CertificateMatch, Config, ControlConfig,
     DevicesConfig, GateConfig, GateDriver, GateIoConfig, HealthConfig, IdCardConfig, IdentityConfig, MqttConfig,
     PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator, Side, SiteConfig,
-    StoreConfig, UnlockMode,
+    StoreConfig, TlsConfig, UnlockMode,
 };
 use gate_core::{Category, HealthColour, Mode};
 use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
@@ -33,7 +33,19 @@ const ROOT_KEYS: &[&str] = &[
 const SITE_KEYS: &[&str] = &["id", "utc_offset"];
 const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible", "anti_passback", "anti_passback_s"];
 const STORE_KEYS: &[&str] = &["path"];
-const MQTT_KEYS: &[&str] = &["host", "port", "client_id", "topic_prefix", "keep_alive_s"];
+const MQTT_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "client_id",
+    "topic_prefix",
+    "keep_alive_s",
+    "tls",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "username",
+    "password_file",
+];
 const IDENTITY_KEYS: &[&str] = &["hmac_key_file"];
 const DEVICES_KEYS: &[&str] = &["id_card", "gate", "qr_scanner", "plate_reader", "camera"];
 const CAMERA_KEYS: &[&str] = &["device", "snapshot_file", "frames_dir", "interval_ms", "side"];
@@ -681,7 +693,30 @@ impl Checker<'_> {
             Got::Absent => Some("127.0.0.1".to_owned()),
             Got::Invalid => None,
         };
-        let port = self.int_in(s, "port", 1..=65535).or(1883u16);
+        let tls = self.tls(s);
+        let default_port = if matches!(tls, Some(Some(_))) { 8883u16 } else { 1883 };
+        let port = self.int_in(s, "port", 1..=65535).or(default_port);
+        let username = match self.string(s, "username") {
+            Got::Found((u, at)) => {
+                if u.is_empty() || u.chars().any(char::is_control) {
+                    self.push(at, s.dotted("username"), format!("expected a user name, found {u:?}"));
+                    None
+                } else {
+                    Some(Some(u.to_owned()))
+                }
+            }
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        let password_file = match self.path(s, "password_file") {
+            Got::Found(_) if matches!(username, Some(None)) => {
+                self.push(s.key_at("password_file"), s.dotted("password_file"), "a password needs `username`".into());
+                None
+            }
+            Got::Found(p) => Some(Some(p)),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
         let client_id = match self.string(s, "client_id") {
             Got::Found((id, at)) => {
                 let n = id.chars().count();
@@ -741,7 +776,44 @@ impl Checker<'_> {
             client_id: client_id?,
             topic_prefix: topic_prefix?,
             keep_alive: Duration::from_secs(keep_alive?),
+            tls: tls?,
+            username: username?,
+            password_file: password_file?,
         })
+    }
+
+    /// `tls`, `ca_file`, `cert_file`, `key_file`: `Some(None)` for a plain
+    /// connection, `None` after an error.
+    fn tls(&mut self, s: Section<'_>) -> Option<Option<TlsConfig>> {
+        let tls = self.boolean(s, "tls");
+        let ca_file = self.path(s, "ca_file");
+        let cert_file = self.path(s, "cert_file");
+        let key_file = self.path(s, "key_file");
+        let opt = |got: Got<PathBuf>| match got {
+            Got::Found(p) => Some(Some(p)),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        let tls = match tls {
+            Got::Found(b) => Some(Some(b)),
+            Got::Absent => Some(None),
+            Got::Invalid => None,
+        };
+        let (tls, ca_file, cert_file, key_file) = (tls?, opt(ca_file)?, opt(cert_file)?, opt(key_file)?);
+        if cert_file.is_some() != key_file.is_some() {
+            let (present, missing) =
+                if cert_file.is_some() { ("cert_file", "key_file") } else { ("key_file", "cert_file") };
+            let message = format!("a client certificate needs both `cert_file` and `key_file`; `{missing}` is missing");
+            self.push(s.key_at(present), s.dotted(present), message);
+            return None;
+        }
+        let implied = ca_file.is_some() || cert_file.is_some();
+        if tls == Some(false) && implied {
+            let message = "`tls = false` contradicts `ca_file` / `cert_file`".to_owned();
+            self.push(s.value_at("tls"), s.dotted("tls"), message);
+            return None;
+        }
+        Some(tls.unwrap_or(implied).then_some(TlsConfig { ca_file, cert_file, key_file }))
     }
 
     fn devices(&mut self, d: Section<'_>) -> Option<DevicesConfig> {

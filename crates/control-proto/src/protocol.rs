@@ -154,6 +154,9 @@ pub struct BrokerReport {
     pub acked: u64,
     pub connections: u64,
     pub connection_errors: u64,
+    /// Why the last connection attempt failed, while not connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

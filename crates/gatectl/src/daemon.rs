@@ -131,6 +131,9 @@ fn render_status(s: &StatusReport, offset: UtcOffset, now: i64) -> String {
         b.connections,
         b.connection_errors
     ));
+    if let Some(error) = &b.last_error {
+        line(format!("               last error: {error}"));
+    }
     let oldest = s.outbox.oldest_age_s.map(|a| format!(", oldest {}", duration(a))).unwrap_or_default();
     line(format!("outbox:        {} queued{oldest}", s.outbox.depth));
     let d = &s.decisions;

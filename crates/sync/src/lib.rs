@@ -25,12 +25,14 @@ mod downlink;
 mod encode;
 mod health;
 mod identity;
+mod tls;
 mod uplink;
 
 pub use downlink::{DownlinkCounters, EventContext, set_mode_by_technician};
 pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_alert, encode_event, encode_status};
 pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, sign_trust_list};
 pub use identity::{IdentityOutcome, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_STALL_MS, check_stalled, handle_identity};
+pub use tls::{AuthError, BrokerAuth, TlsFiles};
 pub use uplink::{DeviceReport, LinkState, SyncSettings, run_sync};
 
 use gate_core::{GateId, SiteId};

@@ -4,6 +4,7 @@
 
 use crate::downlink::{self, DownlinkCounters, EventContext, Reply};
 use crate::encode::SiteState;
+use crate::tls::BrokerAuth;
 use crate::{Topics, encode_status};
 use gate_core::{Direction, GateId, Lane, Mode, SiteId, UnixMillis};
 use gate_proto::v1 as pb;
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Publishes in flight at once. Bounded so a long backlog does not flood the
 /// client's queue, large enough to drain a backlog at broker speed.
@@ -56,6 +57,12 @@ pub struct SyncSettings {
     pub platform_keys: Vec<[u8; 32]>,
     /// The policy version after a configuration reload, when reloads happen.
     pub policy_updates: Option<tokio::sync::watch::Receiver<String>>,
+    /// TLS and credentials (`[mqtt] tls`, `ca_file`, `cert_file`,
+    /// `key_file`, `username`, `password_file`).
+    pub auth: BrokerAuth,
+    /// Changes at every reload (SIGHUP): the broker's files are read again
+    /// and used from the next connection on.
+    pub reloads: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// A device's health for the status message.
@@ -77,6 +84,19 @@ pub struct LinkState {
     pub connections: AtomicU64,
     pub connection_errors: AtomicU64,
     pub downlink: DownlinkCounters,
+    /// Why the last connection attempt failed (TLS refusals included), for
+    /// `gatectl status`; cleared when a connection is accepted.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl LinkState {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set_last_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -332,6 +352,29 @@ pub async fn run_sync(
         // again on every connection) can break the session and stall the
         // uplink. The 3.1.1 client could only fail the connection.
         .set_max_packet_size(Some(MAX_INCOMING_PACKET));
+    // The TLS files were checked before the daemon started; should they have
+    // gone bad since, say so and wait for a reload rather than connect
+    // without them.
+    let mut reloads = settings.reloads.clone();
+    loop {
+        match settings.auth.load() {
+            Ok(loaded) => {
+                options.set_transport(loaded.transport);
+                if let Some((user, password)) = loaded.credentials {
+                    options.set_credentials(user, password);
+                }
+                break;
+            }
+            Err(e) => {
+                error!(error = %e, "broker TLS settings unusable; events queue in the outbox until they are fixed and reloaded");
+                link.set_last_error(Some(e.to_string()));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    Ok(()) = reloaded(&mut reloads) => {}
+                }
+            }
+        }
+    }
     // Room for a full window plus status and resync messages: try_publish
     // never blocks the task that also drives the event loop.
     let (client, mut eventloop) = AsyncClient::new(options.clone(), WINDOW * 2 + 16);
@@ -367,6 +410,7 @@ pub async fn run_sync(
     let mut status_tick = tokio::time::interval(settings.status_interval);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let broker = format!("{}:{}", settings.host, settings.port);
+    let mut last_logged_error: Option<String> = None;
 
     loop {
         let connected = link.connected.load(Ordering::Relaxed);
@@ -377,6 +421,8 @@ pub async fn run_sync(
                     info!(%broker, "connected to the broker");
                     link.connected.store(true, Ordering::Relaxed);
                     link.connections.fetch_add(1, Ordering::Relaxed);
+                    link.set_last_error(None);
+                    last_logged_error = None;
                     backoff = BACKOFF_START;
                     // Clean session: nothing of the last connection survives,
                     // so publishing restarts at the oldest queued entry.
@@ -399,13 +445,19 @@ pub async fn run_sync(
                 Ok(_) => {}
                 Err(e) => {
                     link.connection_errors.fetch_add(1, Ordering::Relaxed);
+                    let error = describe(&e, settings.auth.tls.is_some());
+                    // A new reason is worth a WARN (the broker came back
+                    // but refuses our certificate); the same one again is not.
+                    let new_reason = last_logged_error.as_deref() != Some(error.as_str());
                     if connected {
-                        warn!(%broker, error = %e, "lost the broker; events queue in the outbox");
-                    } else if link.connection_errors.load(Ordering::Relaxed) == 1 {
-                        warn!(%broker, error = %e, "broker unreachable; decisions go on and events queue in the outbox until it returns");
+                        warn!(%broker, %error, "lost the broker; events queue in the outbox");
+                    } else if new_reason {
+                        warn!(%broker, %error, "broker unreachable; decisions go on and events queue in the outbox until it returns");
                     } else {
-                        debug!(%broker, error = %e, "broker still unreachable");
+                        debug!(%broker, %error, "broker still unreachable");
                     }
+                    link.set_last_error(Some(error.clone()));
+                    last_logged_error = Some(error);
                     link.connected.store(false, Ordering::Relaxed);
                     session.inflight = InFlight::default();
                     if !matches!(e, ConnectionError::RequestsDone) {
@@ -419,6 +471,18 @@ pub async fn run_sync(
             },
             _ = outbox_changed.notified(), if connected => session.pump(),
             Some(query) = health_queries.recv() => session.ask_health(query),
+            Ok(()) = reloaded(&mut reloads) => match settings.auth.load() {
+                Ok(loaded) => {
+                    eventloop.options.set_transport(loaded.transport);
+                    if let Some((user, password)) = loaded.credentials {
+                        eventloop.options.set_credentials(user, password);
+                    }
+                    info!("broker certificates and credentials read again; used from the next connection");
+                }
+                Err(e) => {
+                    warn!(error = %e, "broker certificates could not be read again; the ones read before stay in use");
+                }
+            },
             Ok(()) = policy_changed(&mut policy_updates) => {
                 if connected {
                     session.publish_status();
@@ -453,6 +517,47 @@ pub async fn run_sync(
     }
     link.connected.store(false, Ordering::Relaxed);
     info!("uplink stopped");
+}
+
+/// Resolves at the next reload; never when reloads are off or their sender
+/// is gone.
+async fn reloaded(reloads: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Result<(), ()> {
+    match reloads {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                *reloads = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection failure as a technician needs it: TLS refusals say which
+/// side's certificate to look at.
+fn describe(error: &ConnectionError, tls: bool) -> String {
+    let text = error.to_string();
+    let lower = text.to_ascii_lowercase();
+    let hint = if !tls {
+        None
+    } else if lower.contains("unknownissuer") || lower.contains("invalid peer certificate") {
+        Some("the broker's certificate does not chain to [mqtt] ca_file")
+    } else if lower.contains("notvalidforname") {
+        Some("the broker's certificate does not name [mqtt] host")
+    } else if lower.contains("certificaterequired") {
+        Some("the broker requires a client certificate: set [mqtt] cert_file and key_file")
+    } else if lower.contains("unknownca") || lower.contains("badcertificate") {
+        Some("the broker refuses this gate's client certificate ([mqtt] cert_file): not signed by a CA it trusts")
+    } else if lower.contains("alert") || lower.contains("reset") || lower.contains("closed") || lower.contains("eof") {
+        Some("the broker ended the TLS session: it may refuse this gate's client certificate ([mqtt] cert_file)")
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{text} ({hint})"),
+        None => text,
+    }
 }
 
 /// Resolves when the policy version changes; never when reloads are off or

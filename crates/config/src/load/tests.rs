@@ -133,7 +133,8 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
                 10,
                 1,
                 "mqtt.Port",
-                "unknown key `Port` (expected one of: host, port, client_id, topic_prefix, keep_alive_s); did you mean `port`?",
+                "unknown key `Port` (expected one of: host, port, client_id, topic_prefix, keep_alive_s, tls, ca_file, \
+                 cert_file, key_file, username, password_file); did you mean `port`?",
             )],
         ),
         (
@@ -740,6 +741,15 @@ fn example_config_parses_without_errors() {
     assert_eq!(config.devices.gate.map(|g| g.port), Some(PathBuf::from("/dev/gate-io")));
 }
 
+/// The lines of `[table]` in `text`, up to the next table header.
+fn table_text<'t>(text: &'t str, table: &str) -> &'t str {
+    let header = format!("\n[{table}]\n");
+    let Some(start) = text.find(&header) else { return "" };
+    let body = &text[start + header.len()..];
+    let end = body.find("\n[").map_or(body.len(), |i| i + 1);
+    &body[..end]
+}
+
 #[test]
 fn example_config_documents_every_key() {
     let text = std::fs::read_to_string(example_path()).expect("example");
@@ -750,7 +760,10 @@ fn example_config_documents_every_key() {
             item = item.get(part).unwrap_or_else(|| panic!("example lacks [{table}]"));
         }
         for key in keys {
-            assert!(item.get(key).is_some(), "example lacks `{key}` in [{table}]");
+            // Keys that cannot all be set at once (`tls = false` beside
+            // `ca_file`) are documented as a commented-out line in their table.
+            let commented = || table_text(&text, table).lines().any(|l| l.starts_with(&format!("# {key} = ")));
+            assert!(item.get(key).is_some() || commented(), "example lacks `{key}` in [{table}]");
         }
     }
     // Every `key = value` line has a comment right above it.
@@ -912,5 +925,48 @@ fn metrics_are_off_by_default_and_loopback_unless_allowed() {
         "port 0",
         &with_base("[metrics]\nlisten = \"127.0.0.1:0\"\n"),
         &[(10, 10, "metrics.listen", "expected a port from 1 to 65535, found \"127.0.0.1:0\"")],
+    );
+}
+
+#[test]
+fn mqtt_tls_and_credentials() {
+    // ca_file implies TLS and the TLS port; relative files resolve against
+    // the config folder.
+    let c = ok(&with_base("[mqtt]\nca_file = \"mqtt-ca.pem\"\n"));
+    let tls = c.mqtt.tls.expect("tls implied by ca_file");
+    assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/gated/mqtt-ca.pem")));
+    assert_eq!((tls.cert_file, tls.key_file), (None, None));
+    assert_eq!(c.mqtt.port, 8883);
+    // Plain by default; an explicit port wins.
+    let c = ok(&with_base("[mqtt]\nport = 1884\n"));
+    assert!(c.mqtt.tls.is_none() && c.mqtt.username.is_none() && c.mqtt.password_file.is_none());
+    let c =
+        ok(&with_base("[mqtt]\ntls = true\nport = 8884\nusername = \"gate-1\"\npassword_file = \"/etc/gated/pw\"\n"));
+    assert_eq!(c.mqtt.tls, Some(TlsConfig { ca_file: None, cert_file: None, key_file: None }));
+    assert_eq!(c.mqtt.port, 8884);
+    assert_eq!(c.mqtt.username.as_deref(), Some("gate-1"));
+    assert_eq!(c.mqtt.password_file.as_deref(), Some(Path::new("/etc/gated/pw")));
+    let c = ok(&with_base("[mqtt]\ncert_file = \"/c.pem\"\nkey_file = \"/c.key\"\n"));
+    assert!(c.mqtt.tls.is_some(), "a client certificate implies TLS");
+
+    assert_errors(
+        "half a client certificate",
+        &with_base("[mqtt]\ncert_file = \"/c.pem\"\n"),
+        &[(
+            10,
+            1,
+            "mqtt.cert_file",
+            "a client certificate needs both `cert_file` and `key_file`; `key_file` is missing",
+        )],
+    );
+    assert_errors(
+        "tls off with a CA",
+        &with_base("[mqtt]\ntls = false\nca_file = \"/ca.pem\"\n"),
+        &[(10, 7, "mqtt.tls", "`tls = false` contradicts `ca_file` / `cert_file`")],
+    );
+    assert_errors(
+        "a password without a user",
+        &with_base("[mqtt]\npassword_file = \"/pw\"\n"),
+        &[(10, 1, "mqtt.password_file", "a password needs `username`")],
     );
 }
