@@ -33,7 +33,7 @@ struct Pair {
     key: PathBuf,
 }
 
-fn new_key_args<'a>(key: &'a str) -> Vec<&'a str> {
+fn new_key_args(key: &str) -> Vec<&str> {
     vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key]
 }
 
