@@ -6,6 +6,7 @@
 //! The key names are an interface technicians write against; the example
 //! `config/gated.example.toml` documents each of them.
 
+pub mod diag;
 mod keyfile;
 mod load;
 

@@ -7,6 +7,7 @@
 //! misspelt key is always reported, never ignored.
 
 use crate::MetricsConfig;
+use crate::diag::{base_folder, describe, position, suggest, unknown_key_message};
 use crate::{
     AlertsConfig, AntiPassback, CameraConfig, CameraSource, CategorySet, CertificateMatch, Config, ControlConfig,
     DevicesConfig, GateConfig, GateDriver, GateIoConfig, HealthConfig, IdCardConfig, IdentityConfig, MqttConfig,
@@ -259,16 +260,6 @@ pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// The folder relative paths are resolved against, made absolute.
-fn base_folder(source: &Path) -> PathBuf {
-    let folder = match source.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf())
-}
-
-/// 1-based line and column (in characters) of a byte offset.
 /// A file that is not UTF-8 (TOML must be), pinned to its first bad byte so
 /// a technician can find a stray Latin-1 or GBK character.
 fn not_utf8(path: &Path, bytes: &[u8], e: &std::str::Utf8Error) -> ConfigError {
@@ -289,65 +280,12 @@ fn not_utf8(path: &Path, bytes: &[u8], e: &std::str::Utf8Error) -> ConfigError {
     }
 }
 
-fn position(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..offset.min(text.len())];
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
-    (line, column)
-}
-
-/// Levenshtein distance, in characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            let substitute = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// The closest candidate within an edit distance of 2 (and closer than
-/// rewriting the whole word), if any.
-fn suggest<'k>(found: &str, candidates: &[&'k str]) -> Option<&'k str> {
-    let len = found.chars().count();
-    candidates
-        .iter()
-        .map(|&c| (edit_distance(found, c), c))
-        .filter(|&(d, _)| d <= 2 && d < len)
-        .min_by_key(|&(d, _)| d)
-        .map(|(_, c)| c)
-}
-
 /// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
 fn alternatives(names: &[&str]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
     match quoted.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
         _ => quoted.concat(),
-    }
-}
-
-/// What an item is, for "found ..." in messages.
-fn describe(item: &Item) -> String {
-    match item {
-        Item::None => "nothing".to_owned(),
-        Item::Table(_) => "a table".to_owned(),
-        Item::ArrayOfTables(_) => "an array of tables".to_owned(),
-        Item::Value(v) => match v {
-            Value::String(s) => format!("string {:?}", s.value()),
-            Value::Integer(i) => format!("integer {}", i.value()),
-            Value::Float(x) => format!("float {}", x.value()),
-            Value::Boolean(b) => format!("boolean {}", b.value()),
-            Value::Datetime(d) => format!("datetime {}", d.value()),
-            Value::Array(_) => "an array".to_owned(),
-            Value::InlineTable(_) => "an inline table".to_owned(),
-        },
     }
 }
 
@@ -429,12 +367,7 @@ impl Checker<'_> {
             if known.contains(&name) {
                 continue;
             }
-            let what = if item.is_table() || item.is_array_of_tables() { "table" } else { "key" };
-            let mut message = format!("unknown {what} `{name}` (expected one of: {})", known.join(", "));
-            if let Some(close) = suggest(name, known) {
-                message.push_str(&format!("; did you mean `{close}`?"));
-            }
-            self.push(sec.key_at(name), sec.dotted(name), message);
+            self.push(sec.key_at(name), sec.dotted(name), unknown_key_message(name, item, known));
         }
     }
 

@@ -2,10 +2,11 @@
 //! file, line, column and dotted key (the same `ConfigError` format as
 //! `gated`'s), unknown keys reported with a suggestion. Opens nothing.
 
+use gate_config::diag::{base_folder, describe, position, unknown_key_message};
 use gate_config::{ConfigError, ConfigErrors};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use toml_edit::{Document, Item, TableLike, Value};
+use toml_edit::{Document, Item, TableLike};
 
 const ROOT_KEYS: &[&str] = &["postgres", "mqtt", "ingest", "signing", "route"];
 const POSTGRES_KEYS: &[&str] = &["url", "pool_size"];
@@ -23,7 +24,9 @@ const MQTT_KEYS: &[&str] = &[
     "password_file",
 ];
 const INGEST_KEYS: &[&str] = &["group", "gap_timeout_s", "batch_max", "batch_wait_ms"];
-const SIGNING_KEYS: &[&str] = &["key_file"];
+const SIGNING_KEYS: &[&str] = &["key_file", "heartbeat_s", "snapshot_chunk_people"];
+/// What `[[route]] kind` may say: the alerts' kinds.
+const ROUTE_KINDS: &[&str] = &["refusal", "alarm", "gap"];
 const ROUTE_KEYS: &[&str] = &["name", "url", "secret_file", "site", "kind", "reason", "category"];
 
 /// Every table and the keys it accepts, so a test can check that the
@@ -101,6 +104,17 @@ pub struct IngestConfig {
 #[derive(Debug, Clone)]
 pub struct SigningConfig {
     pub key_file: PathBuf,
+    /// How often each site's signed heartbeat is sent (retained).
+    pub heartbeat_s: u64,
+    /// People per identity snapshot chunk.
+    pub snapshot_chunk_people: usize,
+}
+
+impl PlatformConfig {
+    /// People per identity snapshot chunk.
+    pub fn chunk_people(&self) -> usize {
+        self.signing.as_ref().map_or(1000, |s| s.snapshot_chunk_people)
+    }
 }
 
 /// One `[[route]]`: alerts matching every filter set go to `url`.
@@ -146,12 +160,7 @@ pub fn parse(source: &Path, text: &str) -> Result<PlatformConfig, ConfigErrors> 
             }]));
         }
     };
-    let folder = match source.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let base = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
-    let mut c = Checker { file: source, text, base, errors: Vec::new() };
+    let mut c = Checker { file: source, text, base: base_folder(source), errors: Vec::new() };
     let config = c.config(doc.as_table());
     let mut errors = c.errors;
     match config {
@@ -169,43 +178,6 @@ pub fn parse(source: &Path, text: &str) -> Result<PlatformConfig, ConfigErrors> 
             errors.sort_by_key(|e| (e.line, e.column));
             Err(ConfigErrors(errors))
         }
-    }
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn position(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..offset.min(text.len())];
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
-    (line, column)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn describe(item: &Item) -> String {
-    match item {
-        Item::None => "nothing".into(),
-        Item::Table(_) => "a table".into(),
-        Item::ArrayOfTables(_) => "an array of tables".into(),
-        Item::Value(Value::String(s)) => format!("string {:?}", s.value()),
-        Item::Value(Value::Integer(i)) => format!("integer {}", i.value()),
-        Item::Value(Value::Float(x)) => format!("float {}", x.value()),
-        Item::Value(Value::Boolean(b)) => format!("boolean {}", b.value()),
-        Item::Value(Value::Datetime(d)) => format!("datetime {}", d.value()),
-        Item::Value(Value::Array(_)) => "an array".into(),
-        Item::Value(Value::InlineTable(_)) => "an inline table".into(),
     }
 }
 
@@ -252,15 +224,7 @@ impl Checker<'_> {
             if known.contains(&name) {
                 continue;
             }
-            let what = if item.is_table() || item.is_array_of_tables() { "table" } else { "key" };
-            let mut message = format!("unknown {what} `{name}` (expected one of: {})", known.join(", "));
-            let len = name.chars().count();
-            if let Some((_, close)) =
-                known.iter().map(|&k| (edit_distance(name, k), k)).filter(|&(d, _)| d <= 2 && d < len).min()
-            {
-                message.push_str(&format!("; did you mean `{close}`?"));
-            }
-            self.push(sec.key_at(name), sec.dotted(name), message);
+            self.push(sec.key_at(name), sec.dotted(name), unknown_key_message(name, item, known));
         }
     }
 
@@ -488,8 +452,11 @@ impl Checker<'_> {
     fn signing(&mut self, root: Section<'_>) -> Option<Option<SigningConfig>> {
         let Some(sec) = self.section(root, "signing", "signing").ok()? else { return Some(None) };
         self.unknown_keys(sec, SIGNING_KEYS);
+        let heartbeat = self.int_in(sec, "heartbeat_s", 1, 86_400);
+        let chunk = self.int_in(sec, "snapshot_chunk_people", 1, 20_000);
+        let (heartbeat_s, chunk) = (heartbeat.ok()?.unwrap_or(120) as u64, chunk.ok()?.unwrap_or(1000) as usize);
         match self.path(sec, "key_file").ok()? {
-            Some(key_file) => Some(Some(SigningConfig { key_file })),
+            Some(key_file) => Some(Some(SigningConfig { key_file, heartbeat_s, snapshot_chunk_people: chunk })),
             None => {
                 self.missing(sec, "key_file");
                 None
@@ -528,8 +495,8 @@ impl Checker<'_> {
         let category = self.word(sec, "category");
         let url = match url.ok()? {
             Some((u, at)) => {
-                if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
-                    self.push(at, sec.dotted("url"), format!("expected an http:// or https:// URL, found {u:?}"));
+                if let Err(why) = crate::routes::parse_http_url(&u) {
+                    self.push(at, sec.dotted("url"), format!("{why}, found {u:?}"));
                     return None;
                 }
                 u
@@ -546,6 +513,22 @@ impl Checker<'_> {
                 return None;
             }
         };
+        let kind = kind.ok()?;
+        if let Some(k) = &kind
+            && !ROUTE_KINDS.contains(&k.as_str())
+        {
+            let message = format!("expected one of {}, found {k:?}", ROUTE_KINDS.join(", "));
+            self.push(sec.value_at("kind"), sec.dotted("kind"), message);
+            return None;
+        }
+        let reason = reason.ok()?;
+        if let Some(r) = &reason
+            && !crate::wire::reason_names().contains(r)
+        {
+            let message = format!("expected a gate.v1 reason name (such as \"blocklisted\"), found {r:?}");
+            self.push(sec.value_at("reason"), sec.dotted("reason"), message);
+            return None;
+        }
         let category = category.ok()?;
         if let Some(c) = &category
             && !["resident", "worker", "visitor"].contains(&c.as_str())
@@ -559,8 +542,8 @@ impl Checker<'_> {
             url,
             secret_file,
             site: site.ok()?,
-            kind: kind.ok()?,
-            reason: reason.ok()?,
+            kind,
+            reason,
             category,
         })
     }
@@ -614,13 +597,23 @@ mod tests {
         assert!(errs.iter().any(|e| e.contains("missing required table `[postgres]`")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("missing required table `[mqtt]`")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains(":2:7: route[1].url: expected an http")), "{errs:?}");
+        let route = |body: &str| errors(&format!("{MINIMAL}[[route]]\nsecret_file = \"s\"\n{body}"));
+        let errs = route("url = \"http://h/x\"\nkind = \"gate\"\n");
+        assert_eq!(
+            errs,
+            ["/etc/p/platform.toml:8:8: route[1].kind: expected one of refusal, alarm, gap, found \"gate\""]
+        );
+        let errs = route("url = \"http://h/x\"\nreason = \"blocklist\"\n");
+        assert!(errs[0].contains("route[1].reason: expected a gate.v1 reason name"), "{errs:?}");
+        let errs = route("url = \"https://h/x\"\n");
+        assert!(errs[0].contains("route[1].url: https:// webhooks need TLS"), "{errs:?}");
     }
 
     #[test]
     fn routes_and_relative_paths_resolve_against_the_file() {
         let text = format!(
             "{MINIMAL}[signing]\nkey_file = \"platform.key\"\n[[route]]\nurl = \"http://127.0.0.1:9/hook\"\n\
-             secret_file = \"hook.secret\"\nkind = \"gap\"\n[[route]]\nname = \"police\"\nurl = \"https://p/x\"\n\
+             secret_file = \"hook.secret\"\nkind = \"gap\"\n[[route]]\nname = \"police\"\nurl = \"http://p/x\"\n\
              secret_file = \"/s\"\nreason = \"blocklisted\"\n"
         );
         let c = parse(Path::new("/etc/p/platform.toml"), &text).expect("valid");

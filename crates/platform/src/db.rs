@@ -15,6 +15,8 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0001_initial.sql"),
     ),
     ("flow views for the grid workers", include_str!("../migrations/0002_flows.sql")),
+    ("alert routing: the durable delivery queue", include_str!("../migrations/0003_routes.sql")),
+    ("signed downlink: counters, identity table, site state", include_str!("../migrations/0004_downlink.sql")),
 ];
 
 /// Key of the advisory lock held while migrating (any constant the other

@@ -5,7 +5,9 @@
 use deadpool_postgres::Pool;
 use serde_json::{Value, json};
 
+use crate::config::RouteConfig;
 use crate::db::DbError;
+use crate::routes::RouteLine;
 
 /// A status older than this (3 intervals of 15 s) is shown as stale.
 pub const STALE_MS: i64 = 45_000;
@@ -110,8 +112,12 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "-".into(), ToString::to_string)
 }
 
-pub fn to_json(lines: &[GateLine]) -> Value {
+pub fn to_json(lines: &[GateLine], routes: &[RouteLine]) -> Value {
     json!({
+        "routes": routes.iter().map(|r| json!({
+            "name": r.name, "delivered": r.delivered, "pending": r.pending, "failures": r.failures,
+            "last_delivery_age_ms": r.last_delivery_age_ms, "last_error": r.last_error,
+        })).collect::<Vec<_>>(),
         "gates": lines.iter().map(|l| json!({
             "site_id": l.site_id, "gate_id": l.gate_id, "state": l.state,
             "last_event_age_ms": l.last_event_age_ms, "outbox_depth": l.outbox_depth,
@@ -159,13 +165,38 @@ pub fn to_table(lines: &[GateLine]) -> String {
     out
 }
 
-pub async fn print(pool: &Pool, json: bool, now_ms: i64) -> Result<(), DbError> {
+/// The routes' table: last delivery and failures of each `[[route]]`.
+pub fn routes_table(routes: &[RouteLine]) -> String {
+    let mut out = format!(
+        "{:<16} {:>9} {:>7} {:>8} {:>13}  {}\n",
+        "ROUTE", "DELIVERED", "PENDING", "FAILURES", "LAST DELIVERY", "LAST ERROR"
+    );
+    for r in routes {
+        out.push_str(&format!(
+            "{:<16} {:>9} {:>7} {:>8} {:>13}  {}\n",
+            r.name,
+            r.delivered,
+            r.pending,
+            r.failures,
+            age(r.last_delivery_age_ms),
+            r.last_error.as_deref().unwrap_or("-")
+        ));
+    }
+    out
+}
+
+pub async fn print(pool: &Pool, routes: &[RouteConfig], json: bool, now_ms: i64) -> Result<(), DbError> {
     crate::db::migrate(pool).await?;
     let lines = lines(pool, now_ms).await?;
+    let routes = crate::routes::lines(pool, routes, now_ms).await?;
     if json {
-        println!("{}", to_json(&lines));
+        println!("{}", to_json(&lines, &routes));
     } else {
         print!("{}", to_table(&lines));
+        if !routes.is_empty() {
+            println!();
+            print!("{}", routes_table(&routes));
+        }
     }
     Ok(())
 }

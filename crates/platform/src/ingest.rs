@@ -52,6 +52,9 @@ pub struct IngestStats {
     /// lost connection.
     pub retries: AtomicU64,
     pub gaps_opened: AtomicU64,
+    /// Gates' `SyncRequest`s received, and the snapshots sent for them.
+    pub sync_requests: AtomicU64,
+    pub snapshots_sent: AtomicU64,
     /// Set once the broker acknowledged the subscriptions.
     pub subscribed: AtomicU64,
 }
@@ -62,6 +65,7 @@ pub struct Filters {
     pub events: String,
     pub alerts: String,
     pub status: String,
+    pub sync: String,
 }
 
 impl Filters {
@@ -70,6 +74,7 @@ impl Filters {
             events: format!("$share/{group}/{prefix}/+/+/events"),
             alerts: format!("$share/{group}/{prefix}/+/alerts"),
             status: format!("$share/{group}/{prefix}/+/+/status"),
+            sync: format!("$share/{group}/{prefix}/+/+/sync"),
         }
     }
 }
@@ -80,6 +85,7 @@ pub enum TopicKind {
     Events { site: String, gate: String },
     Alerts { site: String },
     Status { site: String, gate: String },
+    Sync { site: String, gate: String },
 }
 
 /// Parses `{prefix}/{site}/{gate}/events`, `{prefix}/{site}/alerts`,
@@ -91,6 +97,7 @@ pub fn classify(prefix: &str, topic: &str) -> Option<TopicKind> {
         [site, gate, "events"] => Some(TopicKind::Events { site: (*site).into(), gate: (*gate).into() }),
         [site, "alerts"] => Some(TopicKind::Alerts { site: (*site).into() }),
         [site, gate, "status"] => Some(TopicKind::Status { site: (*site).into(), gate: (*gate).into() }),
+        [site, gate, "sync"] => Some(TopicKind::Sync { site: (*site).into(), gate: (*gate).into() }),
         _ => None,
     }
 }
@@ -107,6 +114,7 @@ enum Decoded {
     Event(pb::GateEvent),
     Alert(pb::Alert),
     Status(pb::GateStatus),
+    Sync(pb::SyncRequest),
 }
 
 pub fn now_ms() -> i64 {
@@ -145,6 +153,13 @@ fn decode(prefix: &str, publish: &Publish) -> Result<Decoded, String> {
             }
             Ok(Decoded::Status(s))
         }
+        TopicKind::Sync { site, gate } => {
+            let r = pb::SyncRequest::decode(bytes).map_err(|e| format!("not a SyncRequest: {e}"))?;
+            if r.site_id != site || r.gate_id != gate {
+                return Err("site or gate differs from the topic's".into());
+            }
+            Ok(Decoded::Sync(r))
+        }
     }
 }
 
@@ -158,7 +173,24 @@ pub async fn run_ingest(
     stats: Arc<IngestStats>,
     shutdown: CancellationToken,
 ) -> Result<(), DbError> {
+    // Every route's secret is read before anything is consumed: a route
+    // that cannot sign must stop the start, not lose alerts later.
+    let routes = config
+        .routes
+        .iter()
+        .map(crate::routes::Route::load)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DbError::Invalid(e.to_string()))?;
+    // The signing key too: a replica that could not answer SyncRequests
+    // or send heartbeats must say so at start.
+    let signer = match &config.signing {
+        Some(s) => {
+            Some(Arc::new(gate_envelope::Signer::from_file(&s.key_file).map_err(|e| DbError::Invalid(e.to_string()))?))
+        }
+        None => None,
+    };
     crate::db::migrate(&pool).await?;
+    let shared = Arc::new(config.clone());
     let client_id = match replica {
         Some(r) => format!("{}-{r}", config.mqtt.client_id),
         None => config.mqtt.client_id.clone(),
@@ -196,9 +228,26 @@ pub async fn run_ingest(
         stats.clone(),
         shutdown.clone(),
     ));
-    let sweeper = tokio::spawn(sweep_gaps(pool.clone(), config.ingest.gap_timeout, stats.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(sweep_gaps(
+        pool.clone(),
+        config.ingest.gap_timeout,
+        config.routes.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    let dispatcher = tokio::spawn(crate::routes::run_dispatcher(
+        pool.clone(),
+        routes,
+        Arc::new(crate::routes::DeliveryStats::default()),
+        shutdown.clone(),
+    ));
+    let heartbeats = signer
+        .clone()
+        .map(|signer| tokio::spawn(send_heartbeats(pool.clone(), signer, shared.clone(), shutdown.clone())));
     let writer = Writer {
+        sync: signer.map(|signer| SyncAnswers { pool: pool.clone(), signer, config: shared }),
         pool,
+        routes: config.routes.clone(),
         client: client.clone(),
         prefix: config.mqtt.topic_prefix.clone(),
         batch_max: config.ingest.batch_max,
@@ -211,6 +260,10 @@ pub async fn run_ingest(
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), mqtt).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
+    let _ = tokio::time::timeout(crate::routes::HTTP_TIMEOUT, dispatcher).await;
+    if let Some(h) = heartbeats {
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
     result
 }
 
@@ -238,7 +291,7 @@ async fn mqtt_task(
                 info!(generation = g, session_present = ack.session_present, "connected to the broker");
                 // Subscribing again is harmless on a resumed session and
                 // needed on a new one.
-                for filter in [&filters.events, &filters.alerts, &filters.status] {
+                for filter in [&filters.events, &filters.alerts, &filters.status, &filters.sync] {
                     if let Err(e) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
                         warn!(error = %e, filter, "could not queue a subscription");
                     }
@@ -269,8 +322,19 @@ async fn mqtt_task(
     }
 }
 
-struct Writer {
+/// What answering a gate's `SyncRequest` needs.
+#[derive(Clone)]
+struct SyncAnswers {
     pool: Pool,
+    signer: Arc<gate_envelope::Signer>,
+    config: Arc<PlatformConfig>,
+}
+
+struct Writer {
+    /// `None` without `[signing]`: requests are logged, not answered.
+    sync: Option<SyncAnswers>,
+    pool: Pool,
+    routes: Vec<crate::config::RouteConfig>,
     client: AsyncClient,
     prefix: String,
     batch_max: usize,
@@ -337,12 +401,14 @@ impl Writer {
         let mut events = Vec::new();
         let mut alerts = Vec::new();
         let mut statuses = Vec::new();
+        let mut syncs = Vec::new();
         let mut rejected = 0u64;
         for m in batch {
             match decode(&self.prefix, &m.publish) {
                 Ok(Decoded::Event(e)) => events.push(e),
                 Ok(Decoded::Alert(a)) => alerts.push(a),
                 Ok(Decoded::Status(s)) => statuses.push(s),
+                Ok(Decoded::Sync(r)) => syncs.push(r),
                 Err(why) => {
                     rejected += 1;
                     warn!(topic = %m.publish.topic, bytes = m.publish.payload.len(), why, "message rejected");
@@ -369,7 +435,9 @@ impl Writer {
             states.push(state);
         }
         let (new_events, dup_events) = insert_events(&tx, &events).await?;
-        let (new_alerts, dup_alerts) = insert_alerts(&tx, &alerts).await?;
+        let new_alerts = insert_alerts(&tx, &alerts).await?;
+        crate::routes::enqueue(&tx, &self.routes, &new_alerts).await?;
+        let (new_alerts, dup_alerts) = (new_alerts.len() as u64, (alerts.len() - new_alerts.len()) as u64);
         for (((site, gate, stream), list), mut state) in seqs.iter().zip(states) {
             let gaps_before = state.open_gaps();
             state.apply(list, now);
@@ -407,6 +475,7 @@ impl Writer {
         s.statuses.fetch_add(statuses.len() as u64, Ordering::Relaxed);
         s.rejected.fetch_add(rejected, Ordering::Relaxed);
         s.batches.fetch_add(1, Ordering::Relaxed);
+        self.answer(syncs, now);
         debug!(
             messages = batch.len(),
             new_events,
@@ -417,6 +486,58 @@ impl Writer {
             "batch committed"
         );
         Ok(())
+    }
+}
+
+impl Writer {
+    /// Answers SyncRequests off the writer's path: a snapshot takes the
+    /// site's downlink lock and waits for the broker, which must not hold
+    /// up the events. A request lost with a replica is asked again by the
+    /// gate (it repeats a request that stays unanswered).
+    fn answer(&self, requests: Vec<pb::SyncRequest>, received_at_ms: i64) {
+        for request in requests {
+            self.stats.sync_requests.fetch_add(1, Ordering::Relaxed);
+            let Some(sync) = self.sync.clone() else {
+                warn!(
+                    site = request.site_id,
+                    gate = request.gate_id,
+                    "SyncRequest received, but [signing] is not set: not answered"
+                );
+                continue;
+            };
+            let stats = self.stats.clone();
+            tokio::spawn(async move {
+                let d = crate::downlink::Downlink { pool: &sync.pool, signer: &sync.signer, config: &sync.config };
+                match crate::downlink::answer_sync(&d, &request, received_at_ms).await {
+                    Ok(true) => {
+                        stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(site = request.site_id, gate = request.gate_id, error = %e, "SyncRequest not answered")
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Every second, the heartbeats whose turn it is.
+async fn send_heartbeats(
+    pool: Pool,
+    signer: Arc<gate_envelope::Signer>,
+    config: Arc<PlatformConfig>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let d = crate::downlink::Downlink { pool: &pool, signer: &signer, config: &config };
+        if let Err(e) = crate::downlink::heartbeat_round(&d).await {
+            warn!(error = %e, "heartbeat round failed; retrying");
+        }
     }
 }
 
@@ -532,14 +653,15 @@ async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result
     Ok((inserted, events.len() as u64 - inserted))
 }
 
-/// Inserts the gates' alerts, ignoring those already stored.
-async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<(u64, u64), DbError> {
-    let mut new = 0;
+/// Inserts the gates' alerts, ignoring those already stored; returns the
+/// new ones (to be routed).
+async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<Vec<crate::routes::AlertFacts>, DbError> {
+    let mut new = Vec::new();
     let mut sorted: Vec<&pb::Alert> = alerts.iter().collect();
     sorted.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
     for a in &sorted {
         let r = wire::AlertRow::from(*a);
-        new += tx
+        let inserted = tx
             .execute(
                 "INSERT INTO alerts (alert_id, source, kind, site_id, gate_id, seq, occurred_at, reason, category,
                      subject, person_id, alarm, mode, repeat_count, first_occurred_at, facts)
@@ -565,8 +687,17 @@ async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<(u6
                 ],
             )
             .await?;
+        if inserted == 1 {
+            new.push(crate::routes::AlertFacts {
+                alert_id: r.alert_id,
+                site_id: r.site_id,
+                kind: r.kind,
+                reason: r.reason,
+                category: r.category,
+            });
+        }
     }
-    Ok((new, alerts.len() as u64 - new))
+    Ok(new)
 }
 
 /// The fleet table: newest event time, and the status fields. A status
@@ -640,14 +771,20 @@ async fn update_gates(
 /// Every few seconds, turns holes older than the gap timeout into `gaps`
 /// rows and platform alerts. Rows locked by a replica's writer are skipped
 /// (SKIP LOCKED) and looked at on the next round.
-async fn sweep_gaps(pool: Pool, timeout: Duration, stats: Arc<IngestStats>, shutdown: CancellationToken) {
+async fn sweep_gaps(
+    pool: Pool,
+    timeout: Duration,
+    routes: Vec<crate::config::RouteConfig>,
+    stats: Arc<IngestStats>,
+    shutdown: CancellationToken,
+) {
     let period = (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        match sweep_once(&pool, timeout, now_ms()).await {
+        match sweep_once(&pool, timeout, &routes, now_ms()).await {
             Ok(n) if n > 0 => {
                 stats.gaps_opened.fetch_add(n, Ordering::Relaxed);
             }
@@ -658,7 +795,12 @@ async fn sweep_gaps(pool: Pool, timeout: Duration, stats: Arc<IngestStats>, shut
 }
 
 /// One sweep at `now_ms`; returns the number of gaps opened.
-pub async fn sweep_once(pool: &Pool, timeout: Duration, now_ms: i64) -> Result<u64, DbError> {
+pub async fn sweep_once(
+    pool: &Pool,
+    timeout: Duration,
+    routes: &[crate::config::RouteConfig],
+    now_ms: i64,
+) -> Result<u64, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let rows = tx
@@ -705,6 +847,14 @@ pub async fn sweep_once(pool: &Pool, timeout: Duration, now_ms: i64) -> Result<u
                 &[&alert_id, &site, &gate, &(now_ms as f64), &detail, &facts],
             )
             .await?;
+            let routed = crate::routes::AlertFacts {
+                alert_id: alert_id.clone(),
+                site_id: site.clone(),
+                kind: "gap".into(),
+                reason: None,
+                category: None,
+            };
+            crate::routes::enqueue(&tx, routes, std::slice::from_ref(&routed)).await?;
             warn!(site, gate, stream, from, to, gap_id, "gap: events missing past the timeout");
             state.holes[i].gap_id = Some(gap_id);
             opened += 1;
@@ -729,7 +879,8 @@ mod tests {
             ("village/s1/g1/events", Some(TopicKind::Events { site: "s1".into(), gate: "g1".into() })),
             ("village/s1/alerts", Some(TopicKind::Alerts { site: "s1".into() })),
             ("village/s1/g1/status", Some(TopicKind::Status { site: "s1".into(), gate: "g1".into() })),
-            ("village/s1/g1/sync", None),
+            ("village/s1/g1/sync", Some(TopicKind::Sync { site: "s1".into(), gate: "g1".into() })),
+            ("village/s1/g1/health/req", None),
             ("villagex/s1/g1/events", None),
             ("other/s1/g1/events", None),
         ];

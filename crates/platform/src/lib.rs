@@ -10,10 +10,13 @@
 
 pub mod config;
 pub mod db;
+pub mod downlink;
 pub mod fleet;
+pub mod identity;
 pub mod ingest;
 pub mod keys;
 pub mod report;
+pub mod routes;
 pub mod seqtrack;
 pub mod sim;
 pub mod wire;

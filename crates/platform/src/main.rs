@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use gate_platform::config::{self, DEFAULT_PATH, PlatformConfig};
-use gate_platform::{db, fleet, ingest, keys, report};
+use gate_platform::{db, downlink, fleet, identity, ingest, keys, report};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_USAGE: u8 = 64;
@@ -54,6 +54,77 @@ enum Command {
     Report {
         #[command(subcommand)]
         report: ReportCommand,
+    },
+    /// The sites' identity tables: import from CSV, publish to the gates (signed).
+    Identity {
+        #[command(subcommand)]
+        identity: IdentityCommand,
+    },
+    /// The site mode, sent to the gates signed and retained.
+    Mode {
+        #[command(subcommand)]
+        mode: ModeCommand,
+    },
+    /// Trust lists for health certificates, sent to the gates signed and retained.
+    Trust {
+        #[command(subcommand)]
+        trust: TrustCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Imports the CSV gatectl takes (person_id,category,id_number,name,valid_from,valid_to)
+    /// into the site's table; ID numbers are kept only as keyed hashes under the site key.
+    Import {
+        #[arg(long)]
+        site: String,
+        /// The site's HMAC key file (the gates' `[identity] hmac_key_file`), owner-only.
+        #[arg(long)]
+        hmac_key_file: PathBuf,
+        /// The site's offset from UTC for the validity dates.
+        #[arg(long, default_value = "+08:00")]
+        utc_offset: String,
+        #[arg(value_name = "FILE.csv")]
+        file: PathBuf,
+    },
+    /// Sends the site's table to its gates: a delta from the last published
+    /// version, or a snapshot the first time (or with --snapshot).
+    Publish {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        snapshot: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModeCommand {
+    /// Sets the site mode: normal, sporadic or wartime.
+    Set {
+        #[arg(long)]
+        site: String,
+        mode: String,
+        /// Why (shown at the gates and in their events).
+        #[arg(long)]
+        reason: String,
+        /// When it takes effect: YYYY-MM-DDTHH:MM[:SS] with Z or +08:00, or
+        /// Unix milliseconds. Default: now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCommand {
+    /// Publishes the trust list VERSION made of these DER certificates.
+    Publish {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        version: u64,
+        #[arg(value_name = "CERT.der", required = true)]
+        certificates: Vec<PathBuf>,
     },
 }
 
@@ -158,15 +229,84 @@ async fn run(command: Command, config: PlatformConfig) -> ExitCode {
             r.map_err(|e| e.to_string())
         }
         Command::SweepGaps => match db::migrate(&pool).await {
-            Ok(_) => ingest::sweep_once(&pool, config.ingest.gap_timeout, ingest::now_ms())
+            Ok(_) => ingest::sweep_once(&pool, config.ingest.gap_timeout, &config.routes, ingest::now_ms())
                 .await
                 .map(|n| println!("{n} gap(s) opened"))
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
-        Command::Fleet { json } => fleet::print(&pool, json, ingest::now_ms()).await.map_err(|e| e.to_string()),
+        Command::Fleet { json } => {
+            fleet::print(&pool, &config.routes, json, ingest::now_ms()).await.map_err(|e| e.to_string())
+        }
         Command::Report { report: ReportCommand::Flow { site, day, svg } } => {
             report::flow(&pool, &site, &day, svg.as_deref()).await.map_err(|e| e.to_string())
+        }
+        Command::Identity { identity: IdentityCommand::Import { site, hmac_key_file, utc_offset, file } } => {
+            identity_import(&pool, &site, &hmac_key_file, &utc_offset, &file).await
+        }
+        Command::Identity { identity: IdentityCommand::Publish { site, snapshot } } => {
+            let Some(signer) = signer(&config) else { return ExitCode::from(EXIT_CONFIG) };
+            let d = downlink::Downlink { pool: &pool, signer: &signer, config: &config };
+            match db::migrate(&pool).await {
+                Err(e) => Err(e.to_string()),
+                Ok(_) => downlink::identity_publish(&d, &site, snapshot, ingest::now_ms()).await.map(|p| match p {
+                    downlink::Published::Snapshot { version, people, chunks } => {
+                        println!("site {site}: snapshot of version {version} sent ({people} people, {chunks} chunk(s))")
+                    }
+                    downlink::Published::Delta { from, to, upserts, deletes } => {
+                        println!("site {site}: delta {from} -> {to} sent ({upserts} upsert(s), {deletes} delete(s))")
+                    }
+                    downlink::Published::NothingNew { version } => {
+                        println!("site {site}: version {version} is already published; nothing sent")
+                    }
+                }),
+            }
+        }
+        Command::Mode { mode: ModeCommand::Set { site, mode, reason, at } } => {
+            let Some(wire) = downlink::parse_mode(&mode) else {
+                eprintln!("gate-platform: mode must be normal, sporadic or wartime, found {mode:?}");
+                return ExitCode::from(EXIT_USAGE);
+            };
+            let now = ingest::now_ms();
+            let at = match at.as_deref().map(downlink::parse_time).transpose() {
+                Ok(at) => at.unwrap_or(now),
+                Err(e) => {
+                    eprintln!("gate-platform: --at: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            if reason.trim().is_empty() || reason.chars().count() > 200 {
+                eprintln!("gate-platform: --reason must be 1 to 200 characters");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let Some(signer) = signer(&config) else { return ExitCode::from(EXIT_CONFIG) };
+            let d = downlink::Downlink { pool: &pool, signer: &signer, config: &config };
+            match db::migrate(&pool).await {
+                Err(e) => Err(e.to_string()),
+                Ok(_) => downlink::mode_set(&d, &site, wire, &reason, at, now)
+                    .await
+                    .map(|counter| println!("site {site}: mode {mode} sent (counter {counter})")),
+            }
+        }
+        Command::Trust { trust: TrustCommand::Publish { site, version, certificates } } => {
+            let mut ders = Vec::new();
+            for path in &certificates {
+                match std::fs::read(path) {
+                    Ok(der) => ders.push(der),
+                    Err(e) => {
+                        eprintln!("gate-platform: {}: {e}", path.display());
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                }
+            }
+            let Some(signer) = signer(&config) else { return ExitCode::from(EXIT_CONFIG) };
+            let d = downlink::Downlink { pool: &pool, signer: &signer, config: &config };
+            match db::migrate(&pool).await {
+                Err(e) => Err(e.to_string()),
+                Ok(_) => downlink::trust_publish(&d, &site, version, ders, ingest::now_ms())
+                    .await
+                    .map(|counter| println!("site {site}: trust list version {version} sent (counter {counter})")),
+            }
         }
         Command::CheckConfig | Command::Keygen { .. } => Ok(()),
     };
@@ -177,4 +317,42 @@ async fn run(command: Command, config: PlatformConfig) -> ExitCode {
             if e.starts_with("bad request:") { ExitCode::from(EXIT_USAGE) } else { ExitCode::from(EXIT_UNAVAILABLE) }
         }
     }
+}
+
+/// The signing key of `[signing] key_file`, or why not (printed).
+fn signer(config: &PlatformConfig) -> Option<gate_envelope::Signer> {
+    let Some(signing) = &config.signing else {
+        eprintln!("gate-platform: this command signs what it sends: set [signing] key_file");
+        return None;
+    };
+    match gate_envelope::Signer::from_file(&signing.key_file) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("gate-platform: {e}");
+            None
+        }
+    }
+}
+
+async fn identity_import(
+    pool: &deadpool_postgres::Pool,
+    site: &str,
+    key_file: &std::path::Path,
+    utc_offset: &str,
+    file: &std::path::Path,
+) -> Result<(), String> {
+    let offset = gate_core::UtcOffset::parse(utc_offset)
+        .map_err(|e| format!("bad request: --utc-offset {utc_offset:?}: {e}"))?;
+    let key = gate_config::load_site_key(key_file).map_err(|e| format!("bad request: {e}"))?;
+    let bytes = std::fs::read(file).map_err(|e| format!("bad request: {}: {e}", file.display()))?;
+    let text = identity::decode_text(file, &bytes).map_err(|e| format!("bad request: {e}"))?;
+    let people = identity::parse_people(file, &text, &key, offset)
+        .map_err(|errors| format!("bad request: nothing imported:\n{}", errors.join("\n")))?;
+    db::migrate(pool).await.map_err(|e| e.to_string())?;
+    let s = identity::import(pool, site, &people).await.map_err(|e| e.to_string())?;
+    println!(
+        "site {site}: {} new, {} changed, {} unchanged; identity version {} (published: {})",
+        s.added, s.changed, s.unchanged, s.version, s.published
+    );
+    Ok(())
 }

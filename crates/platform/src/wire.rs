@@ -27,6 +27,10 @@ pub fn decision_name(raw: i32) -> Option<String> {
 pub fn reason_name(raw: i32) -> Option<String> {
     name(pb::Reason::try_from(raw).ok().map(|k| k.as_str_name()), "REASON_", raw)
 }
+/// Every reason name the wire knows (`blocklisted`, `expired`, ...).
+pub fn reason_names() -> Vec<String> {
+    (0..256).filter_map(|raw| pb::Reason::try_from(raw).ok().and_then(|r| reason_name(r as i32))).collect()
+}
 pub fn category_name(raw: i32) -> Option<String> {
     name(pb::Category::try_from(raw).ok().map(|k| k.as_str_name()), "CATEGORY_", raw)
 }

@@ -111,7 +111,7 @@ async fn events_land_exactly_once_while_a_replica_is_killed_mid_stream() -> Resu
          pass|-|350203********123X\nblock|unknown_person|440524********0014"
     );
     // The broker's messages for the killed replica did reach the new one.
-    a2.wait_log("subscription acknowledged", 3, WAIT).await?;
+    a2.wait_log("subscription acknowledged", 4, WAIT).await?;
     drop(sims);
     drop(b);
     Ok(())

@@ -847,8 +847,8 @@ fn suggestions_need_a_close_match() {
     assert_eq!(suggest("x", SITE_KEYS), None);
     assert_eq!(suggest("qr_scaner", DEVICES_KEYS), Some("qr_scanner"));
     assert_eq!(suggest("rfid", DEVICES_KEYS), None);
-    assert_eq!(edit_distance("pluse", "pulse"), 2);
-    assert_eq!(edit_distance("", "abc"), 3);
+    assert_eq!(crate::diag::edit_distance("pluse", "pulse"), 2);
+    assert_eq!(crate::diag::edit_distance("", "abc"), 3);
     assert_eq!(position("a\nbé c", 6), (2, 4));
 }
 

@@ -80,9 +80,10 @@ impl Replica {
         Ok(())
     }
 
-    /// Waits until all three subscriptions are acknowledged.
+    /// Waits until all four subscriptions (events, alerts, status, sync)
+    /// are acknowledged.
     pub async fn wait_subscribed(&self) -> Result<()> {
-        self.wait_log("subscription acknowledged", 3, Duration::from_secs(20)).await
+        self.wait_log("subscription acknowledged", 4, Duration::from_secs(20)).await
     }
 
     /// SIGKILL: no chance to finish a batch or acknowledge anything.
