@@ -85,7 +85,11 @@ impl PlatformKey {
         let meta = std::fs::metadata(path).with_context(|| format!("signing key {}", path.display()))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            bail!("signing key {} has mode {mode:04o}; restrict it with `chmod 600 {}`", path.display(), path.display());
+            bail!(
+                "signing key {} has mode {mode:04o}; restrict it with `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
         }
         let text = std::fs::read_to_string(path).with_context(|| format!("reading signing key {}", path.display()))?;
         let mut seed = [0u8; 32];
@@ -119,7 +123,15 @@ impl PlatformKey {
     }
 
     /// The same with a chosen counter and time (tests of replay and clocks).
-    pub fn seal_with(&self, site: &str, gate: &str, stream: &str, counter: u64, issued_at_ms: i64, payload: &[u8]) -> Vec<u8> {
+    pub fn seal_with(
+        &self,
+        site: &str,
+        gate: &str,
+        stream: &str,
+        counter: u64,
+        issued_at_ms: i64,
+        payload: &[u8],
+    ) -> Vec<u8> {
         use ed25519_dalek::Signer as _;
         let body = pb::EnvelopeBody {
             site_id: site.to_owned(),

@@ -125,8 +125,7 @@ async fn unsigned_altered_misaddressed_and_replayed_messages_do_not_take_effect(
     wait_for("the oversized issued_by refused", || link.downlink.rejected.load(Ordering::Relaxed) > rejected).await?;
     // And one with a control character in it.
     publish_signed(port, MODE_TOPIC, wartime("ops\u{1b}[2J"), false).await?;
-    wait_for("the control character refused", || link.downlink.rejected.load(Ordering::Relaxed) > rejected + 1)
-        .await?;
+    wait_for("the control character refused", || link.downlink.rejected.load(Ordering::Relaxed) > rejected + 1).await?;
 
     assert_eq!(mode_changes(&daemon), 1, "none of them changed the mode");
     assert_eq!(mode_now(&fx), gate_core::Mode::Wartime);

@@ -11,8 +11,8 @@ use crate::diag::{base_folder, describe, position, suggest, unknown_key_message}
 use crate::{
     AlertsConfig, AntiPassback, CameraConfig, CameraSource, CategorySet, CertificateMatch, Config, ControlConfig,
     DevicesConfig, GateConfig, GateDriver, GateIoConfig, HealthConfig, IdCardConfig, IdentityConfig, MqttConfig,
-    PassesConfig, PlatformConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator, Side, SiteConfig,
-    StoreConfig, UnlockMode,
+    PassesConfig, PlateReaderConfig, PlatformConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator, Side,
+    SiteConfig, StoreConfig, UnlockMode,
 };
 use gate_core::{Category, HealthColour, Mode};
 use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};

@@ -8,8 +8,8 @@ use crate::encode::{EventBody, EventRecord, encode_event};
 use crate::identity::{IdentityOutcome, handle_identity};
 use crate::signed::{self, DownlinkTrust};
 use crate::{EVENT_STREAM, Topics, limits};
-use gate_envelope::Refusal;
 use gate_core::{Direction, Lane, ModeOrigin, ModeSchedule, UnixMillis};
+use gate_envelope::Refusal;
 use gate_proto::v1 as pb;
 use gate_store::Store;
 use prost::Message;
@@ -135,7 +135,13 @@ pub(crate) fn handle(
             if stream == "trust" {
                 counters.trust_rejected.fetch_add(1, Ordering::Relaxed);
             }
-            warn!(topic, stream, reason = refusal.as_str(), bytes = bytes.len(), "downlink message refused; nothing applied");
+            warn!(
+                topic,
+                stream,
+                reason = refusal.as_str(),
+                bytes = bytes.len(),
+                "downlink message refused; nothing applied"
+            );
             return Reply::None;
         }
     };

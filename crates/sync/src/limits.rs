@@ -139,7 +139,10 @@ mod tests {
             let m = pb::ModeChange { reason: bad.into(), ..Default::default() };
             assert_eq!(mode_change(&m).expect_err(bad).what, Broken::ControlCharacter);
         }
-        let ok = pb::ModeChange { issued_by: "鹤山街道办 王警官".into(), reason: "疫情防控".into(), ..Default::default() };
+        let ok =
+            pb::ModeChange {
+                issued_by: "鹤山街道办 王警官".into(), reason: "疫情防控".into(), ..Default::default()
+            };
         assert_eq!(mode_change(&ok), Ok(()));
         let p = pb::Person { person_id: "p-1".into(), tags: vec!["ok".into(), "bad\t".into()], ..Default::default() };
         let batch = pb::IdentityBatch {

@@ -188,8 +188,7 @@ mod tests {
             &SiteId::try_new("heshan-c03").expect("site"),
             &GateId::try_new("east-1").expect("gate"),
         );
-        let trust =
-            DownlinkTrust {
+        let trust = DownlinkTrust {
             verifier: Verifier::new([signer.key_spec()]),
             site: "heshan-c03".into(),
             gate: "east-1".into(),
@@ -214,8 +213,13 @@ mod tests {
         // A bare inner message (the old unsigned form) is not an envelope.
         assert_eq!(check(&topics, &trust, mode, b"\x08\x03", |_| None), refused(Refusal::Malformed));
         let unsigned = gate_proto::v1::SignedEnvelope {
-            body: gate_proto::v1::EnvelopeBody { site_id: "heshan-c03".into(), stream: "mode".into(), counter: 9, ..Default::default() }
-                .encode_to_vec(),
+            body: gate_proto::v1::EnvelopeBody {
+                site_id: "heshan-c03".into(),
+                stream: "mode".into(),
+                counter: 9,
+                ..Default::default()
+            }
+            .encode_to_vec(),
             key_id: signer.key_id().into(),
             signature: vec![],
         };

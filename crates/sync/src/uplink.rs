@@ -464,7 +464,9 @@ fn downlink_trust(settings: &SyncSettings, store: &Store) -> crate::signed::Down
         (configured.clone(), crate::signed::KeySource::Config)
     });
     if keys.is_empty() {
-        warn!("no platform signing key is configured ([platform] signing_keys): every downlink message will be refused");
+        warn!(
+            "no platform signing key is configured ([platform] signing_keys): every downlink message will be refused"
+        );
     }
     let verifier = gate_envelope::Verifier::new(keys);
     info!(keys = %verifier.key_ids().collect::<Vec<_>>().join(","), ?source, "platform keys for downlink messages");
