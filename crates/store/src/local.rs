@@ -53,8 +53,10 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    pub fn meta_set(&mut self, key: &str, value: &str) -> Result<()> {
-        self.write(|w| w.meta_set(key, value))
+    /// One value, in a statement of its own (use [`crate::Writer::meta_set`]
+    /// to change it together with other rows).
+    pub fn meta_set(&self, key: &str, value: &str) -> Result<()> {
+        meta_set(&self.conn, key, value).map_err(|e| self.err(e))
     }
 
     /// The persisted mode schedule; `None` before the first mode was ever set.

@@ -11,7 +11,7 @@ use crate::encode::SiteState;
 use crate::{Topics, encode_status};
 use gate_core::{Direction, GateId, Lane, Mode, SiteId, UnixMillis};
 use gate_proto::v1 as pb;
-use gate_store::StoreThread;
+use gate_store::{Store, StoreThread};
 use prost::Message;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
@@ -60,8 +60,9 @@ pub struct SyncSettings {
     pub default_mode: Mode,
     /// How often the retained status is refreshed while connected.
     pub status_interval: Duration,
-    /// Ed25519 keys the platform signs trust lists with (`[passes] platform_keys`).
-    pub platform_keys: Vec<[u8; 32]>,
+    /// The platform keys downlink envelopes must be signed with, as
+    /// configured (`Config::envelope_keys`); a signed rotation may replace them.
+    pub platform_keys: Vec<gate_envelope::KeySpec>,
     /// The policy version after a configuration reload, when reloads happen.
     pub policy_updates: Option<tokio::sync::watch::Receiver<String>>,
 }
@@ -120,7 +121,9 @@ struct Session<'a> {
     link: Arc<LinkState>,
     devices: Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync>,
     context: EventContext,
-    platform_keys: Arc<gate_pass::PlatformKeys>,
+    /// The platform keys, site and gate envelopes are checked against;
+    /// used on the store's thread, where downlink messages are applied.
+    trust: Arc<std::sync::Mutex<crate::signed::DownlinkTrust>>,
     /// Online health checks waiting for the platform, by correlation id.
     health_pending: HashMap<String, tokio::sync::oneshot::Sender<crate::HealthAnswer>>,
 }
@@ -208,6 +211,7 @@ impl Session<'_> {
             self.topics.health.clone(),
             self.topics.trust.clone(),
             self.topics.health_resp.clone(),
+            self.topics.keys.clone(),
         ] {
             if let Err(e) = self.client.try_subscribe(&topic, QoS::AtLeastOnce) {
                 warn!(topic, error = %e, "could not subscribe");
@@ -225,18 +229,19 @@ impl Session<'_> {
         self.context.policy_version = self.policy_version();
         // Applied whole on the store's thread.
         let (topics, context, link, keys) =
-            (self.topics.clone(), self.context.clone(), self.link.clone(), self.platform_keys.clone());
+            (self.topics.clone(), self.context.clone(), self.link.clone(), self.trust.clone());
         let owned_topic = topic.to_owned();
         let now = now_ms();
         let handled = self
             .store
             .call(move |store| {
+                let mut trust = keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 Ok(downlink::handle(
                     store,
                     &topics,
                     &context,
                     &link.downlink,
-                    &keys,
+                    &mut trust,
                     &owned_topic,
                     payload.as_ref(),
                     now,
@@ -378,6 +383,16 @@ pub async fn run_sync(
             }
         }
     };
+    let trust = {
+        let settings = settings.clone();
+        match store.call(move |s| Ok(downlink_trust(&settings, s))).await {
+            Ok(trust) => trust,
+            Err(e) => {
+                warn!(error = %e, "uplink cannot read its platform keys; not started");
+                return;
+            }
+        }
+    };
     let topics = Topics::new(&settings.topic_prefix, &settings.site, &settings.gate);
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
@@ -410,10 +425,7 @@ pub async fn run_sync(
         link: link.clone(),
         devices,
         context,
-        platform_keys: Arc::new(gate_pass::PlatformKeys::from_raw(&settings.platform_keys).unwrap_or_else(|index| {
-            warn!(index, "a platform key is not a valid Ed25519 key; trust lists cannot be verified");
-            gate_pass::PlatformKeys::default()
-        })),
+        trust: Arc::new(std::sync::Mutex::new(trust)),
         health_pending: HashMap::new(),
     };
     // The last will is fixed at connect time; it says offline with the
@@ -527,6 +539,29 @@ pub async fn run_sync(
     drop(session);
     closed.wait().await;
     info!("uplink stopped");
+}
+
+/// The keys in force (a persisted rotation or the configured set), this
+/// site and gate.
+fn downlink_trust(settings: &SyncSettings, store: &Store) -> crate::signed::DownlinkTrust {
+    let configured = settings.platform_keys.clone();
+    let (keys, source) = crate::signed::effective_keys(store, &configured).unwrap_or_else(|e| {
+        warn!(error = %e, "cannot read rotated platform keys; using the configured ones");
+        (configured.clone(), crate::signed::KeySource::Config)
+    });
+    if keys.is_empty() {
+        warn!(
+            "no platform signing key is configured ([platform] signing_keys): every downlink message will be refused"
+        );
+    }
+    let verifier = gate_envelope::Verifier::new(keys);
+    info!(keys = %verifier.key_ids().collect::<Vec<_>>().join(","), ?source, "platform keys for downlink messages");
+    crate::signed::DownlinkTrust {
+        verifier,
+        site: settings.site.to_string(),
+        gate: settings.gate.to_string(),
+        configured,
+    }
 }
 
 /// Resolves when the policy version changes; never when reloads are off or
