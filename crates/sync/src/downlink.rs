@@ -65,6 +65,30 @@ pub struct EventContext {
     pub policy_version: String,
 }
 
+/// One downlink message through exactly the handler the MQTT session runs
+/// for it, without a broker: for the fuzz targets and tests that drive the
+/// handlers with hostile bytes. Returns what the session would do next
+/// (`none`, `resync`, `outbox_changed`, `health_resync`, `health_answer`).
+#[allow(clippy::too_many_arguments)] // The same parts as the session's handler.
+pub fn handle_downlink(
+    store: &mut Store,
+    topics: &Topics,
+    context: &EventContext,
+    counters: &DownlinkCounters,
+    platform_keys: &gate_pass::PlatformKeys,
+    topic: &str,
+    payload: &[u8],
+    now: UnixMillis,
+) -> &'static str {
+    match handle(store, topics, context, counters, platform_keys, topic, payload, now) {
+        Reply::None => "none",
+        Reply::Resync { .. } => "resync",
+        Reply::OutboxChanged => "outbox_changed",
+        Reply::HealthResync { .. } => "health_resync",
+        Reply::HealthAnswer { .. } => "health_answer",
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // The session's parts, borrowed separately.
 pub(crate) fn handle(
     store: &mut Store,

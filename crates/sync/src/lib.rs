@@ -27,7 +27,7 @@ mod health;
 mod identity;
 mod uplink;
 
-pub use downlink::{DownlinkCounters, EventContext, set_mode_by_technician};
+pub use downlink::{DownlinkCounters, EventContext, handle_downlink, set_mode_by_technician};
 pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_alert, encode_event, encode_status};
 pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, sign_trust_list};
 pub use identity::{IdentityOutcome, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_STALL_MS, check_stalled, handle_identity};
