@@ -219,8 +219,8 @@ pub fn run_target(name: &str, make: &dyn Fn() -> Box<dyn Target>, options: &RunO
         if options.execs.is_some_and(|n| report.execs >= n) {
             break;
         }
-        // The clock is read once every 256 executions only.
-        if report.execs.is_multiple_of(256) {
+        // The clock is read once every 16 executions only.
+        if report.execs.is_multiple_of(16) {
             if options.duration.is_some_and(|d| start.elapsed() >= d) {
                 break;
             }

@@ -38,7 +38,7 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
         /// One execution longer than this is a hang.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 5000)]
         exec_limit_ms: u64,
         /// Keep inputs that showed a new outcome in the target's corpus folder.
         #[arg(long)]

@@ -1,20 +1,24 @@
 //! Every downlink handler, through the entry point the MQTT session uses
-//! (`gate_sync::handle_downlink`), against a real SQLite store in a
-//! temporary folder. Inputs are protobuf messages built from the gate's own
-//! schema (versions taken from the store, so a share of them applies) and
-//! byte-level mutations of them.
+//! (`gate_sync::handle_downlink`: the signed envelope checked, the replay
+//! state read and written, then the stream's handler), against a real
+//! SQLite store in a temporary folder. Inputs are protobuf messages built
+//! from the gate's own schema (versions taken from the store, so a share of
+//! them applies) and byte-level mutations of them. The first byte says what
+//! the rest is: the message as received (an envelope, mutated whole), or an
+//! inner payload the target seals for its stream with a trusted key and the
+//! next counter, so the handler behind the signature is reached.
 //!
 //! Oracle beyond "no panic": a message the handler rejected changed
 //! nothing (the identity and health versions are the same after it).
 
 use crate::rng::Rng;
 use crate::{Target, class};
-use ed25519_dalek::SigningKey;
 use gate_core::{Direction, GateId, Lane, SiteId};
-use gate_pass::PlatformKeys;
+use gate_envelope::{Signer, Verifier};
 use gate_proto::v1 as pb;
 use gate_store::Store;
-use gate_sync::{DownlinkCounters, EventContext, Topics};
+use gate_sync::signed::DownlinkTrust;
+use gate_sync::{DownlinkCounters, EventContext, Refusal, Topics};
 use prost::Message;
 use std::sync::atomic::Ordering;
 
@@ -43,8 +47,10 @@ pub struct Downlink {
     topics: Topics,
     context: EventContext,
     counters: DownlinkCounters,
-    keys: PlatformKeys,
-    signing: SigningKey,
+    trust: DownlinkTrust,
+    signer: Signer,
+    /// The next envelope counter: above every one accepted so far.
+    counter: u64,
     execs: u64,
 }
 
@@ -68,9 +74,13 @@ impl Downlink {
         let store = open_store(&dir);
         let site = SiteId::try_new(SITE).unwrap_or_else(|e| panic!("{e}"));
         let gate = GateId::try_new(GATE).unwrap_or_else(|e| panic!("{e}"));
-        let signing = SigningKey::from_bytes(&[42; 32]);
-        let keys = PlatformKeys::from_raw(&[signing.verifying_key().to_bytes()])
-            .unwrap_or_else(|_| panic!("a valid Ed25519 key"));
+        let signer = Signer::from_seed([42; 32]);
+        let trust = DownlinkTrust {
+            verifier: Verifier::new([signer.key_spec()]),
+            site: SITE.into(),
+            gate: GATE.into(),
+            configured: vec![signer.key_spec()],
+        };
         Downlink {
             kind,
             dir,
@@ -84,8 +94,9 @@ impl Downlink {
                 policy_version: "fuzz".into(),
             },
             counters: DownlinkCounters::default(),
-            keys,
-            signing,
+            trust,
+            signer,
+            counter: 0,
             execs: 0,
         }
     }
@@ -98,6 +109,30 @@ impl Downlink {
             Kind::HealthAnswer => &self.topics.health_resp,
             Kind::Trust => &self.topics.trust,
         }
+    }
+
+    fn stream(&self) -> &'static str {
+        match self.kind {
+            Kind::Mode => "mode",
+            Kind::Identity => "identity",
+            Kind::Health => "health",
+            Kind::HealthAnswer => "health_resp",
+            Kind::Trust => "trust",
+        }
+    }
+
+    /// `payload` sealed for this target's stream with the next counter.
+    fn seal(&mut self, payload: &[u8]) -> Vec<u8> {
+        self.counter += 1;
+        self.signer.seal(SITE, GATE, self.stream(), self.counter, NOW_MS, payload)
+    }
+
+    /// All the downlink counters of "not applied": rejected content, trust
+    /// lists refused, envelopes refused.
+    fn not_applied(&self) -> u64 {
+        self.counters.rejected.load(Ordering::Relaxed)
+            + self.counters.trust_rejected.load(Ordering::Relaxed)
+            + Refusal::ALL.iter().map(|r| self.counters.refused(*r)).sum::<u64>()
     }
 
     fn versions(&self) -> (u64, u64) {
@@ -158,21 +193,11 @@ impl Downlink {
                 pb::HealthResponse { correlation_id: rng.text(), record: rng.coin().then(|| health_record(rng)) }
                     .encode_to_vec()
             }
-            Kind::Trust => {
-                let certificates = (0..rng.below(3)).map(|_| rng.bytes(64)).collect();
-                if rng.below(4) == 0 {
-                    // Signed by a key the gate trusts: the list itself is parsed.
-                    gate_sync::sign_trust_list(rng.number(), certificates, &self.signing)
-                } else {
-                    pb::SignedTrustList {
-                        trust_list: pb::TrustList { version: rng.number(), certificates, issued_at_ms: 0 }
-                            .encode_to_vec(),
-                        signature: rng.bytes(70),
-                        kid: hex::encode(rng.bytes(4)),
-                    }
-                    .encode_to_vec()
-                }
-            }
+            Kind::Trust => gate_sync::encode_trust_list(
+                rng.number(),
+                (0..rng.below(3)).map(|_| rng.bytes(64)).collect(),
+                rng.number() as i64,
+            ),
         }
     }
 }
@@ -224,16 +249,34 @@ fn health_record(rng: &mut Rng) -> pb::HealthRecord {
     }
 }
 
+/// The first byte of an input: the rest is a message as received.
+const RAW: u8 = 0;
+/// Any other first byte: the rest is a payload to seal.
+const SEALED: u8 = 1;
+
 impl Target for Downlink {
     fn seeds(&mut self) -> Vec<Vec<u8>> {
         let mut rng = Rng::new(13);
-        let mut out: Vec<Vec<u8>> = (0..8).map(|_| self.message(&mut rng)).collect();
-        out.push(Vec::new());
+        let mut out = Vec::new();
+        for _ in 0..6 {
+            let payload = self.message(&mut rng);
+            let sealed = self.seal(&payload);
+            out.push([&[SEALED][..], &payload].concat());
+            out.push([&[RAW][..], &sealed].concat());
+        }
+        out.push(vec![SEALED]);
+        out.push(vec![RAW]);
         out
     }
 
     fn generate(&mut self, rng: &mut Rng) -> Option<Vec<u8>> {
-        Some(self.message(rng))
+        let payload = self.message(rng);
+        Some(if rng.below(4) == 0 {
+            let sealed = self.seal(&payload);
+            [&[RAW][..], &sealed].concat()
+        } else {
+            [&[SEALED][..], &payload].concat()
+        })
     }
 
     fn dictionary(&self) -> Vec<Vec<u8>> {
@@ -260,22 +303,24 @@ impl Target for Downlink {
         // four queries an execution are not spent where no version moves.
         let versioned = matches!(self.kind, Kind::Identity | Kind::Health);
         let before = if versioned { self.versions() } else { (0, 0) };
-        let rejected_before =
-            self.counters.rejected.load(Ordering::Relaxed) + self.counters.trust_rejected.load(Ordering::Relaxed);
+        let rejected_before = self.not_applied();
         let topic = self.topic().to_owned();
+        let bytes = match input.split_first() {
+            Some((&RAW, rest)) => rest.to_vec(),
+            Some((_, rest)) => self.seal(rest),
+            None => Vec::new(),
+        };
         let reply = gate_sync::handle_downlink(
             &mut self.store,
             &self.topics,
             &self.context,
             &self.counters,
-            &self.keys,
+            &mut self.trust,
             &topic,
-            input,
+            &bytes,
             NOW_MS,
         );
-        let rejected = self.counters.rejected.load(Ordering::Relaxed)
-            + self.counters.trust_rejected.load(Ordering::Relaxed)
-            > rejected_before;
+        let rejected = self.not_applied() > rejected_before;
         let after = if versioned { self.versions() } else { (0, 0) };
         if rejected && after != before {
             panic!("a rejected {:?} message changed the store: {before:?} -> {after:?}", self.kind);
