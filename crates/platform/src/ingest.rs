@@ -31,8 +31,7 @@ use crate::wire;
 
 /// Largest message accepted (an event is a few hundred bytes).
 const MAX_PACKET: usize = 1 << 20;
-/// Messages the broker may have in flight to this replica (and the bound of
-/// the queue between the two tasks).
+/// Requests (acknowledgements, subscriptions) queued for the MQTT task.
 const INFLIGHT: usize = 1000;
 
 /// What a replica counted since it started.
@@ -217,7 +216,10 @@ pub async fn run_ingest(
     let (client, eventloop) = AsyncClient::new(options, INFLIGHT);
     let filters = Filters::shared(&config.ingest.group, &config.mqtt.topic_prefix);
     let generation = Arc::new(AtomicU64::new(0));
-    let (tx, rx) = mpsc::channel(INFLIGHT);
+    // Unbounded on purpose: every message in it is unacknowledged, so the
+    // broker's inflight limit bounds it; a bounded queue could stop the MQTT
+    // task while the writer waits for that task to send its acks.
+    let (tx, rx) = mpsc::unbounded_channel();
     info!(client_id, group = %config.ingest.group, "ingest starting");
     let mqtt = tokio::spawn(mqtt_task(
         eventloop,
@@ -273,7 +275,7 @@ async fn mqtt_task(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
     filters: Filters,
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::UnboundedSender<Incoming>,
     generation: Arc<AtomicU64>,
     stats: Arc<IngestStats>,
     shutdown: CancellationToken,
@@ -304,9 +306,8 @@ async fn mqtt_task(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 let incoming = Incoming { publish, generation: generation.load(Ordering::SeqCst) };
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    sent = tx.send(incoming) => if sent.is_err() { return },
+                if tx.send(incoming).is_err() {
+                    return;
                 }
             }
             Ok(_) => {}
@@ -344,7 +345,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(&self, mut rx: mpsc::Receiver<Incoming>, shutdown: CancellationToken) -> Result<(), DbError> {
+    async fn run(&self, mut rx: mpsc::UnboundedReceiver<Incoming>, shutdown: CancellationToken) -> Result<(), DbError> {
         let mut batch: Vec<Incoming> = Vec::with_capacity(self.batch_max);
         loop {
             let first = tokio::select! {
