@@ -338,7 +338,9 @@ pub fn card_to_unlock_draining(ctx: &Ctx, dir: &Path) -> Result<Vec<Row>> {
         let seen = subscriber.seen.clone();
         let draining = move || seen.unique.load(Ordering::Relaxed) < backlog;
         let writes_before = fx.gate.coil_writes().len();
-        let samples = present_cards(&fx, usize::MAX, Duration::from_millis(UNLOCK_MS as u64 + 100), &draining).await?;
+        let samples =
+            present_cards(&fx, ctx.sizes.draining_cards, Duration::from_millis(UNLOCK_MS as u64 + 100), &draining)
+                .await?;
         let received = subscriber.seen.unique.load(Ordering::Relaxed);
         // The last grant's relock.
         tokio::time::sleep(Duration::from_millis(UNLOCK_MS as u64 + 100)).await;
@@ -500,23 +502,29 @@ pub fn outbox_drain(ctx: &Ctx, _dir: &Path) -> Result<Row> {
         daemon.wait_log("connected to the broker", Duration::from_secs(120)).await?;
         let start = Instant::now();
         let bar = ctx.progress("events drained", count);
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        while subscriber.seen.unique.load(Ordering::Relaxed) < count {
-            if Instant::now() > deadline {
-                bail!("not drained within an hour");
-            }
-            bar.set_position(subscriber.seen.unique.load(Ordering::Relaxed));
+        let drained = || subscriber.seen.unique.load(Ordering::Relaxed);
+        while drained() < count && start.elapsed() < ctx.sizes.drain_limit {
+            bar.set_position(drained());
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let took = start.elapsed();
+        let done = drained().min(count);
         bar.finish_and_clear();
         let hwm = daemon.stop()?;
-        let rate = count as f64 / took.as_secs_f64();
+        let rate = done as f64 / took.as_secs_f64();
         let ceiling = count as f64 / raw.as_secs_f64();
-        Ok(Row::new("outbox_drain", rate, "events/s")
+        let mut row = Row::new("outbox_drain", rate, "events/s")
             .ceiling("raw rumqttc QoS 1 publisher msgs/s", ceiling)
-            .goal(">= 50% of the ceiling", rate >= 0.5 * ceiling)
+            .goal(">= 50% of the ceiling", rate >= 0.5 * ceiling && done == count);
+        if done < count {
+            row = row.note(format!(
+                "stopped after {:.0} s with {done} of {count} events drained: the rate is of those",
+                took.as_secs_f64()
+            ));
+        }
+        Ok(row
             .detail("events", count)
+            .detail("drained", done)
             .detail("in_order", subscriber.seen.first_out_of_order.load(Ordering::Relaxed) == 0)
             .detail("redelivered", subscriber.seen.repeats.load(Ordering::Relaxed))
             .detail("daemon_hwm_mb", hwm as f64 / 1024.0))
@@ -571,17 +579,15 @@ pub fn offline(ctx: &Ctx, _dir: &Path) -> Result<Row> {
         let bar = ctx.progress("events drained", count);
         let mut peak_disk = disk;
         let mut hwm_drain = 0;
-        let deadline = Instant::now() + Duration::from_secs(6 * 3600);
-        while subscriber.seen.unique.load(Ordering::Relaxed) < count {
-            if Instant::now() > deadline {
-                bail!("not drained within six hours");
-            }
-            bar.set_position(subscriber.seen.unique.load(Ordering::Relaxed));
+        let drained = || subscriber.seen.unique.load(Ordering::Relaxed);
+        while drained() < count && start.elapsed() < ctx.sizes.drain_limit {
+            bar.set_position(drained());
             peak_disk = peak_disk.max(folder_bytes(&state));
             hwm_drain = hwm_drain.max(daemon.hwm_kb());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let drain = start.elapsed();
+        let done = drained().min(count);
         bar.finish_and_clear();
         hwm_drain = hwm_drain.max(daemon.stop()?);
         let seen = &subscriber.seen;
@@ -590,15 +596,23 @@ pub fn offline(ctx: &Ctx, _dir: &Path) -> Result<Row> {
         let gb = disk as f64 / 1e9;
         let rss_mb = hwm_offline.max(hwm_drain) as f64 / 1024.0;
         let first_s = first_decision.as_secs_f64();
-        let met = gb <= 4.0 && rss_mb <= 64.0 && first_s <= 2.0 && in_order;
-        Ok(Row::new("offline_10m", gb, "GB on disk")
-            .goal("<= 4 GB; RSS <= 64 MB; restart to first decision <= 2 s; drained in order", met)
+        let met = gb <= 4.0 && rss_mb <= 64.0 && first_s <= 2.0 && in_order && done == count;
+        let mut row = Row::new("offline_10m", gb, "GB on disk")
+            .goal("<= 4 GB; RSS <= 64 MB; restart to first decision <= 2 s; drained in order", met);
+        if done < count {
+            row = row.note(format!(
+                "drain stopped after {:.0} s with {done} of {count} events drained (in order so far: {in_order})",
+                drain.as_secs_f64()
+            ));
+        }
+        Ok(row
             .detail("events", count)
+            .detail("drained", done)
             .detail("peak_disk_gb_while_draining", peak_disk as f64 / 1e9)
             .detail("rss_peak_mb", rss_mb)
             .detail("restart_to_first_decision_s", first_s)
             .detail("drain_s", drain.as_secs_f64())
-            .detail("drain_events_per_s", count as f64 / drain.as_secs_f64())
+            .detail("drain_events_per_s", done as f64 / drain.as_secs_f64())
             .detail("in_order", in_order)
             .detail("redelivered", seen.repeats.load(Ordering::Relaxed)))
     })
