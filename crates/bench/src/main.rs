@@ -125,9 +125,18 @@ pub struct Ctx {
     pub gated: PathBuf,
     /// Working data (databases, frames); emptied group by group.
     pub work: PathBuf,
+    /// The daemon's logs of the last run, one per start (`GROUP-NAME.log`).
+    pub logs: PathBuf,
+    /// The group running now, naming its logs.
+    pub group: std::cell::Cell<&'static str>,
 }
 
 impl Ctx {
+    /// Where a daemon started by the running group logs.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{}-{name}.log", self.group.get()))
+    }
+
     /// A spinner or bar with an estimate, for a long step.
     pub fn progress(&self, what: &str, total: u64) -> ProgressBar {
         let bar = ProgressBar::new(total);
@@ -263,7 +272,9 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let work = args.out.join("work");
     std::fs::create_dir_all(&work)?;
-    let ctx = Ctx { sizes, smoke: args.smoke, gated, work };
+    let logs = args.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let ctx = Ctx { sizes, smoke: args.smoke, gated, work, logs, group: std::cell::Cell::new("") };
 
     let need: u64 = groups.iter().map(|g| g.disk_bytes(&ctx.sizes)).max().unwrap_or(0);
     let free = free_bytes(&ctx.work);
@@ -285,6 +296,7 @@ fn main() -> Result<()> {
     let started = Instant::now();
     for group in groups {
         let group_started = Instant::now();
+        ctx.group.set(group.names()[0]);
         println!("== {} ...", group.names().join(", "));
         let mut got = match group.run(&ctx) {
             Ok(rows) => rows,
