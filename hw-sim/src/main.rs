@@ -41,8 +41,9 @@ enum Command {
     /// Licence-plate camera adapter (PLATE,COLOUR,CONFIDENCE lines).
     Plate(PlateArgs),
     /// The central platform on MQTT: identity snapshots and deltas, the site
-    /// mode; prints what the gates send and checks their `seq`.
-    Platform(hw_sim::platform::PlatformArgs),
+    /// mode, each in a signed envelope; prints what the gates send and checks
+    /// their `seq`.
+    Platform(Box<hw_sim::platform::PlatformArgs>),
     /// A camera: holds each frame of a folder in front of the lens, as the
     /// image file the daemon reads (`[devices.camera] snapshot_file`).
     Camera(CameraArgs),
@@ -202,7 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gate(args) => run_gate(args, shutdown).await,
         Command::Qr(args) => run_qr(args, shutdown).await,
         Command::Plate(args) => run_plate(args, shutdown).await,
-        Command::Platform(args) => hw_sim::platform::run_cli(args, shutdown).await,
+        Command::Platform(args) => hw_sim::platform::run_cli(*args, shutdown).await,
         Command::Camera(args) => {
             let frames = hw_sim::camera::frames_in(&args.frames)?;
             println!("camera: {} frames from {} shown at {}", frames.len(), args.frames.display(), args.link.display());

@@ -45,6 +45,115 @@ pub struct PlatformConfig {
     pub answer_sync: bool,
     /// Print one line per received message on stdout (the command line).
     pub print: bool,
+    /// The platform key every downlink message is sealed with; `None`
+    /// publishes bare payloads (what an intruder would send).
+    pub signing: Option<Arc<PlatformKey>>,
+}
+
+/// The platform's Ed25519 signing key and the id gates know it by.
+pub struct PlatformKey {
+    key: ed25519_dalek::SigningKey,
+    pub key_id: String,
+    /// The last envelope counter used: counters are strictly increasing
+    /// across every stream and, taken from the clock in microseconds when
+    /// that is higher, across runs of the program too.
+    counter: AtomicU64,
+}
+
+impl fmt::Debug for PlatformKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlatformKey").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+/// What an envelope signature covers before the body bytes.
+pub const ENVELOPE_DOMAIN: &[u8] = b"gate.v1.envelope\0";
+
+impl PlatformKey {
+    /// From the 32-byte seed, with the key id gates list it under; `None`
+    /// for the id tools derive: the first 8 bytes of SHA-256 of the public
+    /// key, in hex.
+    pub fn from_seed(seed: [u8; 32], key_id: Option<&str>) -> Self {
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let key_id = key_id.map_or_else(|| derived_key_id(&key.verifying_key().to_bytes()), str::to_owned);
+        PlatformKey { key, key_id, counter: AtomicU64::new(0) }
+    }
+
+    /// Reads a key file of 64 hex digits, refused when group or others may read it.
+    pub fn from_file(path: &std::path::Path, key_id: Option<&str>) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).with_context(|| format!("signing key {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "signing key {} has mode {mode:04o}; restrict it with `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading signing key {}", path.display()))?;
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut seed)
+            .map_err(|_| anyhow::anyhow!("signing key {}: expected 64 hex characters", path.display()))?;
+        Ok(PlatformKey::from_seed(seed, key_id))
+    }
+
+    /// "KEYID:HEX", as a gate lists it in `[platform] signing_keys`.
+    pub fn key_spec(&self) -> String {
+        format!("{}:{}", self.key_id, hex::encode(self.key.verifying_key().to_bytes()))
+    }
+
+    /// The next counter: above the last one and at least the clock in µs.
+    pub fn next_counter(&self) -> u64 {
+        let clock = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let mut last = self.counter.load(Ordering::Relaxed);
+        loop {
+            let next = clock.max(last + 1);
+            match self.counter.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// A `SignedEnvelope` around `payload` for `site` (and `gate`, empty for
+    /// the whole site) on `stream`, with the next counter, issued now.
+    pub fn seal(&self, site: &str, gate: &str, stream: &str, payload: &[u8]) -> Vec<u8> {
+        self.seal_with(site, gate, stream, self.next_counter(), now_ms(), payload)
+    }
+
+    /// The same with a chosen counter and time (tests of replay and clocks).
+    pub fn seal_with(
+        &self,
+        site: &str,
+        gate: &str,
+        stream: &str,
+        counter: u64,
+        issued_at_ms: i64,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        use ed25519_dalek::Signer as _;
+        let body = pb::EnvelopeBody {
+            site_id: site.to_owned(),
+            gate_id: gate.to_owned(),
+            stream: stream.to_owned(),
+            counter,
+            issued_at_ms,
+            payload: payload.to_vec(),
+        }
+        .encode_to_vec();
+        let mut signed = ENVELOPE_DOMAIN.to_vec();
+        signed.extend_from_slice(&body);
+        let signature = self.key.sign(&signed).to_bytes().to_vec();
+        pb::SignedEnvelope { body, key_id: self.key_id.clone(), signature }.encode_to_vec()
+    }
+}
+
+/// The key id tools derive for a public key: SHA-256 of its 32 bytes, the
+/// first 8 bytes in hex.
+pub fn derived_key_id(public: &[u8; 32]) -> String {
+    use sha2::Digest;
+    hex::encode(&Sha256::digest(public)[..8])
 }
 
 impl PlatformConfig {
@@ -59,6 +168,7 @@ impl PlatformConfig {
             client_id: format!("hw-sim-platform-{}-{}", std::process::id(), now_ms() % 100_000),
             answer_sync: true,
             print: false,
+            signing: None,
         }
     }
 }
@@ -73,6 +183,7 @@ impl fmt::Debug for PlatformConfig {
             .field("site_key", &"<secret>")
             .field("client_id", &self.client_id)
             .field("answer_sync", &self.answer_sync)
+            .field("signing", &self.signing)
             .finish()
     }
 }
@@ -261,9 +372,55 @@ impl Platform {
         pb::IdentityBatch { body: Some(pb::identity_batch::Body::Delta(delta)) }.encode_to_vec()
     }
 
-    /// Publishes any bytes on the identity topic (tests use it for corrupt messages).
+    /// Publishes any `IdentityBatch` bytes on the identity topic, sealed
+    /// when the platform signs (tests use it for corrupt messages).
     pub async fn publish_identity(&self, payload: Vec<u8>) -> anyhow::Result<()> {
-        publish(&self.client, &self.shared, self.identity_topic(), payload, false).await
+        let sealed = seal(&self.config, "", "identity", payload);
+        publish(&self.client, &self.shared, self.identity_topic(), sealed, false).await
+    }
+
+    /// Seals `payload` for `stream` (and one `gate`, or "" for the whole
+    /// site) as this platform would; bare when it has no signing key.
+    pub fn seal(&self, gate: &str, stream: &str, payload: Vec<u8>) -> Vec<u8> {
+        seal(&self.config, gate, stream, payload)
+    }
+
+    /// Publishes `bytes` as they are on `{prefix}/{site}/{suffix}` (tests:
+    /// tampered, replayed or unsigned messages).
+    pub async fn publish_raw(&self, suffix: &str, bytes: Vec<u8>, retain: bool) -> anyhow::Result<()> {
+        let topic = format!("{}/{}/{suffix}", self.config.prefix, self.config.site);
+        publish(&self.client, &self.shared, topic, bytes, retain).await
+    }
+
+    /// Seals `payload` for `stream` and publishes it on `{prefix}/{site}/{suffix}`.
+    pub async fn publish_sealed(
+        &self,
+        suffix: &str,
+        gate: &str,
+        stream: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> anyhow::Result<()> {
+        let sealed = self.seal(gate, stream, payload);
+        self.publish_raw(suffix, sealed, retain).await
+    }
+
+    /// The signed heartbeat (`{prefix}/{site}/heartbeat`, retained): the
+    /// versions the platform holds now.
+    pub async fn publish_heartbeat(&self, heartbeat: pb::PlatformHeartbeat) -> anyhow::Result<()> {
+        self.publish_sealed("heartbeat", "", "heartbeat", heartbeat.encode_to_vec(), true).await
+    }
+
+    /// A key rotation (`{prefix}/{site}/keys`, retained), signed with the
+    /// current key: `keys` ("KEYID:HEX") are trusted from then on.
+    pub async fn publish_key_rotation(&self, keys: &[String], note: &str) -> anyhow::Result<()> {
+        let rotation = pb::KeyRotation { keys: keys.to_vec(), note: note.to_owned() };
+        self.publish_sealed("keys", "", "keys", rotation.encode_to_vec(), true).await
+    }
+
+    /// A deliberate reset of the site's versions (`{prefix}/{site}/reset`).
+    pub async fn publish_reset(&self, reset: pb::SiteReset) -> anyhow::Result<()> {
+        self.publish_sealed("reset", "", "reset", reset.encode_to_vec(), false).await
     }
 
     /// Publishes a full snapshot in chunks, in order, and remembers it to
@@ -318,8 +475,7 @@ impl Platform {
             issued_by: issued_by.to_owned(),
             reason: reason.to_owned(),
         };
-        let topic = format!("{}/{}/mode", self.config.prefix, self.config.site);
-        publish(&self.client, &self.shared, topic, change.encode_to_vec(), true).await
+        self.publish_sealed("mode", "", "mode", change.encode_to_vec(), true).await
     }
 
     /// Waits until every publish so far is acknowledged by the broker.
@@ -437,9 +593,16 @@ async fn publish_snapshot(
     let topic = format!("{}/{}/identity", config.prefix, config.site);
     for index in 0..count {
         let payload = snapshot_chunk(&config.site_key, people, version, chunk_size, index);
-        publish(client, shared, topic.clone(), payload, false).await?;
+        publish(client, shared, topic.clone(), seal(config, "", "identity", payload), false).await?;
     }
     Ok(count)
+}
+
+fn seal(config: &PlatformConfig, gate: &str, stream: &str, payload: Vec<u8>) -> Vec<u8> {
+    match &config.signing {
+        Some(key) => key.seal(&config.site, gate, stream, &payload),
+        None => payload,
+    }
 }
 
 fn chunk_count(people: usize, chunk_size: usize) -> u32 {
@@ -880,6 +1043,16 @@ pub struct PlatformArgs {
     /// The site key file (64 hex characters), to compute credential keys.
     #[arg(long, value_name = "FILE")]
     pub site_key: PathBuf,
+    /// The platform's Ed25519 private key (64 hex characters, mode 0600):
+    /// every message is sealed in a signed envelope with it.
+    #[arg(long, value_name = "FILE", required_unless_present = "unsigned")]
+    pub signing_key: Option<PathBuf>,
+    /// The key id gates list the key under (default: derived from the key).
+    #[arg(long, value_name = "ID", requires = "signing_key")]
+    pub key_id: Option<String>,
+    /// Publish bare, unsigned messages (what an intruder sends; gates refuse them).
+    #[arg(long, conflicts_with = "signing_key")]
+    pub unsigned: bool,
     /// People: `person_id,category,id_number,name,valid_from,valid_to`.
     #[arg(long, value_name = "FILE", conflicts_with = "generate")]
     pub csv: Option<PathBuf>,
@@ -947,8 +1120,12 @@ pub async fn run_cli(args: PlatformArgs, shutdown: impl Future<Output = ()>) -> 
     config.prefix = args.prefix.clone();
     config.answer_sync = !args.no_answer_sync;
     config.print = true;
+    if let Some(path) = &args.signing_key {
+        config.signing = Some(Arc::new(PlatformKey::from_file(path, args.key_id.as_deref())?));
+    }
+    let signing = config.signing.as_ref().map_or_else(|| "UNSIGNED".to_owned(), |k| format!("signing as {}", k.key_id));
     let platform = Platform::connect(config).await?;
-    println!("platform: connected to {}:{}, site {}", args.host, args.port, args.site);
+    println!("platform: connected to {}:{}, site {}, {signing}", args.host, args.port, args.site);
     let mut published = 0usize;
     if let Some(mode) = mode {
         let at = args.effective_at_ms.unwrap_or_else(now_ms);

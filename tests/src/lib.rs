@@ -464,7 +464,54 @@ poll_interval_ms = 50
     let text = text.replace("direction = \"entry\"\n", &format!("direction = \"entry\"\n{gate_extra}"));
     let text =
         if options.vehicle_lane { text.replace("lane = \"pedestrian\"\n", "lane = \"vehicle\"\n") } else { text };
-    format!("{text}\n{}", options.extra_toml)
+    // A test that writes its own [platform] table starts it with
+    // `platform_toml()`, so the gate still trusts the test platform's key.
+    let platform = if options.extra_toml.contains("[platform]") { String::new() } else { platform_toml() };
+    format!("{text}\n{platform}\n{}", options.extra_toml)
+}
+
+/// The id the fixtures' gates know the test platform's key by.
+pub const PLATFORM_KEY_ID: &str = "test-platform";
+
+/// The test platform's signing key (one per test process, so its envelope
+/// counters only ever increase).
+pub fn platform_key() -> Arc<hw_sim::platform::PlatformKey> {
+    static KEY: std::sync::OnceLock<Arc<hw_sim::platform::PlatformKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Arc::new(hw_sim::platform::PlatformKey::from_seed([0x5e; 32], Some(PLATFORM_KEY_ID)))).clone()
+}
+
+/// A `[platform]` table trusting the test platform's key; more keys of the
+/// table may follow on the next lines.
+pub fn platform_toml() -> String {
+    format!("[platform]\nsigning_keys = [\"{}\"]\n", platform_key().key_spec())
+}
+
+/// The stream a downlink topic carries, from its last segments.
+pub fn stream_of_topic(topic: &str) -> &'static str {
+    const STREAMS: [(&str, &str); 8] = [
+        ("/health/resp", "health_resp"),
+        ("/mode", "mode"),
+        ("/identity", "identity"),
+        ("/health", "health"),
+        ("/trust", "trust"),
+        ("/heartbeat", "heartbeat"),
+        ("/keys", "keys"),
+        ("/reset", "reset"),
+    ];
+    STREAMS.iter().find(|(suffix, _)| topic.ends_with(suffix)).map_or("unknown", |(_, stream)| stream)
+}
+
+/// `payload` sealed by the test platform for the fixture's site on the
+/// stream `topic` carries (for one gate when the topic is a gate's own).
+pub fn seal_for(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let stream = stream_of_topic(topic);
+    let gate = if topic.contains(&format!("/{GATE}/")) { GATE } else { "" };
+    platform_key().seal(SITE, gate, stream, payload)
+}
+
+/// Publishes `payload` sealed by the test platform (see [`seal_for`]).
+pub async fn publish_signed(port: u16, topic: &str, payload: Vec<u8>, retain: bool) -> Result<()> {
+    publish(port, topic, seal_for(topic, &payload), retain).await
 }
 
 /// The daemon running in-process on a fixture.

@@ -183,6 +183,7 @@ async fn metrics_are_scraped_parsed_and_match_the_decisions() -> Result<()> {
     assert!(get(&samples, "gated_mqtt_published_total", &[]) >= get(&samples, "gated_mqtt_acked_total", &[]) - 1.0);
     assert!(get(&samples, "gated_mqtt_connections_total", &[]) >= 1.0);
     assert_eq!(get(&samples, "gated_downlink_messages_total", &[("kind", "rejected")]), 0.0);
+    assert_eq!(get(&samples, "gated_downlink_refused_total", &[("reason", "replay")]), 0.0);
     for device in ["id_card", "gate"] {
         assert_eq!(get(&samples, "gated_device_connected", &[("device", device)]), 1.0);
         assert!(get(&samples, "gated_device_frames_total", &[("device", device)]) > 0.0);

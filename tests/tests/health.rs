@@ -8,7 +8,7 @@ use gate_core::{BlockReason, HealthColour, HealthRecord, NatResult};
 use gate_proto::v1 as pb;
 use gate_tests::{
     ALERTS_TOPIC, EVENTS_TOPIC, FixtureOptions, GateFixture, Mosquitto, RunningDaemon, Subscriber, init_test_logging,
-    publish, resident,
+    publish, publish_signed, resident,
 };
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -81,7 +81,7 @@ async fn wartime_red_code_blocks_without_unlock_and_alerts_once() -> Result<()> 
     daemon.wait_connected().await?;
 
     let batch = gate_sync::encode_health_batch_for_tests(0, 1, &[record(HealthColour::Red, 1, 5)]);
-    publish(broker.port(), HEALTH_TOPIC, batch, false).await?;
+    publish_signed(broker.port(), HEALTH_TOPIC, batch, false).await?;
     wait_for("the health batch", || daemon.observed.link.downlink.health_applied.load(Ordering::Relaxed) == 1).await?;
 
     fx.present_card(ZHANG, "张三").await?;
@@ -123,7 +123,8 @@ async fn answer_health_requests(port: u16, answer: HealthRecord) -> Result<tokio
                     let batch = gate_sync::encode_health_batch_for_tests(0, 1, &[record]);
                     let wire = pb::HealthBatch::decode(batch.as_slice()).expect("batch").upserts.remove(0);
                     let resp = pb::HealthResponse { correlation_id: req.correlation_id, record: Some(wire) };
-                    let _ = client.try_publish(RESP_TOPIC, QoS::AtLeastOnce, false, resp.encode_to_vec());
+                    let sealed = gate_tests::seal_for(RESP_TOPIC, &resp.encode_to_vec());
+                    let _ = client.try_publish(RESP_TOPIC, QoS::AtLeastOnce, false, sealed);
                 }
                 _ => {}
             }
@@ -281,17 +282,14 @@ async fn certificates_count_only_for_their_holder_and_trust_lists_need_the_platf
     init_test_logging();
     let broker = Mosquitto::start()?;
     let sub = Subscriber::connect(broker.port(), "village/#").await?;
-    let platform = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let intruder = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    // Someone else's key, under the platform's key id.
+    let intruder = hw_sim::platform::PlatformKey::from_seed([9; 32], Some(gate_tests::PLATFORM_KEY_ID));
     let fx = GateFixture::build(
         broker.port(),
         &[resident("p-001", ZHANG, "张三")],
         FixtureOptions {
             qr_scanner: true,
-            extra_toml: format!(
-                "[passes]\nplatform_keys = [\"{}\"]\n[health]\nonline_timeout_ms = 200\n",
-                hex::encode(platform.verifying_key().to_bytes())
-            ),
+            extra_toml: "[health]\nonline_timeout_ms = 200\n".into(),
             ..Default::default()
         },
     )?;
@@ -305,8 +303,8 @@ async fn certificates_count_only_for_their_holder_and_trust_lists_need_the_platf
     let issuer = mint::Issuer::new();
 
     // A trust list signed by someone else is ignored and counted.
-    publish(broker.port(), TRUST_TOPIC, gate_sync::sign_trust_list(1, vec![issuer.der.clone()], &intruder), true)
-        .await?;
+    let list = gate_sync::encode_trust_list(1, vec![issuer.der.clone()], 0);
+    publish(broker.port(), TRUST_TOPIC, intruder.seal(gate_tests::SITE, "", "trust", &list), true).await?;
     wait_for("the refused trust list", || daemon.observed.link.downlink.trust_rejected.load(Ordering::Relaxed) == 1)
         .await?;
     let qr = fx.qr.clone().expect("a QR scanner");
@@ -316,8 +314,8 @@ async fn certificates_count_only_for_their_holder_and_trust_lists_need_the_platf
     assert_eq!(last_decision(&sub).reason(), pb::Reason::HealthUnverified, "an untrusted signer proves nothing");
 
     // The platform's own trust list is accepted.
-    publish(broker.port(), TRUST_TOPIC, gate_sync::sign_trust_list(2, vec![issuer.der.clone()], &platform), true)
-        .await?;
+    let list = gate_sync::encode_trust_list(2, vec![issuer.der.clone()], 0);
+    publish_signed(broker.port(), TRUST_TOPIC, list, true).await?;
     wait_for("the trust list", || daemon.observed.link.downlink.trust_updates.load(Ordering::Relaxed) == 1).await?;
 
     // Someone else's certificate, then the card: it proves nothing.

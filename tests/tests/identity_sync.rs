@@ -8,7 +8,7 @@ use gate_core::CredentialKind;
 use gate_proto::v1 as pb;
 use gate_tests::{
     EVENTS_TOPIC, GateFixture, IDENTITY_TOPIC, MODE_TOPIC, Mosquitto, RunningDaemon, SITE, STATUS_TOPIC, SYNC_TOPIC,
-    Subscriber, init_test_logging, publish,
+    Subscriber, init_test_logging, publish, publish_signed,
 };
 use hw_sim::platform::{Platform, PlatformConfig, PlatformPerson, generate_people};
 use prost::Message;
@@ -62,6 +62,7 @@ async fn setup(answer_sync: bool) -> Result<Setup> {
     let key = hw_sim::platform::read_site_key(&fx.dir.path().join("site.key"))?;
     let mut config = PlatformConfig::new("127.0.0.1", broker.port(), SITE, key);
     config.answer_sync = answer_sync;
+    config.signing = Some(gate_tests::platform_key());
     let platform = Platform::connect(config).await?;
     Ok(Setup { broker, sub, fx, daemon, platform })
 }
@@ -249,18 +250,25 @@ async fn corrupt_batches_are_rejected_counted_and_change_nothing() -> Result<()>
     // the gate's check).
     bad.push(("oversized", vec![0u8; (8 << 20) + 100]));
 
+    // Each signed by the platform: the content itself is refused.
+    let dropped = |s: &Setup| {
+        let c = &s.daemon.observed.link.downlink;
+        c.rejected.load(Ordering::Relaxed) + gate_sync::Refusal::ALL.iter().map(|r| c.refused(*r)).sum::<u64>()
+    };
     for (i, (what, payload)) in bad.iter().enumerate() {
-        publish(s.broker.port(), IDENTITY_TOPIC, payload.clone(), false).await?;
+        publish_signed(s.broker.port(), IDENTITY_TOPIC, payload.clone(), false).await?;
         let deadline = Instant::now() + WAIT;
-        while counter(&s, |c| &c.rejected) < i as u64 + 1 {
+        while dropped(&s) < i as u64 + 1 {
             assert!(Instant::now() < deadline, "{what}: not counted as rejected");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    assert_eq!(counter(&s, |c| &c.rejected), bad.len() as u64 - 1, "content refused after the signature verified");
+    assert_eq!(s.daemon.observed.link.downlink.refused(gate_sync::Refusal::Oversize), 1);
     // Garbage on the mode topic is refused the same way.
     publish(s.broker.port(), MODE_TOPIC, vec![0xff; 7], false).await?;
     let deadline = Instant::now() + WAIT;
-    while counter(&s, |c| &c.rejected) < bad.len() as u64 + 1 {
+    while dropped(&s) < bad.len() as u64 + 1 {
         assert!(Instant::now() < deadline, "a corrupt ModeChange is counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -7,7 +7,7 @@ use gate_core::{BlockReason, Category, CredentialKind, PersonRecord, PersonStatu
 use gate_proto::v1 as pb;
 use gate_tests::{
     ALERTS_TOPIC, EVENTS_TOPIC, FixtureOptions, GateFixture, MODE_TOPIC, Mosquitto, RunningDaemon, Subscriber,
-    init_test_logging, mode_change, publish, resident,
+    init_test_logging, mode_change, publish_signed, resident,
 };
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -55,7 +55,8 @@ async fn wartime_closes_a_flexible_checkpoint_and_survives_a_restart_offline() -
 
     // The platform declares wartime (retained), effective now.
     let now = gate_app::wall_clock_ms();
-    publish(broker.port(), MODE_TOPIC, mode_change(pb::Mode::Wartime, now - 1_000, "heshan-office"), true).await?;
+    publish_signed(broker.port(), MODE_TOPIC, mode_change(pb::Mode::Wartime, now - 1_000, "heshan-office"), true)
+        .await?;
     sub.wait_until(WAIT, "the mode-change event", |s| {
         s.events(EVENTS_TOPIC).iter().any(|e| e.kind() == pb::EventKind::ModeChange)
     })

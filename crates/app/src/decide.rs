@@ -185,7 +185,7 @@ impl DecisionLoop {
         gate: Option<mpsc::Sender<GateRequest>>,
         counters: Arc<DecisionCounters>,
     ) -> Self {
-        let passes = PlatformKeys::from_raw(&config.passes.platform_keys).unwrap_or_else(|index| {
+        let passes = PlatformKeys::from_raw(&config.pass_keys()).unwrap_or_else(|index| {
             warn!(index, "[passes] platform_keys holds a key that is not a valid Ed25519 point; no pass will verify");
             PlatformKeys::default()
         });
@@ -224,7 +224,7 @@ impl DecisionLoop {
     }
 
     fn apply_config(&mut self, config: Config) {
-        self.passes = PlatformKeys::from_raw(&config.passes.platform_keys).unwrap_or_else(|index| {
+        self.passes = PlatformKeys::from_raw(&config.pass_keys()).unwrap_or_else(|index| {
             warn!(index, "[passes] platform_keys holds a key that is not a valid Ed25519 point; no pass will verify");
             PlatformKeys::default()
         });

@@ -124,6 +124,13 @@ pub async fn run_until_stopped(
         if people == 0 {
             warn!("the identity table is empty: every card will be refused until identities are imported");
         }
+        if !config.passes.platform_keys.is_empty() {
+            // Folded into [platform] signing_keys; kept working for one release.
+            warn!(
+                keys = config.passes.platform_keys.len(),
+                "[passes] platform_keys is deprecated: list the keys in [platform] signing_keys as \"KEYID:HEX\""
+            );
+        }
     });
 
     let tracker = TaskTracker::new();
@@ -265,7 +272,7 @@ pub async fn run_until_stopped(
         default_mode: gate_core::Mode::Normal,
         version: VERSION.to_owned(),
         status_interval: Duration::from_secs(15),
-        platform_keys: config.passes.platform_keys.clone(),
+        platform_keys: config.envelope_keys(),
         policy_updates: Some(policy_rx),
     };
     let devices = device_reporter(&config, &observed);

@@ -289,8 +289,18 @@ pub(crate) fn render(source: &MetricsSource) -> String {
         ("identity_duplicate", &dl.identity_duplicates),
         ("resync_request", &dl.resync_requests),
         ("rejected", &dl.rejected),
+        ("key_rotation", &dl.key_rotations),
+        ("again", &dl.again),
     ] {
         out.sample("gated_downlink_messages_total", &[("kind", kind)], load(c));
+    }
+    out.family(
+        "gated_downlink_refused_total",
+        "counter",
+        "Downlink envelopes refused before anything was read, by reason.",
+    );
+    for reason in gate_sync::Refusal::ALL {
+        out.sample("gated_downlink_refused_total", &[("reason", reason.as_str())], dl.refused(reason));
     }
 
     out.family("gated_device_connected", "gauge", "1 while the device's port is open.");

@@ -42,6 +42,7 @@ pub struct Config {
     pub devices: DevicesConfig,
     pub policy: PolicyConfig,
     pub passes: PassesConfig,
+    pub platform: PlatformConfig,
     pub alerts: AlertsConfig,
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
@@ -134,6 +135,65 @@ pub struct PassesConfig {
     /// `[passes] companion_window_s`, default 60: a visitor's ID card read
     /// this long after their pass was scanned counts as covered by it.
     pub companion_window: Duration,
+}
+
+/// `[platform]`: what makes a downlink message the platform's, and how long
+/// the gate may go without hearing from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformConfig {
+    /// `[platform] signing_keys`: "KEYID:HEX" entries, the keys every
+    /// downlink message must be signed with. Visitor passes are accepted
+    /// under them too.
+    pub signing_keys: Vec<gate_envelope::KeySpec>,
+    /// `[platform] stale_after_s`, default 3600: no signed heartbeat for this
+    /// long raises `platform_stale`.
+    pub stale_after: Duration,
+    /// `[platform] refuse_when_stale`, default false: in wartime, a stale
+    /// platform makes the gate refuse what it can no longer vouch for.
+    pub refuse_when_stale: bool,
+    /// `[platform] clock_ahead_s`, default 86400: a wall clock this far past
+    /// the trusted time floor is flagged `clock_ahead`.
+    pub clock_ahead: Duration,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            signing_keys: Vec::new(),
+            stale_after: Duration::from_secs(3600),
+            refuse_when_stale: false,
+            clock_ahead: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl Config {
+    /// Every key a downlink envelope may be signed with: `[platform]
+    /// signing_keys`, then the deprecated `[passes] platform_keys` (kept
+    /// working for one release) under their generated key ids.
+    pub fn envelope_keys(&self) -> Vec<gate_envelope::KeySpec> {
+        let mut keys = self.platform.signing_keys.clone();
+        for raw in &self.passes.platform_keys {
+            let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(raw) else { continue };
+            if !keys.iter().any(|k| k.key == key) {
+                keys.push(gate_envelope::KeySpec { key_id: gate_envelope::key_id_for(&key), key });
+            }
+        }
+        keys
+    }
+
+    /// Every key a visitor pass may be signed with: `[passes] platform_keys`
+    /// and `[platform] signing_keys`.
+    pub fn pass_keys(&self) -> Vec<[u8; 32]> {
+        let mut keys = self.passes.platform_keys.clone();
+        for spec in &self.platform.signing_keys {
+            let raw = spec.key.to_bytes();
+            if !keys.contains(&raw) {
+                keys.push(raw);
+            }
+        }
+        keys
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -11,8 +11,8 @@ use crate::diag::{base_folder, describe, position, suggest, unknown_key_message}
 use crate::{
     AlertsConfig, AntiPassback, CameraConfig, CameraSource, CategorySet, CertificateMatch, Config, ControlConfig,
     DevicesConfig, GateConfig, GateDriver, GateIoConfig, HealthConfig, IdCardConfig, IdentityConfig, MqttConfig,
-    PassesConfig, PlateReaderConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator, Side, SiteConfig,
-    StoreConfig, UnlockMode,
+    PassesConfig, PlateReaderConfig, PlatformConfig, Policy, PolicyConfig, QrScannerConfig, QrTerminator, Side,
+    SiteConfig, StoreConfig, UnlockMode,
 };
 use gate_core::{Category, HealthColour, Mode};
 use gate_core::{Direction, GateId, Lane, SiteId, UtcOffset};
@@ -28,7 +28,7 @@ const BAUD_RATES: &[i64] = &[9600, 19200, 38400, 57600, 115200];
 
 const ROOT_KEYS: &[&str] = &[
     "site", "gate", "store", "mqtt", "identity", "devices", "policy", "passes", "alerts", "control", "metrics",
-    "health",
+    "health", "platform",
 ];
 const SITE_KEYS: &[&str] = &["id", "utc_offset"];
 const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible", "anti_passback", "anti_passback_s"];
@@ -87,6 +87,7 @@ fn health_paths(mode: Mode) -> (&'static str, [&'static str; 3]) {
     }
 }
 const PASSES_KEYS: &[&str] = &["platform_keys", "companion_window_s"];
+const PLATFORM_KEYS: &[&str] = &["signing_keys", "stale_after_s", "refuse_when_stale", "clock_ahead_s"];
 const ALERTS_KEYS: &[&str] = &["quiet_period_s"];
 const CONTROL_KEYS: &[&str] = &["socket", "group"];
 const METRICS_KEYS: &[&str] = &["listen", "allow_remote"];
@@ -144,6 +145,7 @@ pub(crate) const SCHEMA: &[(&str, &[&str])] = &[
     ("policy.wartime.health", HEALTH_RULE_KEYS),
     ("health", HEALTH_KEYS),
     ("passes", PASSES_KEYS),
+    ("platform", PLATFORM_KEYS),
     ("alerts", ALERTS_KEYS),
     ("control", CONTROL_KEYS),
     ("metrics", METRICS_KEYS),
@@ -584,6 +586,12 @@ impl Checker<'_> {
             Got::Invalid => None,
         };
 
+        let platform = match self.section(root, "platform", "platform") {
+            Got::Found(s) => self.platform(s),
+            Got::Absent => self.platform(Section { path: "platform", table: &empty, at: 0 }),
+            Got::Invalid => None,
+        };
+
         let health = match self.section(root, "health", "health") {
             Got::Found(s) => self.health(s),
             Got::Absent => self.health(Section { path: "health", table: &empty, at: 0 }),
@@ -597,6 +605,7 @@ impl Checker<'_> {
             alerts: alerts?,
             policy: policy?,
             passes: passes?,
+            platform: platform?,
             source: self.file.to_path_buf(),
             site: site?,
             gate: gate?,
@@ -1250,6 +1259,46 @@ impl Checker<'_> {
         };
         let window = self.int_in::<u64>(s, "companion_window_s", 1..=3600).or(60);
         Some(PassesConfig { platform_keys: keys?, companion_window: Duration::from_secs(window?) })
+    }
+
+    /// `[platform]`: the keys downlink messages must be signed with, and
+    /// how long the platform may stay silent.
+    fn platform(&mut self, s: Section<'_>) -> Option<PlatformConfig> {
+        self.unknown_keys(s, PLATFORM_KEYS);
+        let signing_keys = match self.string_list(s, "signing_keys") {
+            Got::Found(list) => {
+                let mut keys: Vec<gate_envelope::KeySpec> = Vec::new();
+                let mut ok = true;
+                for (spec, at) in list {
+                    match gate_envelope::parse_key_spec(&spec) {
+                        Ok(key) if keys.iter().any(|k| k.key_id == key.key_id) => {
+                            ok = false;
+                            let message = format!("expected each key id once, found {:?} twice", key.key_id);
+                            self.push(at, s.dotted("signing_keys"), message);
+                        }
+                        Ok(key) => keys.push(key),
+                        Err(e) => {
+                            ok = false;
+                            // The key id part is not secret; the rest is a public key.
+                            let shown: String = spec.chars().take(80).collect();
+                            self.push(at, s.dotted("signing_keys"), format!("{e}, found {shown:?}"));
+                        }
+                    }
+                }
+                ok.then_some(keys)
+            }
+            Got::Absent => Some(Vec::new()),
+            Got::Invalid => None,
+        };
+        let stale_after = self.int_in::<u64>(s, "stale_after_s", 60..=30 * 86_400).or(3600);
+        let refuse_when_stale = self.boolean(s, "refuse_when_stale").or(false);
+        let clock_ahead = self.int_in::<u64>(s, "clock_ahead_s", 60..=366 * 86_400).or(86_400);
+        Some(PlatformConfig {
+            signing_keys: signing_keys?,
+            stale_after: Duration::from_secs(stale_after?),
+            refuse_when_stale: refuse_when_stale?,
+            clock_ahead: Duration::from_secs(clock_ahead?),
+        })
     }
 
     /// Reports each channel number that an earlier key already took;

@@ -7,7 +7,7 @@
 
 mod cycle;
 
-use crate::backoff::Backoff;
+use crate::line::{LineDevice, Link, SessionEnd, run_line};
 use crate::sam::{CardError, FrameDecoder, FrameError, Response, encode_command};
 use cycle::{Awaiting, ReaderCycle, Report};
 use gate_core::CardRecord;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+use tokio_serial::{SerialPort, SerialStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
@@ -55,14 +55,6 @@ pub enum CardEvent {
     Rejected(CardError),
 }
 
-/// How a connected session ended.
-enum SessionEnd {
-    /// Shutdown requested, or nobody listens to the events any more.
-    Stop,
-    /// The port failed; reopen it.
-    Lost(io::Error),
-}
-
 /// What one request/reply exchange gave.
 enum Exchange {
     Reply(Response),
@@ -80,7 +72,9 @@ enum Exchange {
 /// the cycle retried at the next poll; a lost port is reopened with a
 /// back-off of 200 ms doubling to 5 s. Never panics, and never emits an
 /// event from a frame that failed its checksum. A card event is never
-/// dropped: the driver waits for room in the channel.
+/// dropped: the driver waits for room in the channel. A warning repeated at
+/// every poll (a card that fails to authenticate lies on the reader) is
+/// logged once a minute with the count of its repeats.
 ///
 /// `health.connected` means "port open": a module that stays silent on an
 /// open port shows as a growing `timeouts` count instead.
@@ -92,117 +86,94 @@ pub async fn run_id_card_reader(
 ) {
     let port_name = settings.port.display().to_string();
     let span = tracing::info_span!("id_card_reader", port = %port_name);
-    run_inner(&settings, &port_name, &events, &health, &shutdown).instrument(span).await;
-    health.set_connected(false);
+    let baud = settings.baud;
+    // The cycle outlives sessions: a card still resting on the reader after
+    // a reconnection is not read again.
+    let mut reader = Reader { settings, events, cycle: ReaderCycle::new() };
+    run_line(&mut reader, &port_name, baud, &health, &shutdown).instrument(span).await;
 }
 
-async fn run_inner(
-    settings: &IdCardSettings,
-    port_name: &str,
-    events: &mpsc::Sender<CardEvent>,
-    health: &DeviceHealth,
-    shutdown: &CancellationToken,
-) {
-    let mut backoff = Backoff::default();
-    let mut cycle = ReaderCycle::new();
-    let mut first_attempt = true;
-    while !shutdown.is_cancelled() {
-        if !first_attempt {
-            DeviceHealth::bump(&health.reconnects, 1);
-        }
-        first_attempt = false;
-        let problem = match tokio_serial::new(port_name, settings.baud).open_native_async() {
-            Ok(port) => {
-                info!(baud = settings.baud, "id card reader port open");
-                health.set_connected(true);
-                let end = session(port, settings, &mut cycle, events, health, shutdown, &mut backoff).await;
-                health.set_connected(false);
-                match end {
-                    SessionEnd::Stop => return,
-                    SessionEnd::Lost(err) => format!("id card reader port {port_name} lost: {err}"),
-                }
-            }
-            Err(err) => format!("cannot open id card reader port {port_name}: {err}"),
-        };
-        health.set_connected(false);
-        let delay = backoff.next_delay();
-        warn!(error = %problem, retry_in_ms = delay.as_millis() as u64, "id card reader offline");
-        health.set_last_error(problem);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
+/// The SAM module's part of the shared line driver.
+struct Reader {
+    settings: IdCardSettings,
+    events: mpsc::Sender<CardEvent>,
+    cycle: ReaderCycle,
+}
+
+impl LineDevice for Reader {
+    const KIND: &'static str = "id card reader";
+    const OFFLINE: &'static str = "id card reader offline";
+
+    fn log_open(&self, baud: u32) {
+        info!(baud, "id card reader port open");
     }
-}
 
-async fn session(
-    mut port: SerialStream,
-    settings: &IdCardSettings,
-    cycle: &mut ReaderCycle,
-    events: &mpsc::Sender<CardEvent>,
-    health: &DeviceHealth,
-    shutdown: &CancellationToken,
-    backoff: &mut Backoff,
-) -> SessionEnd {
-    let mut decoder = FrameDecoder::default();
-    let mut next = Some(cycle.start());
-    loop {
-        let Some(command) = next.take() else {
-            tokio::select! {
-                () = shutdown.cancelled() => return SessionEnd::Stop,
-                () = tokio::time::sleep(settings.poll_interval) => {}
-            }
-            next = Some(if health.sam_query_requested.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                cycle.query_sam()
-            } else {
-                cycle.poll()
-            });
-            continue;
-        };
-        let during = cycle.awaiting().map_or("?", Awaiting::as_str);
-        let exchange = match exchange(&mut port, &mut decoder, command, settings.reply_timeout, health, shutdown).await
-        {
-            Ok(exchange) => exchange,
-            Err(err) => return SessionEnd::Lost(err),
-        };
-        match exchange {
-            Exchange::Cancelled => return SessionEnd::Stop,
-            Exchange::Reply(response) => {
-                DeviceHealth::bump(&health.frames_ok, 1);
-                backoff.reset();
-                let outcome = cycle.on_response(&response);
-                if let Some(report) = outcome.report {
-                    record_report(health, report);
+    fn log_offline(&self, problem: &str, retry_in: Duration) {
+        warn!(error = %problem, retry_in_ms = retry_in.as_millis() as u64, "id card reader offline");
+    }
+
+    async fn session(&mut self, mut port: SerialStream, link: &mut Link<'_>) -> SessionEnd {
+        let settings = &self.settings;
+        let cycle = &mut self.cycle;
+        let health = link.health;
+        let mut decoder = FrameDecoder::default();
+        let mut next = Some(cycle.start());
+        loop {
+            let Some(command) = next.take() else {
+                link.flush_warnings();
+                tokio::select! {
+                    () = link.shutdown.cancelled() => return SessionEnd::Stop,
+                    () = tokio::time::sleep(settings.poll_interval) => {}
                 }
-                if let Some(event) = outcome.event {
-                    log_event(&event);
-                    tokio::select! {
-                        () = shutdown.cancelled() => return SessionEnd::Stop,
-                        sent = events.send(event) => if sent.is_err() {
-                            info!("card event receiver gone; id card reader stops");
+                next = Some(if health.sam_query_requested.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    cycle.query_sam()
+                } else {
+                    cycle.poll()
+                });
+                continue;
+            };
+            let during = cycle.awaiting().map_or("?", Awaiting::as_str);
+            let exchange = match exchange(&mut port, &mut decoder, command, settings.reply_timeout, link).await {
+                Ok(exchange) => exchange,
+                Err(err) => return SessionEnd::Lost(err),
+            };
+            match exchange {
+                Exchange::Cancelled => return SessionEnd::Stop,
+                Exchange::Reply(response) => {
+                    DeviceHealth::bump(&health.frames_ok, 1);
+                    link.answered();
+                    let outcome = cycle.on_response(&response);
+                    if let Some(report) = outcome.report {
+                        record_report(link, report);
+                    }
+                    if let Some(event) = outcome.event {
+                        log_event(&event);
+                        if !link.send(&self.events, event).await {
                             return SessionEnd::Stop;
                         }
                     }
+                    next = outcome.send;
                 }
-                next = outcome.send;
-            }
-            Exchange::Timeout => {
-                DeviceHealth::bump(&health.timeouts, 1);
-                let message = format!("no complete reply to {during} within {:?}", settings.reply_timeout);
-                debug!(error = %message, "id card reader timeout");
-                health.set_last_error(message);
-                abandon_exchange(&port, &mut decoder, health, cycle);
-            }
-            Exchange::Corrupt(err) => {
-                match err {
-                    FrameError::Checksum { .. } => DeviceHealth::bump(&health.checksum_errors, 1),
-                    FrameError::Length { .. } => DeviceHealth::bump(&health.length_errors, 1),
-                    FrameError::Garbage { skipped } => DeviceHealth::bump(&health.garbage_bytes, skipped as u64),
+                Exchange::Timeout => {
+                    DeviceHealth::bump(&health.timeouts, 1);
+                    let message = format!("no complete reply to {during} within {:?}", settings.reply_timeout);
+                    debug!(error = %message, "id card reader timeout");
+                    health.set_last_error(message);
+                    abandon_exchange(&port, &mut decoder, health, cycle);
                 }
-                let message = format!("corrupt reply to {during}: {err}");
-                warn!(error = %message, "id card reader frame error");
-                health.set_last_error(message);
-                abandon_exchange(&port, &mut decoder, health, cycle);
+                Exchange::Corrupt(err) => {
+                    match err {
+                        FrameError::Checksum { .. } => DeviceHealth::bump(&health.checksum_errors, 1),
+                        FrameError::Length { .. } => DeviceHealth::bump(&health.length_errors, 1),
+                        FrameError::Garbage { skipped } => DeviceHealth::bump(&health.garbage_bytes, skipped as u64),
+                    }
+                    let message = format!("corrupt reply to {during}: {err}");
+                    if link.warn_now("id card reader frame error") {
+                        warn!(error = %message, "id card reader frame error");
+                    }
+                    health.set_last_error(message);
+                    abandon_exchange(&port, &mut decoder, health, cycle);
+                }
             }
         }
     }
@@ -226,9 +197,9 @@ async fn exchange(
     decoder: &mut FrameDecoder,
     (cmd, para): (u8, u8),
     reply_timeout: Duration,
-    health: &DeviceHealth,
-    shutdown: &CancellationToken,
+    link: &mut Link<'_>,
 ) -> io::Result<Exchange> {
+    let (health, shutdown) = (link.health, link.shutdown);
     // Anything still buffered belongs to an earlier exchange.
     DeviceHealth::bump(&health.garbage_bytes, decoder.pending_garbage() as u64);
     decoder.clear();
@@ -252,7 +223,9 @@ async fn exchange(
                     // Counted and logged, but `last_error` keeps the last
                     // real failure: skipped noise does not lose a reply.
                     DeviceHealth::bump(&health.garbage_bytes, skipped as u64);
-                    warn!(skipped, "id card reader line noise before a reply");
+                    if link.warn_now("id card reader line noise before a reply") {
+                        warn!(skipped, "id card reader line noise before a reply");
+                    }
                 }
                 Err(err) => return Ok(Exchange::Corrupt(err)),
             }
@@ -269,7 +242,8 @@ async fn exchange(
     }
 }
 
-fn record_report(health: &DeviceHealth, report: Report) {
+fn record_report(link: &mut Link<'_>, report: Report) {
+    let health = link.health;
     if let Report::SamStatus(status) = &report {
         health.last_sam_status.store(status.code(), std::sync::atomic::Ordering::Relaxed);
         DeviceHealth::bump(&health.sam_status_replies, 1);
@@ -281,13 +255,17 @@ fn record_report(health: &DeviceHealth, report: Report) {
         Report::SamStatus(status) => {
             bump_status(health, status);
             let message = format!("SAM status {:#04x} ({status:?})", status.code());
-            warn!(sam_status = ?status, "SAM not ready");
+            if link.warn_now("SAM not ready") {
+                warn!(sam_status = ?status, "SAM not ready");
+            }
             health.set_last_error(message);
         }
         Report::BadStatus { during, status } => {
             bump_status(health, status);
             let message = format!("{} answered {:#04x} ({status:?})", during.as_str(), status.code());
-            warn!(command = during.as_str(), status = ?status, "id card reader error status");
+            if link.warn_now("id card reader error status") {
+                warn!(command = during.as_str(), status = ?status, "id card reader error status");
+            }
             health.set_last_error(message);
         }
     }

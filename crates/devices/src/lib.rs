@@ -16,6 +16,7 @@ mod backoff;
 pub mod gate_io;
 mod health;
 pub mod idcard;
+mod line;
 pub mod plate_reader;
 pub mod qr_scanner;
 pub mod sam;

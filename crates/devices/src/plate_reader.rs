@@ -6,18 +6,16 @@
 //! A plate identifies a vehicle's keeper, so it is personal data: logs and
 //! `Debug` output show it only masked (first two and last two characters).
 
-use crate::backoff::{BACKOFF_MAX, Backoff};
 use crate::health::DeviceHealth;
+use crate::line::{LineDevice, Link, Read, SessionEnd, run_line};
 use crate::qr_scanner::mask_payload;
 use std::fmt;
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
@@ -269,14 +267,6 @@ fn event_for_line(
     }
 }
 
-/// How a connected session ended.
-enum SessionEnd {
-    /// Shutdown requested, or nobody listens to the events any more.
-    Stop,
-    /// The port failed; reopen it.
-    Lost(io::Error),
-}
-
 /// Runs until `shutdown` is cancelled (or the event receiver is dropped).
 ///
 /// Reads lines, reports each read at or above `min_confidence` once per car
@@ -294,139 +284,96 @@ pub async fn run_plate_reader(
 ) {
     let port_name = settings.port.display().to_string();
     let span = tracing::info_span!("plate_reader", port = %port_name);
-    run_inner(&settings, &port_name, &events, &health, &shutdown).instrument(span).await;
-    health.set_connected(false);
+    let baud = settings.baud;
+    // The debounce outlives sessions: a camera reconnecting while a car
+    // waits must not report it again.
+    let mut camera = Camera { settings, events, debounce: PlateDebounce::default(), epoch: Instant::now() };
+    run_line(&mut camera, &port_name, baud, &health, &shutdown).instrument(span).await;
 }
 
-async fn run_inner(
-    settings: &PlateReaderSettings,
-    port_name: &str,
-    events: &mpsc::Sender<PlateEvent>,
-    health: &DeviceHealth,
-    shutdown: &CancellationToken,
-) {
-    let mut backoff = Backoff::default();
-    // Outlives sessions: a camera reconnecting while a car waits must not
-    // report it again.
-    let mut debounce = PlateDebounce::default();
-    let epoch = Instant::now();
-    let mut first_attempt = true;
-    while !shutdown.is_cancelled() {
-        if !first_attempt {
-            DeviceHealth::bump(&health.reconnects, 1);
-        }
-        first_attempt = false;
-        let problem = match tokio_serial::new(port_name, settings.baud).open_native_async() {
-            Ok(port) => {
-                info!(baud = settings.baud, "plate reader port open");
-                health.set_connected(true);
-                let opened = Instant::now();
-                let mut ctx = Session { settings, events, health, shutdown, debounce: &mut debounce, epoch };
-                let end = ctx.run(port, &mut backoff).await;
-                health.set_connected(false);
-                // A quiet lane sends nothing for long stretches: a port that
-                // stayed up this long was a working connection.
-                if opened.elapsed() >= BACKOFF_MAX {
-                    backoff.reset();
-                }
-                match end {
-                    SessionEnd::Stop => return,
-                    SessionEnd::Lost(err) => format!("plate reader port {port_name} lost: {err}"),
-                }
-            }
-            Err(err) => format!("cannot open plate reader port {port_name}: {err}"),
-        };
-        let delay = backoff.next_delay();
-        warn!(error = %problem, retry_in_ms = delay.as_millis() as u64, "plate reader offline");
-        health.set_last_error(problem);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
-struct Session<'a> {
-    settings: &'a PlateReaderSettings,
-    events: &'a mpsc::Sender<PlateEvent>,
-    health: &'a DeviceHealth,
-    shutdown: &'a CancellationToken,
-    debounce: &'a mut PlateDebounce,
+/// The camera's part of the shared line driver.
+struct Camera {
+    settings: PlateReaderSettings,
+    events: mpsc::Sender<PlateEvent>,
+    debounce: PlateDebounce,
     epoch: Instant,
 }
 
-impl Session<'_> {
-    async fn run(&mut self, mut port: SerialStream, backoff: &mut Backoff) -> SessionEnd {
+impl LineDevice for Camera {
+    const KIND: &'static str = "plate reader";
+    const OFFLINE: &'static str = "plate reader offline";
+
+    fn log_open(&self, baud: u32) {
+        info!(baud, "plate reader port open");
+    }
+
+    fn log_offline(&self, problem: &str, retry_in: Duration) {
+        warn!(error = %problem, retry_in_ms = retry_in.as_millis() as u64, "plate reader offline");
+    }
+
+    async fn session(&mut self, mut port: SerialStream, link: &mut Link<'_>) -> SessionEnd {
         let mut lines = LineSplitter::new(self.settings.max_line);
         let mut buf = [0u8; 1024];
         loop {
-            let n = tokio::select! {
-                () = self.shutdown.cancelled() => return SessionEnd::Stop,
-                read = port.read(&mut buf) => match read {
-                    Ok(0) => return SessionEnd::Lost(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "serial port closed",
-                    )),
-                    Ok(n) => n,
-                    Err(err) => return SessionEnd::Lost(err),
-                },
+            let n = match link.read(&mut port, &mut buf, None).await {
+                Read::Stop => return SessionEnd::Stop,
+                Read::Lost(err) => return SessionEnd::Lost(err),
+                Read::Bytes(n) => n,
+                Read::Idle => continue,
             };
             for line in lines.push(&buf[..n]) {
                 let len = line.as_ref().map_or(0, Vec::len);
                 let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let event = event_for_line(line, self.settings.min_confidence, self.debounce, now_ms);
-                let event = self.account(event, len, backoff);
-                let Some(event) = event else { continue };
-                tokio::select! {
-                    () = self.shutdown.cancelled() => return SessionEnd::Stop,
-                    sent = self.events.send(event) => if sent.is_err() {
-                        info!("plate event receiver gone; plate reader stops");
-                        return SessionEnd::Stop;
-                    }
+                let event = event_for_line(line, self.settings.min_confidence, &mut self.debounce, now_ms);
+                let Some(event) = account(event, len, link) else { continue };
+                if !link.send(&self.events, event).await {
+                    return SessionEnd::Stop;
                 }
             }
         }
     }
+}
 
-    /// Counts and logs one line's outcome.
-    fn account(&self, event: Option<PlateEvent>, line_len: usize, backoff: &mut Backoff) -> Option<PlateEvent> {
-        let health = self.health;
-        match event {
-            // A repeat of a waiting car: a good line, nothing to send.
-            None => {
-                DeviceHealth::bump(&health.frames_ok, 1);
-                backoff.reset();
-                None
-            }
-            Some(PlateEvent::Read(read)) => {
-                DeviceHealth::bump(&health.frames_ok, 1);
-                backoff.reset();
-                info!(
-                    plate = %mask_payload(&read.plate),
-                    colour = ?read.colour,
-                    confidence = read.confidence,
-                    "plate read"
-                );
-                Some(PlateEvent::Read(read))
-            }
-            Some(PlateEvent::LowConfidence { confidence }) => {
-                DeviceHealth::bump(&health.frames_ok, 1);
-                backoff.reset();
-                debug!(confidence, "plate read below the confidence threshold");
-                Some(PlateEvent::LowConfidence { confidence })
-            }
-            Some(PlateEvent::Rejected(err)) => {
-                match err {
-                    PlateLineError::TooLong { .. } => {
-                        DeviceHealth::bump(&health.length_errors, 1);
-                    }
-                    _ => DeviceHealth::bump(&health.garbage_bytes, line_len as u64),
+/// Counts and logs one line's outcome.
+fn account(event: Option<PlateEvent>, line_len: usize, link: &mut Link<'_>) -> Option<PlateEvent> {
+    let health = link.health;
+    match event {
+        // A repeat of a waiting car: a good line, nothing to send.
+        None => {
+            DeviceHealth::bump(&health.frames_ok, 1);
+            link.answered();
+            None
+        }
+        Some(PlateEvent::Read(read)) => {
+            DeviceHealth::bump(&health.frames_ok, 1);
+            link.answered();
+            info!(
+                plate = %mask_payload(&read.plate),
+                colour = ?read.colour,
+                confidence = read.confidence,
+                "plate read"
+            );
+            Some(PlateEvent::Read(read))
+        }
+        Some(PlateEvent::LowConfidence { confidence }) => {
+            DeviceHealth::bump(&health.frames_ok, 1);
+            link.answered();
+            debug!(confidence, "plate read below the confidence threshold");
+            Some(PlateEvent::LowConfidence { confidence })
+        }
+        Some(PlateEvent::Rejected(err)) => {
+            match err {
+                PlateLineError::TooLong { .. } => {
+                    DeviceHealth::bump(&health.length_errors, 1);
                 }
-                let message = format!("plate line refused: {err}");
-                warn!(error = %message, "plate reader line error");
-                health.set_last_error(message);
-                Some(PlateEvent::Rejected(err))
+                _ => DeviceHealth::bump(&health.garbage_bytes, line_len as u64),
             }
+            let message = format!("plate line refused: {err}");
+            if link.warn_now("plate reader line error") {
+                warn!(error = %message, "plate reader line error");
+            }
+            health.set_last_error(message);
+            Some(PlateEvent::Rejected(err))
         }
     }
 }

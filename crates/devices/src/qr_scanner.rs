@@ -6,19 +6,16 @@
 //! certificate, a pass code): they are never logged in clear, only their
 //! length and a masked form (see [`mask_payload`]).
 
-use crate::backoff::{BACKOFF_MAX, Backoff};
 use crate::health::DeviceHealth;
+use crate::line::{LineDevice, Link, Read, SessionEnd, run_line};
 use std::fmt;
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, info, warn};
 
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';
@@ -250,14 +247,6 @@ pub fn mask_payload(text: &str) -> String {
     out
 }
 
-/// How a connected session ended.
-enum SessionEnd {
-    /// Shutdown requested, or nobody listens to the events any more.
-    Stop,
-    /// The port failed; reopen it.
-    Lost(io::Error),
-}
-
 /// Runs until `shutdown` is cancelled (or the event receiver is dropped).
 ///
 /// Opens the port, frames what the module sends and emits one [`QrEvent`]
@@ -274,128 +263,74 @@ pub async fn run_qr_scanner(
 ) {
     let port_name = settings.port.display().to_string();
     let span = tracing::info_span!("qr_scanner", port = %port_name);
-    run_inner(&settings, &port_name, &events, &health, &shutdown).instrument(span).await;
-    health.set_connected(false);
+    let baud = settings.baud;
+    let mut scanner = Scanner { settings, events };
+    run_line(&mut scanner, &port_name, baud, &health, &shutdown).instrument(span).await;
 }
 
-async fn run_inner(
-    settings: &QrScannerSettings,
-    port_name: &str,
-    events: &mpsc::Sender<QrEvent>,
-    health: &DeviceHealth,
-    shutdown: &CancellationToken,
-) {
-    let mut backoff = Backoff::default();
-    let mut first_attempt = true;
-    while !shutdown.is_cancelled() {
-        if !first_attempt {
-            DeviceHealth::bump(&health.reconnects, 1);
-        }
-        first_attempt = false;
-        let problem = match tokio_serial::new(port_name, settings.baud).open_native_async() {
-            Ok(port) => {
-                info!(baud = settings.baud, "qr scanner port open");
-                health.set_connected(true);
-                let opened = Instant::now();
-                let end = session(port, settings, events, health, shutdown, &mut backoff).await;
-                health.set_connected(false);
-                // A scanner may stay silent for hours: a port that stayed up
-                // this long was a working connection even without a scan, so
-                // the next loss starts the back-off afresh.
-                if opened.elapsed() >= BACKOFF_MAX {
-                    backoff.reset();
-                }
-                match end {
-                    SessionEnd::Stop => return,
-                    SessionEnd::Lost(err) => format!("qr scanner port {port_name} lost: {err}"),
-                }
-            }
-            Err(err) => format!("cannot open qr scanner port {port_name}: {err}"),
-        };
-        let delay = backoff.next_delay();
-        warn!(error = %problem, retry_in_ms = delay.as_millis() as u64, "qr scanner offline");
-        health.set_last_error(problem);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
+/// The scanner's part of the shared line driver.
+struct Scanner {
+    settings: QrScannerSettings,
+    events: mpsc::Sender<QrEvent>,
+}
+
+impl LineDevice for Scanner {
+    const KIND: &'static str = "qr scanner";
+    const OFFLINE: &'static str = "qr scanner offline";
+
+    fn log_open(&self, baud: u32) {
+        info!(baud, "qr scanner port open");
     }
-}
 
-async fn session(
-    mut port: SerialStream,
-    settings: &QrScannerSettings,
-    events: &mpsc::Sender<QrEvent>,
-    health: &DeviceHealth,
-    shutdown: &CancellationToken,
-    backoff: &mut Backoff,
-) -> SessionEnd {
-    let mut framer = QrFramer::new(settings.terminator, settings.prefix.clone(), settings.max_len);
-    let mut buf = [0u8; 1024];
-    loop {
-        // Only a terminator-less module needs the line's silence, and only
-        // while a frame is open; otherwise wait for bytes indefinitely.
-        let idle = framer.flush_idle_due(settings.idle_gap);
-        let frames = tokio::select! {
-            () = shutdown.cancelled() => return SessionEnd::Stop,
-            read = read_or_idle(&mut port, &mut buf, idle) => match read {
-                Ok(Some(n)) => framer.push(&buf[..n]),
-                Ok(None) => framer.flush_idle().into_iter().collect(),
-                Err(err) => return SessionEnd::Lost(err),
-            },
-        };
-        DeviceHealth::bump(&health.garbage_bytes, framer.take_garbage_bytes() as u64);
-        for frame in frames {
-            let event = match frame {
-                Ok(text) => {
-                    DeviceHealth::bump(&health.frames_ok, 1);
-                    backoff.reset();
-                    info!(
-                        len = text.chars().count(),
-                        masked = %mask_payload(&text),
-                        "qr scanned"
-                    );
-                    QrEvent::Scanned(text)
-                }
-                Err(err) => {
-                    if !matches!(err, QrFrameError::NotUtf8) {
-                        DeviceHealth::bump(&health.length_errors, 1);
-                    }
-                    let message = format!("qr frame refused: {err}");
-                    warn!(error = %message, "qr scanner frame error");
-                    health.set_last_error(message);
-                    QrEvent::Rejected(err)
-                }
+    fn log_offline(&self, problem: &str, retry_in: Duration) {
+        warn!(error = %problem, retry_in_ms = retry_in.as_millis() as u64, "qr scanner offline");
+    }
+
+    async fn session(&mut self, mut port: SerialStream, link: &mut Link<'_>) -> SessionEnd {
+        let settings = &self.settings;
+        let mut framer = QrFramer::new(settings.terminator, settings.prefix.clone(), settings.max_len);
+        let mut buf = [0u8; 1024];
+        loop {
+            // Only a terminator-less module needs the line's silence, and
+            // only while a frame is open; otherwise wait for bytes.
+            let idle = framer.flush_idle_due(settings.idle_gap);
+            let frames = match link.read(&mut port, &mut buf, idle).await {
+                Read::Stop => return SessionEnd::Stop,
+                Read::Lost(err) => return SessionEnd::Lost(err),
+                Read::Bytes(n) => framer.push(&buf[..n]),
+                Read::Idle => framer.flush_idle().into_iter().collect(),
             };
-            tokio::select! {
-                () = shutdown.cancelled() => return SessionEnd::Stop,
-                sent = events.send(event) => if sent.is_err() {
-                    info!("qr event receiver gone; qr scanner stops");
+            let health = link.health;
+            DeviceHealth::bump(&health.garbage_bytes, framer.take_garbage_bytes() as u64);
+            for frame in frames {
+                let event = match frame {
+                    Ok(text) => {
+                        DeviceHealth::bump(&health.frames_ok, 1);
+                        link.answered();
+                        info!(
+                            len = text.chars().count(),
+                            masked = %mask_payload(&text),
+                            "qr scanned"
+                        );
+                        QrEvent::Scanned(text)
+                    }
+                    Err(err) => {
+                        if !matches!(err, QrFrameError::NotUtf8) {
+                            DeviceHealth::bump(&health.length_errors, 1);
+                        }
+                        let message = format!("qr frame refused: {err}");
+                        if link.warn_now("qr scanner frame error") {
+                            warn!(error = %message, "qr scanner frame error");
+                        }
+                        health.set_last_error(message);
+                        QrEvent::Rejected(err)
+                    }
+                };
+                if !link.send(&self.events, event).await {
                     return SessionEnd::Stop;
                 }
             }
         }
-    }
-}
-
-/// Reads some bytes (`Some(n)`), or `None` once `idle` passed without any.
-async fn read_or_idle(port: &mut SerialStream, buf: &mut [u8], idle: Option<Duration>) -> io::Result<Option<usize>> {
-    let read = async {
-        match port.read(buf).await {
-            Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "serial port closed")),
-            Ok(n) => Ok(n),
-            Err(err) => Err(err),
-        }
-    };
-    match idle {
-        Some(idle) => match tokio::time::timeout(idle, read).await {
-            Ok(n) => n.map(Some),
-            Err(_elapsed) => {
-                debug!("qr scanner line idle; closing the open frame");
-                Ok(None)
-            }
-        },
-        None => read.await.map(Some),
     }
 }
 

@@ -19,4 +19,5 @@ pub mod report;
 pub mod routes;
 pub mod seqtrack;
 pub mod sim;
+pub mod simulate;
 pub mod wire;

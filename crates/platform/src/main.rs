@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use gate_platform::config::{self, DEFAULT_PATH, PlatformConfig};
-use gate_platform::{db, downlink, fleet, identity, ingest, keys, report};
+use gate_platform::{db, downlink, fleet, identity, ingest, keys, report, simulate};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_USAGE: u8 = 64;
@@ -40,6 +40,33 @@ enum Command {
         /// replica needs its own, stable across its restarts.
         #[arg(long)]
         replica: Option<String>,
+        /// Overrides `[ingest] group` (the shared-subscription group).
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Runs a simulated fleet against the configured broker and PostgreSQL
+    /// with ingest replicas of its own (killing one mid-run) and prints
+    /// events sent / stored / duplicated / lost, ingest rates and the
+    /// decision-to-row lag. Not for a production broker.
+    Simulate {
+        /// Simulated gates.
+        #[arg(long, default_value_t = 200)]
+        gates: usize,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Events per second per gate.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Seconds per loaded phase (steady, then faults).
+        #[arg(long, default_value_t = 30)]
+        duration_s: u64,
+        /// Events per gate published at once in the burst phase, drained by
+        /// 1 and then by all replicas and compared with a raw COPY (0: skip).
+        #[arg(long, default_value_t = 100)]
+        burst: usize,
+        /// Sites of real gated instances taking part: their events count too.
+        #[arg(long = "real-site")]
+        real_sites: Vec<String>,
     },
     /// Turns holes older than `[ingest] gap_timeout_s` into gaps now (the
     /// ingest also does it every few seconds).
@@ -190,12 +217,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(command, config))
+            runtime.block_on(run(command, config, &cli.config))
         }
     }
 }
 
-async fn run(command: Command, config: PlatformConfig) -> ExitCode {
+async fn run(command: Command, config: PlatformConfig, config_path: &std::path::Path) -> ExitCode {
     let pool = match db::pool(&config.postgres) {
         Ok(p) => p,
         Err(e) => {
@@ -208,7 +235,24 @@ async fn run(command: Command, config: PlatformConfig) -> ExitCode {
             .await
             .map(|(from, to)| println!("schema version {from} -> {to}"))
             .map_err(|e| e.to_string()),
-        Command::Ingest { replica } => {
+        Command::Simulate { gates, replicas, rate, duration_s, burst, real_sites } => {
+            let options = simulate::Options {
+                platform_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gate-platform")),
+                config_path: config_path.to_path_buf(),
+                gates,
+                replicas: replicas.max(1),
+                rate,
+                duration: std::time::Duration::from_secs(duration_s.max(1)),
+                burst,
+                extra_sites: real_sites,
+            };
+            simulate::run(&config, &pool, &options).await.map(|report| report.print(&options))
+        }
+        Command::Ingest { replica, group } => {
+            let mut config = config;
+            if let Some(group) = group {
+                config.ingest.group = group;
+            }
             let shutdown = CancellationToken::new();
             let signals = shutdown.clone();
             tokio::spawn(async move {

@@ -1,12 +1,15 @@
-//! Messages from the platform: the site mode and the identity table. Each
-//! handler checks the whole message before applying anything and reports
-//! what happened; the session task publishes any resync request.
+//! Messages from the platform. Each one is a signed envelope, verified in
+//! one place (`signed`); each handler then checks the whole inner message
+//! (`limits` included) before applying anything and reports what happened;
+//! the session task publishes any resync request.
 
 use crate::convert;
 use crate::encode::{EventBody, EventRecord, encode_event};
 use crate::identity::{IdentityOutcome, handle_identity};
-use crate::{EVENT_STREAM, Topics};
+use crate::signed::{self, DownlinkTrust};
+use crate::{EVENT_STREAM, Topics, limits};
 use gate_core::{Direction, Lane, ModeOrigin, ModeSchedule, UnixMillis};
+use gate_envelope::Refusal;
 use gate_proto::v1 as pb;
 use gate_store::Store;
 use prost::Message;
@@ -15,7 +18,7 @@ use tracing::{info, warn};
 
 /// The largest downlink message accepted; anything bigger is hostile or a
 /// mistake, and is refused before decoding.
-pub const MAX_DOWNLINK_BYTES: usize = 8 << 20;
+pub const MAX_DOWNLINK_BYTES: usize = gate_envelope::MAX_ENVELOPE_BYTES;
 
 /// Counts of what came down.
 #[derive(Debug, Default)]
@@ -25,13 +28,33 @@ pub struct DownlinkCounters {
     pub identity_staged: AtomicU64,
     pub identity_duplicates: AtomicU64,
     pub resync_requests: AtomicU64,
-    /// Malformed, oversized or unknown messages, dropped.
+    /// Verified messages whose content was malformed, and messages on
+    /// topics the gate does not handle, dropped.
     pub rejected: AtomicU64,
     pub health_applied: AtomicU64,
     pub health_answers: AtomicU64,
     pub trust_updates: AtomicU64,
-    /// Trust lists refused (bad signature, unknown key, malformed).
+    /// Trust lists refused (by their envelope or their content).
     pub trust_rejected: AtomicU64,
+    /// Envelopes refused, by reason, in the order of `Refusal::ALL`.
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+    /// The last accepted message of a stream delivered again (a retained
+    /// message on reconnection): ignored.
+    pub again: AtomicU64,
+    pub key_rotations: AtomicU64,
+}
+
+impl DownlinkCounters {
+    /// Envelopes refused for `reason` so far.
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        let index = Refusal::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.refused[index].load(Ordering::Relaxed)
+    }
+
+    fn count_refusal(&self, reason: Refusal) {
+        let index = Refusal::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.refused[index].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What the gate must say back after a message.
@@ -65,53 +88,68 @@ pub struct EventContext {
     pub policy_version: String,
 }
 
+/// Every downlink message: verified by `signed::check` first; only an
+/// accepted envelope's payload reaches the handler of its stream.
 #[allow(clippy::too_many_arguments)] // The session's parts, borrowed separately.
 pub(crate) fn handle(
     store: &mut Store,
     topics: &Topics,
     context: &EventContext,
     counters: &DownlinkCounters,
-    platform_keys: &gate_pass::PlatformKeys,
+    trust: &mut DownlinkTrust,
     topic: &str,
-    payload: &[u8],
+    bytes: &[u8],
     now: UnixMillis,
 ) -> Reply {
-    if payload.len() > MAX_DOWNLINK_BYTES {
-        counters.rejected.fetch_add(1, Ordering::Relaxed);
-        warn!(topic, bytes = payload.len(), "downlink message too large; dropped");
+    if bytes.is_empty() {
+        // A retained message cleared on the broker: nothing to apply, and
+        // what was applied stays.
+        tracing::debug!(topic, "empty downlink message (a cleared retained message); ignored");
         return Reply::None;
     }
-    if topic == topics.mode {
-        handle_mode(store, topics, context, counters, payload, now)
-    } else if topic == topics.identity {
-        match handle_identity(store, payload, now) {
-            IdentityOutcome::Applied { version } => {
-                counters.identity_applied.fetch_add(1, Ordering::Relaxed);
-                info!(topic, version, "identity table updated");
-                Reply::None
+    let checked = signed::check(topics, trust, topic, bytes, |key| match signed::load_last(store, key) {
+        Ok(last) => last,
+        // Unreadable replay state: refuse (as a replay) rather than accept.
+        Err(_) => Some(signed::LastAccepted { counter: u64::MAX, digest: [0; 32] }),
+    });
+    let (stream, opened) = match checked {
+        signed::Checked::Accepted { stream, opened, last } => {
+            if let Err(e) = signed::save_last(store, &opened.replay_key(), last) {
+                warn!(topic, error = %e, "cannot persist the replay counter; message not applied");
+                return Reply::None;
             }
-            IdentityOutcome::Staged { version, chunk_index, chunk_count } => {
-                counters.identity_staged.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(topic, version, chunk_index, chunk_count, "snapshot chunk staged");
-                Reply::None
-            }
-            IdentityOutcome::Duplicate => {
-                counters.identity_duplicates.fetch_add(1, Ordering::Relaxed);
-                Reply::None
-            }
-            IdentityOutcome::Resync { local_version, reason } => {
-                info!(topic, local_version, reason, "identity out of step; asking for a resync");
-                Reply::Resync { local_version, reason }
-            }
-            IdentityOutcome::Rejected { why } => {
-                counters.rejected.fetch_add(1, Ordering::Relaxed);
-                warn!(topic, %why, "identity message rejected; nothing applied");
-                let local_version = store.identity_state().map(|s| s.version).unwrap_or(0);
-                Reply::Resync { local_version, reason: "corrupt" }
-            }
+            (stream, opened)
         }
-    } else if topic == topics.health {
-        match crate::health::handle_health_batch(store, payload, now) {
+        signed::Checked::Again { stream } => {
+            counters.again.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(topic, stream, "the last accepted message again; ignored");
+            return Reply::None;
+        }
+        signed::Checked::Refused { stream: None, .. } => {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(topic, "message on a topic this gate does not handle; dropped");
+            return Reply::None;
+        }
+        signed::Checked::Refused { stream: Some(stream), refusal } => {
+            counters.count_refusal(refusal);
+            if stream == "trust" {
+                counters.trust_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            warn!(
+                topic,
+                stream,
+                reason = refusal.as_str(),
+                bytes = bytes.len(),
+                "downlink message refused; nothing applied"
+            );
+            return Reply::None;
+        }
+    };
+    let payload = opened.payload.as_slice();
+    match stream {
+        "mode" => handle_mode(store, topics, context, counters, payload, now),
+        "identity" => handle_identity_message(store, counters, topic, payload, now),
+        "health" => match crate::health::handle_health_batch(store, payload, now) {
             crate::health::BatchOutcome::Applied { version } => {
                 counters.health_applied.fetch_add(1, Ordering::Relaxed);
                 info!(topic, version, "health records updated");
@@ -127,9 +165,8 @@ pub(crate) fn handle(
                 warn!(topic, %why, "health batch rejected; nothing applied");
                 Reply::None
             }
-        }
-    } else if topic == topics.health_resp {
-        match crate::health::decode_response(payload) {
+        },
+        "health_resp" => match crate::health::decode_response(payload) {
             Ok((correlation_id, answer)) => {
                 if let crate::HealthAnswer::Record(record) = &answer
                     && let Err(e) = store.put_health_record(record)
@@ -144,12 +181,8 @@ pub(crate) fn handle(
                 warn!(topic, %why, "health response rejected");
                 Reply::None
             }
-        }
-    } else if topic == topics.trust {
-        if payload.is_empty() {
-            return Reply::None;
-        }
-        match crate::health::handle_trust(store, platform_keys, payload) {
+        },
+        "trust" => match crate::health::handle_trust(store, payload) {
             Ok(Some(version)) => {
                 counters.trust_updates.fetch_add(1, Ordering::Relaxed);
                 info!(topic, version, "trust list for health certificates updated");
@@ -162,12 +195,78 @@ pub(crate) fn handle(
                 warn!(topic, %why, "trust list ignored");
                 Reply::None
             }
+        },
+        "keys" => {
+            match rotate_keys(store, trust, payload) {
+                Ok(ids) => {
+                    counters.key_rotations.fetch_add(1, Ordering::Relaxed);
+                    info!(topic, signed_by = %opened.key_id, keys = %ids, "platform keys rotated");
+                }
+                Err(why) => {
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    warn!(topic, %why, "key rotation refused; the keys stay");
+                }
+            }
+            Reply::None
         }
-    } else {
-        counters.rejected.fetch_add(1, Ordering::Relaxed);
-        warn!(topic, "message on a topic this gate does not handle; dropped");
-        Reply::None
+        _ => {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(topic, stream, "verified message on a stream this gate does not handle yet; dropped");
+            Reply::None
+        }
     }
+}
+
+fn handle_identity_message(
+    store: &mut Store,
+    counters: &DownlinkCounters,
+    topic: &str,
+    payload: &[u8],
+    now: UnixMillis,
+) -> Reply {
+    match handle_identity(store, payload, now) {
+        IdentityOutcome::Applied { version } => {
+            counters.identity_applied.fetch_add(1, Ordering::Relaxed);
+            info!(topic, version, "identity table updated");
+            Reply::None
+        }
+        IdentityOutcome::Staged { version, chunk_index, chunk_count } => {
+            counters.identity_staged.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(topic, version, chunk_index, chunk_count, "snapshot chunk staged");
+            Reply::None
+        }
+        IdentityOutcome::Duplicate => {
+            counters.identity_duplicates.fetch_add(1, Ordering::Relaxed);
+            Reply::None
+        }
+        IdentityOutcome::Resync { local_version, reason } => {
+            info!(topic, local_version, reason, "identity out of step; asking for a resync");
+            Reply::Resync { local_version, reason }
+        }
+        IdentityOutcome::Rejected { why } => {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(topic, %why, "identity message rejected; nothing applied");
+            let local_version = store.identity_state().map(|s| s.version).unwrap_or(0);
+            Reply::Resync { local_version, reason: "corrupt" }
+        }
+    }
+}
+
+/// A signed `KeyRotation`: the full new key set, persisted, in force at
+/// once. Returns the new key ids.
+fn rotate_keys(store: &Store, trust: &mut DownlinkTrust, payload: &[u8]) -> Result<String, String> {
+    let rotation = pb::KeyRotation::decode(payload).map_err(|e| format!("not a KeyRotation: {e}"))?;
+    limits::key_rotation(&rotation).map_err(|e| e.to_string())?;
+    let mut keys = Vec::with_capacity(rotation.keys.len());
+    for (i, spec) in rotation.keys.iter().enumerate() {
+        keys.push(gate_envelope::parse_key_spec(spec).map_err(|e| format!("keys[{i}]: {e}"))?);
+    }
+    if keys.is_empty() {
+        return Err("a rotation to no key at all would lock the platform out".into());
+    }
+    signed::save_rotation(store, &keys, &trust.configured).map_err(|e| format!("cannot persist the keys: {e}"))?;
+    trust.verifier = gate_envelope::Verifier::new(keys);
+    Ok(trust.verifier.key_ids().collect::<Vec<_>>().join(","))
 }
 
 fn handle_mode(
@@ -179,10 +278,6 @@ fn handle_mode(
     now: UnixMillis,
 ) -> Reply {
     let topic = topics.mode.as_str();
-    if payload.is_empty() {
-        // A cleared retained message: keep the mode we have.
-        return Reply::None;
-    }
     let change = match pb::ModeChange::decode(payload) {
         Ok(change) => change,
         Err(e) => {
@@ -191,6 +286,11 @@ fn handle_mode(
             return Reply::None;
         }
     };
+    if let Err(why) = limits::mode_change(&change) {
+        counters.rejected.fetch_add(1, Ordering::Relaxed);
+        warn!(topic, %why, "ModeChange refused; the mode stays");
+        return Reply::None;
+    }
     let mode = match convert::mode_from_wire(change.mode) {
         Ok(mode) => mode,
         Err(why) => {

@@ -3,7 +3,6 @@
 //! for health certificates.
 
 use gate_core::{HealthColour, HealthRecord, NatResult, UnixMillis};
-use gate_pass::PlatformKeys;
 use gate_proto::v1 as pb;
 use gate_store::{DeltaOutcome, HealthBatch, Store};
 use prost::Message;
@@ -73,6 +72,9 @@ pub(crate) fn handle_health_batch(store: &mut Store, payload: &[u8], now: UnixMi
         Ok(b) => b,
         Err(e) => return BatchOutcome::Rejected { why: format!("not a HealthBatch: {e}") },
     };
+    if let Err(e) = crate::limits::health_batch(&batch) {
+        return BatchOutcome::Rejected { why: e.to_string() };
+    }
     if batch.to_version <= batch.from_version {
         return BatchOutcome::Rejected { why: "health batch to_version must exceed from_version".into() };
     }
@@ -93,6 +95,7 @@ pub(crate) fn handle_health_batch(store: &mut Store, payload: &[u8], now: UnixMi
 /// Decodes a health response: its correlation id and the answer.
 pub(crate) fn decode_response(payload: &[u8]) -> Result<(String, HealthAnswer), String> {
     let resp = pb::HealthResponse::decode(payload).map_err(|e| format!("not a HealthResponse: {e}"))?;
+    crate::limits::health_response(&resp).map_err(|e| e.to_string())?;
     let answer = match resp.record {
         Some(record) => HealthAnswer::Record(record_from_wire(record)?),
         None => HealthAnswer::NoRecord,
@@ -100,13 +103,10 @@ pub(crate) fn decode_response(payload: &[u8]) -> Result<(String, HealthAnswer), 
     Ok((resp.correlation_id, answer))
 }
 
-/// Checks a signed trust list against the platform keys and stores it.
+/// Stores a trust list (its envelope, verified before, is its signature).
 /// Returns the new version, or `None` when it is not newer.
-pub(crate) fn handle_trust(store: &mut Store, keys: &PlatformKeys, payload: &[u8]) -> Result<Option<u64>, String> {
-    let signed = pb::SignedTrustList::decode(payload).map_err(|e| format!("not a SignedTrustList: {e}"))?;
-    keys.verify_detached(&signed.kid, &signed.trust_list, &signed.signature)
-        .map_err(|e| format!("trust list signature refused: {e}"))?;
-    let list = pb::TrustList::decode(signed.trust_list.as_slice()).map_err(|e| format!("not a TrustList: {e}"))?;
+pub(crate) fn handle_trust(store: &mut Store, payload: &[u8]) -> Result<Option<u64>, String> {
+    let list = pb::TrustList::decode(payload).map_err(|e| format!("not a TrustList: {e}"))?;
     if list.certificates.len() > 1_000 {
         return Err(format!("{} certificates is more than a trust list holds", list.certificates.len()));
     }
@@ -117,11 +117,10 @@ pub(crate) fn handle_trust(store: &mut Store, keys: &PlatformKeys, payload: &[u8
     }
 }
 
-/// Builds a `SignedTrustList` (platform side; tests and hw-sim use it).
-pub fn sign_trust_list(version: u64, certificates: Vec<Vec<u8>>, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
-    let list = pb::TrustList { version, certificates, issued_at_ms: 0 }.encode_to_vec();
-    let (kid, signature) = gate_pass::sign_detached(&list, key);
-    pb::SignedTrustList { trust_list: list, signature, kid }.encode_to_vec()
+/// A `TrustList` payload, to be sealed in an envelope on stream "trust"
+/// (platform side; tests and hw-sim use it).
+pub fn encode_trust_list(version: u64, certificates: Vec<Vec<u8>>, issued_at_ms: i64) -> Vec<u8> {
+    pb::TrustList { version, certificates, issued_at_ms }.encode_to_vec()
 }
 
 /// A `HealthBatch` payload from domain records (platform side, for tests).

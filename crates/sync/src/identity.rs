@@ -39,6 +39,9 @@ pub fn handle_identity(store: &mut Store, payload: &[u8], now_ms: i64) -> Identi
         Ok(batch) => batch,
         Err(e) => return IdentityOutcome::Rejected { why: format!("not an IdentityBatch: {e}") },
     };
+    if let Err(e) = crate::limits::identity_batch(&batch) {
+        return IdentityOutcome::Rejected { why: e.to_string() };
+    }
     match batch.body {
         None => IdentityOutcome::Rejected { why: "empty IdentityBatch".into() },
         Some(pb::identity_batch::Body::Delta(delta)) => apply_delta(store, delta, now_ms),

@@ -15,21 +15,27 @@
 //! Status: a retained `GateStatus` on `{prefix}/{site}/{gate}/status` on every
 //! connection and periodically, and a retained last will saying offline.
 //!
-//! Downlink: the site mode (`{prefix}/{site}/mode`, retained) and the
-//! identity table (`{prefix}/{site}/identity`). Every message is checked
-//! whole before anything is applied; a malformed one is counted, logged with
-//! its topic and dropped.
+//! Downlink: the site mode (`{prefix}/{site}/mode`, retained), the identity
+//! table (`{prefix}/{site}/identity`), health batches and answers, the trust
+//! list, the platform's heartbeat, key rotations and resets. Every message
+//! is a signed envelope verified in one place (`signed`) before its content
+//! is even decoded; then the content is checked whole (`limits` bounds every
+//! string) before anything is applied. A refused or malformed message is
+//! counted, logged with its topic and reason, and dropped.
 
 mod convert;
 mod downlink;
 mod encode;
 mod health;
 mod identity;
+pub mod limits;
+pub mod signed;
 mod uplink;
 
 pub use downlink::{DownlinkCounters, EventContext, set_mode_by_technician};
 pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_alert, encode_event, encode_status};
-pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, sign_trust_list};
+pub use gate_envelope::Refusal;
+pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, encode_trust_list};
 pub use identity::{IdentityOutcome, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_STALL_MS, check_stalled, handle_identity};
 pub use uplink::{DeviceReport, LinkState, SyncSettings, run_sync};
 
@@ -58,6 +64,12 @@ pub struct Topics {
     pub health_req: String,
     /// `{prefix}/{site}/{gate}/health/resp`, down: `HealthResponse`.
     pub health_resp: String,
+    /// `{prefix}/{site}/heartbeat`, down, retained: `PlatformHeartbeat`.
+    pub heartbeat: String,
+    /// `{prefix}/{site}/keys`, down, retained: `KeyRotation`.
+    pub keys: String,
+    /// `{prefix}/{site}/reset`, down: `SiteReset`.
+    pub reset: String,
 }
 
 impl Topics {
@@ -74,6 +86,9 @@ impl Topics {
             trust: format!("{prefix}/{site}/trust"),
             health_req: format!("{base}/health/req"),
             health_resp: format!("{base}/health/resp"),
+            heartbeat: format!("{prefix}/{site}/heartbeat"),
+            keys: format!("{prefix}/{site}/keys"),
+            reset: format!("{prefix}/{site}/reset"),
         }
     }
 }

@@ -52,8 +52,9 @@ pub struct SyncSettings {
     pub default_mode: Mode,
     /// How often the retained status is refreshed while connected.
     pub status_interval: Duration,
-    /// Ed25519 keys the platform signs trust lists with (`[passes] platform_keys`).
-    pub platform_keys: Vec<[u8; 32]>,
+    /// The platform keys downlink envelopes must be signed with, as
+    /// configured (`Config::envelope_keys`); a signed rotation may replace them.
+    pub platform_keys: Vec<gate_envelope::KeySpec>,
     /// The policy version after a configuration reload, when reloads happen.
     pub policy_updates: Option<tokio::sync::watch::Receiver<String>>,
 }
@@ -110,7 +111,7 @@ struct Session<'a> {
     link: &'a LinkState,
     devices: Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync>,
     context: EventContext,
-    platform_keys: gate_pass::PlatformKeys,
+    trust: crate::signed::DownlinkTrust,
     /// Online health checks waiting for the platform, by correlation id.
     health_pending: HashMap<String, tokio::sync::oneshot::Sender<crate::HealthAnswer>>,
 }
@@ -188,6 +189,7 @@ impl Session<'_> {
             self.topics.health.clone(),
             self.topics.trust.clone(),
             self.topics.health_resp.clone(),
+            self.topics.keys.clone(),
         ] {
             if let Err(e) = self.client.try_subscribe(&topic, QoS::AtLeastOnce) {
                 warn!(topic, error = %e, "could not subscribe");
@@ -208,7 +210,7 @@ impl Session<'_> {
             &self.topics,
             &self.context,
             &self.link.downlink,
-            &self.platform_keys,
+            &mut self.trust,
             topic,
             payload,
             now_ms(),
@@ -320,6 +322,7 @@ pub async fn run_sync(
             }
         }
     };
+    let trust = downlink_trust(&settings, &store);
     let topics = Topics::new(&settings.topic_prefix, &settings.site, &settings.gate);
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
@@ -351,10 +354,7 @@ pub async fn run_sync(
         link: &link,
         devices,
         context,
-        platform_keys: gate_pass::PlatformKeys::from_raw(&settings.platform_keys).unwrap_or_else(|index| {
-            warn!(index, "a platform key is not a valid Ed25519 key; trust lists cannot be verified");
-            gate_pass::PlatformKeys::default()
-        }),
+        trust,
         health_pending: HashMap::new(),
     };
     // The last will is fixed at connect time; it says offline with the
@@ -453,6 +453,29 @@ pub async fn run_sync(
     }
     link.connected.store(false, Ordering::Relaxed);
     info!("uplink stopped");
+}
+
+/// The keys in force (a persisted rotation or the configured set), this
+/// site and gate.
+fn downlink_trust(settings: &SyncSettings, store: &Store) -> crate::signed::DownlinkTrust {
+    let configured = settings.platform_keys.clone();
+    let (keys, source) = crate::signed::effective_keys(store, &configured).unwrap_or_else(|e| {
+        warn!(error = %e, "cannot read rotated platform keys; using the configured ones");
+        (configured.clone(), crate::signed::KeySource::Config)
+    });
+    if keys.is_empty() {
+        warn!(
+            "no platform signing key is configured ([platform] signing_keys): every downlink message will be refused"
+        );
+    }
+    let verifier = gate_envelope::Verifier::new(keys);
+    info!(keys = %verifier.key_ids().collect::<Vec<_>>().join(","), ?source, "platform keys for downlink messages");
+    crate::signed::DownlinkTrust {
+        verifier,
+        site: settings.site.to_string(),
+        gate: settings.gate.to_string(),
+        configured,
+    }
 }
 
 /// Resolves when the policy version changes; never when reloads are off or

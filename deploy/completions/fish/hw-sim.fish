@@ -30,7 +30,7 @@ complete -c hw-sim -n "__fish_hw_sim_needs_command" -f -a "idcard" -d 'Resident 
 complete -c hw-sim -n "__fish_hw_sim_needs_command" -f -a "gate" -d 'Turnstile IO board (Modbus RTU relays and inputs)'
 complete -c hw-sim -n "__fish_hw_sim_needs_command" -f -a "qr" -d 'QR scanner module (serial mode: payload + terminator)'
 complete -c hw-sim -n "__fish_hw_sim_needs_command" -f -a "plate" -d 'Licence-plate camera adapter (PLATE,COLOUR,CONFIDENCE lines)'
-complete -c hw-sim -n "__fish_hw_sim_needs_command" -f -a "platform" -d 'The central platform on MQTT: identity snapshots and deltas, the site mode; prints what the gates send and checks their `seq`'
+complete -c hw-sim -n "__fish_hw_sim_needs_command" -f -a "platform" -d 'The central platform on MQTT: identity snapshots and deltas, the site mode, each in a signed envelope; prints what the gates send and checks their `seq`'
 complete -c hw-sim -n "__fish_hw_sim_needs_command" -f -a "camera" -d 'A camera: holds each frame of a folder in front of the lens, as the image file the daemon reads (`[devices.camera] snapshot_file`)'
 complete -c hw-sim -n "__fish_hw_sim_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand idcard" -l link -d 'Create this symlink to the pty slave (removed on exit)' -r -F
@@ -69,6 +69,8 @@ complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l port -d 'MQTT
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l prefix -d 'Topic prefix: `{prefix}/{site}/...`' -r
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l site -d 'The site id: `{prefix}/{site}/...`' -r
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l site-key -d 'The site key file (64 hex characters), to compute credential keys' -r -F
+complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l signing-key -d 'The platform\'s Ed25519 private key (64 hex characters, mode 0600): every message is sealed in a signed envelope with it' -r -F
+complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l key-id -d 'The key id gates list the key under (default: derived from the key)' -r
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l csv -d 'People: `person_id,category,id_number,name,valid_from,valid_to`' -r -F
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l generate -d 'Synthetic people instead of a CSV' -r
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l chunk-size -d 'People per snapshot chunk' -r
@@ -81,6 +83,7 @@ complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l effective-at-
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l issued-by -d 'Who ordered the mode (department, officer id)' -r
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l reason -d 'Why, for the mode change' -r
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l utc-offset-minutes -d 'The site\'s offset from UTC in minutes, for CSV dates' -r
+complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l unsigned -d 'Publish bare, unsigned messages (what an intruder sends; gates refuse them)'
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l once -d 'Publish, wait for the broker\'s acknowledgements, exit'
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -l no-answer-sync -d 'Do not answer sync requests'
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand platform" -s h -l help -d 'Print help'
@@ -94,6 +97,6 @@ complete -c hw-sim -n "__fish_hw_sim_using_subcommand help; and not __fish_seen_
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand help; and not __fish_seen_subcommand_from idcard gate qr plate platform camera help" -f -a "gate" -d 'Turnstile IO board (Modbus RTU relays and inputs)'
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand help; and not __fish_seen_subcommand_from idcard gate qr plate platform camera help" -f -a "qr" -d 'QR scanner module (serial mode: payload + terminator)'
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand help; and not __fish_seen_subcommand_from idcard gate qr plate platform camera help" -f -a "plate" -d 'Licence-plate camera adapter (PLATE,COLOUR,CONFIDENCE lines)'
-complete -c hw-sim -n "__fish_hw_sim_using_subcommand help; and not __fish_seen_subcommand_from idcard gate qr plate platform camera help" -f -a "platform" -d 'The central platform on MQTT: identity snapshots and deltas, the site mode; prints what the gates send and checks their `seq`'
+complete -c hw-sim -n "__fish_hw_sim_using_subcommand help; and not __fish_seen_subcommand_from idcard gate qr plate platform camera help" -f -a "platform" -d 'The central platform on MQTT: identity snapshots and deltas, the site mode, each in a signed envelope; prints what the gates send and checks their `seq`'
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand help; and not __fish_seen_subcommand_from idcard gate qr plate platform camera help" -f -a "camera" -d 'A camera: holds each frame of a folder in front of the lens, as the image file the daemon reads (`[devices.camera] snapshot_file`)'
 complete -c hw-sim -n "__fish_hw_sim_using_subcommand help; and not __fish_seen_subcommand_from idcard gate qr plate platform camera help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -108,7 +108,7 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
                 9,
                 2,
                 "mqqt",
-                "unknown table `mqqt` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts, control, metrics, health); did you mean `mqtt`?",
+                "unknown table `mqqt` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts, control, metrics, health, platform); did you mean `mqtt`?",
             )],
         ),
         (
@@ -124,7 +124,7 @@ fn unknown_keys_and_tables_are_reported_with_suggestions() {
         (
             "top-level key",
             format!("log_levl = \"debug\"\n{BASE}"),
-            &[(1, 1, "log_levl", "unknown key `log_levl` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts, control, metrics, health)")],
+            &[(1, 1, "log_levl", "unknown key `log_levl` (expected one of: site, gate, store, mqtt, identity, devices, policy, passes, alerts, control, metrics, health, platform)")],
         ),
         (
             "case matters",
@@ -913,4 +913,39 @@ fn metrics_are_off_by_default_and_loopback_unless_allowed() {
         &with_base("[metrics]\nlisten = \"127.0.0.1:0\"\n"),
         &[(10, 10, "metrics.listen", "expected a port from 1 to 65535, found \"127.0.0.1:0\"")],
     );
+}
+
+#[test]
+fn platform_keys_defaults_and_the_deprecated_pass_keys_folded_in() {
+    let config = ok(BASE);
+    assert_eq!(config.platform, PlatformConfig::default());
+    assert_eq!(config.platform.stale_after, Duration::from_secs(3600));
+    assert!(!config.platform.refuse_when_stale);
+    assert!(config.envelope_keys().is_empty());
+    let a = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+    let b = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    let config = ok(&with_base(&format!(
+        "[passes]\nplatform_keys = [\"{a}\", \"{b}\"]\n[platform]\nsigning_keys = [\"platform-2026:{a}\"]\n\
+         stale_after_s = 600\nrefuse_when_stale = true\n"
+    )));
+    assert_eq!(config.platform.stale_after, Duration::from_secs(600));
+    assert!(config.platform.refuse_when_stale);
+    let keys: Vec<String> = config.envelope_keys().iter().map(|k| k.to_spec_string()).collect();
+    // The configured id wins for a key listed twice; the old-only key gets
+    // the derived id.
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], format!("platform-2026:{a}"));
+    assert!(keys[1].ends_with(b) && !keys[1].starts_with("platform-2026"), "{keys:?}");
+    assert_eq!(config.pass_keys().len(), 2);
+}
+
+#[test]
+fn bad_platform_signing_keys_are_reported_by_entry() {
+    let a = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+    let text = with_base(&format!("[platform]\nsigning_keys = [\"{a}\", \"k1:{a}\", \"k1:{a}\"]\n"));
+    let errors = parse(Path::new(FILE), &text).expect_err("bad keys");
+    let messages: Vec<String> = errors.0.iter().map(|e| e.message.clone()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[0].starts_with("expected \"KEYID:HEX\""), "{messages:?}");
+    assert_eq!(messages[1], "expected each key id once, found \"k1\" twice");
 }

@@ -1,0 +1,197 @@
+//! Only the platform may command a gate: every downlink message is a signed
+//! envelope. A real Mosquitto, the daemon in-process on real SQLite files;
+//! altered, replayed, unsigned and misaddressed messages are published as an
+//! intruder on the broker would, and must not take effect.
+
+use anyhow::{Result, bail};
+use gate_proto::v1 as pb;
+use gate_sync::Refusal;
+use gate_tests::{
+    GATE, GateFixture, MODE_TOPIC, Mosquitto, RunningDaemon, SITE, init_test_logging, mode_change, platform_key,
+    publish, publish_signed, resident,
+};
+use hw_sim::platform::PlatformKey;
+use prost::Message;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(10);
+const RESP_TOPIC: &str = "village/heshan-c03/east-1/health/resp";
+const KEYS_TOPIC: &str = "village/heshan-c03/keys";
+
+fn mode_now(fx: &GateFixture) -> gate_core::Mode {
+    let store = gate_store::Store::open(&fx.store_path).expect("store");
+    store.mode_schedule().expect("mode").map_or(gate_core::Mode::Normal, |s| s.at(gate_app::wall_clock_ms()))
+}
+
+async fn wait_for(what: &str, done: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Waits until one more envelope was refused for `reason`.
+async fn refused_once_more(daemon: &RunningDaemon, reason: Refusal, before: u64) -> Result<()> {
+    let link = daemon.observed.link.clone();
+    wait_for(&format!("a {reason} refusal"), || link.downlink.refused(reason) > before).await
+}
+
+fn refused(daemon: &RunningDaemon, reason: Refusal) -> u64 {
+    daemon.observed.link.downlink.refused(reason)
+}
+
+fn mode_changes(daemon: &RunningDaemon) -> u64 {
+    daemon.observed.link.downlink.mode_changes.load(Ordering::Relaxed)
+}
+
+fn wartime(issued_by: &str) -> Vec<u8> {
+    mode_change(pb::Mode::Wartime, gate_app::wall_clock_ms() - 1_000, issued_by)
+}
+
+/// Flips one bit inside the signed body (in the inner message's last byte),
+/// keeping the envelope well-formed.
+fn flip_body_bit(sealed: &[u8]) -> Vec<u8> {
+    let mut envelope = pb::SignedEnvelope::decode(sealed).expect("an envelope");
+    let last = envelope.body.len() - 1;
+    envelope.body[last] ^= 0x01;
+    envelope.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_altered_misaddressed_and_replayed_messages_do_not_take_effect() -> Result<()> {
+    init_test_logging();
+    let broker = Mosquitto::start()?;
+    let fx = GateFixture::new(broker.port(), &[resident("p-001", "35020319900101123X", "张三")])?;
+    let daemon = RunningDaemon::start(fx.config());
+    daemon.wait_connected().await?;
+    let key = platform_key();
+    let port = broker.port();
+
+    // The platform's own order is applied.
+    let first = key.seal(SITE, "", "mode", &wartime("heshan-office"));
+    publish(port, MODE_TOPIC, first.clone(), false).await?;
+    wait_for("the signed mode change", || mode_changes(&daemon) == 1).await?;
+    assert_eq!(mode_now(&fx), gate_core::Mode::Wartime);
+    let normal = || mode_change(pb::Mode::Normal, gate_app::wall_clock_ms() - 1_000, "intruder");
+
+    // A bare ModeChange, as the old gates took: not an envelope at all.
+    let before = refused(&daemon, Refusal::Malformed);
+    publish(port, MODE_TOPIC, normal(), false).await?;
+    refused_once_more(&daemon, Refusal::Malformed, before).await?;
+
+    // An envelope without a signature.
+    let mut unsigned = pb::SignedEnvelope::decode(key.seal(SITE, "", "mode", &normal()).as_slice())?;
+    unsigned.signature.clear();
+    let before = refused(&daemon, Refusal::NoSignature);
+    publish(port, MODE_TOPIC, unsigned.encode_to_vec(), false).await?;
+    refused_once_more(&daemon, Refusal::NoSignature, before).await?;
+
+    // The platform's signed message with one bit flipped.
+    let before = refused(&daemon, Refusal::BadSignature);
+    publish(port, MODE_TOPIC, flip_body_bit(&key.seal(SITE, "", "mode", &normal())), false).await?;
+    refused_once_more(&daemon, Refusal::BadSignature, before).await?;
+
+    // Signed by a key the gate does not know.
+    let stranger = PlatformKey::from_seed([0x11; 32], Some("stranger"));
+    let before = refused(&daemon, Refusal::UnknownKey);
+    publish(port, MODE_TOPIC, stranger.seal(SITE, "", "mode", &normal()), false).await?;
+    refused_once_more(&daemon, Refusal::UnknownKey, before).await?;
+
+    // Signed by the platform, for another site.
+    let before = refused(&daemon, Refusal::WrongSite);
+    publish(port, MODE_TOPIC, key.seal("other-site", "", "mode", &normal()), false).await?;
+    refused_once_more(&daemon, Refusal::WrongSite, before).await?;
+
+    // A health answer signed for another gate of the site.
+    let answer = pb::HealthResponse { correlation_id: "c-1".into(), record: None }.encode_to_vec();
+    let before = refused(&daemon, Refusal::WrongGate);
+    publish(port, RESP_TOPIC, key.seal(SITE, "west-2", "health_resp", &answer), false).await?;
+    refused_once_more(&daemon, Refusal::WrongGate, before).await?;
+
+    // Signed for the identity stream, replayed onto the mode topic.
+    let before = refused(&daemon, Refusal::WrongStream);
+    publish(port, MODE_TOPIC, key.seal(SITE, "", "identity", &normal()), false).await?;
+    refused_once_more(&daemon, Refusal::WrongStream, before).await?;
+
+    // A signed 1 MB `issued_by` is refused by its size; the mode stays.
+    let rejected = daemon.observed.link.downlink.rejected.load(Ordering::Relaxed);
+    publish_signed(port, MODE_TOPIC, wartime(&"A".repeat(1 << 20)), false).await?;
+    let link = daemon.observed.link.clone();
+    wait_for("the oversized issued_by refused", || link.downlink.rejected.load(Ordering::Relaxed) > rejected).await?;
+    // And one with a control character in it.
+    publish_signed(port, MODE_TOPIC, wartime("ops\u{1b}[2J"), false).await?;
+    wait_for("the control character refused", || link.downlink.rejected.load(Ordering::Relaxed) > rejected + 1).await?;
+
+    assert_eq!(mode_changes(&daemon), 1, "none of them changed the mode");
+    assert_eq!(mode_now(&fx), gate_core::Mode::Wartime);
+    let store = gate_store::Store::open(&fx.store_path)?;
+    let schedule = store.mode_schedule()?.expect("a mode");
+    assert_eq!(schedule.origin.operator, "platform:heshan-office");
+
+    // The platform lifts wartime; the first (older) order replayed does not
+    // bring it back.
+    publish_signed(port, MODE_TOPIC, mode_change(pb::Mode::Normal, gate_app::wall_clock_ms() - 500, "office"), false)
+        .await?;
+    wait_for("the signed normal mode", || mode_changes(&daemon) == 2).await?;
+    let before = refused(&daemon, Refusal::Replay);
+    publish(port, MODE_TOPIC, first.clone(), false).await?;
+    refused_once_more(&daemon, Refusal::Replay, before).await?;
+    assert_eq!(mode_now(&fx), gate_core::Mode::Normal);
+
+    // A restart does not reopen the window: the counter is in the store.
+    daemon.stop().await?;
+    let daemon = RunningDaemon::start(fx.config());
+    daemon.wait_connected().await?;
+    publish(port, MODE_TOPIC, first, false).await?;
+    refused_once_more(&daemon, Refusal::Replay, 0).await?;
+    assert_eq!(mode_changes(&daemon), 0);
+    assert_eq!(mode_now(&fx), gate_core::Mode::Normal);
+    daemon.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_rotation_replaces_the_keys_and_survives_a_restart() -> Result<()> {
+    init_test_logging();
+    let broker = Mosquitto::start()?;
+    let fx = GateFixture::new(broker.port(), &[])?;
+    let daemon = RunningDaemon::start(fx.config());
+    daemon.wait_connected().await?;
+    let port = broker.port();
+    let old = platform_key();
+    let new = PlatformKey::from_seed([0x22; 32], Some("platform-2027"));
+
+    // A rotation signed by a key the gate does not trust is refused.
+    let stranger = PlatformKey::from_seed([0x11; 32], Some("stranger"));
+    let rotation = |keys: Vec<String>| pb::KeyRotation { keys, note: "yearly".into() }.encode_to_vec();
+    publish(port, KEYS_TOPIC, stranger.seal(SITE, "", "keys", &rotation(vec![stranger.key_spec()])), true).await?;
+    refused_once_more(&daemon, Refusal::UnknownKey, 0).await?;
+
+    // Signed with the current key: the new set is in force at once.
+    publish(port, KEYS_TOPIC, old.seal(SITE, "", "keys", &rotation(vec![new.key_spec()])), true).await?;
+    let link = daemon.observed.link.clone();
+    wait_for("the rotation", || link.downlink.key_rotations.load(Ordering::Relaxed) == 1).await?;
+    let before = refused(&daemon, Refusal::UnknownKey);
+    publish(port, MODE_TOPIC, old.seal(SITE, "", "mode", &wartime("old key")), false).await?;
+    refused_once_more(&daemon, Refusal::UnknownKey, before).await?;
+    publish(port, MODE_TOPIC, new.seal(SITE, GATE, "mode", &wartime("new key")), false).await?;
+    wait_for("the new key's mode change", || mode_changes(&daemon) == 1).await?;
+
+    // After a restart the rotated set still holds (the retained rotation
+    // comes again and is recognised as the same message).
+    daemon.stop().await?;
+    let daemon = RunningDaemon::start(fx.config());
+    daemon.wait_connected().await?;
+    publish(port, MODE_TOPIC, old.seal(SITE, "", "mode", &wartime("old key again")), false).await?;
+    refused_once_more(&daemon, Refusal::UnknownKey, 0).await?;
+    publish(port, MODE_TOPIC, new.seal(SITE, "", "mode", &mode_change(pb::Mode::Normal, 0, "new key")), false).await?;
+    wait_for("the new key after a restart", || mode_changes(&daemon) == 1).await?;
+    assert_eq!(daemon.observed.link.downlink.key_rotations.load(Ordering::Relaxed), 0, "the rotation was not redone");
+    daemon.stop().await?;
+    Ok(())
+}
