@@ -181,9 +181,9 @@ fn may_hold_a_code(frame: &Frame) -> bool {
             if dark && ended >= 5 && finder_proportions(&runs) {
                 let module = runs.iter().sum::<u32>() as f32 / 7.0;
                 let centre = x as f32 - (runs[4] + runs[3]) as f32 - runs[2] as f32 / 2.0;
-                let lined_up = previous.iter().any(|&(c, m)| {
-                    (c - centre).abs() <= 1.5 * m.max(module) && m <= 2.0 * module && module <= 2.0 * m
-                });
+                let lined_up = previous
+                    .iter()
+                    .any(|&(c, m)| (c - centre).abs() <= 1.5 * m.max(module) && m <= 2.0 * module && module <= 2.0 * m);
                 if lined_up {
                     return true;
                 }
