@@ -73,6 +73,16 @@ pub struct Topics {
 }
 
 impl Topics {
+    /// The topic an outbox stream is published on; `None` for a stream
+    /// this daemon does not know.
+    pub fn for_stream(&self, stream: &str) -> Option<&str> {
+        match stream {
+            EVENT_STREAM => Some(&self.events),
+            ALERT_STREAM => Some(&self.alerts),
+            _ => None,
+        }
+    }
+
     pub fn new(prefix: &str, site: &SiteId, gate: &GateId) -> Self {
         let base = format!("{prefix}/{site}/{gate}");
         Topics {
