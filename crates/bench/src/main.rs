@@ -30,9 +30,9 @@ struct Args {
     /// numbers mean nothing).
     #[arg(long)]
     smoke: bool,
-    /// Run only this figure (and what it needs).
+    /// Run only this figure (and what it needs); repeat for several.
     #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(NAMES))]
-    only: Option<String>,
+    only: Vec<String>,
     /// Where the report and the working data go.
     #[arg(long, value_name = "DIR", default_value = "target/bench")]
     out: PathBuf,
@@ -64,6 +64,11 @@ pub struct Sizes {
     pub dcc_iterations: usize,
     pub pty_round_trips: usize,
     pub commits: usize,
+    /// How long a drain may run before its rate is taken from what was
+    /// drained so far (and the figure says it did not finish).
+    pub drain_limit: std::time::Duration,
+    /// The most cards decided while the backlog drains.
+    pub draining_cards: usize,
 }
 
 impl Sizes {
@@ -84,6 +89,8 @@ impl Sizes {
             dcc_iterations: 2_000,
             pty_round_trips: 2_000,
             commits: 2_000,
+            drain_limit: std::time::Duration::from_secs(20 * 60),
+            draining_cards: 1_000,
         }
     }
 
@@ -104,6 +111,8 @@ impl Sizes {
             dcc_iterations: 50,
             pty_round_trips: 100,
             commits: 100,
+            drain_limit: std::time::Duration::from_secs(60),
+            draining_cards: 50,
         }
     }
 }
@@ -116,9 +125,18 @@ pub struct Ctx {
     pub gated: PathBuf,
     /// Working data (databases, frames); emptied group by group.
     pub work: PathBuf,
+    /// The daemon's logs of the last run, one per start (`GROUP-NAME.log`).
+    pub logs: PathBuf,
+    /// The group running now, naming its logs.
+    pub group: std::cell::Cell<&'static str>,
 }
 
 impl Ctx {
+    /// Where a daemon started by the running group logs.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{}-{name}.log", self.group.get()))
+    }
+
     /// A spinner or bar with an estimate, for a long step.
     pub fn progress(&self, what: &str, total: u64) -> ProgressBar {
         let bar = ProgressBar::new(total);
@@ -246,14 +264,17 @@ fn main() -> Result<()> {
     if !gated.is_file() {
         bail!("no daemon binary at {} (bench/run builds it)", gated.display());
     }
-    let groups: Vec<Group> = match &args.only {
-        Some(name) => Group::ALL.into_iter().filter(|g| g.names().contains(&name.as_str())).collect(),
-        None => Group::ALL.to_vec(),
+    let groups: Vec<Group> = if args.only.is_empty() {
+        Group::ALL.to_vec()
+    } else {
+        Group::ALL.into_iter().filter(|g| g.names().iter().any(|n| args.only.iter().any(|o| o == n))).collect()
     };
     std::fs::create_dir_all(&args.out)?;
     let work = args.out.join("work");
     std::fs::create_dir_all(&work)?;
-    let ctx = Ctx { sizes, smoke: args.smoke, gated, work };
+    let logs = args.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let ctx = Ctx { sizes, smoke: args.smoke, gated, work, logs, group: std::cell::Cell::new("") };
 
     let need: u64 = groups.iter().map(|g| g.disk_bytes(&ctx.sizes)).max().unwrap_or(0);
     let free = free_bytes(&ctx.work);
@@ -275,6 +296,7 @@ fn main() -> Result<()> {
     let started = Instant::now();
     for group in groups {
         let group_started = Instant::now();
+        ctx.group.set(group.names()[0]);
         println!("== {} ...", group.names().join(", "));
         let mut got = match group.run(&ctx) {
             Ok(rows) => rows,
@@ -283,9 +305,11 @@ fn main() -> Result<()> {
                 group.names().iter().map(|n| Row::missing(n, "-", "-", format!("not measured: {e:#}"))).collect()
             }
         };
-        if let Some(name) = &args.only {
+        if !args.only.is_empty() {
             got.retain(|r| {
-                &r.name == name || (name == "card_to_unlock_draining" && r.name == "relock_spread_draining")
+                args.only
+                    .iter()
+                    .any(|o| *o == r.name || (o == "card_to_unlock_draining" && r.name == "relock_spread_draining"))
             });
         }
         for r in &got {

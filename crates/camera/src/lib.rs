@@ -97,9 +97,14 @@ pub trait FrameSource: Send {
 /// Every QR payload found in `frame`: none, one or several, each once, in
 /// the order found. A frame of the wrong size yields none.
 pub fn decode_qr(frame: &Frame) -> Vec<String> {
-    if frame.check().is_err() {
+    if frame.check().is_err() || !may_hold_a_code(frame) {
         return Vec::new();
     }
+    decode_whole(frame)
+}
+
+/// The full decode of a frame of the right size.
+fn decode_whole(frame: &Frame) -> Vec<String> {
     let Ok(source) = Luma8Source::new_with_slice(&frame.luma, frame.width, frame.height) else {
         return Vec::new();
     };
@@ -116,6 +121,93 @@ pub fn decode_qr(frame: &Frame) -> Vec<String> {
     let results = QrReader.decode_multiple_with_hints(&mut bitmap, &hints).unwrap_or_default();
     let mut seen = HashSet::new();
     results.into_iter().map(|r| r.getText().to_owned()).filter(|text| seen.insert(text.clone())).collect()
+}
+
+/// Every row is scanned: the rows through a finder pattern's 3-module
+/// centre are as few as 3 when a module is a pixel, and two must line up.
+const ROW_STEP: usize = 1;
+/// Each pixel is compared with the mean of the pixels within this distance
+/// on its row (a local threshold, as lighting varies across a frame).
+const WINDOW_RADIUS: usize = 16;
+/// How far from that mean a pixel must be to flip from light to dark or
+/// back: sensor noise in a flat area must not draw stripes.
+const FLIP_MARGIN: i32 = 16;
+
+/// Whether two neighbouring scanned rows of `frame` cross dark and light
+/// runs in the 1:1:3:1:1 proportions of a QR finder pattern at the same
+/// place (what every QR decoder looks for first, and what must be there
+/// for any code to be read; a finder pattern is 7 modules tall, so it
+/// crosses several scanned rows, while noise rarely lines up twice). The
+/// full decoder spends most of an empty frame's time binarizing it whole
+/// (5-10 ms at 640x480); this scan costs a fraction of a millisecond, and
+/// a camera watches an empty lane most of the day. Lenient on purpose: a
+/// false "maybe" only costs the full decode.
+fn may_hold_a_code(frame: &Frame) -> bool {
+    let (width, height) = (frame.width as usize, frame.height as usize);
+    let mut prefix = vec![0u32; width + 1];
+    // Finder-like crossings (centre, module size) on the previous scanned row and this one.
+    let mut previous: Vec<(f32, f32)> = Vec::new();
+    let mut current: Vec<(f32, f32)> = Vec::new();
+    for y in (0..height).step_by(ROW_STEP) {
+        let row = &frame.luma[y * width..(y + 1) * width];
+        for (x, &p) in row.iter().enumerate() {
+            prefix[x + 1] = prefix[x] + u32::from(p);
+        }
+        // The last five runs, oldest first, and how many runs have ended.
+        let mut runs = [0u32; 5];
+        let mut ended = 0usize;
+        let mut dark = false;
+        let mut run = 0u32;
+        for (x, &p) in row.iter().enumerate() {
+            let (from, to) = (x.saturating_sub(WINDOW_RADIUS), (x + WINDOW_RADIUS + 1).min(width));
+            // p against the window's mean, both scaled by its length: no division.
+            let (n, sum) = ((to - from) as i32, (prefix[to] - prefix[from]) as i32);
+            let (p, margin) = (i32::from(p) * n, FLIP_MARGIN * n);
+            let now_dark = if p < sum - margin {
+                true
+            } else if p > sum + margin {
+                false
+            } else {
+                dark
+            };
+            if now_dark == dark {
+                run += 1;
+                continue;
+            }
+            runs.rotate_left(1);
+            runs[4] = run;
+            ended += 1;
+            // A dark run just ended: the last five are dark, light, dark, light, dark.
+            if dark && ended >= 5 && finder_proportions(&runs) {
+                let module = runs.iter().sum::<u32>() as f32 / 7.0;
+                let centre = x as f32 - (runs[4] + runs[3]) as f32 - runs[2] as f32 / 2.0;
+                let lined_up = previous
+                    .iter()
+                    .any(|&(c, m)| (c - centre).abs() <= 1.5 * m.max(module) && m <= 2.0 * module && module <= 2.0 * m);
+                if lined_up {
+                    return true;
+                }
+                current.push((centre, module));
+            }
+            dark = now_dark;
+            run = 1;
+        }
+        std::mem::swap(&mut previous, &mut current);
+        current.clear();
+    }
+    false
+}
+
+/// 1:1:3:1:1 within generous bounds (a blurred, tilted or perspective code
+/// stretches the runs).
+fn finder_proportions(runs: &[u32; 5]) -> bool {
+    let total: u32 = runs.iter().sum();
+    if total < 7 {
+        return false;
+    }
+    let module = total as f32 / 7.0;
+    let near = |run: u32, modules: f32| (run as f32 - modules * module).abs() <= 0.75 * modules * module;
+    near(runs[0], 1.0) && near(runs[1], 1.0) && near(runs[2], 3.0) && near(runs[3], 1.0) && near(runs[4], 1.0)
 }
 
 /// Turns "seen in this frame" into "new code": a payload is reported when
@@ -221,9 +313,47 @@ pub async fn run_camera(
 /// showing the code again.
 pub const DEBOUNCE_HOLD: Duration = Duration::from_millis(1_500);
 
+/// The synthetic frames the integration tests and the benchmark draw (they
+/// name this crate `gate_camera`).
+#[cfg(test)]
+extern crate self as gate_camera;
+#[cfg(test)]
+#[path = "../tests/support/mod.rs"]
+mod test_frames;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_frames as support;
+
+    #[test]
+    fn the_finder_scan_passes_every_code_the_decoder_reads_and_skips_an_empty_lane() {
+        assert!(may_hold_a_code(&support::clean_frame()));
+        assert!(may_hold_a_code(&support::noisy_frame()));
+        assert!(may_hold_a_code(&support::two_codes_frame()));
+        assert!(!may_hold_a_code(&support::empty_frame()));
+        assert!(!may_hold_a_code(&support::blank(640, 480)));
+        // Module sizes from tiny to filling the frame, contrasts from crisp
+        // to dull, with and without noise and blur: wherever the full
+        // decoder reads the code, the scan must have let the frame through.
+        let mut read = 0;
+        for module in [1, 2, 3, 4, 6, 9] {
+            for (dark, light) in [(20, 235), (60, 200), (100, 150)] {
+                for noise in [0, 12, 40] {
+                    let mut frame = support::blank(640, 480);
+                    support::draw_qr(&mut frame, support::PASS, 7 + module * 3, 5 + module, module, dark, light);
+                    if noise > 0 {
+                        support::degrade(&mut frame, noise, 0x5eed + u64::from(module));
+                    }
+                    if !decode_whole(&frame).is_empty() {
+                        read += 1;
+                        assert!(may_hold_a_code(&frame), "module {module}, {dark}/{light}, noise {noise}");
+                    }
+                }
+            }
+        }
+        assert!(read >= 30, "only {read} of the frames were readable at all");
+    }
 
     fn v(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
