@@ -421,6 +421,8 @@ direction = "entry"
 
 [store]
 path = "state/gated.db"
+# Small: every test daemon writes its ballast.
+ballast_mb = 1
 
 [mqtt]
 host = "127.0.0.1"

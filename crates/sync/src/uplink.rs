@@ -86,6 +86,11 @@ pub struct LinkState {
     pub connections: AtomicU64,
     pub connection_errors: AtomicU64,
     pub downlink: DownlinkCounters,
+    /// The store's state for the status message (set by the daemon's
+    /// store monitor): `ok`, `low`, `full`, `busy`, `io`, `corrupt`.
+    pub store_state: std::sync::Mutex<String>,
+    /// Free bytes in the state folder's file system.
+    pub disk_free_bytes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +167,16 @@ impl Session<'_> {
             warn!(error = %e, "cannot read the store for the status message");
             (default_mode, Default::default(), Default::default(), 0, Default::default())
         });
-        let state = SiteState { mode, policy_version: self.policy_version(), identity, health, trust_version };
+        let store_state = self.link.store_state.lock().map(|s| s.clone()).unwrap_or_default();
+        let state = SiteState {
+            mode,
+            policy_version: self.policy_version(),
+            identity,
+            health,
+            trust_version,
+            store_state,
+            disk_free_bytes: self.link.disk_free_bytes.load(Ordering::Relaxed),
+        };
         encode_status(
             online,
             self.settings.site.as_str(),
