@@ -24,7 +24,7 @@ use gate_devices::qr_scanner::{QrScannerSettings, Terminator};
 use gate_store::StoreThread;
 use gate_sync::{DeviceReport, LinkState, SyncSettings};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -101,6 +101,10 @@ pub struct Observed {
     pub decisions: Arc<DecisionCounters>,
     /// The store's state and the state folder's free space.
     pub store: Arc<store_health::StoreState>,
+    /// Control-socket requests refused before any command ran: a peer not
+    /// permitted, a line too long, unended or late, malformed JSON, another
+    /// protocol version.
+    pub control_refused: AtomicU64,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. Returns an error only when
