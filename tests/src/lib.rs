@@ -421,6 +421,10 @@ direction = "entry"
 
 [store]
 path = "state/gated.db"
+# Small: every test daemon writes its ballast. No disk_low alert from the
+# host's own disk in tests about something else.
+ballast_mb = 1
+disk_low_percent = 0
 
 [mqtt]
 host = "127.0.0.1"

@@ -392,6 +392,15 @@ async fn status(ctx: &ControlContext) -> Reply {
             last_error: if o.broker_connected() { None } else { o.link.last_error() },
         },
         outbox: OutboxSummary { depth: outbox.depth, oldest_age_s: outbox.oldest_created_ms.map(|t| age_s(now, t)) },
+        store: gate_control_proto::protocol::StoreSummary {
+            state: o.store.state().to_owned(),
+            disk_free_bytes: o.store.disk_free_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            errors: gate_store::ErrorClass::ALL
+                .iter()
+                .map(|c| (c.as_str().to_owned(), o.decisions.store_errors.of(*c)))
+                .collect(),
+            outbox_dropped: load(&o.store.outbox_dropped),
+        },
         decisions: DecisionTotals {
             passed: load(&o.decisions.passed),
             blocked: load(&o.decisions.blocked),

@@ -35,7 +35,7 @@ pub use activity::{Activity, ActivityFeed, DecisionSummary, GateActivity};
 pub use decide::{DecisionCounters, set_mode_locally};
 pub use heartbeat::{Heartbeat, IDLE_BEAT};
 pub use metrics::{LATENCY_BUCKETS_US, LatencyHistogram, LatencySnapshot};
-pub use store_health::StoreErrors;
+pub use store_health::{StoreErrors, StoreState};
 
 /// The daemon's version, as reported to the platform.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -116,6 +116,8 @@ pub struct Observed {
     pub plate_reader: Arc<DeviceHealth>,
     pub link: Arc<LinkState>,
     pub decisions: Arc<DecisionCounters>,
+    /// The store's state and the state folder's free space.
+    pub store: Arc<store_health::StoreState>,
     /// Control-socket requests refused before any command ran: a peer not
     /// permitted, a line too long, unended or late, malformed JSON, another
     /// protocol version.
@@ -401,6 +403,17 @@ pub async fn run_until_stopped(
             metrics::run_metrics(listen, source, shutdown.clone()).instrument(info_span!(parent: &span, "metrics")),
         );
     }
+
+    let monitor = store_health::Monitor {
+        store: StoreThread::open(&config.store.path, "monitor").await?,
+        config: config.clone(),
+        observed: observed.clone(),
+        outbox_changed: outbox_changed.clone(),
+        alerts: alerts::AlertBook::new(config.alerts.quiet_period.as_millis() as i64),
+        last_state: "",
+    };
+    store_threads.push(monitor.store.closed());
+    tracker.spawn(monitor.run(shutdown.clone()).instrument(info_span!(parent: &span, "store")));
 
     let decider =
         decide::DecisionLoop::new(&config, site_key, store, outbox_changed, gate_commands, observed.decisions.clone())

@@ -339,6 +339,26 @@ pub(crate) fn render(source: &MetricsSource) -> String {
         out.sample("gated_device_reconnects_total", &[("device", name)], h.snapshot().reconnects);
     }
 
+    out.family("gated_store_errors_total", "counter", "Store failures by class.");
+    for class in gate_store::ErrorClass::ALL {
+        out.sample("gated_store_errors_total", &[("class", class.as_str())], observed.decisions.store_errors.of(class));
+    }
+    out.single(
+        "gated_disk_free_bytes",
+        "gauge",
+        "Free bytes in the state folder's file system.",
+        load(&observed.store.disk_free_bytes),
+    );
+    out.single(
+        "gated_outbox_dropped_total",
+        "counter",
+        "Unsent events dropped because the outbox was over capacity.",
+        load(&observed.store.outbox_dropped),
+    );
+    out.family("gated_store_state", "gauge", "1 for the store's state.");
+    for state in ["ok", "low", "full", "busy", "io", "corrupt"] {
+        out.sample("gated_store_state", &[("state", state)], u8::from(observed.store.state() == state));
+    }
     out.family("gated_policy_info", "gauge", "The policy version in force.");
     out.sample("gated_policy_info", &[("version", &config.policy.version)], 1);
 

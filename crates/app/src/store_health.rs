@@ -1,9 +1,12 @@
 //! How the store is doing, as the daemon saw it: failures counted by class
 //! (`full`, `busy`, `io`, `corrupt`, `other`) for metrics, `gatectl status`
-//! and the uplink's status message.
+//! and the uplink's status message; and the monitor that keeps a full disk
+//! from stopping the gate (the ballast file, `disk_low` / `disk_full`, the
+//! outbox's capacity).
 
 use gate_store::{ErrorClass, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::{error, info, warn};
 
 /// Store failures by class, from every task that uses the store.
 #[derive(Debug, Default)]
@@ -36,4 +39,255 @@ impl StoreErrors {
         let class = *ErrorClass::ALL.get(index.checked_sub(1)?)?;
         Some((class, self.last_at_ms.load(Ordering::Relaxed) as i64))
     }
+}
+
+/// The store's state as last measured, shared with metrics and the control
+/// socket (the uplink has its own copy in `LinkState`).
+#[derive(Debug, Default)]
+pub struct StoreState {
+    /// `ok`, `low`, `full`, `busy`, `io`, `corrupt`; empty before the first check.
+    pub state: std::sync::Mutex<&'static str>,
+    pub disk_free_bytes: AtomicU64,
+    /// Unsent events dropped because the outbox was over capacity.
+    pub outbox_dropped: AtomicU64,
+}
+
+impl StoreState {
+    pub fn state(&self) -> &'static str {
+        *self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How often the disk and the outbox are checked.
+const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// A failure this recent still colours the state.
+const RECENT_MS: i64 = 60_000;
+const MIB: u64 = 1 << 20;
+/// The ballast's file name in the state folder.
+pub(crate) const BALLAST: &str = "gated.ballast";
+
+/// Watches the state folder's free space and the outbox: keeps the ballast
+/// file (released when the disk fills, so decisions go on being recorded),
+/// raises `disk_low` and `disk_full`, and trims the outbox to its capacity
+/// with an `outbox_overflow` event.
+pub(crate) struct Monitor {
+    pub store: gate_store::StoreThread,
+    pub config: gate_config::Config,
+    pub observed: std::sync::Arc<crate::Observed>,
+    pub outbox_changed: std::sync::Arc<tokio::sync::Notify>,
+    pub alerts: crate::alerts::AlertBook,
+    pub last_state: &'static str,
+}
+
+impl Monitor {
+    fn state_dir(&self) -> std::path::PathBuf {
+        self.config.store.path.parent().map(std::path::Path::to_path_buf).unwrap_or_default()
+    }
+
+    pub(crate) async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.check().await,
+            }
+        }
+    }
+
+    async fn check(&mut self) {
+        let now = crate::wall_clock_ms();
+        let errors = &self.observed.decisions.store_errors;
+        let recent = errors.last().filter(|(_, at)| now - at <= RECENT_MS);
+        let recent_full = recent.is_some_and(|(class, at)| class == gate_store::ErrorClass::Full && now - at <= 10_000);
+        let dir = self.state_dir();
+        let ballast_bytes = self.config.store.ballast_mb * MIB;
+        let low_percent = u64::from(self.config.store.disk_low_percent);
+        // File system calls and the ballast's writes block: not on a worker.
+        let disk = tokio::task::spawn_blocking(move || keep_ballast(&dir, ballast_bytes, low_percent, recent_full))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let disk = match disk {
+            Ok(disk) => disk,
+            Err(e) => {
+                warn!(error = %e, "cannot measure the state folder's free space");
+                return;
+            }
+        };
+        let state = if disk.ballast_released || recent_full {
+            "full"
+        } else if disk.free_bytes.saturating_mul(100) < disk.total_bytes.saturating_mul(low_percent) {
+            "low"
+        } else {
+            match recent.map(|(class, _)| class) {
+                Some(gate_store::ErrorClass::Busy) => "busy",
+                Some(gate_store::ErrorClass::Io) => "io",
+                Some(gate_store::ErrorClass::Corrupt) => "corrupt",
+                Some(gate_store::ErrorClass::Full) => "full",
+                _ => "ok",
+            }
+        };
+        let shared = &self.observed.store;
+        *shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+        shared.disk_free_bytes.store(disk.free_bytes, Ordering::Relaxed);
+        *self.observed.link.store_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = state.to_owned();
+        self.observed.link.disk_free_bytes.store(disk.free_bytes, Ordering::Relaxed);
+        if state != self.last_state {
+            let alarm = match state {
+                "full" => Some("disk_full"),
+                "low" if self.last_state != "full" => Some("disk_low"),
+                _ => None,
+            };
+            if let Some(alarm) = alarm {
+                error!(
+                    alarm,
+                    free_bytes = disk.free_bytes,
+                    ballast_released = disk.ballast_released,
+                    "state folder short of space"
+                );
+                self.raise(alarm, disk.free_bytes, now).await;
+            } else {
+                info!(state, free_bytes = disk.free_bytes, "store state");
+            }
+            self.last_state = state;
+        }
+        self.trim_outbox(now).await;
+    }
+
+    async fn raise(&mut self, alarm: &'static str, free_bytes: u64, now: gate_core::UnixMillis) {
+        let occurrence = self.alerts.record("store", alarm, now);
+        let record = gate_sync::AlertRecord {
+            alert_id: occurrence.alert_id,
+            site_id: self.config.site.id.to_string(),
+            gate_id: self.config.gate.id.to_string(),
+            occurred_at_ms: now,
+            subject: String::new(),
+            person_id: None,
+            category: None,
+            reason: None,
+            alarm: Some(alarm.to_owned()),
+            facts: vec![("disk_free_bytes".to_owned(), free_bytes.to_string())],
+            repeat_count: occurrence.repeat_count,
+            first_occurred_at_ms: occurrence.first_at_ms,
+            mode: gate_core::Mode::Normal,
+        };
+        let written = self
+            .store
+            .call(move |s| {
+                let mut record = record;
+                record.mode = crate::decide::mode_in_force(s.mode_schedule(), now);
+                s.append_event(gate_sync::ALERT_STREAM, gate_store::Priority::Important, now, |seq| {
+                    gate_sync::encode_alert(&record, seq)
+                })
+            })
+            .await;
+        match written {
+            Ok(seq) => {
+                self.observed.decisions.alerts.fetch_add(1, Ordering::Relaxed);
+                warn!(seq, alarm, "alert to the management departments");
+                self.outbox_changed.notify_one();
+            }
+            Err(e) => {
+                self.observed.decisions.store_errors.count(&e);
+                error!(error = %e, alarm, "could not record a store alert");
+            }
+        }
+    }
+
+    async fn trim_outbox(&mut self, now: gate_core::UnixMillis) {
+        let max = self.config.store.outbox_max_events;
+        let context = crate::event_context(&self.config);
+        let trimmed = self
+            .store
+            .call(move |s| {
+                let mode = crate::decide::mode_in_force(s.mode_schedule(), now);
+                s.enforce_outbox_capacity(max, |w, dropped| {
+                    let record =
+                        context.record(now, mode, gate_sync::EventBody::OutboxOverflow { dropped: dropped.clone() });
+                    w.append_event(gate_sync::EVENT_STREAM, gate_store::Priority::Important, now, |seq| {
+                        gate_sync::encode_event(&record, seq)
+                    })
+                    .map(|_| ())
+                })
+            })
+            .await;
+        match trimmed {
+            Ok(Some(dropped)) => {
+                let count: u64 = dropped.iter().map(|(_, first, last)| last - first + 1).sum();
+                self.observed.store.outbox_dropped.fetch_add(count, Ordering::Relaxed);
+                let ranges: Vec<String> = dropped.iter().map(|(s, a, b)| format!("{s}:{a}-{b}")).collect();
+                error!(dropped = count, ranges = %ranges.join(","), max, "outbox over capacity: oldest unsent events dropped");
+                self.outbox_changed.notify_one();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.observed.decisions.store_errors.count(&e);
+                warn!(error = %e, "cannot check the outbox's capacity");
+            }
+        }
+    }
+}
+
+/// Free space of the state folder, after the ballast was looked after.
+#[derive(Debug, Clone, Copy)]
+struct Disk {
+    free_bytes: u64,
+    total_bytes: u64,
+    ballast_released: bool,
+}
+
+/// Releases the ballast when the disk is full (or a write just failed for
+/// it), makes it again once there is room for it and the low margin.
+fn keep_ballast(dir: &std::path::Path, ballast_bytes: u64, low_percent: u64, full: bool) -> std::io::Result<Disk> {
+    let space = |dir: &std::path::Path| -> std::io::Result<(u64, u64)> {
+        let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+        let unit = stat.fragment_size() as u64;
+        Ok((stat.blocks_available() as u64 * unit, stat.blocks() as u64 * unit))
+    };
+    let path = dir.join(BALLAST);
+    let (mut free, total) = space(dir)?;
+    let present = path.exists();
+    if ballast_bytes == 0 {
+        if present {
+            std::fs::remove_file(&path)?;
+        }
+        return Ok(Disk { free_bytes: free, total_bytes: total, ballast_released: false });
+    }
+    if present && (full || free < MIB) {
+        std::fs::remove_file(&path)?;
+        error!(file = %path.display(), bytes = ballast_bytes, "disk full: ballast released so decisions go on being recorded");
+        free = space(dir)?.0;
+        return Ok(Disk { free_bytes: free, total_bytes: total, ballast_released: true });
+    }
+    let low_margin = total.saturating_mul(low_percent) / 100;
+    if !present {
+        if free > ballast_bytes.saturating_add(low_margin).saturating_add(MIB) {
+            write_ballast(&path, ballast_bytes)?;
+            free = space(dir)?.0;
+            return Ok(Disk { free_bytes: free, total_bytes: total, ballast_released: false });
+        }
+        // Not made (yet): as good as released.
+        return Ok(Disk { free_bytes: free, total_bytes: total, ballast_released: full || free < MIB });
+    }
+    Ok(Disk { free_bytes: free, total_bytes: total, ballast_released: false })
+}
+
+/// Real blocks, not a sparse file: releasing it must free space.
+fn write_ballast(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)?;
+    let chunk = vec![0u8; MIB as usize];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        if let Err(e) = file.write_all(&chunk[..n]) {
+            drop(file);
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    std::fs::rename(&partial, path)
 }

@@ -223,6 +223,17 @@ pub struct GateConfig {
 pub struct StoreConfig {
     /// `[store] path`: the SQLite database file.
     pub path: PathBuf,
+    /// `[store] ballast_mb`, default 64: a file of this size kept in the
+    /// state folder and deleted when the disk fills, so decisions go on
+    /// being recorded while the alert goes out. 0: no ballast.
+    pub ballast_mb: u64,
+    /// `[store] disk_low_percent`, default 10: below this share of free
+    /// space the `disk_low` alert goes out.
+    pub disk_low_percent: u8,
+    /// `[store] outbox_max_events`, default 10,000,000, at least 1: past it
+    /// the oldest unsent events are dropped (routine passes first), and an
+    /// `outbox_overflow` event names them.
+    pub outbox_max_events: u64,
 }
 
 #[derive(Debug, Clone)]

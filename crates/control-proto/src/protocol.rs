@@ -107,6 +107,9 @@ impl Response {
     }
 }
 
+// One reply is built per request and written out at once: the status
+// variant's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
@@ -153,6 +156,9 @@ pub struct StatusReport {
     pub health_synced_at_ms: Option<i64>,
     pub broker: BrokerReport,
     pub outbox: OutboxSummary,
+    /// The local store: its state and the state folder's free space.
+    #[serde(default)]
+    pub store: StoreSummary,
     pub decisions: DecisionTotals,
     pub devices: Vec<DeviceStatus>,
     /// Milliseconds since the decision loop last turned.
@@ -189,6 +195,18 @@ pub struct BrokerReport {
 pub struct OutboxSummary {
     pub depth: u64,
     pub oldest_age_s: Option<u64>,
+}
+
+/// The store's health for `gatectl status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreSummary {
+    /// `ok`, `low`, `full`, `busy`, `io`, `corrupt`; empty before the first check.
+    pub state: String,
+    pub disk_free_bytes: u64,
+    /// Store failures so far, by class (`full`, `busy`, `io`, `corrupt`, `other`).
+    pub errors: Vec<(String, u64)>,
+    /// Unsent events dropped because the outbox was over capacity.
+    pub outbox_dropped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

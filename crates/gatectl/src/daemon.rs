@@ -136,6 +136,16 @@ fn render_status(s: &StatusReport, offset: UtcOffset, now: i64) -> String {
     }
     let oldest = s.outbox.oldest_age_s.map(|a| format!(", oldest {}", duration(a))).unwrap_or_default();
     line(format!("outbox:        {} queued{oldest}", s.outbox.depth));
+    let failures: Vec<String> =
+        s.store.errors.iter().filter(|(_, n)| *n > 0).map(|(class, n)| format!("{n} {class}")).collect();
+    let failures = if failures.is_empty() { String::new() } else { format!("; failures: {}", failures.join(", ")) };
+    let dropped = if s.store.outbox_dropped > 0 {
+        format!("; {} unsent events dropped over capacity", s.store.outbox_dropped)
+    } else {
+        String::new()
+    };
+    let state = if s.store.state.is_empty() { "not checked yet" } else { s.store.state.as_str() };
+    line(format!("store:         {state}, {} MB free{failures}{dropped}", s.store.disk_free_bytes / (1 << 20)));
     let d = &s.decisions;
     line(format!(
         "decisions:     {} passed, {} blocked, {} failed; {} passages; {} alerts",

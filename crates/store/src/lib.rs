@@ -33,7 +33,7 @@ pub use actor::{Closed, StoreThread, SubmitError};
 pub use health::{HealthBatch, HealthState};
 pub use identity::{DeltaOutcome, IdentityDelta, IdentityState, ImportSummary, NewPerson};
 pub use local::{PassbackEntry, PendingGrant};
-pub use outbox::{OutboxEntry, OutboxStats, Priority, Writer};
+pub use outbox::{DroppedRanges, OutboxEntry, OutboxStats, Priority, Writer};
 pub use snapshot::{SnapshotChunk, SnapshotOutcome, SnapshotProgress};
 pub use summary::{IdentitySummary, LocalImport};
 

@@ -151,7 +151,72 @@ impl Writer<'_> {
     }
 }
 
+/// Seq ranges dropped from the outbox: (stream, first seq, last seq).
+pub type DroppedRanges = Vec<(String, u64, u64)>;
+
+impl Writer<'_> {
+    /// Drops the `count` oldest outbox entries, routine ones before any
+    /// other, and says which seq ranges went.
+    pub fn drop_oldest(&mut self, count: u64) -> Result<DroppedRanges> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM main.outbox WHERE id IN (
+                    SELECT id FROM main.outbox ORDER BY priority, id LIMIT ?1)
+                 RETURNING stream, seq",
+            )
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params![count as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?;
+        let mut dropped = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?;
+        dropped.sort();
+        let mut ranges: DroppedRanges = Vec::new();
+        for (stream, seq) in dropped {
+            match ranges.last_mut() {
+                Some((s, _, last)) if *s == stream && *last + 1 == seq => *last = seq,
+                _ => ranges.push((stream, seq, seq)),
+            }
+        }
+        Ok(ranges)
+    }
+}
+
 impl Store {
+    /// Keeps the outbox within `max` entries: past it, drops the oldest
+    /// unsent ones (routine first) and lets `explain` record what went (an
+    /// `outbox_overflow` event), in one transaction, so the gap is never
+    /// silent. Returns the dropped ranges, `None` when within capacity.
+    pub fn enforce_outbox_capacity(
+        &mut self,
+        max: u64,
+        explain: impl FnOnce(&mut Writer<'_>, &DroppedRanges) -> Result<()>,
+    ) -> Result<Option<DroppedRanges>> {
+        let max = max.max(1);
+        // Ids only grow, so their span bounds the depth: the exact count
+        // (a scan) is taken only when the span says it may be over.
+        let span: i64 = self
+            .conn
+            .query_row("SELECT coalesce(max(id) - min(id) + 1, 0) FROM main.outbox", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if (span as u64) <= max {
+            return Ok(None);
+        }
+        let depth = self.outbox_stats()?.depth;
+        if depth <= max {
+            return Ok(None);
+        }
+        // Room for the explaining event itself.
+        let excess = depth - (max - 1);
+        self.write(|w| {
+            let dropped = w.drop_oldest(excess)?;
+            explain(w, &dropped)?;
+            Ok(Some(dropped))
+        })
+    }
+
     /// [`Writer::append_event`] in a transaction of its own.
     pub fn append_event(
         &mut self,

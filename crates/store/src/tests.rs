@@ -342,3 +342,33 @@ fn queued_rows_keep_their_stream_through_the_migration_from_topics() {
     // is stranded under the old topic. Numbering goes on.
     assert_eq!(store.append_event("events", Priority::Routine, 7, |s| vec![s as u8]).expect("append"), 2);
 }
+
+#[test]
+fn past_its_capacity_the_outbox_drops_routine_entries_first_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+    // events 1-3 routine, 4 important (a block), 5-6 routine; alerts 1 important.
+    for priority in [Priority::Routine, Priority::Routine, Priority::Routine, Priority::Important] {
+        store.append_event("events", priority, 1, |s| vec![s as u8]).expect("append");
+    }
+    store.append_event("alerts", Priority::Important, 1, |s| vec![s as u8]).expect("append");
+    for _ in 0..2 {
+        store.append_event("events", Priority::Routine, 1, |s| vec![s as u8]).expect("append");
+    }
+    assert_eq!(store.enforce_outbox_capacity(7, |_, _| panic!("within capacity")).expect("check"), None);
+    let dropped = store
+        .enforce_outbox_capacity(3, |w, dropped| {
+            let note = format!("{dropped:?}").into_bytes();
+            w.append_event("events", Priority::Important, 2, |_| note).map(|_| ())
+        })
+        .expect("trim")
+        .expect("over capacity");
+    // 7 queued, room for 3 with the overflow event: 5 go, all 5 routine.
+    assert_eq!(dropped, [("events".to_owned(), 1, 3), ("events".to_owned(), 5, 6)]);
+    let left: Vec<(String, u64)> =
+        store.outbox_after(0, 10).expect("outbox").into_iter().map(|e| (e.stream, e.seq)).collect();
+    assert_eq!(left, [("events".into(), 4), ("alerts".into(), 1), ("events".into(), 7)]);
+    // Capacity 1: even blocks and alerts go, oldest first; the explanation stays.
+    let dropped = store.enforce_outbox_capacity(1, |_, _| Ok(())).expect("trim").expect("over");
+    assert_eq!(dropped, [("alerts".to_owned(), 1, 1), ("events".to_owned(), 4, 4), ("events".to_owned(), 7, 7)]);
+}

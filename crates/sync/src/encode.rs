@@ -27,6 +27,9 @@ pub enum EventBody {
     Passage { side: Side },
     /// A gate alarm.
     Alarm { name: String },
+    /// The outbox was over capacity: these (stream, first, last) seq
+    /// ranges were dropped unsent.
+    OutboxOverflow { dropped: Vec<(String, u64, u64)> },
 }
 
 /// One event, as the daemon recorded it.
@@ -120,6 +123,13 @@ pub fn encode_event(record: &EventRecord, seq: u64) -> Vec<u8> {
             event.kind = pb::EventKind::Alarm as i32;
             event.alarm = name.clone();
         }
+        EventBody::OutboxOverflow { dropped } => {
+            event.kind = pb::EventKind::OutboxOverflow as i32;
+            event.dropped = dropped
+                .iter()
+                .map(|(stream, first, last)| pb::SeqRange { stream: stream.clone(), first: *first, last: *last })
+                .collect();
+        }
     }
     event.encode_to_vec()
 }
@@ -184,6 +194,9 @@ pub struct SiteState {
     pub identity: gate_store::IdentityState,
     pub health: gate_store::HealthState,
     pub trust_version: u64,
+    /// `ok`, `low`, `full`, or a recent failure's class.
+    pub store_state: String,
+    pub disk_free_bytes: u64,
 }
 
 /// The retained status message.
@@ -206,6 +219,8 @@ pub fn encode_status(
         health_version: site.health.version,
         health_synced_at_ms: site.health.synced_at_ms.unwrap_or(0),
         trust_version: site.trust_version,
+        store_state: site.store_state.clone(),
+        disk_free_bytes: site.disk_free_bytes,
         online,
         site_id: site_id.to_owned(),
         gate_id: gate_id.to_owned(),

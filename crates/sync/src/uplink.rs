@@ -96,6 +96,11 @@ pub struct LinkState {
     /// Why the last connection attempt failed (TLS refusals included), for
     /// `gatectl status`; cleared when a connection is accepted.
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// The store's state for the status message (set by the daemon's
+    /// store monitor): `ok`, `low`, `full`, `busy`, `io`, `corrupt`.
+    pub store_state: std::sync::Mutex<String>,
+    /// Free bytes in the state folder's file system.
+    pub disk_free_bytes: AtomicU64,
 }
 
 impl LinkState {
@@ -182,7 +187,16 @@ impl Session<'_> {
             warn!(error = %e, "cannot read the store for the status message");
             (default_mode, Default::default(), Default::default(), 0, Default::default())
         });
-        let state = SiteState { mode, policy_version: self.policy_version(), identity, health, trust_version };
+        let store_state = self.link.store_state.lock().map(|s| s.clone()).unwrap_or_default();
+        let state = SiteState {
+            mode,
+            policy_version: self.policy_version(),
+            identity,
+            health,
+            trust_version,
+            store_state,
+            disk_free_bytes: self.link.disk_free_bytes.load(Ordering::Relaxed),
+        };
         encode_status(
             online,
             self.settings.site.as_str(),
