@@ -195,3 +195,80 @@ async fn a_signed_rotation_replaces_the_keys_and_survives_a_restart() -> Result<
     daemon.stop().await?;
     Ok(())
 }
+
+fn identity_version(fx: &GateFixture) -> u64 {
+    gate_store::Store::open(&fx.store_path).expect("store").identity_state().expect("state").version
+}
+
+async fn wait_identity_version(fx: &GateFixture, version: u64) -> Result<()> {
+    wait_for(&format!("identity version {version}"), || identity_version(fx) == version).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_rollback_without_the_platform_and_a_signed_reset_is_the_way_back() -> Result<()> {
+    init_test_logging();
+    let broker = Mosquitto::start()?;
+    let fx = GateFixture::new(broker.port(), &[])?;
+    let daemon = RunningDaemon::start(fx.config());
+    daemon.wait_connected().await?;
+    let site_key = hw_sim::platform::read_site_key(&fx.dir.path().join("site.key"))?;
+    let mut config = hw_sim::platform::PlatformConfig::new("127.0.0.1", broker.port(), SITE, site_key);
+    config.answer_sync = false;
+    config.signing = Some(platform_key());
+    let platform = hw_sim::platform::Platform::connect(config).await?;
+    let people = hw_sim::platform::generate_people(3);
+    platform.publish_snapshot(&people, 3, 5000).await?;
+    wait_identity_version(&fx, 3).await?;
+
+    // An intruder's snapshot at version 2^63-1 with nobody in it: refused
+    // before it is read, as is the same snapshot sealed by a stranger.
+    let empty_at_max = platform.snapshot_payloads(&[], i64::MAX as u64, 5000).remove(0);
+    // (A bare IdentityBatch happens to parse as an envelope without a
+    // signature.)
+    let unsigned = refused(&daemon, Refusal::NoSignature);
+    platform.publish_raw("identity", empty_at_max.clone(), false).await?;
+    refused_once_more(&daemon, Refusal::NoSignature, unsigned).await?;
+    let stranger = PlatformKey::from_seed([0x11; 32], Some(gate_tests::PLATFORM_KEY_ID));
+    let bad = refused(&daemon, Refusal::BadSignature);
+    platform.publish_raw("identity", stranger.seal(SITE, "", "identity", &empty_at_max), false).await?;
+    refused_once_more(&daemon, Refusal::BadSignature, bad).await?;
+    // An older version, even signed, does not take the table back.
+    let older = platform.seal("", "identity", platform.snapshot_payloads(&people[..1], 2, 5000).remove(0));
+    let replays = refused(&daemon, Refusal::Replay);
+    platform.publish_raw("identity", older, false).await?;
+    platform.publish_snapshot(&people, 3, 5000).await?;
+    let link = daemon.observed.link.clone();
+    wait_for("the repeated snapshot", || link.downlink.identity_duplicates.load(Ordering::Relaxed) >= 1).await?;
+    assert_eq!(identity_version(&fx), 3, "nothing unsigned moved the version");
+    assert_eq!(gate_store::Store::open(&fx.store_path)?.person_count()?, 3);
+    assert_eq!(refused(&daemon, Refusal::Replay), replays, "fresh counters: no replay");
+
+    // The platform's own mistake, signed: the table jumps to 2^63-1 and its
+    // next real snapshot (version 4) is not taken...
+    platform.publish_identity(empty_at_max).await?;
+    wait_identity_version(&fx, i64::MAX as u64).await?;
+    let duplicates = link.downlink.identity_duplicates.load(Ordering::Relaxed);
+    platform.publish_snapshot(&people, 4, 5000).await?;
+    wait_for("the ignored snapshot", || link.downlink.identity_duplicates.load(Ordering::Relaxed) > duplicates)
+        .await?;
+    assert_eq!(identity_version(&fx), i64::MAX as u64);
+
+    // ...until the platform deliberately resets the site, signed.
+    let reset = pb::SiteReset { identity: true, health: false, counters: false, note: "database rebuilt".into() };
+    let sealed_reset = platform.seal("", "reset", reset.encode_to_vec());
+    platform.publish_raw("reset", sealed_reset.clone(), false).await?;
+    wait_for("the reset", || link.downlink.resets.load(Ordering::Relaxed) == 1).await?;
+    assert_eq!(identity_version(&fx), 0);
+    platform.publish_snapshot(&people, 4, 5000).await?;
+    wait_identity_version(&fx, 4).await?;
+    assert_eq!(gate_store::Store::open(&fx.store_path)?.person_count()?, 3);
+
+    // The reset delivered again does nothing.
+    let again = link.downlink.again.load(Ordering::Relaxed);
+    platform.publish_raw("reset", sealed_reset, false).await?;
+    wait_for("the repeated reset ignored", || link.downlink.again.load(Ordering::Relaxed) > again).await?;
+    assert_eq!(identity_version(&fx), 4);
+    assert_eq!(link.downlink.resets.load(Ordering::Relaxed), 1);
+    daemon.stop().await?;
+    Ok(())
+}

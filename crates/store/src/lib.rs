@@ -17,6 +17,7 @@ mod identity;
 mod local;
 mod outbox;
 mod schema;
+mod reset;
 mod snapshot;
 mod summary;
 

@@ -42,6 +42,8 @@ pub struct DownlinkCounters {
     /// message on reconnection): ignored.
     pub again: AtomicU64,
     pub key_rotations: AtomicU64,
+    /// Signed `SiteReset`s applied.
+    pub resets: AtomicU64,
 }
 
 impl DownlinkCounters {
@@ -209,6 +211,20 @@ pub(crate) fn handle(
             }
             Reply::None
         }
+        "reset" => match reset_site(store, trust, payload) {
+            Ok(what) => {
+                counters.resets.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, signed_by = %opened.key_id, reset = %what, "the platform reset this site's versions");
+                let local_version = store.identity_state().map(|s| s.version).unwrap_or(0);
+                // Ask at once for what the platform holds now.
+                Reply::Resync { local_version, reason: "reset" }
+            }
+            Err(why) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, %why, "site reset refused; nothing changed");
+                Reply::None
+            }
+        },
         _ => {
             counters.rejected.fetch_add(1, Ordering::Relaxed);
             warn!(topic, stream, "verified message on a stream this gate does not handle yet; dropped");
@@ -250,6 +266,32 @@ fn handle_identity_message(
             Reply::Resync { local_version, reason: "corrupt" }
         }
     }
+}
+
+/// Streams whose replay counters a `SiteReset` with `counters` forgets:
+/// every one but "keys" and "reset" themselves, so a reset can be replayed
+/// neither to undo a rotation nor to repeat itself.
+const RESETTABLE_STREAMS: &[&str] = &["mode", "identity", "health", "health_resp", "trust", "heartbeat", "revocation"];
+
+/// A signed `SiteReset`: the named versions go back to 0 (the next snapshot
+/// or batch of any version is taken), and the named counters are forgotten.
+/// Returns what was reset.
+fn reset_site(store: &mut Store, trust: &DownlinkTrust, payload: &[u8]) -> Result<String, String> {
+    let reset = pb::SiteReset::decode(payload).map_err(|e| format!("not a SiteReset: {e}"))?;
+    limits::site_reset(&reset).map_err(|e| e.to_string())?;
+    if !(reset.identity || reset.health || reset.counters) {
+        return Err("a reset naming nothing".into());
+    }
+    store.reset_synced_versions(reset.identity, reset.health).map_err(|e| format!("cannot reset the versions: {e}"))?;
+    if reset.counters {
+        signed::forget_counters(store, RESETTABLE_STREAMS, &trust.gate)
+            .map_err(|e| format!("cannot reset the counters: {e}"))?;
+    }
+    let named: Vec<&str> = [(reset.identity, "identity"), (reset.health, "health"), (reset.counters, "counters")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+    Ok(named.join(","))
 }
 
 /// A signed `KeyRotation`: the full new key set, persisted, in force at

@@ -190,6 +190,7 @@ impl Session<'_> {
             self.topics.trust.clone(),
             self.topics.health_resp.clone(),
             self.topics.keys.clone(),
+            self.topics.reset.clone(),
         ] {
             if let Err(e) = self.client.try_subscribe(&topic, QoS::AtLeastOnce) {
                 warn!(topic, error = %e, "could not subscribe");
