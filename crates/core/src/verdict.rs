@@ -84,10 +84,13 @@ pub enum BlockReason {
     HealthRecordStale,
     /// Health verification required and not possible (no record, platform unreachable).
     HealthUnverified,
+    /// Wartime, `[platform] refuse_when_stale`, and the platform is stale:
+    /// the gate cannot vouch for its lists.
+    PlatformStale,
 }
 
 impl BlockReason {
-    pub const ALL: [BlockReason; 30] = [
+    pub const ALL: [BlockReason; 31] = [
         BlockReason::UnknownPerson,
         BlockReason::Expired,
         BlockReason::NotYetValid,
@@ -118,6 +121,7 @@ impl BlockReason {
         BlockReason::TravelRisk,
         BlockReason::HealthRecordStale,
         BlockReason::HealthUnverified,
+        BlockReason::PlatformStale,
     ];
 
     /// The reason's stable name, as in configs, logs and metrics.
@@ -153,6 +157,7 @@ impl BlockReason {
             BlockReason::TravelRisk => "travel_risk",
             BlockReason::HealthRecordStale => "health_record_stale",
             BlockReason::HealthUnverified => "health_unverified",
+            BlockReason::PlatformStale => "platform_stale",
         }
     }
 

@@ -7,7 +7,9 @@ use crate::convert;
 use crate::encode::{EventBody, EventRecord, encode_event};
 use crate::identity::{IdentityOutcome, handle_identity};
 use crate::signed::{self, DownlinkTrust};
+use crate::watch::{Freshness, Held, PlatformWatch};
 use crate::{EVENT_STREAM, Topics, limits};
+use std::time::Instant;
 use gate_core::{Direction, Lane, ModeOrigin, ModeSchedule, UnixMillis};
 use gate_envelope::Refusal;
 use gate_proto::v1 as pb;
@@ -99,6 +101,7 @@ pub(crate) fn handle(
     context: &EventContext,
     counters: &DownlinkCounters,
     trust: &mut DownlinkTrust,
+    freshness: (&mut Freshness, &PlatformWatch),
     topic: &str,
     bytes: &[u8],
     now: UnixMillis,
@@ -120,6 +123,7 @@ pub(crate) fn handle(
                 warn!(topic, error = %e, "cannot persist the replay counter; message not applied");
                 return Reply::None;
             }
+            freshness.0.on_verified(freshness.1, opened.issued_at_ms, Instant::now());
             (stream, opened)
         }
         signed::Checked::Again { stream } => {
@@ -211,6 +215,24 @@ pub(crate) fn handle(
             }
             Reply::None
         }
+        "heartbeat" => match pb::PlatformHeartbeat::decode(payload) {
+            Ok(heartbeat) => {
+                let (fresh, watch) = freshness;
+                let held = held_versions(store, &trust.gate);
+                tracing::debug!(topic, ?heartbeat, ?held, "platform heartbeat");
+                if fresh.on_heartbeat(watch, heartbeat, opened.issued_at_ms, held, now, Instant::now()) {
+                    info!(topic, "the platform's heartbeat names versions this gate does not have; asking for a resync");
+                    Reply::Resync { local_version: held.identity_version, reason: "heartbeat" }
+                } else {
+                    Reply::None
+                }
+            }
+            Err(e) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, error = %e, "not a PlatformHeartbeat; ignored");
+                Reply::None
+            }
+        },
         "reset" => match reset_site(store, trust, payload) {
             Ok(what) => {
                 counters.resets.fetch_add(1, Ordering::Relaxed);
@@ -265,6 +287,22 @@ fn handle_identity_message(
             let local_version = store.identity_state().map(|s| s.version).unwrap_or(0);
             Reply::Resync { local_version, reason: "corrupt" }
         }
+    }
+}
+
+/// The versions this gate holds, as a heartbeat names them.
+pub(crate) fn held_versions(store: &Store, gate: &str) -> Held {
+    let mode_counter = [gate_envelope::replay_key("mode", ""), gate_envelope::replay_key("mode", gate)]
+        .iter()
+        .filter_map(|key| signed::load_last(store, key).ok().flatten())
+        .map(|last| last.counter)
+        .max()
+        .unwrap_or(0);
+    Held {
+        identity_version: store.identity_state().map(|s| s.version).unwrap_or(0),
+        health_version: store.health_state().map(|s| s.version).unwrap_or(0),
+        trust_version: store.trust_list_version().unwrap_or(0),
+        mode_counter,
     }
 }
 

@@ -258,6 +258,7 @@ fn reason(r: BlockReason) -> pb::Reason {
         BlockReason::TravelRisk => pb::Reason::TravelRisk,
         BlockReason::HealthRecordStale => pb::Reason::HealthRecordStale,
         BlockReason::HealthUnverified => pb::Reason::HealthUnverified,
+        BlockReason::PlatformStale => pb::Reason::PlatformStale,
     }
 }
 

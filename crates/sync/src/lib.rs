@@ -31,10 +31,12 @@ mod identity;
 pub mod limits;
 pub mod signed;
 mod uplink;
+pub mod watch;
 
 pub use downlink::{DownlinkCounters, EventContext, set_mode_by_technician};
 pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_alert, encode_event, encode_status};
 pub use gate_envelope::Refusal;
+pub use watch::{PlatformWatch, load_floor};
 pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, encode_trust_list};
 pub use identity::{IdentityOutcome, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_STALL_MS, check_stalled, handle_identity};
 pub use uplink::{DeviceReport, LinkState, SyncSettings, run_sync};

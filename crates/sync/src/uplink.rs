@@ -27,6 +27,8 @@ use tracing::{debug, info, warn};
 const WINDOW: usize = 64;
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often freshness and the clock are judged.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// The largest packet this client accepts: the largest downlink message plus
 /// room for the topic and properties.
 const MAX_INCOMING_PACKET: u32 = (downlink::MAX_DOWNLINK_BYTES + 1024) as u32;
@@ -55,6 +57,10 @@ pub struct SyncSettings {
     /// The platform keys downlink envelopes must be signed with, as
     /// configured (`Config::envelope_keys`); a signed rotation may replace them.
     pub platform_keys: Vec<gate_envelope::KeySpec>,
+    /// `[platform] stale_after_s`: no fresh signed heartbeat this long is `platform_stale`.
+    pub stale_after: Duration,
+    /// `[platform] clock_ahead_s`: a wall clock this far past the platform's is `clock_ahead`.
+    pub clock_ahead: Duration,
     /// The policy version after a configuration reload, when reloads happen.
     pub policy_updates: Option<tokio::sync::watch::Receiver<String>>,
 }
@@ -78,6 +84,8 @@ pub struct LinkState {
     pub connections: AtomicU64,
     pub connection_errors: AtomicU64,
     pub downlink: DownlinkCounters,
+    /// Freshness of the platform and the trusted time floor.
+    pub platform: crate::watch::PlatformWatch,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,6 +120,7 @@ struct Session<'a> {
     devices: Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync>,
     context: EventContext,
     trust: crate::signed::DownlinkTrust,
+    freshness: crate::watch::Freshness,
     /// Online health checks waiting for the platform, by correlation id.
     health_pending: HashMap<String, tokio::sync::oneshot::Sender<crate::HealthAnswer>>,
 }
@@ -191,6 +200,7 @@ impl Session<'_> {
             self.topics.health_resp.clone(),
             self.topics.keys.clone(),
             self.topics.reset.clone(),
+            self.topics.heartbeat.clone(),
         ] {
             if let Err(e) = self.client.try_subscribe(&topic, QoS::AtLeastOnce) {
                 warn!(topic, error = %e, "could not subscribe");
@@ -212,6 +222,7 @@ impl Session<'_> {
             &self.context,
             &self.link.downlink,
             &mut self.trust,
+            (&mut self.freshness, &self.link.platform),
             topic,
             payload,
             now_ms(),
@@ -256,6 +267,62 @@ impl Session<'_> {
         let topic = self.topics.health_req.clone();
         self.publish(&topic, request.encode_to_vec(), false);
         self.health_pending.insert(correlation_id, query.reply);
+    }
+
+    /// Judges freshness and the clock (every few seconds, connected or not:
+    /// a freeze is most likely while the link is down). A condition that
+    /// begins is logged and sent as an alert; the floor is persisted.
+    fn watch_platform(&mut self) {
+        let held = downlink::held_versions(&self.store, &self.settings.gate.to_string());
+        let at = std::time::Instant::now();
+        self.freshness.check_behind(held, at);
+        let wall = now_ms();
+        let transitions = self.freshness.evaluate(&self.link.platform, wall, at);
+        let mut alerted = false;
+        for t in transitions {
+            let facts: String = t.facts.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+            if t.began {
+                warn!(alarm = t.alarm, facts = facts.trim_end(), "alert: the gate can no longer vouch for this");
+                alerted |= self.platform_alert(t.alarm, t.facts, wall);
+            } else {
+                info!(alarm = t.alarm, "condition cleared");
+            }
+        }
+        if let Some(floor) = self.freshness.floor_to_persist(&self.link.platform)
+            && let Err(e) = self.store.meta_set(crate::watch::FLOOR_KEY, &floor.to_string())
+        {
+            warn!(error = %e, "cannot persist the trusted time floor");
+        }
+        if alerted && self.link.connected.load(Ordering::Relaxed) {
+            self.pump();
+        }
+    }
+
+    /// Queues an alert about the platform or the clock; `true` when queued.
+    fn platform_alert(&mut self, alarm: &'static str, facts: Vec<(String, String)>, wall: UnixMillis) -> bool {
+        let now = self.link.platform.trusted_now(wall);
+        let record = crate::AlertRecord {
+            alert_id: uuid::Uuid::new_v4().to_string(),
+            site_id: self.context.site_id.clone(),
+            gate_id: self.context.gate_id.clone(),
+            occurred_at_ms: now,
+            subject: String::new(),
+            person_id: None,
+            category: None,
+            reason: None,
+            alarm: Some(alarm.to_owned()),
+            facts,
+            repeat_count: 1,
+            first_occurred_at_ms: now,
+            mode: self.site_state(now).mode,
+        };
+        match self.store.append_event(crate::ALERT_STREAM, &self.topics.alerts, now, |seq| crate::encode_alert(&record, seq)) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(alarm, error = %e, "could not record the alert");
+                false
+            }
+        }
     }
 
     /// Hands queued outbox entries to the client until the window is full.
@@ -324,6 +391,10 @@ pub async fn run_sync(
         }
     };
     let trust = downlink_trust(&settings, &store);
+    let floor = crate::watch::load_floor(&store);
+    link.platform.raise_floor(floor);
+    let freshness =
+        crate::watch::Freshness::new(settings.stale_after, settings.clock_ahead, std::time::Instant::now(), floor);
     let topics = Topics::new(&settings.topic_prefix, &settings.site, &settings.gate);
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
@@ -356,6 +427,7 @@ pub async fn run_sync(
         devices,
         context,
         trust,
+        freshness,
         health_pending: HashMap::new(),
     };
     // The last will is fixed at connect time; it says offline with the
@@ -366,6 +438,8 @@ pub async fn run_sync(
     let mut policy_updates = settings.policy_updates.clone();
     let mut backoff = BACKOFF_START;
     let mut status_tick = tokio::time::interval(settings.status_interval);
+    let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let broker = format!("{}:{}", settings.host, settings.port);
 
@@ -419,6 +493,7 @@ pub async fn run_sync(
                 }
             },
             _ = outbox_changed.notified(), if connected => session.pump(),
+            _ = watch_tick.tick() => session.watch_platform(),
             Some(query) = health_queries.recv() => session.ask_health(query),
             Ok(()) = policy_changed(&mut policy_updates) => {
                 if connected {
