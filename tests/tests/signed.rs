@@ -249,8 +249,7 @@ async fn no_rollback_without_the_platform_and_a_signed_reset_is_the_way_back() -
     wait_identity_version(&fx, i64::MAX as u64).await?;
     let duplicates = link.downlink.identity_duplicates.load(Ordering::Relaxed);
     platform.publish_snapshot(&people, 4, 5000).await?;
-    wait_for("the ignored snapshot", || link.downlink.identity_duplicates.load(Ordering::Relaxed) > duplicates)
-        .await?;
+    wait_for("the ignored snapshot", || link.downlink.identity_duplicates.load(Ordering::Relaxed) > duplicates).await?;
     assert_eq!(identity_version(&fx), i64::MAX as u64);
 
     // ...until the platform deliberately resets the site, signed.
@@ -316,7 +315,10 @@ async fn a_heartbeat_naming_versions_the_gate_lacks_alerts_and_refuses_in_wartim
     assert_eq!(alert.facts.get("cause").map(String::as_str), Some("versions_behind"));
     assert_eq!(alert.facts.get("missing").map(String::as_str), Some("identity 5 (have 0)"));
     let warnings = daemon.observed.link.platform.warnings();
-    assert!(warnings.iter().any(|w| w.starts_with("platform_stale: the platform's heartbeat names identity 5")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.starts_with("platform_stale: the platform's heartbeat names identity 5")),
+        "{warnings:?}"
+    );
     let sync_requests = sub.messages().iter().filter(|m| m.topic == gate_tests::SYNC_TOPIC).count();
     assert!(sync_requests >= 2, "the gate asked for what it lacks (connect + heartbeat)");
     let blocked = decide(2).await?;

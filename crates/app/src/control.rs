@@ -22,8 +22,9 @@ use gate_config::{Config, Side};
 use gate_core::{CredentialKind, Direction, Mode, SiteKey};
 use gate_devices::DeviceHealth;
 use gate_devices::HealthSnapshot;
+use gate_store::Priority;
 use gate_store::Store;
-use gate_sync::{EVENT_STREAM, EventBody, EventRecord, Topics, encode_event};
+use gate_sync::{EVENT_STREAM, EventBody, Topics, encode_event};
 use protocol::{
     BrokerReport, Check, Command, Credential, DecisionTotals, DeviceStatus, IdentityCounts, LookupReport,
     MAX_REQUEST_BYTES, OpenReport, OutboxReport, OutboxSummary, PROTOCOL_VERSION, Reply, Request, Response,
@@ -423,13 +424,20 @@ async fn status(ctx: &ControlContext) -> Reply {
 async fn outbox(ctx: &ControlContext) -> Reply {
     let path = ctx.config.borrow().store.path.clone();
     let now = crate::wall_clock_ms();
-    match with_store(path, |store| Ok((store.outbox_stats()?, store.outbox_by_topic()?))).await {
-        Ok((stats, topics)) => Reply::Outbox(OutboxReport {
+    let config = ctx.config.borrow().clone();
+    let topics = Topics::new(&config.mqtt.topic_prefix, &config.site.id, &config.gate.id);
+    match with_store(path, |store| Ok((store.outbox_stats()?, store.outbox_by_stream()?))).await {
+        Ok((stats, streams)) => Reply::Outbox(OutboxReport {
             depth: stats.depth,
             oldest_age_s: stats.oldest_created_ms.map(|t| age_s(now, t)),
-            topics: topics
+            // Shown by the topic each stream goes to now.
+            topics: streams
                 .into_iter()
-                .map(|(topic, depth, oldest)| TopicBacklog { topic, depth, oldest_age_s: age_s(now, oldest) })
+                .map(|(stream, depth, oldest)| TopicBacklog {
+                    topic: topics.for_stream(&stream).map_or_else(|| format!("(stream {stream})"), str::to_owned),
+                    depth,
+                    oldest_age_s: age_s(now, oldest),
+                })
                 .collect(),
         }),
         Err(e) => error(format!("cannot read the outbox: {e}")),
@@ -485,13 +493,6 @@ async fn lookup(ctx: &ControlContext, credential: Credential, side: Option<&str>
 
 use gate_control_proto::operator;
 
-fn wire_side(side: Side) -> gate_sync::Side {
-    match side {
-        Side::Entry => gate_sync::Side::Entry,
-        Side::Exit => gate_sync::Side::Exit,
-    }
-}
-
 /// Records a `ManualOpen` event (durable before any coil moves).
 async fn record_manual_open(ctx: &ControlContext, side: Side, operator: &str, note: &str) -> Result<u64, String> {
     let config = ctx.config.borrow().clone();
@@ -499,19 +500,22 @@ async fn record_manual_open(ctx: &ControlContext, side: Side, operator: &str, no
     let (operator_owned, note_owned) = (operator.to_owned(), note.to_owned());
     let seq = with_store(config.store.path.clone(), move |store| {
         let mode = store.mode_schedule()?.map_or(Mode::Normal, |s| s.at(now));
-        let topics = Topics::new(&config.mqtt.topic_prefix, &config.site.id, &config.gate.id);
-        let record = EventRecord {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            site_id: config.site.id.to_string(),
-            gate_id: config.gate.id.to_string(),
-            occurred_at_ms: now,
-            lane: config.gate.lane,
-            direction: config.gate.direction,
+        let record = crate::event_record(
+            &config,
+            now,
             mode,
-            policy_version: config.policy.version.clone(),
-            body: EventBody::ManualOpen { side: wire_side(side), operator: operator_owned, note: note_owned },
-        };
-        store.append_event(EVENT_STREAM, &topics.events, now, |seq| encode_event(&record, seq))
+            EventBody::ManualOpen { side: crate::wire_side(side), operator: operator_owned, note: note_owned },
+        );
+        // The event and the grant it opens, together: a restart before the
+        // passage still knows the door was opened on purpose.
+        let deadline = config.devices.gate.as_ref().map(|io| now.saturating_add(io.pass_timeout.as_millis() as i64));
+        store.write(|w| {
+            let seq = w.append_event(EVENT_STREAM, Priority::Important, now, |seq| encode_event(&record, seq))?;
+            if let Some(deadline) = deadline {
+                w.add_pending_grant(side.as_str(), now, deadline)?;
+            }
+            Ok(seq)
+        })
     })
     .await?;
     ctx.outbox_changed.notify_one();

@@ -1,9 +1,11 @@
 //! The decision loop: one task that owns the store connection used for
-//! decisions. For each credential it gathers the facts (identity table,
-//! watchlist, pass state, anti-passback, mode and policy), lets the engine
-//! decide, records the event durably (and an alert when the reason calls
-//! for one), and only then commands the gate. If the event cannot be
-//! recorded, the gate stays shut.
+//! decisions (on its own thread, [`StoreThread`]). For each credential it
+//! reads the facts (identity table, watchlist, pass state, anti-passback,
+//! mode, health record) in one call, lets the engine decide, writes
+//! everything the decision changes (event, pass use, anti-passback, pending
+//! grant, alert) in one transaction, and only after that commit commands the
+//! gate. A fact that cannot be read, or a transaction that does not commit,
+//! leaves the gate shut.
 
 use crate::alerts::AlertBook;
 use crate::gate_control::GateRequest;
@@ -17,8 +19,8 @@ use gate_devices::qr_scanner::QrEvent;
 use gate_devices::sam::CardError;
 use gate_engine::{AntiPassback, Attempt, CredentialFacts, GateContext, HealthCheck, LastPassage, PassFacts, decide};
 use gate_pass::PlatformKeys;
-use gate_store::Store;
-use gate_sync::{ALERT_STREAM, AlertRecord, EVENT_STREAM, EventBody, EventRecord, Topics, encode_alert, encode_event};
+use gate_store::{PassbackEntry, Priority, Store, StoreError, StoreThread};
+use gate_sync::{ALERT_STREAM, AlertRecord, EVENT_STREAM, EventBody, EventRecord, encode_alert, encode_event};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +57,8 @@ pub struct DecisionCounters {
     pub heartbeat: crate::heartbeat::Heartbeat,
     /// Decisions, alerts and gate events as they happen (`gatectl tail`).
     pub activity: crate::activity::ActivityFeed,
+    /// Store failures by class (decision loop, gate control, control socket).
+    pub store_errors: crate::store_health::StoreErrors,
 }
 
 impl DecisionCounters {
@@ -62,6 +66,16 @@ impl DecisionCounters {
         self.blocked.fetch_add(1, Ordering::Relaxed);
         let mut by = self.blocked_by_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *by.entry(reason.as_str()).or_default() += 1;
+    }
+
+    /// An attempt that failed on the store: the gate stayed shut.
+    pub(crate) fn failed_on(&self, error: &StoreError) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.store_errors.count(error);
+    }
+
+    pub(crate) fn store_error(&self, error: &StoreError) {
+        self.store_errors.count(error);
     }
 
     /// Blocks so far for one reason.
@@ -80,32 +94,33 @@ pub(crate) enum Presented {
 }
 
 /// The trust list for health certificates: the configured file plus the
-/// list synced from the platform, rebuilt when the synced version changes.
+/// list synced from the platform, rebuilt when the synced version or the
+/// configured file changes (a reload empties it).
 #[derive(Debug, Default)]
 struct TrustCache {
     list: gate_dcc::TrustList,
-    /// (synced version, whether the file was loaded) the list was built from.
-    built_from: Option<(u64, bool)>,
+    /// (synced version, configured file) the list was built from.
+    built_from: Option<(u64, Option<std::path::PathBuf>)>,
 }
 
 impl TrustCache {
-    fn refresh(&mut self, store: &Store, config: &Config) {
-        let version = store.trust_list_version().unwrap_or_else(|e| {
+    async fn refresh(&mut self, store: &StoreThread, config: &Config) {
+        let version = store.call(|s| s.trust_list_version()).await.unwrap_or_else(|e| {
             warn!(error = %e, "cannot read the synced trust list");
             0
         });
-        let has_file = config.health.trust_list_file.is_some();
-        if self.built_from == Some((version, has_file)) {
+        let file = config.health.trust_list_file.clone();
+        if self.built_from.as_ref() == Some(&(version, file.clone())) {
             return;
         }
-        let synced = match store.trust_list() {
+        let synced = match store.call(|s| s.trust_list()).await {
             Ok(synced) => synced,
             Err(e) => {
                 warn!(error = %e, "cannot read the synced trust list");
                 None
             }
         };
-        let mut list = match &config.health.trust_list_file {
+        let mut list = match &file {
             Some(path) => gate_dcc::TrustList::load_pem_or_base64_file(path).unwrap_or_else(|e| {
                 warn!(file = %path.display(), error = %e, "cannot load the trust list file");
                 gate_dcc::TrustList::new()
@@ -119,7 +134,7 @@ impl TrustCache {
         }
         debug!(signers = list.len(), version, "trust list for health certificates ready");
         self.list = list;
-        self.built_from = Some((version, has_file));
+        self.built_from = Some((version, file));
     }
 }
 
@@ -133,11 +148,10 @@ struct RecentPass {
 
 pub(crate) struct DecisionLoop {
     site_key: SiteKey,
-    store: Store,
+    store: StoreThread,
     outbox_changed: Arc<Notify>,
     gate: Option<mpsc::Sender<GateRequest>>,
     counters: Arc<DecisionCounters>,
-    topics: Topics,
     config: Config,
     passes: PlatformKeys,
     recent_passes: Vec<RecentPass>,
@@ -182,7 +196,7 @@ impl DecisionLoop {
     pub(crate) fn new(
         config: &Config,
         site_key: SiteKey,
-        store: Store,
+        store: StoreThread,
         outbox_changed: Arc<Notify>,
         gate: Option<mpsc::Sender<GateRequest>>,
         counters: Arc<DecisionCounters>,
@@ -197,7 +211,6 @@ impl DecisionLoop {
             outbox_changed,
             gate,
             counters,
-            topics: Topics::new(&config.mqtt.topic_prefix, &config.site.id, &config.gate.id),
             config: config.clone(),
             passes,
             recent_passes: Vec::new(),
@@ -247,6 +260,9 @@ impl DecisionLoop {
             // Open alerts restart their count under the new quiet period.
             self.alerts = AlertBook::new(config.alerts.quiet_period.as_millis() as i64);
         }
+        // The trust list file is read again (it may have changed on disk
+        // even when its name did not).
+        self.trust.built_from = None;
         info!(policy = %config.policy.version, "decisions now follow the reloaded configuration");
         self.config = config;
     }
@@ -262,19 +278,17 @@ impl DecisionLoop {
             self.counters.heartbeat.beat();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = beat.tick() => self.watch_mode(self.trusted_now()),
+                _ = beat.tick() => self.watch_mode(self.trusted_now()).await,
                 config = next_config(&mut reload) => self.apply_config(config),
                 item = presented.recv(), if presented_open => match item {
                     Some(item) => {
                         let now = self.trusted_now();
-                        self.watch_mode(now);
+                        self.watch_mode(now).await;
                         self.refresh_health(&item, now).await;
-                        let decided = self.on_presented(item, now);
+                        let decided = self.on_presented(item, now).await;
                         // A recorded decision is part of the trusted time floor.
                         self.platform.platform.raise_floor(now);
                         if let Some((verdict, side)) = decided {
-                            // Only `Send` values may live across this await
-                            // (the store connection is not `Sync`).
                             tell_gate(self.gate.clone(), verdict.decision, side).await;
                         }
                     }
@@ -288,8 +302,8 @@ impl DecisionLoop {
     /// who set it and why: a technician's `gatectl mode set` (another
     /// process), the platform, or a scheduled change coming due all show in
     /// the daemon's own log within a heartbeat.
-    fn watch_mode(&mut self, now: UnixMillis) {
-        let schedule = match self.store.mode_schedule() {
+    async fn watch_mode(&mut self, now: UnixMillis) {
+        let schedule = match self.store.call(|s| s.mode_schedule()).await {
             Ok(schedule) => schedule.unwrap_or_else(|| ModeSchedule::constant(Mode::Normal)),
             // `mode()` logs the error at the next decision, which then decides as in wartime.
             Err(_) => return,
@@ -319,23 +333,14 @@ impl DecisionLoop {
     }
 
     /// The mode in force now; the default before any was ever set.
-    pub(crate) fn mode(&self, now: UnixMillis) -> Mode {
-        match self.store.mode_schedule() {
-            Ok(Some(schedule)) => schedule.at(now),
-            Ok(None) => Mode::Normal,
-            Err(e) => {
-                // An unreadable mode must not open the site up: assume the
-                // strictest.
-                error!(error = %e, "cannot read the site mode; deciding as in wartime");
-                Mode::Wartime
-            }
-        }
+    pub(crate) async fn mode(&self, now: UnixMillis) -> Mode {
+        mode_in_force(self.store.call(|s| s.mode_schedule()).await, now)
     }
 
-    fn gather(&mut self, item: Presented) -> Option<(Gathered, Side)> {
+    async fn gather(&mut self, item: Presented) -> Option<(Gathered, Side)> {
         match item {
             Presented::Card(card, side) => self.gather_card(card).map(|g| (g, side)),
-            Presented::Qr(qr, side) => self.gather_qr(qr).map(|g| (g, side)),
+            Presented::Qr(qr, side) => self.gather_qr(qr).await.map(|g| (g, side)),
             Presented::Plate(plate, side) => self.gather_plate(plate).map(|g| (g, side)),
         }
     }
@@ -372,7 +377,7 @@ impl DecisionLoop {
         }
     }
 
-    fn gather_qr(&mut self, qr: QrEvent) -> Option<Gathered> {
+    async fn gather_qr(&mut self, qr: QrEvent) -> Option<Gathered> {
         let text = match qr {
             QrEvent::Scanned(text) => text,
             QrEvent::Rejected(e) => {
@@ -382,10 +387,10 @@ impl DecisionLoop {
             }
         };
         if text.starts_with(gate_pass::PREFIX) {
-            return Some(self.gather_pass(&text));
+            return self.gather_pass(&text).await;
         }
         if text.starts_with("HC1:") {
-            return self.gather_certificate(&text);
+            return self.gather_certificate(&text).await;
         }
         // Any other code is a static QR credential registered to a person.
         let key = self.site_key.credential_key(CredentialKind::QrPass, &text);
@@ -403,10 +408,10 @@ impl DecisionLoop {
     /// A signed health certificate: verified offline and kept for the ID card
     /// of the same transaction (no decision on its own). A certificate that
     /// fails verification is a refused credential, and alerts.
-    fn gather_certificate(&mut self, text: &str) -> Option<Gathered> {
+    async fn gather_certificate(&mut self, text: &str) -> Option<Gathered> {
         let now = self.trusted_now();
         // Only certificates need the trust list: other attempts never pay for it.
-        self.trust.refresh(&self.store, &self.config);
+        self.trust.refresh(&self.store, &self.config).await;
         match gate_dcc::verify(text, &self.trust.list, now) {
             Ok(certificate) => {
                 info!(kind = ?certificate.kind, "health certificate verified; waiting for the holder's ID card");
@@ -435,6 +440,7 @@ impl DecisionLoop {
     fn health_for(
         &mut self,
         person: Option<&gate_core::PersonRecord>,
+        stored: Option<Result<Option<gate_core::HealthRecord>, StoreError>>,
         holder: Option<&(String, Option<gate_core::CivilDate>)>,
         policy: &gate_engine::Policy,
         now: UnixMillis,
@@ -443,12 +449,14 @@ impl DecisionLoop {
         if !policy.health_required_for.contains(person.category) {
             return (HealthCheck::NotChecked, Vec::new());
         }
-        let record = match self.store.health_record(&person.person_id) {
-            Ok(record) => record,
-            Err(e) => {
+        let record = match stored {
+            Some(Ok(record)) => record,
+            Some(Err(e)) => {
+                self.counters.store_error(&e);
                 error!(error = %e, "cannot read the health record");
                 return (HealthCheck::Unavailable, Vec::new());
             }
+            None => None,
         };
         let window = self.config.health.certificate_window.as_millis() as i64;
         self.recent_certificates.retain(|c| now - c.at_ms <= window);
@@ -501,7 +509,7 @@ impl DecisionLoop {
             Presented::Plate(PlateEvent::Read(read), _) => (CredentialKind::Plate, read.plate.clone()),
             _ => return,
         };
-        let mode = self.mode(now);
+        let mode = self.mode(now).await;
         let policy = self.config.policy.for_mode(mode);
         // In a mode without health checks (normal, by default) a decision
         // pays nothing here.
@@ -509,12 +517,21 @@ impl DecisionLoop {
             return;
         }
         let key = self.site_key.credential_key(kind, &value);
-        let Ok(Some(person)) = self.store.find_person_by_credential(kind, &key) else { return };
+        let found = self
+            .store
+            .call(move |s| {
+                let Some(person) = s.find_person_by_credential(kind, &key)? else { return Ok(None) };
+                let record = s.health_record(&person.person_id)?;
+                Ok(Some((person, record)))
+            })
+            .await;
+        // Nobody to ask about, or a store that cannot say: the decision's
+        // own read decides (and fails closed).
+        let Ok(Some((person, record))) = found else { return };
         if !policy.health_required_for.contains(person.category) {
             return;
         }
         let rules = policy.health_rules.for_category(person.category).clone();
-        let record = self.store.health_record(&person.person_id).ok().flatten();
         if gate_engine::freshness(record.as_ref(), &rules, now) == gate_engine::Freshness::Fresh {
             return;
         }
@@ -543,7 +560,7 @@ impl DecisionLoop {
         }
     }
 
-    fn gather_pass(&mut self, token: &str) -> Gathered {
+    async fn gather_pass(&mut self, token: &str) -> Option<Gathered> {
         let refused = |reason| Gathered {
             credential: CredentialKind::QrPass,
             facts: CredentialFacts::Refused(reason),
@@ -557,19 +574,20 @@ impl DecisionLoop {
             Ok(pass) => pass,
             Err(e) => {
                 warn!(error = %e, "visitor pass refused as invalid");
-                return refused(BlockReason::PassInvalid);
+                return Some(refused(BlockReason::PassInvalid));
             }
         };
-        let uses_so_far = self.store.pass_uses(&pass.pass_id).unwrap_or_else(|e| {
-            // Unknown use count: treat the pass as spent rather than let it
-            // through more often than issued.
-            error!(error = %e, "cannot read pass uses");
-            u32::MAX
-        });
-        let revoked = self.store.is_pass_revoked(&pass.pass_id).unwrap_or_else(|e| {
-            error!(error = %e, "cannot read pass revocations; treating the pass as revoked");
-            true
-        });
+        let pass_id = pass.pass_id.clone();
+        let (uses_so_far, revoked) =
+            match self.store.call(move |s| Ok((s.pass_uses(&pass_id)?, s.is_pass_revoked(&pass_id)?))).await {
+                Ok(found) => found,
+                Err(e) => {
+                    // Unknown use count or revocation: fail closed.
+                    self.counters.failed_on(&e);
+                    error!(error = %e, "cannot read pass uses or revocations; gate stays shut");
+                    return None;
+                }
+            };
         let facts = PassFacts {
             pass_id: pass.pass_id.clone(),
             valid_from_ms: pass.valid_from_ms,
@@ -579,7 +597,7 @@ impl DecisionLoop {
             uses_so_far,
             revoked,
         };
-        Gathered {
+        Some(Gathered {
             credential: CredentialKind::QrPass,
             facts: CredentialFacts::VisitorPass(facts),
             subject: format!("pass:{}", pass.pass_id),
@@ -587,7 +605,7 @@ impl DecisionLoop {
             pass_id: Some(pass.pass_id),
             visitor_id_hash: Some(pass.visitor_id_hash),
             holder: None,
-        }
+        })
     }
 
     fn gather_plate(&mut self, plate: PlateEvent) -> Option<Gathered> {
@@ -618,52 +636,44 @@ impl DecisionLoop {
     }
 
     /// Decides and records one attempt. Returns the verdict once it is
-    /// durable; `None` when nothing was decided (unreadable input) or the
-    /// decision could not be recorded (the gate stays shut).
-    pub(crate) fn on_presented(&mut self, item: Presented, now: UnixMillis) -> Option<(Verdict, Side)> {
+    /// durable; `None` when nothing was decided (unreadable input, a fact
+    /// that could not be read) or the decision could not be recorded: the
+    /// gate stays shut.
+    pub(crate) async fn on_presented(&mut self, item: Presented, now: UnixMillis) -> Option<(Verdict, Side)> {
         let started = std::time::Instant::now();
-        let (g, side) = self.gather(item)?;
+        let (g, side) = self.gather(item).await?;
         if self.config.gate.lane == Lane::Vehicle && g.credential != CredentialKind::Plate {
             debug!("a person's credential at a vehicle lane is decided like any other");
         }
-        let lookup = |store: &Store, key: &Option<[u8; 32]>| -> gate_store::Result<_> {
-            match key {
-                Some(key) => {
-                    Ok((store.find_person_by_credential(g.credential, key)?, store.is_watchlisted(g.credential, key)?))
-                }
-                None => Ok((None, false)),
-            }
+        let query = FactQuery {
+            credential: g.credential,
+            key: g.key,
+            pass_id: g.pass_id.clone(),
+            anti_passback: self.config.gate.anti_passback != AntiPassback::Off,
         };
-        let (person, watchlisted) = match lookup(&self.store, &g.key) {
-            Ok(found) => found,
+        let stored = match self.store.call(move |s| Ok(read_facts(s, &query))).await.and_then(|f| f) {
+            Ok(stored) => stored,
             Err(e) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                error!(error = %e, "identity lookup failed; gate stays shut");
+                self.counters.failed_on(&e);
+                error!(error = %e, "cannot read the facts of this attempt; gate stays shut");
                 return None;
             }
         };
-        let passback_subject = person
-            .as_ref()
-            .map(|p| format!("person:{}", p.person_id))
-            .or_else(|| g.pass_id.as_ref().map(|id| format!("pass:{id}")));
-        let last_passage = match (&passback_subject, self.config.gate.anti_passback) {
-            (Some(subject), mode) if mode != AntiPassback::Off => match self.store.last_passage(subject) {
-                Ok(entry) => entry.and_then(|e| Side::parse(&e.side).map(|side| LastPassage { side, at_ms: e.at_ms })),
-                Err(e) => {
-                    error!(error = %e, "cannot read anti-passback state");
-                    None
-                }
-            },
-            _ => None,
-        };
+        let StoredFacts { person, watchlisted, passback_subject, last_passage, mode, health_record } = stored;
+        let last_passage =
+            last_passage.and_then(|e| Side::parse(&e.side).map(|side| LastPassage { side, at_ms: e.at_ms }));
         self.recent_passes.retain(|p| now - p.at_ms <= self.config.passes.companion_window.as_millis() as i64);
         let companion_pass = g.key.is_some_and(|key| {
             let hash = hex::encode(key);
             self.recent_passes.iter().any(|p| p.visitor_id_hash.eq_ignore_ascii_case(&hash))
         });
-        let mode = self.mode(now);
+        if let Err(e) = &mode {
+            self.counters.store_error(e);
+        }
+        let mode = mode_in_force(mode, now);
         let policy = self.config.policy.for_mode(mode).clone();
-        let (health, mut health_facts) = self.health_for(person.as_ref(), g.holder.as_ref(), &policy, now);
+        let (health, mut health_facts) =
+            self.health_for(person.as_ref(), health_record, g.holder.as_ref(), &policy, now);
         if let Some(step) = self.certificate_failure.take() {
             health_facts.push(("certificate".into(), format!("refused_at_{step}")));
         }
@@ -686,29 +696,71 @@ impl DecisionLoop {
             health,
         };
         let verdict = decide(attempt, context, now);
-        let record = self.event_record(
+        let alert_reason = verdict.reason.filter(|r| r.raises_alert());
+        let facts_if_health = |r: Option<BlockReason>| {
+            if r.is_some_and(BlockReason::is_health) { health_facts.clone() } else { Vec::new() }
+        };
+        let event = crate::event_record(
+            &self.config,
             now,
             mode,
             EventBody::Decision {
                 credential: g.credential,
                 subject_masked: g.subject.clone(),
                 verdict: verdict.clone(),
-                side: wire_side(side),
+                side: crate::wire_side(side),
                 pass_id: g.pass_id.clone(),
-                facts: if verdict.reason.is_some_and(is_health_reason) { health_facts.clone() } else { Vec::new() },
+                facts: facts_if_health(verdict.reason),
             },
         );
+        let granted = verdict.decision == Decision::Pass;
+        let alert = alert_reason.map(|reason| {
+            let occurrence = self.alerts.record(&g.subject, reason.as_str(), now);
+            AlertRecord {
+                alert_id: occurrence.alert_id,
+                site_id: self.config.site.id.to_string(),
+                gate_id: self.config.gate.id.to_string(),
+                occurred_at_ms: now,
+                subject: g.subject.clone(),
+                person_id: verdict.person_id.clone(),
+                category: verdict.category,
+                reason: Some(reason),
+                alarm: None,
+                facts: facts_if_health(Some(reason)),
+                repeat_count: occurrence.repeat_count,
+                first_occurred_at_ms: occurrence.first_at_ms,
+                mode,
+            }
+        });
+        let write = DecisionWrite {
+            event,
+            // Routine passes are what an overfull outbox drops first.
+            priority: if granted { Priority::Routine } else { Priority::Important },
+            now,
+            pass_use: g.pass_id.clone().filter(|_| granted),
+            passage: passback_subject
+                .filter(|_| granted && self.config.gate.anti_passback != AntiPassback::Off)
+                .map(|subject| (subject, side.as_str())),
+            pending_grant: self
+                .config
+                .devices
+                .gate
+                .as_ref()
+                .filter(|_| granted)
+                .map(|io| (side.as_str(), now.saturating_add(io.pass_timeout.as_millis() as i64))),
+            alert,
+        };
+        let repeat = write.alert.as_ref().map(|a| a.repeat_count);
         // Recorded before the gate moves: a pass that cannot be recorded is
-        // not a pass.
-        let seq =
-            match self.store.append_event(EVENT_STREAM, &self.topics.events, now, |seq| encode_event(&record, seq)) {
-                Ok(seq) => seq,
-                Err(e) => {
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    error!(error = %e, "could not record the decision; gate stays shut");
-                    return None;
-                }
-            };
+        // not a pass, and nothing of it (use, anti-passback, alert) stays.
+        let (seq, alert_seq) = match self.store.call(move |s| s.write(|w| write.apply(w))).await {
+            Ok(seqs) => seqs,
+            Err(e) => {
+                self.counters.failed_on(&e);
+                error!(error = %e, "could not record the decision; gate stays shut");
+                return None;
+            }
+        };
         let reason = verdict.reason.map_or("", BlockReason::as_str);
         let person_id = verdict.person_id.as_deref().unwrap_or("");
         let category = verdict.category.map_or("", |c| c.as_str());
@@ -728,19 +780,10 @@ impl DecisionLoop {
             Decision::Pass => {
                 self.counters.passed.fetch_add(1, Ordering::Relaxed);
                 info!(seq, decision = "pass", credential = g.credential.as_str(), subject = %g.subject, person_id, category, mode = mode.as_str(), side = side.as_str(), "decision");
-                if let Some(pass_id) = &g.pass_id {
-                    if let Err(e) = self.store.count_pass_use(pass_id) {
-                        error!(error = %e, "could not count a pass use");
-                    }
-                    if let Some(hash) = &g.visitor_id_hash {
-                        self.recent_passes.push(RecentPass { visitor_id_hash: hash.clone(), at_ms: now });
-                    }
-                }
-                if let Some(subject) = &passback_subject
-                    && self.config.gate.anti_passback != AntiPassback::Off
-                    && let Err(e) = self.store.record_passage(subject, side.as_str(), now)
+                if g.pass_id.is_some()
+                    && let Some(hash) = &g.visitor_id_hash
                 {
-                    error!(error = %e, "could not record anti-passback state");
+                    self.recent_passes.push(RecentPass { visitor_id_hash: hash.clone(), at_ms: now });
                 }
             }
             Decision::Block => {
@@ -748,100 +791,116 @@ impl DecisionLoop {
                     self.counters.count_block(r);
                 }
                 info!(seq, decision = "block", reason, credential = g.credential.as_str(), subject = %g.subject, person_id, category, mode = mode.as_str(), side = side.as_str(), "decision");
-                if let Some(r) = verdict.reason.filter(|r| r.raises_alert()) {
-                    let facts = if is_health_reason(r) { health_facts.clone() } else { Vec::new() };
-                    self.raise_alert(now, mode, &g.subject, &verdict, r, facts);
-                }
             }
+        }
+        if let (Some(alert_seq), Some(reason), Some(repeat)) = (alert_seq, alert_reason, repeat) {
+            self.counters.alerts.fetch_add(1, Ordering::Relaxed);
+            self.counters.activity.publish(crate::activity::Activity::Alert {
+                at_ms: now,
+                seq: alert_seq,
+                reason: reason.as_str().to_owned(),
+                subject: g.subject.clone(),
+                repeat,
+            });
+            warn!(seq = alert_seq, reason = reason.as_str(), subject = %g.subject, repeat, "alert to the management departments");
         }
         self.outbox_changed.notify_one();
         self.counters.latency.observe(started.elapsed());
         Some((verdict, side))
     }
+}
 
-    fn event_record(&self, now: UnixMillis, mode: Mode, body: EventBody) -> EventRecord {
-        EventRecord {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            site_id: self.config.site.id.to_string(),
-            gate_id: self.config.gate.id.to_string(),
-            occurred_at_ms: now,
-            lane: self.config.gate.lane,
-            direction: self.config.gate.direction,
-            mode,
-            policy_version: self.config.policy.version.clone(),
-            body,
+/// The mode in force at `now` from a schedule read (or not) from the store:
+/// the default before any was ever set; the strictest when unreadable, so an
+/// unreadable mode never opens the site up.
+pub(crate) fn mode_in_force(read: gate_store::Result<Option<ModeSchedule>>, now: UnixMillis) -> Mode {
+    match read {
+        Ok(Some(schedule)) => schedule.at(now),
+        Ok(None) => Mode::Normal,
+        Err(e) => {
+            error!(error = %e, "cannot read the site mode; deciding as in wartime");
+            Mode::Wartime
         }
     }
+}
 
-    /// Records an alert (or a repeat of one within the quiet period) in the
-    /// alert stream of the outbox.
-    fn raise_alert(
-        &mut self,
-        now: UnixMillis,
-        mode: Mode,
-        subject: &str,
-        verdict: &Verdict,
-        reason: BlockReason,
-        facts: Vec<(String, String)>,
-    ) {
-        let occurrence = self.alerts.record(subject, reason.as_str(), now);
-        let record = AlertRecord {
-            alert_id: occurrence.alert_id.clone(),
-            site_id: self.config.site.id.to_string(),
-            gate_id: self.config.gate.id.to_string(),
-            occurred_at_ms: now,
-            subject: subject.to_owned(),
-            person_id: verdict.person_id.clone(),
-            category: verdict.category,
-            reason: Some(reason),
-            alarm: None,
-            facts,
-            repeat_count: occurrence.repeat_count,
-            first_occurred_at_ms: occurrence.first_at_ms,
-            mode,
-        };
-        match self.store.append_event(ALERT_STREAM, &self.topics.alerts, now, |seq| encode_alert(&record, seq)) {
-            Ok(seq) => {
-                self.counters.alerts.fetch_add(1, Ordering::Relaxed);
-                self.counters.activity.publish(crate::activity::Activity::Alert {
-                    at_ms: now,
-                    seq,
-                    reason: reason.as_str().to_owned(),
-                    subject: subject.to_owned(),
-                    repeat: occurrence.repeat_count,
-                });
-                warn!(
-                    seq,
-                    reason = reason.as_str(),
-                    subject,
-                    repeat = occurrence.repeat_count,
-                    "alert to the management departments"
-                );
+/// What one attempt asks of the store.
+struct FactQuery {
+    credential: CredentialKind,
+    key: Option<[u8; 32]>,
+    pass_id: Option<String>,
+    anti_passback: bool,
+}
+
+/// The stored facts of one attempt, read in one visit to the store thread.
+struct StoredFacts {
+    person: Option<gate_core::PersonRecord>,
+    watchlisted: bool,
+    /// Whose anti-passback state this attempt reads and writes.
+    passback_subject: Option<String>,
+    last_passage: Option<PassbackEntry>,
+    /// Read apart: an unreadable mode decides as wartime, it does not stop
+    /// the decision.
+    mode: gate_store::Result<Option<ModeSchedule>>,
+    /// The person's health record (read whenever there is a person: one
+    /// point lookup, cheaper than a second visit).
+    health_record: Option<gate_store::Result<Option<gate_core::HealthRecord>>>,
+}
+
+/// Reads every stored fact of one attempt. Any fact that cannot be read
+/// (identity, watchlist, anti-passback) fails the whole read: the attempt is
+/// not decided and the gate stays shut.
+fn read_facts(store: &Store, q: &FactQuery) -> gate_store::Result<StoredFacts> {
+    let (person, watchlisted) = match &q.key {
+        Some(key) => (store.find_person_by_credential(q.credential, key)?, store.is_watchlisted(q.credential, key)?),
+        None => (None, false),
+    };
+    let passback_subject = person
+        .as_ref()
+        .map(|p| format!("person:{}", p.person_id))
+        .or_else(|| q.pass_id.as_ref().map(|id| format!("pass:{id}")));
+    let last_passage = match (&passback_subject, q.anti_passback) {
+        (Some(subject), true) => store.last_passage(subject)?,
+        _ => None,
+    };
+    let health_record = person.as_ref().map(|p| store.health_record(&p.person_id));
+    Ok(StoredFacts { person, watchlisted, passback_subject, last_passage, mode: store.mode_schedule(), health_record })
+}
+
+/// Everything one decision changes, written in one transaction.
+struct DecisionWrite {
+    event: EventRecord,
+    priority: Priority,
+    now: UnixMillis,
+    /// A granted visitor pass: one more use.
+    pass_use: Option<String>,
+    /// A grant with anti-passback on: (subject, side).
+    passage: Option<(String, &'static str)>,
+    /// A grant the gate will act on: (side, deadline), until its passage.
+    pending_grant: Option<(&'static str, UnixMillis)>,
+    alert: Option<AlertRecord>,
+}
+
+impl DecisionWrite {
+    /// The event's and the alert's `seq`.
+    fn apply(self, w: &mut gate_store::Writer<'_>) -> gate_store::Result<(u64, Option<u64>)> {
+        let seq = w.append_event(EVENT_STREAM, self.priority, self.now, |seq| encode_event(&self.event, seq))?;
+        if let Some(pass_id) = &self.pass_use {
+            w.count_pass_use(pass_id)?;
+        }
+        if let Some((subject, side)) = &self.passage {
+            w.record_passage(subject, side, self.now)?;
+        }
+        if let Some((side, deadline)) = self.pending_grant {
+            w.add_pending_grant(side, self.now, deadline)?;
+        }
+        let alert_seq = match &self.alert {
+            Some(alert) => {
+                Some(w.append_event(ALERT_STREAM, Priority::Important, self.now, |seq| encode_alert(alert, seq))?)
             }
-            Err(e) => error!(error = %e, "could not record an alert"),
-        }
-    }
-}
-
-fn is_health_reason(reason: BlockReason) -> bool {
-    matches!(
-        reason,
-        BlockReason::HealthCodeRed
-            | BlockReason::HealthCodeYellow
-            | BlockReason::NatMissing
-            | BlockReason::NatExpired
-            | BlockReason::NatPositive
-            | BlockReason::VaccinationInsufficient
-            | BlockReason::TravelRisk
-            | BlockReason::HealthRecordStale
-            | BlockReason::HealthUnverified
-    )
-}
-
-fn wire_side(side: Side) -> gate_sync::Side {
-    match side {
-        Side::Entry => gate_sync::Side::Entry,
-        Side::Exit => gate_sync::Side::Exit,
+            None => None,
+        };
+        Ok((seq, alert_seq))
     }
 }
 
@@ -879,15 +938,8 @@ pub fn set_mode_locally(
     reason: &str,
     now: UnixMillis,
 ) -> gate_store::Result<u64> {
-    let topics = Topics::new(&config.mqtt.topic_prefix, &config.site.id, &config.gate.id);
-    let context = gate_sync::EventContext {
-        site_id: config.site.id.to_string(),
-        gate_id: config.gate.id.to_string(),
-        lane: config.gate.lane,
-        direction: config.gate.direction,
-        policy_version: config.policy.version.clone(),
-    };
-    gate_sync::set_mode_by_technician(store, &topics, &context, mode, &format!("technician:{operator}"), reason, now)
+    let context = crate::event_context(config);
+    gate_sync::set_mode_by_technician(store, &context, mode, &format!("technician:{operator}"), reason, now)
 }
 
 /// The next configuration to apply; never resolves once the sender is gone
@@ -1034,4 +1086,186 @@ pub(crate) fn dry_run(
     };
     let verdict = decide(attempt, context, now);
     Ok(DryRun { verdict, mode, subject, why, valid, state })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decision loop against a real SQLite file made to fail (triggers
+    //! that abort a write, tables renamed away), with the gate-control
+    //! channel as the witness: nothing reaches it unless the whole decision
+    //! committed.
+
+    use super::*;
+    use gate_core::{CardKind, CardRecord, CardValidTo, Category, IdNumber, PersonRecord, PersonStatus, Sex};
+    use gate_store::faults;
+
+    const LI: &str = "11010519491231002X";
+    const OTHER: &str = "35020319900101123X";
+
+    struct Harness {
+        dir: tempfile::TempDir,
+        decisions: DecisionLoop,
+        gate: mpsc::Receiver<GateRequest>,
+        counters: Arc<DecisionCounters>,
+    }
+
+    impl Harness {
+        fn db(&self) -> std::path::PathBuf {
+            self.dir.path().join("gated.db")
+        }
+
+        async fn present(&mut self, card: CardRecord) -> Option<(Verdict, Side)> {
+            let decided = self.decisions.on_presented(Presented::Card(CardEvent::Read(card), Side::Entry), 1_000).await;
+            if let Some((verdict, side)) = &decided {
+                tell_gate(self.decisions.gate.clone(), verdict.decision, *side).await;
+            }
+            decided
+        }
+
+        fn told_gate(&mut self) -> Option<GateRequest> {
+            self.gate.try_recv().ok()
+        }
+
+        fn counts(&self) -> Vec<(String, i64)> {
+            faults::row_counts(&self.db()).expect("counts")
+        }
+    }
+
+    async fn harness(gate_extra: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            r#"[site]
+id = "heshan-c03"
+[gate]
+id = "east-1"
+{gate_extra}
+[store]
+path = "gated.db"
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+[identity]
+hmac_key_file = "site.key"
+[devices.gate]
+driver = "modbus-rtu"
+port = "gate-io"
+unlock_entry_coil = 0
+unlock_exit_coil = 1
+passage_entry_input = 0
+passage_exit_input = 1
+"#
+        );
+        let config = gate_config::parse(&dir.path().join("gated.toml"), &text).expect("config");
+        let site_key = SiteKey::from_bytes([7; 32]);
+        let mut store = Store::open(&config.store.path).expect("open");
+        let people: Vec<gate_store::NewPerson> = [("p-li", LI, false), ("p-other", OTHER, true)]
+            .into_iter()
+            .map(|(id, number, _)| gate_store::NewPerson {
+                person: PersonRecord::new(id, Category::Resident, PersonStatus::Active, 0, i64::MAX),
+                credentials: vec![(
+                    CredentialKind::IdNumber,
+                    site_key.credential_key(CredentialKind::IdNumber, number),
+                )],
+            })
+            .collect();
+        store.import_people(&people).expect("import");
+        // OTHER is watchlisted: a block that raises an alert.
+        store
+            .watchlist_add(&[(CredentialKind::IdNumber, site_key.credential_key(CredentialKind::IdNumber, OTHER))])
+            .expect("watchlist");
+        let thread = StoreThread::open(&config.store.path, "test").await.expect("store thread");
+        let (gate_tx, gate) = mpsc::channel(16);
+        let counters = Arc::new(DecisionCounters::default());
+        let decisions =
+            DecisionLoop::new(&config, site_key, thread, Arc::new(Notify::new()), Some(gate_tx), counters.clone());
+        Harness { dir, decisions, gate, counters }
+    }
+
+    fn card(number: &str, valid_to: CardValidTo) -> CardRecord {
+        CardRecord {
+            kind: CardKind::ResidentId,
+            name: "李四".into(),
+            sex: Sex::Male,
+            nation_code: "01".into(),
+            birth_date: None,
+            address: String::new(),
+            id_number: IdNumber::parse(number).expect("valid"),
+            issuer: String::new(),
+            valid_from: None,
+            valid_to: Some(valid_to),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grant_or_an_alerting_block_is_all_written_or_the_gate_stays_shut() {
+        let mut h = harness("anti_passback = \"paired\"").await;
+        let db = h.db();
+        // Each statement of a decision's transaction, made to fail in turn.
+        let statements: [(&str, Option<&str>, &str); 6] = [
+            ("sequence", Some("NEW.stream = 'events'"), LI),
+            ("outbox", Some("NEW.stream = 'events'"), LI),
+            ("passback", None, LI),
+            ("pending_grant", None, LI),
+            ("outbox", Some("NEW.stream = 'alerts'"), OTHER),
+            ("sequence", Some("NEW.stream = 'alerts'"), OTHER),
+        ];
+        let before = h.counts();
+        for (table, condition, who) in statements {
+            faults::fail_writes(&db, table, condition).expect("inject");
+            let decided = h.present(card(who, CardValidTo::LongTerm)).await;
+            assert!(decided.is_none(), "a decision that did not commit is no decision ({table} {condition:?})");
+            assert_eq!(h.told_gate(), None, "the gate is told nothing ({table} {condition:?})");
+            assert_eq!(h.counts(), before, "nothing half-written ({table} {condition:?})");
+            faults::heal_writes(&db, table).expect("heal");
+        }
+        assert_eq!(h.counters.failed.load(Ordering::Relaxed), 6);
+        assert_eq!(h.counters.store_errors.of(gate_store::ErrorClass::Other), 6, "constraint aborts count as other");
+        // Healed: the same two attempts commit whole, and only then move the gate.
+        let (verdict, _) = h.present(card(LI, CardValidTo::LongTerm)).await.expect("decided");
+        assert_eq!(verdict.decision, Decision::Pass);
+        assert_eq!(h.told_gate(), Some(GateRequest::Grant { side: Side::Entry }));
+        let (verdict, _) = h.present(card(OTHER, CardValidTo::LongTerm)).await.expect("decided");
+        assert_eq!(verdict.reason, Some(BlockReason::Blocklisted));
+        assert_eq!(h.told_gate(), Some(GateRequest::Deny));
+        let counts: std::collections::HashMap<_, _> = h.counts().into_iter().collect();
+        assert_eq!((counts["outbox"], counts["passback"], counts["pending_grant"]), (3, 1, 1), "2 events + 1 alert");
+    }
+
+    #[tokio::test]
+    async fn unreadable_facts_keep_the_gate_shut() {
+        let mut h = harness("anti_passback = \"paired\"").await;
+        let db = h.db();
+        // Anti-passback state, the identity table, the watchlist: each
+        // unreadable in turn. Never "no previous passage" or "not listed".
+        for table in ["passback", "ident.credential", "ident.watchlist"] {
+            let before = h.counts();
+            faults::fail_reads(&db, table).expect("inject");
+            assert!(h.present(card(LI, CardValidTo::LongTerm)).await.is_none(), "{table}");
+            assert_eq!(h.told_gate(), None, "{table}");
+            faults::heal_reads(&db, table).expect("heal");
+            assert_eq!(h.counts(), before, "{table}");
+        }
+        assert_eq!(h.counters.failed.load(Ordering::Relaxed), 3);
+        assert!(h.present(card(LI, CardValidTo::LongTerm)).await.is_some());
+        assert_eq!(h.told_gate(), Some(GateRequest::Grant { side: Side::Entry }));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_mode_decides_as_wartime() {
+        let mut h = harness("flexible = true").await;
+        faults::put_meta(&h.db(), "mode_schedule", "not a schedule").expect("corrupt");
+        let (verdict, _) = h.present(card(LI, CardValidTo::LongTerm)).await.expect("decided");
+        assert_eq!(verdict.reason, Some(BlockReason::CheckpointClosed), "a flexible checkpoint closes in wartime");
+        assert_eq!(h.told_gate(), Some(GateRequest::Deny));
+        assert_eq!(h.counters.store_errors.of(gate_store::ErrorClass::Corrupt), 1);
+    }
+
+    #[tokio::test]
+    async fn a_card_with_unreadable_dates_is_blocked() {
+        let mut h = harness("").await;
+        let (verdict, _) = h.present(card(LI, CardValidTo::Unreadable)).await.expect("decided");
+        assert_eq!(verdict.reason, Some(BlockReason::CardUnreadable));
+        assert_eq!(h.told_gate(), Some(GateRequest::Deny));
+        assert_eq!(h.counters.blocked_for(BlockReason::CardUnreadable), 1);
+    }
 }

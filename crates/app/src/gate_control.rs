@@ -9,9 +9,15 @@
 //! alarms also as alerts.
 //!
 //! Rules that shape this file:
-//! - Coil commands go out before anything is recorded: a fire alarm release
-//!   must not wait on SQLite, and it must work even when the database does
-//!   not (the store is opened lazily and its failures only logged).
+//! - Coil commands go out before anything is recorded, and this task never
+//!   waits on the database: records are handed to the store's own thread
+//!   ([`StoreThread::try_submit`]) and written there, so a relock, a fire
+//!   alarm release or a passage is never late behind an fsync or a draining
+//!   outbox, and the gate keeps working when the database does not (its
+//!   failures are counted and logged).
+//! - Grants that were given but not yet passed are in the store (written
+//!   with the decision); at start they are resumed, so the passage that
+//!   follows a restart is a passage, not a forced door.
 //! - Time is read once per input: a monotonic instant for the machine (a
 //!   wall clock step must not fire or stretch timeouts) and the wall clock
 //!   for what is recorded. The machine itself never reads a clock.
@@ -28,8 +34,8 @@ use gate_devices::gate_io::{GateCommand, GateIoEvent, GateIoSettings, InputLevel
 use gate_engine::gate_fsm::{
     GateFsm, GateFsmConfig, GateFsmEvent, GateInput, GateOutput, Signal, SignalSet, UnlockMode,
 };
-use gate_store::Store;
-use gate_sync::{ALERT_STREAM, AlertRecord, EVENT_STREAM, EventBody, EventRecord, Topics, encode_alert, encode_event};
+use gate_store::{PendingGrant, Priority, Store, StoreThread};
+use gate_sync::{ALERT_STREAM, AlertRecord, EVENT_STREAM, EventBody, EventContext, encode_alert, encode_event};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -211,14 +217,14 @@ impl InputMap {
 pub(crate) struct GateControl {
     fsm: GateFsm,
     inputs: InputMap,
-    store_path: std::path::PathBuf,
-    /// Opened on first use and after a failure: the gate must keep working
-    /// (fire egress above all) when the database does not.
-    store: Option<Store>,
+    /// Only ever handed jobs without waiting ([`StoreThread::try_submit`]).
+    store: StoreThread,
+    /// Grants from before the restart, resumed when the task starts.
+    resumed: Vec<PendingGrant>,
     driver: mpsc::Sender<GateCommand>,
     outbox_changed: Arc<Notify>,
     counters: Arc<DecisionCounters>,
-    topics: Topics,
+    context: EventContext,
     config: Config,
     alerts: AlertBook,
     /// The machine's time zero.
@@ -235,6 +241,8 @@ impl GateControl {
     pub(crate) fn new(
         config: &Config,
         io: &GateIoConfig,
+        store: StoreThread,
+        resumed: Vec<PendingGrant>,
         driver: mpsc::Sender<GateCommand>,
         outbox_changed: Arc<Notify>,
         counters: Arc<DecisionCounters>,
@@ -242,12 +250,12 @@ impl GateControl {
         GateControl {
             fsm: GateFsm::new(fsm_config(io)),
             inputs: InputMap::new(Wiring::new(io)),
-            store_path: config.store.path.clone(),
-            store: None,
+            store,
+            resumed,
             driver,
             outbox_changed,
             counters,
-            topics: Topics::new(&config.mqtt.topic_prefix, &config.site.id, &config.gate.id),
+            context: crate::event_context(config),
             config: config.clone(),
             alerts: AlertBook::new(config.alerts.quiet_period.as_millis() as i64),
             origin: Instant::now(),
@@ -266,6 +274,7 @@ impl GateControl {
     ) {
         let mut requests_open = true;
         let mut io_open = true;
+        self.resume_grants().await;
         loop {
             let deadline = self.fsm.next_deadline().map(|ms| self.instant_of(ms));
             tokio::select! {
@@ -300,6 +309,22 @@ impl GateControl {
                     self.act(outputs, wall).await;
                 }
             }
+        }
+    }
+
+    /// Grants recorded before a restart whose passage is still awaited
+    /// (read by the caller before this task starts): the machine expects
+    /// their passage, without unlocking again.
+    async fn resume_grants(&mut self) {
+        let (_, wall) = self.clocks();
+        for grant in std::mem::take(&mut self.resumed) {
+            let Some(side) = Side::parse(&grant.side) else { continue };
+            let Ok(remaining_ms) = u32::try_from(grant.deadline_ms.saturating_sub(wall)) else { continue };
+            if remaining_ms == 0 {
+                continue;
+            }
+            info!(side = side.as_str(), remaining_ms, "a grant from before the restart awaits its passage");
+            self.handle(&[GateInput::Resume { side, remaining_ms }]).await;
         }
     }
 
@@ -418,51 +443,71 @@ impl GateControl {
             _ => warn!(alarm = name, side = side.map(Side::as_str), "gate alarm"),
         }
         let body = match event {
-            GateFsmEvent::Passage { side } => EventBody::Passage { side: wire_side(side) },
+            GateFsmEvent::Passage { side } => EventBody::Passage { side: crate::wire_side(side) },
             _ => EventBody::Alarm { name: name.to_owned() },
         };
-        let Some(mode) = self.store().map(|store| mode_at(store, now)) else { return };
-        let record = EventRecord {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            site_id: self.config.site.id.to_string(),
-            gate_id: self.config.gate.id.to_string(),
-            occurred_at_ms: now,
-            lane: self.config.gate.lane,
-            direction: self.config.gate.direction,
-            mode,
-            policy_version: self.config.policy.version.clone(),
-            body,
+        // A passage or an unpassed grant ends the oldest pending grant of
+        // its side.
+        let grant_ended = match event {
+            GateFsmEvent::Passage { side } | GateFsmEvent::NotPassed { side } => Some(side.as_str()),
+            _ => None,
         };
-        let topic = self.topics.events.clone();
-        let Some(store) = self.store.as_mut() else { return };
-        let seq = match store.append_event(EVENT_STREAM, &topic, now, |seq| encode_event(&record, seq)) {
-            Ok(seq) => {
-                debug!(seq, event = name, "gate event recorded");
-                Some(seq)
-            }
-            Err(e) => {
-                error!(error = %e, event = name, "could not record a gate event");
-                self.store = None;
-                None
-            }
+        let alert = alarm.then(|| self.alert_record(name, side, now));
+        let priority =
+            if matches!(event, GateFsmEvent::Passage { .. }) { Priority::Routine } else { Priority::Important };
+        let context = self.context.clone();
+        let counters = self.counters.clone();
+        let outbox_changed = self.outbox_changed.clone();
+        let span = tracing::Span::current();
+        let job = move |store: &mut Store| {
+            let _entered = span.enter();
+            let mode = crate::decide::mode_in_force(store.mode_schedule(), now);
+            let record = context.record(now, mode, body);
+            let written = store.write(|w| {
+                let seq = w.append_event(EVENT_STREAM, priority, now, |seq| encode_event(&record, seq))?;
+                if let Some(side) = grant_ended {
+                    w.end_pending_grant(side, now)?;
+                }
+                let alert_seq = match alert {
+                    Some(mut alert) => {
+                        alert.mode = mode;
+                        let seq =
+                            w.append_event(ALERT_STREAM, Priority::Important, now, |seq| encode_alert(&alert, seq))?;
+                        Some((seq, alert.repeat_count))
+                    }
+                    None => None,
+                };
+                Ok((seq, alert_seq))
+            });
+            let seq = match written {
+                Ok((seq, alert)) => {
+                    debug!(seq, event = name, "gate event recorded");
+                    if let Some((alert_seq, repeat)) = alert {
+                        warn!(seq = alert_seq, alarm = name, repeat, "alert to the management departments");
+                    }
+                    outbox_changed.notify_one();
+                    Some(seq)
+                }
+                Err(e) => {
+                    counters.store_error(&e);
+                    error!(error = %e, event = name, "could not record a gate event");
+                    None
+                }
+            };
+            counters.activity.publish(activity(event, side, now, seq));
         };
-        self.counters.activity.publish(match (event, side) {
-            (GateFsmEvent::Passage { .. }, Some(side)) => {
-                Activity::Passage { at_ms: now, seq, side: side.as_str().to_owned() }
-            }
-            _ => Activity::Alarm { at_ms: now, seq, name: name.to_owned() },
-        });
-        if alarm {
-            self.raise_alert(name, side, mode, now);
+        if let Err(e) = self.store.try_submit(job) {
+            error!(error = %e, event = name, "could not record a gate event");
+            self.counters.activity.publish(activity(event, side, now, None));
         }
-        self.outbox_changed.notify_one();
     }
 
-    fn raise_alert(&mut self, name: &'static str, side: Option<Side>, mode: Mode, now: UnixMillis) {
+    /// The alert an alarm raises; its mode is filled in where it is written.
+    fn alert_record(&mut self, name: &'static str, side: Option<Side>, now: UnixMillis) -> AlertRecord {
         // Repeats of one alarm within the quiet period raise the open
         // alert's count, like refusals of one person.
         let occurrence = self.alerts.record("gate", name, now);
-        let record = AlertRecord {
+        AlertRecord {
             alert_id: occurrence.alert_id,
             site_id: self.config.site.id.to_string(),
             gate_id: self.config.gate.id.to_string(),
@@ -475,49 +520,16 @@ impl GateControl {
             facts: side.map(|s| ("side".to_owned(), s.as_str().to_owned())).into_iter().collect(),
             repeat_count: occurrence.repeat_count,
             first_occurred_at_ms: occurrence.first_at_ms,
-            mode,
-        };
-        let topic = self.topics.alerts.clone();
-        let Some(store) = self.store() else { return };
-        match store.append_event(ALERT_STREAM, &topic, now, |seq| encode_alert(&record, seq)) {
-            Ok(seq) => {
-                warn!(seq, alarm = name, repeat = occurrence.repeat_count, "alert to the management departments")
-            }
-            Err(e) => {
-                error!(error = %e, alarm = name, "could not record a gate alert");
-                self.store = None;
-            }
-        }
-    }
-
-    fn store(&mut self) -> Option<&mut Store> {
-        if self.store.is_none() {
-            match Store::open(&self.store_path) {
-                Ok(store) => self.store = Some(store),
-                Err(e) => error!(error = %e, "cannot open the store; gate events are not recorded"),
-            }
-        }
-        self.store.as_mut()
-    }
-}
-
-/// The mode in force, for labelling records; the strictest when unreadable,
-/// as the decision loop assumes.
-fn mode_at(store: &Store, now: UnixMillis) -> Mode {
-    match store.mode_schedule() {
-        Ok(Some(schedule)) => schedule.at(now),
-        Ok(None) => Mode::Normal,
-        Err(e) => {
-            error!(error = %e, "cannot read the site mode");
-            Mode::Wartime
+            mode: Mode::Normal,
         }
     }
 }
 
-fn wire_side(side: Side) -> gate_sync::Side {
-    match side {
-        Side::Entry => gate_sync::Side::Entry,
-        Side::Exit => gate_sync::Side::Exit,
+/// What `gatectl tail` shows of a gate event.
+fn activity(event: GateFsmEvent, side: Option<Side>, at_ms: UnixMillis, seq: Option<u64>) -> Activity {
+    match (event, side) {
+        (GateFsmEvent::Passage { .. }, Some(side)) => Activity::Passage { at_ms, seq, side: side.as_str().to_owned() },
+        _ => Activity::Alarm { at_ms, seq, name: event.as_str().to_owned() },
     }
 }
 
@@ -590,6 +602,72 @@ mod tests {
         // Lost with it low, back with it high: a baseline, masked.
         map.lost();
         assert_eq!(map.translate(&levels(0b1_0101)), []);
+    }
+
+    /// A relock is timed by this task alone: with the store wedged (its
+    /// thread stuck in a job, its queue full), the unlock coil still goes
+    /// off exactly `unlock_ms` after it went on, and gate events that cannot
+    /// be handed over are dropped with an error, never waited for.
+    #[tokio::test(start_paused = true)]
+    async fn a_relock_never_waits_for_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = r#"[site]
+id = "heshan-c03"
+[gate]
+id = "east-1"
+[store]
+path = "gated.db"
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+[identity]
+hmac_key_file = "site.key"
+[devices.gate]
+driver = "modbus-rtu"
+port = "gate-io"
+unlock_entry_coil = 0
+unlock_exit_coil = 1
+passage_entry_input = 0
+passage_exit_input = 1
+unlock_mode = "pulse"
+unlock_ms = 200
+pass_timeout_ms = 1000
+"#;
+        let config = gate_config::parse(&dir.path().join("gated.toml"), text).expect("config");
+        let io = config.devices.gate.clone().expect("gate");
+        let store = StoreThread::open(&config.store.path, "wedged").await.expect("store");
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        store
+            .try_submit(move |_| {
+                let _ = stuck.recv();
+            })
+            .expect("wedge");
+        while store.try_submit(|_| {}).is_ok() {}
+        let (driver_tx, mut driver) = mpsc::channel(16);
+        let (requests_tx, requests) = mpsc::channel(4);
+        let (_io_tx, io_events) = mpsc::channel(4);
+        let counters = Arc::new(DecisionCounters::default());
+        let control =
+            GateControl::new(&config, &io, store, Vec::new(), driver_tx, Arc::new(Notify::new()), counters.clone());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(control.run(requests, io_events, shutdown.clone()));
+
+        requests_tx.send(GateRequest::Grant { side: Side::Entry }).await.expect("send");
+        assert_eq!(driver.recv().await, Some(GateCommand::SetCoil { coil: 0, on: true }));
+        let unlocked = Instant::now();
+        assert_eq!(driver.recv().await, Some(GateCommand::SetCoil { coil: 0, on: false }));
+        assert_eq!(unlocked.elapsed(), Duration::from_millis(200), "relocked on time");
+        // The grant lapses unpassed: its event cannot be handed over, and the
+        // task goes on serving the next grant on time.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        requests_tx.send(GateRequest::Grant { side: Side::Exit }).await.expect("send");
+        assert_eq!(driver.recv().await, Some(GateCommand::SetCoil { coil: 1, on: true }));
+        let unlocked = Instant::now();
+        assert_eq!(driver.recv().await, Some(GateCommand::SetCoil { coil: 1, on: false }));
+        assert_eq!(unlocked.elapsed(), Duration::from_millis(200), "relocked on time");
+        shutdown.cancel();
+        task.await.expect("stopped");
+        drop(release);
     }
 
     #[test]

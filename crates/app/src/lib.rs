@@ -14,13 +14,14 @@ mod gate_control;
 mod heartbeat;
 mod metrics;
 mod reload;
+mod store_health;
 
 use gate_config::Config;
 use gate_devices::DeviceHealth;
 use gate_devices::idcard::IdCardSettings;
 use gate_devices::plate_reader::PlateReaderSettings;
 use gate_devices::qr_scanner::{QrScannerSettings, Terminator};
-use gate_store::Store;
+use gate_store::StoreThread;
 use gate_sync::{DeviceReport, LinkState, SyncSettings};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,6 +35,7 @@ pub use activity::{Activity, ActivityFeed, DecisionSummary, GateActivity};
 pub use decide::{DecisionCounters, set_mode_locally};
 pub use heartbeat::{Heartbeat, IDLE_BEAT};
 pub use metrics::{LATENCY_BUCKETS_US, LatencyHistogram, LatencySnapshot};
+pub use store_health::StoreErrors;
 
 /// The daemon's version, as reported to the platform.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -56,6 +58,36 @@ pub enum StartError {
 /// The wall clock, read only at the edge: the engine gets `now` as an argument.
 pub fn wall_clock_ms() -> gate_core::UnixMillis {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What every event of this gate carries besides its body, from the
+/// configuration in force.
+pub(crate) fn event_context(config: &Config) -> gate_sync::EventContext {
+    gate_sync::EventContext {
+        site_id: config.site.id.to_string(),
+        gate_id: config.gate.id.to_string(),
+        lane: config.gate.lane,
+        direction: config.gate.direction,
+        policy_version: config.policy.version.clone(),
+    }
+}
+
+/// A new event of this gate under `config`.
+pub(crate) fn event_record(
+    config: &Config,
+    now: gate_core::UnixMillis,
+    mode: gate_core::Mode,
+    body: gate_sync::EventBody,
+) -> gate_sync::EventRecord {
+    event_context(config).record(now, mode, body)
+}
+
+/// A side of the gate as the wire knows it.
+pub(crate) fn wire_side(side: gate_config::Side) -> gate_sync::Side {
+    match side {
+        gate_config::Side::Entry => gate_sync::Side::Entry,
+        gate_config::Side::Exit => gate_sync::Side::Exit,
+    }
 }
 
 /// Live state shared with diagnostics (status message, tests).
@@ -116,10 +148,15 @@ pub async fn run_until_stopped(
     if let Some(dir) = config.store.path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| StartError::StateDir { path: dir.to_owned(), source })?;
     }
-    let store = Store::open(&config.store.path)?;
-    let people = store.person_count()?;
+    // The decision loop's connection, on its own thread: no SQLite call on
+    // an async worker.
+    let store = StoreThread::open(&config.store.path, "decisions").await?;
+    // Every connection thread is closed before `run` returns.
+    let mut store_threads = vec![store.closed()];
+    let people = store.call(|s| s.person_count()).await?;
     // Before the first decision: a reset clock is never believed.
-    observed.link.platform.raise_floor(gate_sync::load_floor(&store));
+    let floor = store.call(|s| Ok(gate_sync::load_floor(s))).await?;
+    observed.link.platform.raise_floor(floor);
     let span = info_span!("gate", site = %config.site.id, gate = %config.gate.id, lane = config.gate.lane.as_str());
     span.in_scope(|| {
         info!(version = VERSION, store = %config.store.path.display(), people, "gated starting");
@@ -223,8 +260,26 @@ pub async fn run_until_stopped(
             .instrument(info_span!(parent: &span, "gate_io", port = %io.port.display())),
         );
         let (request_tx, request_rx) = mpsc::channel(16);
-        let control =
-            gate_control::GateControl::new(&config, io, driver_tx, outbox_changed.clone(), observed.decisions.clone());
+        // Its own connection and thread: gate events never queue behind a
+        // decision's transaction, and the task never waits for either.
+        let gate_store = StoreThread::open(&config.store.path, "gate").await?;
+        store_threads.push(gate_store.closed());
+        // Grants given before a stop whose passage is still due: their
+        // passage is a passage, not a forced door.
+        let now = wall_clock_ms();
+        let resumed = gate_store.call(move |s| s.pending_grants(now)).await.unwrap_or_else(|e| {
+            span.in_scope(|| warn!(error = %e, "cannot read the grants pending at the last stop"));
+            Vec::new()
+        });
+        let control = gate_control::GateControl::new(
+            &config,
+            io,
+            gate_store,
+            resumed,
+            driver_tx,
+            outbox_changed.clone(),
+            observed.decisions.clone(),
+        );
         tracker.spawn(
             control.run(request_rx, io_rx, shutdown.clone()).instrument(info_span!(parent: &span, "gate_control")),
         );
@@ -350,7 +405,13 @@ pub async fn run_until_stopped(
     }
     shutdown.cancelled().await;
     span.in_scope(|| info!("stopping"));
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+    let stopped = async {
+        tracker.wait().await;
+        for closed in store_threads {
+            closed.wait().await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), stopped).await.is_err() {
         span.in_scope(|| warn!("some tasks did not stop within 5 s"));
     }
     span.in_scope(|| info!("stopped"));

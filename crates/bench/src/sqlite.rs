@@ -83,7 +83,7 @@ pub fn decisions_per_s(ctx: &Ctx, dir: &Path) -> Result<Row> {
         while start.elapsed() < slice {
             let person = store.find_person_by_credential(CredentialKind::IdNumber, &keys[n % keys.len()])?;
             anyhow::ensure!(person.is_some(), "a generated person is missing");
-            store.append_event(gate_sync_event_stream(), EVENTS_TOPIC, 0, event_payload)?;
+            store.append_event(gate_sync_event_stream(), gate_store::Priority::Routine, 0, event_payload)?;
             n += 1;
             ours += 1;
         }
@@ -156,7 +156,12 @@ pub fn fill_outbox(ctx: &Ctx, db: &Path, count: u64) -> Result<()> {
         let mut store = Store::open(&fill_db)?;
         let bar = ctx.progress("queueing events", count);
         for i in 0..count {
-            store.append_event(gate_sync_event_stream(), EVENTS_TOPIC, 1_800_000_000_000, event_payload)?;
+            store.append_event(
+                gate_sync_event_stream(),
+                gate_store::Priority::Routine,
+                1_800_000_000_000,
+                event_payload,
+            )?;
             if i % 1000 == 0 {
                 bar.set_position(i);
             }

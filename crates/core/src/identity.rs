@@ -270,6 +270,9 @@ pub enum CardKind {
 pub enum CardValidTo {
     Date(CivilDate),
     LongTerm,
+    /// A printed validity date (from or to) that does not parse: a damaged
+    /// or tampered card, refused rather than taken as "no expiry".
+    Unreadable,
 }
 
 /// A card as read from the SAM module. The ID number has passed its check

@@ -40,6 +40,9 @@ pub enum BlockReason {
     UnsupportedCard,
     /// The physical card is past its printed validity.
     CardExpired,
+    /// The card's printed validity dates cannot be read (a damaged or
+    /// tampered field): never taken as "no expiry".
+    CardUnreadable,
     /// Wartime: this flexible checkpoint is closed.
     CheckpointClosed,
     /// The mode's policy does not admit this category.
@@ -90,7 +93,7 @@ pub enum BlockReason {
 }
 
 impl BlockReason {
-    pub const ALL: [BlockReason; 31] = [
+    pub const ALL: [BlockReason; 32] = [
         BlockReason::UnknownPerson,
         BlockReason::Expired,
         BlockReason::NotYetValid,
@@ -121,6 +124,7 @@ impl BlockReason {
         BlockReason::TravelRisk,
         BlockReason::HealthRecordStale,
         BlockReason::HealthUnverified,
+        BlockReason::CardUnreadable,
         BlockReason::PlatformStale,
     ];
 
@@ -135,6 +139,7 @@ impl BlockReason {
             BlockReason::InvalidIdNumber => "invalid_id_number",
             BlockReason::UnsupportedCard => "unsupported_card",
             BlockReason::CardExpired => "card_expired",
+            BlockReason::CardUnreadable => "card_unreadable",
             BlockReason::CheckpointClosed => "checkpoint_closed",
             BlockReason::CategoryNotAllowed => "category_not_allowed",
             BlockReason::GateNotAllowed => "gate_not_allowed",
@@ -167,12 +172,16 @@ impl BlockReason {
 
     /// Whether a block for this reason must alert the management departments.
     pub fn raises_alert(self) -> bool {
+        self.is_health()
+            || matches!(self, BlockReason::Blocklisted | BlockReason::PassInvalid | BlockReason::InvalidIdNumber)
+    }
+
+    /// Whether this reason comes from the health rules (its event and alert
+    /// carry the health facts behind it).
+    pub fn is_health(self) -> bool {
         matches!(
             self,
-            BlockReason::Blocklisted
-                | BlockReason::PassInvalid
-                | BlockReason::InvalidIdNumber
-                | BlockReason::HealthCodeRed
+            BlockReason::HealthCodeRed
                 | BlockReason::HealthCodeYellow
                 | BlockReason::NatMissing
                 | BlockReason::NatExpired

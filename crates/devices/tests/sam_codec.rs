@@ -225,6 +225,21 @@ fn long_term_validity() {
 }
 
 #[test]
+fn a_validity_date_that_does_not_parse_is_unreadable_never_no_expiry() {
+    // A reader answering a mutated date field: digits out of range, letters,
+    // nothing at all.
+    for mutated in ["20351341", "2035O101", "", "长", "99999999"] {
+        let record = parse_text_block(&resident_text(RESIDENT_ID, mutated)).expect("card");
+        assert_eq!(record.valid_to, Some(CardValidTo::Unreadable), "{mutated:?}");
+    }
+    // The "from" date unreadable makes the card's validity unreadable too.
+    let mut text = resident_text(RESIDENT_ID, "20350101");
+    text[188..192].copy_from_slice(&[b'X', 0, b'X', 0]);
+    let record = parse_text_block(&text).expect("card");
+    assert_eq!((record.valid_from, record.valid_to), (None, Some(CardValidTo::Unreadable)));
+}
+
+#[test]
 fn nul_padding_is_trimmed_too() {
     let mut text = resident_text(RESIDENT_ID, "长期");
     // Pad the name with NULs instead of spaces.

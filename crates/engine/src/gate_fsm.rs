@@ -201,6 +201,11 @@ pub enum GateInput {
     IoBoard { reachable: bool },
     /// A technician's manual open: a grant without a decision (no lamp).
     Manual { side: Side },
+    /// A grant given before a restart whose passage was not seen yet: its
+    /// passage is awaited for `remaining_ms` more, without unlocking again
+    /// and without a lamp, so the person walking through is a passage and
+    /// not a forced door.
+    Resume { side: Side, remaining_ms: u32 },
 }
 
 /// What the machine reports.
@@ -441,6 +446,15 @@ impl GateFsm {
         match input {
             GateInput::Grant { side } => self.grant(side, now, true, out),
             GateInput::Manual { side } => self.grant(side, now, false, out),
+            GateInput::Resume { side, remaining_ms } => {
+                if self.fire_alarm() || self.io_lost_since.is_some() {
+                    return;
+                }
+                let state = &mut self.sides[index(side)];
+                let deadline = after(now, remaining_ms);
+                // Granted once already: never a second unlock.
+                state.grant = Some(Grant { deadline, coil_until: now, coil_on: false });
+            }
             GateInput::Deny => {
                 // A lost board can't light anything; a late lamp would
                 // mislead the next person.
@@ -1090,6 +1104,19 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_grant_takes_its_passage_without_unlocking_again() {
+        let mut fsm = GateFsm::new(cfg());
+        assert!(fsm.handle(I::Resume { side: Entry, remaining_ms: 3_000 }, 0).is_empty(), "no coil, no lamp");
+        assert_eq!(fsm.coils(), SignalSet::EMPTY);
+        assert_eq!(fsm.handle(sensor(Entry, true), 1_000), vec![ev(E::Passage { side: Entry })]);
+        // Unpassed, it lapses like any grant.
+        let mut fsm = GateFsm::new(cfg());
+        let _ = fsm.handle(I::Resume { side: Exit, remaining_ms: 500 }, 0);
+        assert_eq!(fsm.tick(600), vec![ev(E::NotPassed { side: Exit })]);
+        assert_eq!(fsm.handle(sensor(Exit, true), 700), vec![ev(E::DoorForced)]);
+    }
+
+    #[test]
     fn next_deadline_tracks_the_earliest_timer() {
         let mut fsm = GateFsm::new(level());
         assert_eq!(fsm.next_deadline(), None);
@@ -1205,7 +1232,7 @@ mod tests {
                         self.lost_since = Some(at);
                     }
                 }
-                I::Deny | I::Beam { .. } | I::Intrusion { .. } => {}
+                I::Deny | I::Beam { .. } | I::Intrusion { .. } | I::Resume { .. } => {}
             }
         }
 

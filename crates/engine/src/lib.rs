@@ -101,6 +101,10 @@ fn check(attempt: &Attempt<'_>, gate: &GateContext<'_>, now: UnixMillis) -> Resu
     if attempt.watchlisted {
         return Err(BlockReason::Blocklisted);
     }
+    // After the watchlist, so a listed person's damaged card still alerts.
+    if let CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Unreadable) } = attempt.credential {
+        return Err(BlockReason::CardUnreadable);
+    }
     if let CredentialFacts::VisitorPass(pass) = attempt.credential {
         check_pass(pass, gate, now)?;
     }

@@ -253,6 +253,10 @@ fn gates_watchlist_card_expiry_and_plates() {
     assert_eq!(decide(attempt(&expired_card, Some(&p)), ctx, noon()).reason, Some(BlockReason::CardExpired));
     let today_card = CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(date(2026, 6, 1))) };
     assert_eq!(decide(attempt(&today_card, Some(&p)), ctx, noon()).reason, None);
+    // Dates that cannot be read are never "no expiry".
+    let unreadable = CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Unreadable) };
+    assert_eq!(decide(attempt(&unreadable, Some(&p)), ctx, noon()).reason, Some(BlockReason::CardUnreadable));
+    assert_eq!(decide(attempt(&unreadable, None), ctx, noon()).reason, Some(BlockReason::CardUnreadable));
 
     assert_eq!(decide(attempt(&CredentialFacts::Plate, None), ctx, noon()).reason, Some(BlockReason::UnknownVehicle));
     assert_eq!(decide(attempt(&CredentialFacts::Plate, Some(&p)), ctx, noon()).reason, None);

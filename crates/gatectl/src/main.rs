@@ -326,7 +326,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&config)?;
             let mut store = open_store(&config)?;
             let operator = gate_control_proto::local_operator();
-            let topics = gate_sync::Topics::new(&config.mqtt.topic_prefix, &config.site.id, &config.gate.id);
             let context = gate_sync::EventContext {
                 site_id: config.site.id.to_string(),
                 gate_id: config.gate.id.to_string(),
@@ -334,8 +333,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 direction: config.gate.direction,
                 policy_version: config.policy.version.clone(),
             };
-            let seq =
-                gate_sync::set_mode_by_technician(&mut store, &topics, &context, mode, &operator, &reason, now_ms())?;
+            let seq = gate_sync::set_mode_by_technician(&mut store, &context, mode, &operator, &reason, now_ms())?;
             println!("mode set to {mode} by {operator} (event seq {seq})");
             Ok(ExitCode::SUCCESS)
         }

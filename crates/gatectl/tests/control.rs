@@ -92,7 +92,7 @@ fn queued_events(fx: &GateFixture) -> Vec<pb::GateEvent> {
         .outbox_after(0, 1000)
         .expect("outbox")
         .into_iter()
-        .filter(|e| e.topic.ends_with("/events"))
+        .filter(|e| e.stream == gate_sync::EVENT_STREAM)
         .map(|e| pb::GateEvent::decode(e.payload.as_slice()).expect("a GateEvent"))
         .collect()
 }

@@ -164,7 +164,6 @@ fn mode_changes_show_in_the_daemon_log_in_site_time() -> anyhow::Result<()> {
         assert!(start.split_whitespace().next().is_some_and(|t| t.ends_with("+08:00")), "{start}");
         let loaded = gate_config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut store = gate_store::Store::open(&loaded.store.path)?;
-        let topics = gate_sync::Topics::new("village", &loaded.site.id, &loaded.gate.id);
         let context = gate_sync::EventContext {
             site_id: "heshan-c03".into(),
             gate_id: "east-1".into(),
@@ -175,7 +174,6 @@ fn mode_changes_show_in_the_daemon_log_in_site_time() -> anyhow::Result<()> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
         gate_sync::set_mode_by_technician(
             &mut store,
-            &topics,
             &context,
             gate_core::Mode::Wartime,
             "technician:li.wei",

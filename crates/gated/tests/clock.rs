@@ -81,12 +81,17 @@ async fn a_clock_reset_to_2000_decides_on_the_trusted_floor_and_says_clock_behin
             .context("start gated")?,
     );
     let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    sub.wait_until(WAIT, "the clock_behind alert", |s| s.alerts(ALERTS_TOPIC).iter().any(|a| a.alarm == "clock_behind"))
-        .await
-        .with_context(|| format!("gated log:\n{}", show_log()))?;
+    sub.wait_until(WAIT, "the clock_behind alert", |s| {
+        s.alerts(ALERTS_TOPIC).iter().any(|a| a.alarm == "clock_behind")
+    })
+    .await
+    .with_context(|| format!("gated log:\n{}", show_log()))?;
     let alert = sub.alerts(ALERTS_TOPIC).into_iter().find(|a| a.alarm == "clock_behind").expect("alert");
     let wall_s: i64 = alert.facts.get("wall_s").and_then(|v| v.parse().ok()).unwrap_or(0);
-    assert!((Y2000_MS / 1000..Y2000_MS / 1000 + 86_400).contains(&wall_s), "the daemon's clock really was 2000: {wall_s}");
+    assert!(
+        (Y2000_MS / 1000..Y2000_MS / 1000 + 86_400).contains(&wall_s),
+        "the daemon's clock really was 2000: {wall_s}"
+    );
     assert!(alert.occurred_at_ms >= persisted, "the alert is dated on the floor, not in 2000");
 
     // The resident is valid from 2020: deciding in 2000 would refuse them

@@ -96,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             next += DECISION_INTERVAL;
             let start = Instant::now();
             let person = decider.find_person_by_credential(CredentialKind::IdNumber, k)?;
-            decider.append_event("events", "village/bench/gate/events", 0, |_seq| {
+            decider.append_event("events", gate_store::Priority::Routine, 0, |_seq| {
                 let mut p = payload.clone();
                 p.extend(person.as_ref().map(|p| p.person_id.as_bytes()).unwrap_or_default());
                 p
@@ -149,7 +149,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let person = decider.find_person_by_credential(CredentialKind::IdNumber, k)?;
         let looked_up = start.elapsed();
-        decider.append_event("events", "village/bench/gate/events", 0, |_seq| {
+        decider.append_event("events", gate_store::Priority::Routine, 0, |_seq| {
             let mut p = payload.clone();
             p.extend(person.as_ref().map(|p| p.person_id.as_bytes()).unwrap_or_default());
             p

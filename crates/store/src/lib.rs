@@ -9,22 +9,32 @@
 //!
 //! Both run in WAL mode with `synchronous = FULL`: an event that
 //! `append_event` returned is on disk. A `Store` is one connection; it is
-//! `Send` but not `Sync`, so each task that needs the database opens its own
-//! and SQLite arbitrates (WAL: readers never block the writer).
+//! `Send` but not `Sync`. Blocking calls: async code never holds a `Store`,
+//! it holds a [`StoreThread`], a connection on its own thread that runs jobs
+//! sent over a bounded channel and answers by oneshot. Each user has its own
+//! connection and SQLite arbitrates (WAL: readers never block the writer).
+//!
+//! Everything one decision changes (its event and `seq`, the outbox row, a
+//! pass use, the anti-passback state, an alert, a mode row) is written by
+//! [`Store::write`] in one transaction: all of it or none of it.
 
+mod actor;
+#[cfg(any(test, feature = "test-faults"))]
+pub mod faults;
 mod health;
 mod identity;
 mod local;
 mod outbox;
-mod schema;
 mod reset;
+mod schema;
 mod snapshot;
 mod summary;
 
+pub use actor::{Closed, StoreThread, SubmitError};
 pub use health::{HealthBatch, HealthState};
 pub use identity::{DeltaOutcome, IdentityDelta, IdentityState, ImportSummary, NewPerson};
-pub use local::PassbackEntry;
-pub use outbox::{OutboxEntry, OutboxStats};
+pub use local::{PassbackEntry, PendingGrant};
+pub use outbox::{OutboxEntry, OutboxStats, Priority, Writer};
 pub use snapshot::{SnapshotChunk, SnapshotOutcome, SnapshotProgress};
 pub use summary::{IdentitySummary, LocalImport};
 
@@ -45,6 +55,61 @@ pub enum StoreError {
     SchemaTooNew { path: PathBuf, found: i64, supported: i64 },
     #[error("database {path}: corrupt row in {table}: {detail}")]
     CorruptRow { path: PathBuf, table: &'static str, detail: String },
+    /// The connection's thread is gone (it could not open the database,
+    /// or the daemon is stopping).
+    #[error("database {path}: its connection thread has stopped")]
+    Stopped { path: PathBuf },
+}
+
+/// What kind of failure a [`StoreError`] is, for metrics, status and alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The disk (or the database's page limit) is full: `SQLITE_FULL`.
+    Full,
+    /// Another connection holds the lock past the busy timeout.
+    Busy,
+    /// The operating system failed a read or write, or the file cannot be
+    /// opened or written (read-only, gone).
+    Io,
+    /// The file or a row in it is damaged.
+    Corrupt,
+    /// Anything else (a constraint, a bug, a stopped connection thread).
+    Other,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 5] =
+        [ErrorClass::Full, ErrorClass::Busy, ErrorClass::Io, ErrorClass::Corrupt, ErrorClass::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Full => "full",
+            ErrorClass::Busy => "busy",
+            ErrorClass::Io => "io",
+            ErrorClass::Corrupt => "corrupt",
+            ErrorClass::Other => "other",
+        }
+    }
+}
+
+impl StoreError {
+    /// The class of this failure.
+    pub fn class(&self) -> ErrorClass {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. } => match e.code {
+                C::DiskFull => ErrorClass::Full,
+                C::DatabaseBusy | C::DatabaseLocked => ErrorClass::Busy,
+                C::SystemIoFailure | C::CannotOpen | C::ReadOnly | C::PermissionDenied | C::NoLargeFileSupport => {
+                    ErrorClass::Io
+                }
+                C::DatabaseCorrupt | C::NotADatabase => ErrorClass::Corrupt,
+                _ => ErrorClass::Other,
+            },
+            StoreError::Sqlite { .. } | StoreError::Stopped { .. } => ErrorClass::Other,
+            StoreError::SchemaTooNew { .. } | StoreError::CorruptRow { .. } => ErrorClass::Corrupt,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -96,6 +161,23 @@ impl Store {
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite { path: self.path.clone(), source }
+    }
+
+    /// Runs `f` in one transaction and commits when it returns `Ok`: what it
+    /// wrote is durable together or not at all (an error, a failed commit or
+    /// a panic rolls everything back).
+    pub fn write<T>(&mut self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite { path: path.clone(), source };
+        // Deferred, and every first statement writes `main` only: it takes
+        // the main database's write lock without the identity database's,
+        // which `BEGIN IMMEDIATE` would also take (it locks every attached
+        // file) and a snapshot being applied holds for seconds.
+        let tx = self.conn.transaction().map_err(wrap)?;
+        let mut writer = Writer { tx, path: &self.path };
+        let value = f(&mut writer)?;
+        writer.tx.commit().map_err(wrap)?;
+        Ok(value)
     }
 }
 

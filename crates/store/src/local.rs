@@ -1,9 +1,41 @@
 //! Local state that is the gate's own: meta values (the mode), visitor-pass
-//! use counts, anti-passback.
+//! use counts, anti-passback, grants waiting for their passage. Writes go
+//! through [`crate::Writer`], so a decision changes them in its own
+//! transaction.
 
 use crate::{Result, Store};
 use gate_core::{Mode, ModeOrigin, ModeSchedule, UnixMillis};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// A grant the gate was told about and whose passage was not seen yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingGrant {
+    pub side: String,
+    pub granted_at_ms: UnixMillis,
+    pub deadline_ms: UnixMillis,
+}
+
+pub(crate) fn meta_set(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO main.meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute(params![key, value]))
+    .map(|_| ())
+}
+
+/// before \x1f after \x1f effective_at \x1f operator \x1f reason
+pub(crate) fn encode_schedule(schedule: &ModeSchedule) -> String {
+    let strip = |s: &str| s.replace('\u{1f}', " ");
+    [
+        schedule.before.as_str().to_owned(),
+        schedule.after.as_str().to_owned(),
+        schedule.effective_at_ms.to_string(),
+        strip(&schedule.origin.operator),
+        strip(&schedule.origin.reason),
+    ]
+    .join("\u{1f}")
+}
 
 /// The last granted passage of a subject (person or pass) at this gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,15 +53,10 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// One value, in a statement of its own (use [`crate::Writer::meta_set`]
+    /// to change it together with other rows).
     pub fn meta_set(&self, key: &str, value: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO main.meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        meta_set(&self.conn, key, value).map_err(|e| self.err(e))
     }
 
     /// The persisted mode schedule; `None` before the first mode was ever set.
@@ -52,17 +79,8 @@ impl Store {
         })
     }
 
-    pub fn set_mode_schedule(&self, schedule: &ModeSchedule) -> Result<()> {
-        let strip = |s: &str| s.replace('\u{1f}', " ");
-        let raw = [
-            schedule.before.as_str().to_owned(),
-            schedule.after.as_str().to_owned(),
-            schedule.effective_at_ms.to_string(),
-            strip(&schedule.origin.operator),
-            strip(&schedule.origin.reason),
-        ]
-        .join("\u{1f}");
-        self.meta_set("mode_schedule", &raw)
+    pub fn set_mode_schedule(&mut self, schedule: &ModeSchedule) -> Result<()> {
+        self.write(|w| w.set_mode_schedule(schedule))
     }
 
     /// How often a visitor pass was used at this gate.
@@ -74,15 +92,8 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    pub fn count_pass_use(&self, pass_id: &str) -> Result<u32> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO main.pass_use (pass_id, uses) VALUES (?1, 1)
-                 ON CONFLICT (pass_id) DO UPDATE SET uses = uses + 1 RETURNING uses",
-            )
-            .and_then(|mut s| s.query_row(params![pass_id], |r| r.get::<_, i64>(0)))
-            .map(|n| n as u32)
-            .map_err(|e| self.err(e))
+    pub fn count_pass_use(&mut self, pass_id: &str) -> Result<u32> {
+        self.write(|w| w.count_pass_use(pass_id))
     }
 
     pub fn last_passage(&self, subject: &str) -> Result<Option<PassbackEntry>> {
@@ -94,14 +105,25 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    pub fn record_passage(&self, subject: &str, side: &str, at_ms: UnixMillis) -> Result<()> {
-        self.conn
+    pub fn record_passage(&mut self, subject: &str, side: &str, at_ms: UnixMillis) -> Result<()> {
+        self.write(|w| w.record_passage(subject, side, at_ms))
+    }
+
+    /// Grants whose passage was not seen yet and whose deadline is not past
+    /// `now_ms`, oldest first.
+    pub fn pending_grants(&self, now_ms: UnixMillis) -> Result<Vec<PendingGrant>> {
+        let mut stmt = self
+            .conn
             .prepare_cached(
-                "INSERT INTO main.passback (subject, side, at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (subject) DO UPDATE SET side = excluded.side, at_ms = excluded.at_ms",
+                "SELECT side, granted_at_ms, deadline_ms FROM main.pending_grant
+                 WHERE deadline_ms >= ?1 ORDER BY id",
             )
-            .and_then(|mut s| s.execute(params![subject, side, at_ms]))
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![now_ms], |r| {
+                Ok(PendingGrant { side: r.get(0)?, granted_at_ms: r.get(1)?, deadline_ms: r.get(2)? })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 }

@@ -1,8 +1,14 @@
-//! The durable outbox and the per-stream sequence counters.
+//! The durable outbox, the per-stream sequence counters, and [`Writer`],
+//! the one transaction every change of a decision goes through.
+//!
+//! The outbox keeps streams (`events`, `alerts`), never MQTT topics: which
+//! topic a stream goes to is the uplink's business, so a changed topic
+//! prefix strands nothing.
 
 use crate::{Result, Store, StoreError};
-use gate_core::UnixMillis;
-use rusqlite::{OptionalExtension, params};
+use gate_core::{ModeSchedule, UnixMillis};
+use rusqlite::{OptionalExtension, Transaction, params};
+use std::path::Path;
 
 /// One queued event or message waiting for the broker's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,7 +17,6 @@ pub struct OutboxEntry {
     pub id: i64,
     pub stream: String,
     pub seq: u64,
-    pub topic: String,
     pub payload: Vec<u8>,
     pub created_ms: UnixMillis,
 }
@@ -23,42 +28,139 @@ pub struct OutboxStats {
     pub oldest_created_ms: Option<UnixMillis>,
 }
 
-impl Store {
-    /// Appends one event to the outbox. In a single transaction it takes the
-    /// stream's next sequence number, lets `encode` build the payload with
-    /// it, stores the payload and advances the counter. When it returns, the
-    /// event is durable and its `seq` is taken: sequence numbers have no gaps
-    /// and survive restarts.
+/// How an outbox row fares when the outbox is over capacity: routine rows
+/// (granted passes, passages) are dropped before anything else (blocks,
+/// alarms, alerts, mode changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Routine = 0,
+    Important = 1,
+}
+
+/// The writes of one transaction ([`Store::write`]). Nothing is durable
+/// until the closure that holds it returns `Ok` and the commit succeeds.
+pub struct Writer<'a> {
+    pub(crate) tx: Transaction<'a>,
+    pub(crate) path: &'a Path,
+}
+
+impl std::fmt::Debug for Writer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Writer<'_> {
+    fn wrap(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite { path: self.path.to_owned(), source }
+    }
+
+    /// Appends one event to the outbox: takes the stream's next sequence
+    /// number, lets `encode` build the payload with it, stores it and
+    /// advances the counter. Sequence numbers have no gaps and survive
+    /// restarts, since the counter moves only with a committed row.
     pub fn append_event(
         &mut self,
         stream: &str,
-        topic: &str,
+        priority: Priority,
         created_ms: UnixMillis,
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<u64> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite { path: path.clone(), source };
-        // Deferred, and the first statement writes `main` only: it takes the
-        // main database's write lock without the identity database's, which
-        // `BEGIN IMMEDIATE` would also take (it locks every attached file)
-        // and a snapshot being applied holds for seconds.
-        let tx = self.conn.transaction().map_err(wrap)?;
-        let seq: i64 = tx
+        let seq: i64 = self
+            .tx
             .prepare_cached(
                 "INSERT INTO main.sequence (stream, next_seq) VALUES (?1, 2)
                  ON CONFLICT (stream) DO UPDATE SET next_seq = next_seq + 1
                  RETURNING next_seq - 1",
             )
             .and_then(|mut s| s.query_row(params![stream], |r| r.get(0)))
-            .map_err(wrap)?;
+            .map_err(self.wrap())?;
         let payload = encode(seq as u64);
-        tx.prepare_cached(
-            "INSERT INTO main.outbox (stream, seq, topic, payload, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .and_then(|mut s| s.execute(params![stream, seq, topic, payload, created_ms]))
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO main.outbox (stream, seq, payload, created_ms, priority) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| s.execute(params![stream, seq, payload, created_ms, priority as i64]))
+            .map_err(self.wrap())?;
         Ok(seq as u64)
+    }
+
+    /// Counts one use of a visitor pass; returns the uses so far.
+    pub fn count_pass_use(&mut self, pass_id: &str) -> Result<u32> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO main.pass_use (pass_id, uses) VALUES (?1, 1)
+                 ON CONFLICT (pass_id) DO UPDATE SET uses = uses + 1 RETURNING uses",
+            )
+            .and_then(|mut s| s.query_row(params![pass_id], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u32)
+            .map_err(self.wrap())
+    }
+
+    /// The anti-passback state: `subject` last passed at `side`.
+    pub fn record_passage(&mut self, subject: &str, side: &str, at_ms: UnixMillis) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO main.passback (subject, side, at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (subject) DO UPDATE SET side = excluded.side, at_ms = excluded.at_ms",
+            )
+            .and_then(|mut s| s.execute(params![subject, side, at_ms]))
+            .map(|_| ())
+            .map_err(self.wrap())
+    }
+
+    pub fn meta_set(&mut self, key: &str, value: &str) -> Result<()> {
+        crate::local::meta_set(&self.tx, key, value).map_err(self.wrap())
+    }
+
+    pub fn set_mode_schedule(&mut self, schedule: &ModeSchedule) -> Result<()> {
+        self.meta_set("mode_schedule", &crate::local::encode_schedule(schedule))
+    }
+
+    /// A grant handed to the gate, kept until its passage (or its deadline)
+    /// so that a restart in between still knows the door was opened on
+    /// purpose.
+    pub fn add_pending_grant(&mut self, side: &str, granted_at_ms: UnixMillis, deadline_ms: UnixMillis) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT INTO main.pending_grant (side, granted_at_ms, deadline_ms) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![side, granted_at_ms, deadline_ms]))
+            .map(|_| ())
+            .map_err(self.wrap())
+    }
+
+    /// Ends the oldest pending grant of `side` (its passage or its timeout
+    /// happened), and any whose deadline is before `now_ms`.
+    pub fn end_pending_grant(&mut self, side: &str, now_ms: UnixMillis) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "DELETE FROM main.pending_grant WHERE deadline_ms < ?2 OR id = (
+                    SELECT id FROM main.pending_grant WHERE side = ?1 ORDER BY id LIMIT 1)",
+            )
+            .and_then(|mut s| s.execute(params![side, now_ms]))
+            .map(|_| ())
+            .map_err(self.wrap())
+    }
+
+    /// Removes entries the broker acknowledged. Removing one twice is harmless.
+    pub fn outbox_remove(&mut self, ids: &[i64]) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached("DELETE FROM main.outbox WHERE id = ?1").map_err(self.wrap())?;
+        for id in ids {
+            stmt.execute(params![id]).map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// [`Writer::append_event`] in a transaction of its own.
+    pub fn append_event(
+        &mut self,
+        stream: &str,
+        priority: Priority,
+        created_ms: UnixMillis,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64> {
+        self.write(|w| w.append_event(stream, priority, created_ms, encode))
     }
 
     /// The next sequence number a stream would take (1 for a new stream).
@@ -75,7 +177,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, stream, seq, topic, payload, created_ms FROM main.outbox
+                "SELECT id, stream, seq, payload, created_ms FROM main.outbox
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
@@ -85,22 +187,21 @@ impl Store {
                     id: r.get(0)?,
                     stream: r.get(1)?,
                     seq: r.get::<_, i64>(2)? as u64,
-                    topic: r.get(3)?,
-                    payload: r.get(4)?,
-                    created_ms: r.get(5)?,
+                    payload: r.get(3)?,
+                    created_ms: r.get(4)?,
                 })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    /// Removes an entry the broker acknowledged. Removing one twice is harmless.
-    pub fn outbox_remove(&self, id: i64) -> Result<()> {
-        self.conn
-            .prepare_cached("DELETE FROM main.outbox WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![id]))
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+    /// Removes entries the broker acknowledged, in one transaction (one
+    /// fsync for a whole batch of PUBACKs). Removing one twice is harmless.
+    pub fn outbox_remove(&mut self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(|w| w.outbox_remove(ids))
     }
 
     pub fn outbox_stats(&self) -> Result<OutboxStats> {
@@ -111,11 +212,11 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Queued entries per topic (for diagnostics).
-    pub fn outbox_by_topic(&self) -> Result<Vec<(String, u64, UnixMillis)>> {
+    /// Queued entries per stream (for diagnostics): stream, depth, oldest.
+    pub fn outbox_by_stream(&self) -> Result<Vec<(String, u64, UnixMillis)>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT topic, count(*), min(created_ms) FROM main.outbox GROUP BY topic ORDER BY topic")
+            .prepare_cached("SELECT stream, count(*), min(created_ms) FROM main.outbox GROUP BY stream ORDER BY stream")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)?)))

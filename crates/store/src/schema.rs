@@ -14,7 +14,7 @@ impl From<rusqlite::Error> for MigrateError {
 }
 
 /// Each entry takes the main database from version `index` to `index + 1`.
-const MAIN_MIGRATIONS: &[&str] = &[
+pub(crate) const MAIN_MIGRATIONS: &[&str] = &[
     // 1: sequences, outbox, pass uses and revocations, anti-passback, meta.
     "CREATE TABLE sequence (
         stream   TEXT PRIMARY KEY,
@@ -49,6 +49,21 @@ const MAIN_MIGRATIONS: &[&str] = &[
         position INTEGER NOT NULL,
         der     BLOB NOT NULL,
         PRIMARY KEY (version, position)
+     );",
+    // 3: the outbox keeps streams, not MQTT topics (the uplink maps one to
+    //    the other, so a changed topic prefix strands nothing); a priority
+    //    for dropping when over capacity (0 routine, 1 important; rows from
+    //    before are all kept as important); grants waiting for their
+    //    passage, so a restart in between knows the door was opened on
+    //    purpose.
+    "ALTER TABLE outbox DROP COLUMN topic;
+     ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+     CREATE INDEX outbox_priority ON outbox (priority, id);
+     CREATE TABLE pending_grant (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        side          TEXT NOT NULL,
+        granted_at_ms INTEGER NOT NULL,
+        deadline_ms   INTEGER NOT NULL
      );",
 ];
 

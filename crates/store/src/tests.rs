@@ -1,6 +1,7 @@
 //! Store tests against real SQLite files in temporary folders.
 
 use super::*;
+use crate::faults;
 use gate_core::SiteKey;
 use gate_core::{AllowedGates, Category, CredentialKind, PersonRecord, PersonStatus, TimeWindow};
 use rusqlite::Connection;
@@ -54,14 +55,16 @@ fn sequence_is_gap_free_and_survives_reopen() {
     {
         let mut store = Store::open(&path).expect("open");
         for expected in 1..=3u64 {
-            let seq = store.append_event("gate-events", "t", 10, |seq| seq.to_be_bytes().to_vec()).expect("append");
+            let seq = store
+                .append_event("gate-events", Priority::Routine, 10, |seq| seq.to_be_bytes().to_vec())
+                .expect("append");
             assert_eq!(seq, expected);
         }
     }
     let mut store = Store::open(&path).expect("reopen");
     assert_eq!(store.next_seq("gate-events").expect("next"), 4);
-    assert_eq!(store.append_event("gate-events", "t", 11, |s| vec![s as u8]).expect("append"), 4);
-    assert_eq!(store.append_event("other", "t", 11, |s| vec![s as u8]).expect("append"), 1);
+    assert_eq!(store.append_event("gate-events", Priority::Routine, 11, |s| vec![s as u8]).expect("append"), 4);
+    assert_eq!(store.append_event("other", Priority::Important, 11, |s| vec![s as u8]).expect("append"), 1);
     let entries = store.outbox_after(0, 100).expect("outbox");
     let seqs: Vec<(String, u64)> = entries.iter().map(|e| (e.stream.clone(), e.seq)).collect();
     assert_eq!(
@@ -76,8 +79,8 @@ fn sequence_is_gap_free_and_survives_reopen() {
     );
     assert_eq!(entries[0].payload, 1u64.to_be_bytes().to_vec());
     assert_eq!(store.outbox_stats().expect("stats"), OutboxStats { depth: 5, oldest_created_ms: Some(10) });
-    store.outbox_remove(entries[0].id).expect("remove");
-    store.outbox_remove(entries[0].id).expect("remove twice is harmless");
+    store.outbox_remove(&[entries[0].id]).expect("remove");
+    store.outbox_remove(&[entries[0].id]).expect("remove twice is harmless");
     assert_eq!(store.outbox_after(0, 100).expect("outbox").len(), 4);
     assert_eq!(store.outbox_after(entries[2].id, 100).expect("outbox").len(), 2);
 }
@@ -150,7 +153,7 @@ fn pass_uses_and_passback_are_local_and_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("g.db");
     {
-        let store = Store::open(&path).expect("open");
+        let mut store = Store::open(&path).expect("open");
         assert_eq!(store.pass_uses("vp-1").expect("uses"), 0);
         assert_eq!(store.count_pass_use("vp-1").expect("count"), 1);
         assert_eq!(store.count_pass_use("vp-1").expect("count"), 2);
@@ -240,4 +243,102 @@ fn versioned_batches_do_not_wait_for_the_main_database() {
     assert_eq!(store.apply_health_batch(&batch, 1).expect("health"), DeltaOutcome::Applied);
     assert!(started.elapsed() < std::time::Duration::from_secs(1), "waited {:?}", started.elapsed());
     other.execute_batch("ROLLBACK").expect("release");
+}
+
+/// Every write one decision makes, in one transaction.
+fn decision_like(w: &mut Writer<'_>) -> Result<()> {
+    w.append_event("events", Priority::Routine, 10, |seq| vec![seq as u8])?;
+    w.count_pass_use("vp-1")?;
+    w.record_passage("pass:vp-1", "entry", 10)?;
+    w.add_pending_grant("entry", 10, 5_010)?;
+    w.append_event("alerts", Priority::Important, 10, |seq| vec![seq as u8])?;
+    let schedule = gate_core::ModeSchedule::constant(gate_core::Mode::Sporadic);
+    w.set_mode_schedule(&schedule)
+}
+
+#[test]
+fn a_transaction_failing_at_any_statement_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let mut store = Store::open(&path).expect("open");
+    let before = faults::row_counts(&path).expect("counts");
+    let statements: [(&str, Option<&str>); 7] = [
+        ("sequence", Some("NEW.stream = 'events'")),
+        ("outbox", Some("NEW.stream = 'events'")),
+        ("pass_use", None),
+        ("passback", None),
+        ("pending_grant", None),
+        ("outbox", Some("NEW.stream = 'alerts'")),
+        ("meta", None),
+    ];
+    for (table, condition) in statements {
+        faults::fail_writes(&path, table, condition).expect("inject");
+        let err = store.write(decision_like).expect_err(&format!("a fault in {table} {condition:?} fails the write"));
+        assert!(err.to_string().contains("injected fault"), "{err}");
+        assert_eq!(faults::row_counts(&path).expect("counts"), before, "nothing of it stays ({table} {condition:?})");
+        assert_eq!(store.next_seq("events").expect("seq"), 1, "no seq taken ({table})");
+        faults::heal_writes(&path, table).expect("heal");
+    }
+    store.write(decision_like).expect("healed: the whole transaction commits");
+    let after: Vec<i64> = faults::row_counts(&path).expect("counts").into_iter().map(|(_, n)| n).collect();
+    // outbox 2, sequence 2, pass_use 1, passback 1, pending_grant 1, meta 1
+    assert_eq!(after, [2, 2, 1, 1, 1, 1]);
+}
+
+#[test]
+fn a_full_database_fails_the_whole_decision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let mut store = Store::open(&path).expect("open");
+    // Fill the database up to a page limit just above its size.
+    let pages: i64 = store.conn.pragma_query_value(Some("main"), "page_count", |r| r.get(0)).expect("pages");
+    store.conn.pragma_update(Some("main"), "max_page_count", pages).expect("limit");
+    let before = faults::row_counts(&path).expect("counts");
+    let mut failures = 0;
+    for _ in 0..200 {
+        match store.write(|w| {
+            w.append_event("events", Priority::Routine, 10, |_| vec![7; 2000])?;
+            w.record_passage("person:p1", "entry", 10)
+        }) {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e.class(), ErrorClass::Full, "{e}");
+                failures += 1;
+                break;
+            }
+        }
+    }
+    assert_eq!(failures, 1, "the page limit was reached");
+    // What committed before is intact; the failed one left nothing.
+    let counts = faults::row_counts(&path).expect("counts");
+    let outbox = counts.iter().find(|(t, _)| t == "outbox").map(|(_, n)| *n).unwrap_or(0);
+    assert_eq!(store.next_seq("events").expect("seq") as i64, outbox + 1, "seq and outbox move together");
+    assert!(counts != before || outbox == 0);
+}
+
+#[test]
+fn queued_rows_keep_their_stream_through_the_migration_from_topics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    {
+        // A database as the previous version left it: topics in the outbox.
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(crate::schema::MAIN_MIGRATIONS[0]).expect("v1");
+        conn.execute_batch(crate::schema::MAIN_MIGRATIONS[1]).expect("v2");
+        conn.pragma_update(None, "user_version", 2).expect("version");
+        conn.execute_batch(
+            "INSERT INTO outbox (stream, seq, topic, payload, created_ms)
+                 VALUES ('events', 1, 'old-prefix/s/g/events', x'01', 5),
+                        ('alerts', 1, 'old-prefix/s/alerts', x'02', 6);
+             INSERT INTO sequence (stream, next_seq) VALUES ('events', 2), ('alerts', 2);",
+        )
+        .expect("rows");
+    }
+    let mut store = Store::open(&path).expect("migrated");
+    let entries = store.outbox_after(0, 10).expect("outbox");
+    let streams: Vec<(&str, u64, &[u8])> = entries.iter().map(|e| (e.stream.as_str(), e.seq, &e.payload[..])).collect();
+    assert_eq!(streams, [("events", 1, &[1u8][..]), ("alerts", 1, &[2u8][..])]);
+    // Whatever prefix the uplink uses now, it maps these streams: nothing
+    // is stranded under the old topic. Numbering goes on.
+    assert_eq!(store.append_event("events", Priority::Routine, 7, |s| vec![s as u8]).expect("append"), 2);
 }

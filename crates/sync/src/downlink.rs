@@ -4,18 +4,18 @@
 //! the session task publishes any resync request.
 
 use crate::convert;
-use crate::encode::{EventBody, EventRecord, encode_event};
+use crate::encode::{EventBody, encode_event};
 use crate::identity::{IdentityOutcome, handle_identity};
 use crate::signed::{self, DownlinkTrust};
 use crate::watch::{Freshness, Held, PlatformWatch};
 use crate::{EVENT_STREAM, Topics, limits};
-use std::time::Instant;
 use gate_core::{Direction, Lane, ModeOrigin, ModeSchedule, UnixMillis};
 use gate_envelope::Refusal;
 use gate_proto::v1 as pb;
-use gate_store::Store;
+use gate_store::{Priority, Store};
 use prost::Message;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tracing::{info, warn};
 
 /// The largest downlink message accepted; anything bigger is hostile or a
@@ -221,7 +221,10 @@ pub(crate) fn handle(
                 let held = held_versions(store, &trust.gate);
                 tracing::debug!(topic, ?heartbeat, ?held, "platform heartbeat");
                 if fresh.on_heartbeat(watch, heartbeat, opened.issued_at_ms, held, now, Instant::now()) {
-                    info!(topic, "the platform's heartbeat names versions this gate does not have; asking for a resync");
+                    info!(
+                        topic,
+                        "the platform's heartbeat names versions this gate does not have; asking for a resync"
+                    );
                     Reply::Resync { local_version: held.identity_version, reason: "heartbeat" }
                 } else {
                     Reply::None
@@ -402,30 +405,23 @@ fn handle_mode(
         change.effective_at_ms,
         origin.clone(),
     );
-    if let Err(e) = store.set_mode_schedule(&schedule) {
-        warn!(topic, error = %e, "cannot persist the mode; ModeChange not applied");
+    // The mode row and its event commit together or not at all.
+    let record = context.record(
+        now,
+        schedule.at(now),
+        EventBody::ModeChange { mode, operator: origin.operator.clone(), note: origin.reason.clone() },
+    );
+    let written = store.write(|w| {
+        w.set_mode_schedule(&schedule)?;
+        w.append_event(EVENT_STREAM, Priority::Important, now, |seq| encode_event(&record, seq))
+    });
+    if let Err(e) = written {
+        warn!(topic, error = %e, "cannot persist the mode and its event; ModeChange not applied");
         return Reply::None;
     }
     counters.mode_changes.fetch_add(1, Ordering::Relaxed);
     info!(topic, mode = mode.as_str(), effective_at_ms = change.effective_at_ms, operator = %origin.operator, "site mode set by the platform");
-    let record = EventRecord {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        site_id: context.site_id.clone(),
-        gate_id: context.gate_id.clone(),
-        occurred_at_ms: now,
-        lane: context.lane,
-        direction: context.direction,
-        mode: schedule.at(now),
-        policy_version: context.policy_version.clone(),
-        body: EventBody::ModeChange { mode, operator: origin.operator, note: origin.reason },
-    };
-    match store.append_event(EVENT_STREAM, &topics.events, now, |seq| encode_event(&record, seq)) {
-        Ok(_) => Reply::OutboxChanged,
-        Err(e) => {
-            warn!(error = %e, "could not record the mode change event");
-            Reply::None
-        }
-    }
+    Reply::OutboxChanged
 }
 
 /// A technician's mode change (`gatectl mode set`), made through the store
@@ -433,10 +429,8 @@ fn handle_mode(
 /// and a `ModeChange` event with who and why is queued in the outbox, in one
 /// place for every caller. `operator` is the full `technician:<login>`.
 /// Returns the event's `seq`.
-#[allow(clippy::too_many_arguments)] // The event's parts, each from a different place.
 pub fn set_mode_by_technician(
     store: &mut Store,
-    topics: &Topics,
     context: &EventContext,
     mode: gate_core::Mode,
     operator: &str,
@@ -446,17 +440,11 @@ pub fn set_mode_by_technician(
     let origin = ModeOrigin { operator: operator.to_owned(), reason: reason.to_owned() };
     let current = store.mode_schedule()?.unwrap_or_else(|| ModeSchedule::constant(gate_core::Mode::Normal));
     let schedule = current.with_change(now, mode, now, origin.clone());
-    store.set_mode_schedule(&schedule)?;
-    let record = EventRecord {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        site_id: context.site_id.clone(),
-        gate_id: context.gate_id.clone(),
-        occurred_at_ms: now,
-        lane: context.lane,
-        direction: context.direction,
-        mode,
-        policy_version: context.policy_version.clone(),
-        body: EventBody::ModeChange { mode, operator: origin.operator, note: origin.reason },
-    };
-    store.append_event(EVENT_STREAM, &topics.events, now, |seq| encode_event(&record, seq))
+    let record =
+        context.record(now, mode, EventBody::ModeChange { mode, operator: origin.operator, note: origin.reason });
+    // The mode row and its event commit together or not at all.
+    store.write(|w| {
+        w.set_mode_schedule(&schedule)?;
+        w.append_event(EVENT_STREAM, Priority::Important, now, |seq| encode_event(&record, seq))
+    })
 }

@@ -43,6 +43,24 @@ pub struct EventRecord {
     pub body: EventBody,
 }
 
+impl crate::EventContext {
+    /// A new event of this gate (a fresh `event_id`): the one place an
+    /// [`EventRecord`] is built.
+    pub fn record(&self, occurred_at_ms: UnixMillis, mode: Mode, body: EventBody) -> EventRecord {
+        EventRecord {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            site_id: self.site_id.clone(),
+            gate_id: self.gate_id.clone(),
+            occurred_at_ms,
+            lane: self.lane,
+            direction: self.direction,
+            mode,
+            policy_version: self.policy_version.clone(),
+            body,
+        }
+    }
+}
+
 /// Which side of the gate, as the wire knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -258,6 +276,7 @@ fn reason(r: BlockReason) -> pb::Reason {
         BlockReason::TravelRisk => pb::Reason::TravelRisk,
         BlockReason::HealthRecordStale => pb::Reason::HealthRecordStale,
         BlockReason::HealthUnverified => pb::Reason::HealthUnverified,
+        BlockReason::CardUnreadable => pb::Reason::CardUnreadable,
         BlockReason::PlatformStale => pb::Reason::PlatformStale,
     }
 }

@@ -36,10 +36,10 @@ pub mod watch;
 pub use downlink::{DownlinkCounters, EventContext, set_mode_by_technician};
 pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_alert, encode_event, encode_status};
 pub use gate_envelope::Refusal;
-pub use watch::{PlatformWatch, load_floor};
 pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, encode_trust_list};
 pub use identity::{IdentityOutcome, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_STALL_MS, check_stalled, handle_identity};
 pub use uplink::{DeviceReport, LinkState, SyncSettings, run_sync};
+pub use watch::{PlatformWatch, load_floor};
 
 use gate_core::{GateId, SiteId};
 
@@ -75,6 +75,16 @@ pub struct Topics {
 }
 
 impl Topics {
+    /// The topic an outbox stream is published on; `None` for a stream
+    /// this daemon does not know.
+    pub fn for_stream(&self, stream: &str) -> Option<&str> {
+        match stream {
+            EVENT_STREAM => Some(&self.events),
+            ALERT_STREAM => Some(&self.alerts),
+            _ => None,
+        }
+    }
+
     pub fn new(prefix: &str, site: &SiteId, gate: &GateId) -> Self {
         let base = format!("{prefix}/{site}/{gate}");
         Topics {

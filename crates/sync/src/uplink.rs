@@ -1,13 +1,17 @@
 //! The MQTT session task: owns the client and its event loop, publishes the
-//! outbox in order, removes entries on PUBACK, keeps the retained status,
-//! and hands downlink messages to `downlink`.
+//! outbox in order, removes entries on PUBACK (in batches: one transaction,
+//! one fsync, for many acknowledgements), keeps the retained status, and
+//! hands downlink messages to `downlink`.
+//!
+//! The task never touches SQLite itself: its connection lives on its own
+//! thread ([`StoreThread`]), and downlink messages are applied there whole.
 
 use crate::downlink::{self, DownlinkCounters, EventContext, Reply};
 use crate::encode::SiteState;
 use crate::{Topics, encode_status};
 use gate_core::{Direction, GateId, Lane, Mode, SiteId, UnixMillis};
 use gate_proto::v1 as pb;
-use gate_store::Store;
+use gate_store::{Store, StoreThread};
 use prost::Message;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
@@ -32,6 +36,10 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// The largest packet this client accepts: the largest downlink message plus
 /// room for the topic and properties.
 const MAX_INCOMING_PACKET: u32 = (downlink::MAX_DOWNLINK_BYTES + 1024) as u32;
+/// Acknowledged outbox entries removed in one transaction; fewer wait at
+/// most [`ACK_FLUSH_INTERVAL`].
+const ACK_BATCH: usize = WINDOW / 2;
+const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What the session needs to know.
 #[derive(Debug, Clone)]
@@ -114,32 +122,23 @@ struct Session<'a> {
     settings: &'a SyncSettings,
     topics: Topics,
     client: AsyncClient,
-    store: Store,
+    store: StoreThread,
     inflight: InFlight,
-    link: &'a LinkState,
+    /// Outbox entries the broker acknowledged, not yet removed.
+    acked: Vec<i64>,
+    link: Arc<LinkState>,
     devices: Arc<dyn Fn() -> Vec<DeviceReport> + Send + Sync>,
     context: EventContext,
-    trust: crate::signed::DownlinkTrust,
-    freshness: crate::watch::Freshness,
+    /// The platform keys, site and gate envelopes are checked against;
+    /// used on the store's thread, where downlink messages are applied.
+    trust: Arc<std::sync::Mutex<crate::signed::DownlinkTrust>>,
+    /// Freshness bookkeeping, updated where downlink messages are applied.
+    freshness: Arc<std::sync::Mutex<crate::watch::Freshness>>,
     /// Online health checks waiting for the platform, by correlation id.
     health_pending: HashMap<String, tokio::sync::oneshot::Sender<crate::HealthAnswer>>,
 }
 
 impl Session<'_> {
-    fn site_state(&self, now: UnixMillis) -> SiteState {
-        let mode = match self.store.mode_schedule() {
-            Ok(Some(schedule)) => schedule.at(now),
-            _ => self.settings.default_mode,
-        };
-        SiteState {
-            mode,
-            policy_version: self.policy_version(),
-            identity: self.store.identity_state().unwrap_or_default(),
-            health: self.store.health_state().unwrap_or_default(),
-            trust_version: self.store.trust_list_version().unwrap_or(0),
-        }
-    }
-
     /// The policy version in force: the latest reload's, or the start-up one.
     fn policy_version(&self) -> String {
         match &self.settings.policy_updates {
@@ -148,16 +147,40 @@ impl Session<'_> {
         }
     }
 
-    fn status(&self, online: bool) -> Vec<u8> {
+    async fn status(&self, online: bool) -> Vec<u8> {
         let now = now_ms();
+        let default_mode = self.settings.default_mode;
+        // One visit to the store thread; what cannot be read is reported as
+        // unknown (defaults), the status still goes out.
+        let read = self
+            .store
+            .call(move |s| {
+                let mode = match s.mode_schedule() {
+                    Ok(Some(schedule)) => schedule.at(now),
+                    _ => default_mode,
+                };
+                Ok((
+                    mode,
+                    s.identity_state().unwrap_or_default(),
+                    s.health_state().unwrap_or_default(),
+                    s.trust_list_version().unwrap_or(0),
+                    s.outbox_stats().unwrap_or_default(),
+                ))
+            })
+            .await;
+        let (mode, identity, health, trust_version, outbox) = read.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the store for the status message");
+            (default_mode, Default::default(), Default::default(), 0, Default::default())
+        });
+        let state = SiteState { mode, policy_version: self.policy_version(), identity, health, trust_version };
         encode_status(
             online,
             self.settings.site.as_str(),
             self.settings.gate.as_str(),
             &self.settings.version,
-            self.store.outbox_stats().unwrap_or_default(),
+            outbox,
             &(self.devices)(),
-            &self.site_state(now),
+            &state,
             now,
         )
     }
@@ -169,8 +192,8 @@ impl Session<'_> {
         }
     }
 
-    fn publish_status(&mut self) {
-        let payload = self.status(true);
+    async fn publish_status(&mut self) {
+        let payload = self.status(true).await;
         let topic = self.topics.status.clone();
         self.publish(&topic, payload, true);
     }
@@ -188,7 +211,7 @@ impl Session<'_> {
         self.publish(&topic, request.encode_to_vec(), false);
     }
 
-    fn on_connected(&mut self) {
+    async fn on_connected(&mut self) {
         self.inflight = InFlight::default();
         // A new session: checks asked on the old one will not be answered.
         self.health_pending.clear();
@@ -206,27 +229,43 @@ impl Session<'_> {
                 warn!(topic, error = %e, "could not subscribe");
             }
         }
-        self.publish_status();
+        self.publish_status().await;
         // Deltas published while we were away are lost with the clean
         // session: say where we are, so the platform sends what is missing.
-        let local = self.store.identity_state().map(|s| s.version).unwrap_or(0);
+        let local = self.store.call(|s| s.identity_state()).await.map(|s| s.version).unwrap_or(0);
         self.request_resync(local, "connect");
-        self.pump();
+        self.pump().await;
     }
 
-    fn on_publish(&mut self, topic: &str, payload: &[u8]) -> bool {
+    async fn on_publish(&mut self, topic: &str, payload: impl AsRef<[u8]> + Send + 'static) -> bool {
         self.context.policy_version = self.policy_version();
-        let reply = downlink::handle(
-            &mut self.store,
-            &self.topics,
-            &self.context,
-            &self.link.downlink,
-            &mut self.trust,
-            (&mut self.freshness, &self.link.platform),
-            topic,
-            payload,
-            now_ms(),
-        );
+        // Applied whole on the store's thread.
+        let (topics, context, link, keys, fresh) =
+            (self.topics.clone(), self.context.clone(), self.link.clone(), self.trust.clone(), self.freshness.clone());
+        let owned_topic = topic.to_owned();
+        let now = now_ms();
+        let handled = self
+            .store
+            .call(move |store| {
+                let mut trust = keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut fresh = fresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                Ok(downlink::handle(
+                    store,
+                    &topics,
+                    &context,
+                    &link.downlink,
+                    &mut trust,
+                    (&mut fresh, &link.platform),
+                    &owned_topic,
+                    payload.as_ref(),
+                    now,
+                ))
+            })
+            .await;
+        let reply = handled.unwrap_or_else(|e| {
+            warn!(topic, error = %e, "the store could not take a downlink message; dropped");
+            Reply::None
+        });
         match reply {
             Reply::None => false,
             Reply::OutboxChanged => true,
@@ -272,51 +311,70 @@ impl Session<'_> {
     /// Judges freshness and the clock (every few seconds, connected or not:
     /// a freeze is most likely while the link is down). A condition that
     /// begins is logged and sent as an alert; the floor is persisted.
-    fn watch_platform(&mut self) {
-        let held = downlink::held_versions(&self.store, &self.settings.gate.to_string());
+    async fn watch_platform(&mut self) {
+        let gate = self.settings.gate.to_string();
+        let Ok(held) = self.store.call(move |s| Ok(downlink::held_versions(s, &gate))).await else { return };
         let at = std::time::Instant::now();
-        self.freshness.check_behind(held, at);
         let wall = now_ms();
-        let transitions = self.freshness.evaluate(&self.link.platform, wall, at);
+        let (transitions, floor) = {
+            let mut fresh = self.freshness.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            fresh.check_behind(held, at);
+            let transitions = fresh.evaluate(&self.link.platform, wall, at);
+            (transitions, fresh.floor_to_persist(&self.link.platform))
+        };
         let mut alerted = false;
         for t in transitions {
             let facts: String = t.facts.iter().map(|(k, v)| format!("{k}={v} ")).collect();
             if t.began {
                 warn!(alarm = t.alarm, facts = facts.trim_end(), "alert: the gate can no longer vouch for this");
-                alerted |= self.platform_alert(t.alarm, t.facts, wall);
+                alerted |= self.platform_alert(t.alarm, t.facts, wall).await;
             } else {
                 info!(alarm = t.alarm, "condition cleared");
             }
         }
-        if let Some(floor) = self.freshness.floor_to_persist(&self.link.platform)
-            && let Err(e) = self.store.meta_set(crate::watch::FLOOR_KEY, &floor.to_string())
+        if let Some(floor) = floor
+            && let Err(e) = self.store.call(move |s| s.meta_set(crate::watch::FLOOR_KEY, &floor.to_string())).await
         {
             warn!(error = %e, "cannot persist the trusted time floor");
         }
         if alerted && self.link.connected.load(Ordering::Relaxed) {
-            self.pump();
+            self.pump().await;
         }
     }
 
     /// Queues an alert about the platform or the clock; `true` when queued.
-    fn platform_alert(&mut self, alarm: &'static str, facts: Vec<(String, String)>, wall: UnixMillis) -> bool {
+    async fn platform_alert(&mut self, alarm: &'static str, facts: Vec<(String, String)>, wall: UnixMillis) -> bool {
         let now = self.link.platform.trusted_now(wall);
-        let record = crate::AlertRecord {
-            alert_id: uuid::Uuid::new_v4().to_string(),
-            site_id: self.context.site_id.clone(),
-            gate_id: self.context.gate_id.clone(),
-            occurred_at_ms: now,
-            subject: String::new(),
-            person_id: None,
-            category: None,
-            reason: None,
-            alarm: Some(alarm.to_owned()),
-            facts,
-            repeat_count: 1,
-            first_occurred_at_ms: now,
-            mode: self.site_state(now).mode,
-        };
-        match self.store.append_event(crate::ALERT_STREAM, &self.topics.alerts, now, |seq| crate::encode_alert(&record, seq)) {
+        let default_mode = self.settings.default_mode;
+        let context = self.context.clone();
+        let written = self
+            .store
+            .call(move |s| {
+                let mode = match s.mode_schedule() {
+                    Ok(Some(schedule)) => schedule.at(now),
+                    _ => default_mode,
+                };
+                let record = crate::AlertRecord {
+                    alert_id: uuid::Uuid::new_v4().to_string(),
+                    site_id: context.site_id,
+                    gate_id: context.gate_id,
+                    occurred_at_ms: now,
+                    subject: String::new(),
+                    person_id: None,
+                    category: None,
+                    reason: None,
+                    alarm: Some(alarm.to_owned()),
+                    facts,
+                    repeat_count: 1,
+                    first_occurred_at_ms: now,
+                    mode,
+                };
+                s.append_event(crate::ALERT_STREAM, gate_store::Priority::Important, now, |seq| {
+                    crate::encode_alert(&record, seq)
+                })
+            })
+            .await;
+        match written {
             Ok(_) => true,
             Err(e) => {
                 warn!(alarm, error = %e, "could not record the alert");
@@ -326,10 +384,11 @@ impl Session<'_> {
     }
 
     /// Hands queued outbox entries to the client until the window is full.
-    fn pump(&mut self) {
+    async fn pump(&mut self) {
         while self.inflight.outbox_outstanding < WINDOW {
             let room = WINDOW - self.inflight.outbox_outstanding;
-            let batch = match self.store.outbox_after(self.inflight.cursor, room) {
+            let cursor = self.inflight.cursor;
+            let batch = match self.store.call(move |s| s.outbox_after(cursor, room)).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     warn!(error = %e, "cannot read the outbox");
@@ -340,7 +399,14 @@ impl Session<'_> {
                 return;
             }
             for entry in batch {
-                if let Err(e) = self.client.try_publish(&entry.topic, QoS::AtLeastOnce, false, entry.payload) {
+                // The outbox keeps streams; which topic each goes to is
+                // decided here, with the prefix in force now.
+                let Some(topic) = self.topics.for_stream(&entry.stream).map(str::to_owned) else {
+                    warn!(stream = %entry.stream, seq = entry.seq, "outbox entry of an unknown stream; skipped");
+                    self.inflight.cursor = entry.id;
+                    continue;
+                };
+                if let Err(e) = self.client.try_publish(topic, QoS::AtLeastOnce, false, entry.payload) {
                     // The client queue is full: the rest waits for acknowledgements.
                     debug!(error = %e, "publish deferred");
                     return;
@@ -354,14 +420,30 @@ impl Session<'_> {
         }
     }
 
-    fn on_puback(&mut self, pkid: u16) {
+    async fn on_puback(&mut self, pkid: u16) {
         if let Some(Tracked::Outbox(id)) = self.inflight.by_pkid.remove(&pkid) {
-            if let Err(e) = self.store.outbox_remove(id) {
-                warn!(error = %e, "could not remove an acknowledged outbox entry; it will be sent again");
-            }
+            self.acked.push(id);
             self.link.acked.fetch_add(1, Ordering::Relaxed);
             self.inflight.outbox_outstanding = self.inflight.outbox_outstanding.saturating_sub(1);
-            self.pump();
+            if self.acked.len() >= ACK_BATCH {
+                self.flush_acks().await;
+            }
+            // Refilled by half windows: one outbox read for many acks.
+            if self.inflight.outbox_outstanding <= WINDOW / 2 {
+                self.pump().await;
+            }
+        }
+    }
+
+    /// Removes the acknowledged entries, in one transaction. One that is
+    /// not removed (the store failed) is sent again later: at least once.
+    async fn flush_acks(&mut self) {
+        if self.acked.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.acked);
+        if let Err(e) = self.store.call(move |s| s.outbox_remove(&ids)).await {
+            warn!(error = %e, "could not remove acknowledged outbox entries; they will be sent again");
         }
     }
 }
@@ -379,7 +461,7 @@ pub async fn run_sync(
     shutdown: CancellationToken,
 ) {
     let store = loop {
-        match Store::open(&settings.store_path) {
+        match StoreThread::open(&settings.store_path, "uplink").await {
             Ok(store) => break store,
             Err(e) => {
                 warn!(error = %e, "uplink cannot open the store; retrying");
@@ -390,8 +472,16 @@ pub async fn run_sync(
             }
         }
     };
-    let trust = downlink_trust(&settings, &store);
-    let floor = crate::watch::load_floor(&store);
+    let (trust, floor) = {
+        let settings = settings.clone();
+        match store.call(move |s| Ok((downlink_trust(&settings, s), crate::watch::load_floor(s)))).await {
+            Ok(read) => read,
+            Err(e) => {
+                warn!(error = %e, "uplink cannot read its platform keys; not started");
+                return;
+            }
+        }
+    };
     link.platform.raise_floor(floor);
     let freshness =
         crate::watch::Freshness::new(settings.stale_after, settings.clock_ahead, std::time::Instant::now(), floor);
@@ -423,16 +513,23 @@ pub async fn run_sync(
         client,
         store,
         inflight: InFlight::default(),
-        link: &link,
+        acked: Vec::new(),
+        link: link.clone(),
         devices,
         context,
-        trust,
-        freshness,
+        trust: Arc::new(std::sync::Mutex::new(trust)),
+        freshness: Arc::new(std::sync::Mutex::new(freshness)),
         health_pending: HashMap::new(),
     };
     // The last will is fixed at connect time; it says offline with the
     // state at start, which is what the platform needs to know.
-    eventloop.options.set_last_will(LastWill::new(&topics.status, session.status(false), QoS::AtLeastOnce, true, None));
+    eventloop.options.set_last_will(LastWill::new(
+        &topics.status,
+        session.status(false).await,
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
 
     // A reloaded policy shows in the retained status at once.
     let mut policy_updates = settings.policy_updates.clone();
@@ -442,6 +539,8 @@ pub async fn run_sync(
     watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let broker = format!("{}:{}", settings.host, settings.port);
+    let mut ack_flush = tokio::time::interval(ACK_FLUSH_INTERVAL);
+    ack_flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let connected = link.connected.load(Ordering::Relaxed);
@@ -455,20 +554,20 @@ pub async fn run_sync(
                     backoff = BACKOFF_START;
                     // Clean session: nothing of the last connection survives,
                     // so publishing restarts at the oldest queued entry.
-                    session.on_connected();
+                    session.on_connected().await;
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     if let Some(tracked) = session.inflight.awaiting_pkid.pop_front() {
                         session.inflight.by_pkid.insert(pkid, tracked);
                     }
                 }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => session.on_puback(ack.pkid),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => session.on_puback(ack.pkid).await,
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     // MQTT 5 topics are bytes on the wire; a topic that is
                     // not UTF-8 matches none of ours and is counted as unknown.
-                    let topic = String::from_utf8_lossy(&publish.topic);
-                    if session.on_publish(&topic, &publish.payload) {
-                        session.pump();
+                    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                    if session.on_publish(&topic, publish.payload).await {
+                        session.pump().await;
                     }
                 }
                 Ok(_) => {}
@@ -492,19 +591,21 @@ pub async fn run_sync(
                     }
                 }
             },
-            _ = outbox_changed.notified(), if connected => session.pump(),
-            _ = watch_tick.tick() => session.watch_platform(),
+            _ = outbox_changed.notified(), if connected => session.pump().await,
+            _ = ack_flush.tick(), if !session.acked.is_empty() => session.flush_acks().await,
+            _ = watch_tick.tick() => session.watch_platform().await,
             Some(query) = health_queries.recv() => session.ask_health(query),
             Ok(()) = policy_changed(&mut policy_updates) => {
                 if connected {
-                    session.publish_status();
+                    session.publish_status().await;
                 }
             }
             _ = status_tick.tick(), if connected => {
-                session.publish_status();
+                session.publish_status().await;
                 // A snapshot chunk that never came is noticed here, not on a message.
-                if let Some(crate::IdentityOutcome::Resync { local_version, reason }) =
-                    crate::check_stalled(&mut session.store, now_ms())
+                let now = now_ms();
+                if let Ok(Some(crate::IdentityOutcome::Resync { local_version, reason })) =
+                    session.store.call(move |s| Ok(crate::check_stalled(s, now))).await
                 {
                     session.request_resync(local_version, reason);
                 }
@@ -514,8 +615,9 @@ pub async fn run_sync(
 
     // A clean stop says so in the retained status, instead of leaving the
     // last will to the broker's keep-alive timeout.
+    session.flush_acks().await;
     if link.connected.load(Ordering::Relaxed) {
-        let offline = session.status(false);
+        let offline = session.status(false).await;
         let _ = session.client.try_publish(&topics.status, QoS::AtLeastOnce, true, offline);
         let _ = session.client.try_disconnect();
         let drain = async {
@@ -528,6 +630,10 @@ pub async fn run_sync(
         let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     }
     link.connected.store(false, Ordering::Relaxed);
+    // The store connection is closed before the task ends.
+    let closed = session.store.closed();
+    drop(session);
+    closed.wait().await;
     info!("uplink stopped");
 }
 

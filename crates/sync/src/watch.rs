@@ -241,7 +241,10 @@ impl Freshness {
             &watch.clock_ahead,
             "clock_ahead",
             clock_ahead,
-            vec![("wall_s".into(), (wall / 1000).to_string()), ("platform_s".into(), platform_now.map_or(0, |p| p / 1000).to_string())],
+            vec![
+                ("wall_s".into(), (wall / 1000).to_string()),
+                ("platform_s".into(), platform_now.map_or(0, |p| p / 1000).to_string()),
+            ],
         );
         if let (true, Some(p)) = (clock_ahead, platform_now) {
             lines.push(format!("clock_ahead: the wall clock is {} s ahead of the platform's", (wall - p) / 1000));

@@ -96,11 +96,13 @@ pub fn parse_text_block(text: &[u8; 256]) -> Result<CardRecord, CardError> {
     let id_number =
         IdNumber::parse(&raw_id).map_err(|_| CardError::InvalidIdNumber { masked: mask_id_like(&raw_id) })?;
 
+    let valid_from = CivilDate::parse_compact(&ucs2_field(text, 188, 203)).ok();
     let valid_to_raw = ucs2_field(text, 204, 219);
-    let valid_to = if valid_to_raw == "长期" {
-        Some(CardValidTo::LongTerm)
-    } else {
-        CivilDate::parse_compact(&valid_to_raw).ok().map(CardValidTo::Date)
+    let valid_to = match (valid_to_raw.as_str(), valid_from) {
+        // Either printed date unreadable: the card cannot say it is valid.
+        (_, None) => CardValidTo::Unreadable,
+        ("长期", Some(_)) => CardValidTo::LongTerm,
+        (raw, Some(_)) => CivilDate::parse_compact(raw).map_or(CardValidTo::Unreadable, CardValidTo::Date),
     };
 
     Ok(CardRecord {
@@ -112,8 +114,8 @@ pub fn parse_text_block(text: &[u8; 256]) -> Result<CardRecord, CardError> {
         address: ucs2_field(text, 52, 121),
         id_number,
         issuer: ucs2_field(text, 158, 187),
-        valid_from: CivilDate::parse_compact(&ucs2_field(text, 188, 203)).ok(),
-        valid_to,
+        valid_from,
+        valid_to: Some(valid_to),
     })
 }
 
