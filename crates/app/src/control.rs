@@ -27,8 +27,8 @@ use gate_store::Store;
 use gate_sync::{EVENT_STREAM, EventBody, Topics, encode_event};
 use protocol::{
     BrokerReport, Check, Command, Credential, DecisionTotals, DeviceStatus, IdentityCounts, LookupReport,
-    MAX_REQUEST_BYTES, OpenReport, OutboxReport, OutboxSummary, PROTOCOL_VERSION, Reply, Request, Response,
-    SelftestReport, StatusReport, TopicBacklog,
+    MAX_REQUEST_BYTES, OpenReport, OutboxReport, OutboxSummary, Reply, Response, SelftestReport, StatusReport,
+    TopicBacklog,
 };
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -244,6 +244,7 @@ async fn serve(stream: UnixStream, ctx: ControlContext, access: Access, shutdown
     // Checked before reading a byte: a refused peer never gets a parser.
     if let Err(message) = authorize(cred.uid(), cred.gid(), &access) {
         warn!(uid = cred.uid(), "control connection refused: not root, the daemon's user or the control group");
+        ctx.observed.control_refused.fetch_add(1, Ordering::Relaxed);
         let _ = write_reply(&mut writer, error(message)).await;
         let _ = writer.shutdown().await;
         return;
@@ -255,6 +256,7 @@ async fn serve(stream: UnixStream, ctx: ControlContext, access: Access, shutdown
         Ok(Ok(n)) if n > 0 && line.ends_with('\n') => {}
         Ok(Ok(0)) => return,
         Ok(Ok(_)) => {
+            ctx.observed.control_refused.fetch_add(1, Ordering::Relaxed);
             let _ = write_reply(&mut writer, error("request line too long or not ended by a newline")).await;
             return;
         }
@@ -263,38 +265,20 @@ async fn serve(stream: UnixStream, ctx: ControlContext, access: Access, shutdown
             return;
         }
         Err(_) => {
+            ctx.observed.control_refused.fetch_add(1, Ordering::Relaxed);
             let _ = write_reply(&mut writer, error("no request within 30 s")).await;
             return;
         }
     }
     // Parsed without echoing the line: a lookup carries a credential in clear.
-    let request: Request = match serde_json::from_str(&line) {
-        Ok(r) => r,
-        Err(_) => {
-            let versioned: Option<u32> = serde_json::from_str::<serde_json::Value>(&line)
-                .ok()
-                .and_then(|v| v.get("v")?.as_u64())
-                .map(|v| v as u32);
-            let message = match versioned {
-                Some(v) if v != PROTOCOL_VERSION => {
-                    format!(
-                        "protocol version {v} is not supported (this daemon speaks {PROTOCOL_VERSION}); use the gatectl of the same release"
-                    )
-                }
-                _ => "malformed request".to_owned(),
-            };
+    let request = match protocol::parse_request(&line) {
+        Ok(request) => request,
+        Err(message) => {
+            ctx.observed.control_refused.fetch_add(1, Ordering::Relaxed);
             let _ = write_reply(&mut writer, error(message)).await;
             return;
         }
     };
-    if request.v != PROTOCOL_VERSION {
-        let message = format!(
-            "protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION}); use the gatectl of the same release",
-            request.v
-        );
-        let _ = write_reply(&mut writer, error(message)).await;
-        return;
-    }
     let uid = cred.uid();
     let reply = match request.command {
         Command::Tail => {

@@ -24,7 +24,7 @@ use gate_devices::qr_scanner::{QrScannerSettings, Terminator};
 use gate_store::StoreThread;
 use gate_sync::{DeviceReport, LinkState, SyncSettings};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -99,6 +99,10 @@ pub struct Observed {
     pub plate_reader: Arc<DeviceHealth>,
     pub link: Arc<LinkState>,
     pub decisions: Arc<DecisionCounters>,
+    /// Control-socket requests refused before any command ran: a peer not
+    /// permitted, a line too long, unended or late, malformed JSON, another
+    /// protocol version.
+    pub control_refused: AtomicU64,
 }
 
 /// Runs the daemon until `shutdown` is cancelled. Returns an error only when

@@ -281,6 +281,12 @@ pub(crate) fn render(source: &MetricsSource) -> String {
         load(&link.connection_errors),
     );
     let dl = &link.downlink;
+    out.single(
+        "gated_control_refused_total",
+        "counter",
+        "Control-socket requests refused before any command ran (peer, length, JSON, protocol version).",
+        load(&observed.control_refused),
+    );
     out.family("gated_downlink_messages_total", "counter", "Messages from the platform, by outcome.");
     for (kind, c) in [
         ("mode_change", &dl.mode_changes),

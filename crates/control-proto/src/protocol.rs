@@ -26,6 +26,32 @@ impl Request {
     }
 }
 
+/// Reads one request line as the daemon does: a request this build
+/// understands, or the message to send back (a different protocol version
+/// named as such, anything else as malformed). The line is never echoed: a
+/// lookup carries a credential in clear.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let unsupported = |v: u32| {
+        format!(
+            "protocol version {v} is not supported (this daemon speaks {PROTOCOL_VERSION}); use the gatectl of the same release"
+        )
+    };
+    match serde_json::from_str::<Request>(line) {
+        Ok(request) if request.v == PROTOCOL_VERSION => Ok(request),
+        Ok(request) => Err(unsupported(request.v)),
+        Err(_) => {
+            let versioned = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("v")?.as_u64())
+                .map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+            match versioned {
+                Some(v) if v != PROTOCOL_VERSION => Err(unsupported(v)),
+                _ => Err("malformed request".to_owned()),
+            }
+        }
+    }
+}
+
 /// What a technician asks of the running daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]

@@ -28,6 +28,10 @@ pub struct GateLine {
     pub identity_version: Option<i64>,
     pub health_version: Option<i64>,
     pub trust_version: Option<i64>,
+    /// What the platform last published for the gate's site (`None`:
+    /// nothing), to compare with the gate's own versions.
+    pub platform_identity_version: Option<i64>,
+    pub platform_trust_version: Option<i64>,
     pub open_gaps: i64,
     pub missing_events: i64,
     pub open_alarms: i64,
@@ -56,8 +60,10 @@ pub async fn lines(pool: &Pool, now_ms: i64) -> Result<Vec<GateLine>, DbError> {
                     (SELECT count(*) FROM gaps p WHERE p.site_id = g.site_id AND p.gate_id = g.gate_id
                         AND p.filled_at IS NULL),
                     (SELECT count(*) FROM alerts a WHERE a.site_id = g.site_id AND a.gate_id = g.gate_id
-                        AND a.kind IN ('alarm', 'gap') AND a.occurred_at > now() - interval '{ALARM_WINDOW}')
-                 FROM gates g ORDER BY g.site_id, g.gate_id"
+                        AND a.kind IN ('alarm', 'gap') AND a.occurred_at > now() - interval '{ALARM_WINDOW}'),
+                    nullif(d.identity_published, 0), nullif(d.trust_version, 0)
+                 FROM gates g LEFT JOIN site_downlink d ON d.site_id = g.site_id
+                 ORDER BY g.site_id, g.gate_id"
             ),
             &[],
         )
@@ -90,6 +96,8 @@ pub async fn lines(pool: &Pool, now_ms: i64) -> Result<Vec<GateLine>, DbError> {
                 open_gaps: r.get(11),
                 missing_events,
                 open_alarms: r.get(12),
+                platform_identity_version: r.get(13),
+                platform_trust_version: r.get(14),
                 site_id: site,
                 gate_id: gate,
             }
@@ -112,6 +120,14 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "-".into(), ToString::to_string)
 }
 
+/// `gate/platform` when the platform published something, else the gate's.
+fn against(gate: &Option<i64>, platform: &Option<i64>) -> String {
+    match platform {
+        Some(p) => format!("{}/{p}", opt(gate)),
+        None => opt(gate),
+    }
+}
+
 pub fn to_json(lines: &[GateLine], routes: &[RouteLine]) -> Value {
     json!({
         "routes": routes.iter().map(|r| json!({
@@ -124,6 +140,8 @@ pub fn to_json(lines: &[GateLine], routes: &[RouteLine]) -> Value {
             "oldest_queued_age_ms": l.oldest_queued_age_ms, "version": l.version,
             "identity_version": l.identity_version, "health_version": l.health_version,
             "trust_version": l.trust_version, "open_gaps": l.open_gaps,
+            "platform_identity_version": l.platform_identity_version,
+            "platform_trust_version": l.platform_trust_version,
             "missing_events": l.missing_events, "open_alarms": l.open_alarms,
         })).collect::<Vec<_>>()
     })
@@ -131,32 +149,32 @@ pub fn to_json(lines: &[GateLine], routes: &[RouteLine]) -> Value {
 
 pub fn to_table(lines: &[GateLine]) -> String {
     let mut out = format!(
-        "{:<16} {:<12} {:<8} {:>10} {:>7} {:>8} {:>8} {:>6} {:>6} {:>5} {:>7} {:>6}\n",
+        "{:<16} {:<12} {:<8} {:>10} {:>7} {:>8} {:>11} {:>6} {:>9} {:>5} {:>7} {:>6}\n",
         "SITE",
         "GATE",
         "STATE",
         "LAST EVENT",
         "OUTBOX",
         "OLDEST",
-        "IDENTITY",
+        "IDENTITY G/P",
         "HEALTH",
-        "TRUST",
+        "TRUST G/P",
         "GAPS",
         "MISSING",
         "ALARMS"
     );
     for l in lines {
         out.push_str(&format!(
-            "{:<16} {:<12} {:<8} {:>10} {:>7} {:>8} {:>8} {:>6} {:>6} {:>5} {:>7} {:>6}\n",
+            "{:<16} {:<12} {:<8} {:>10} {:>7} {:>8} {:>11} {:>6} {:>9} {:>5} {:>7} {:>6}\n",
             l.site_id,
             l.gate_id,
             l.state,
             age(l.last_event_age_ms),
             opt(&l.outbox_depth),
             age(l.oldest_queued_age_ms),
-            opt(&l.identity_version),
+            against(&l.identity_version, &l.platform_identity_version),
             opt(&l.health_version),
-            opt(&l.trust_version),
+            against(&l.trust_version, &l.platform_trust_version),
             l.open_gaps,
             l.missing_events,
             l.open_alarms

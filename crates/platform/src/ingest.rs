@@ -9,7 +9,7 @@
 //! again (to it on its return, its session being persistent), and the
 //! unique `event_id` / `alert_id` turn redeliveries into no-ops.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,8 +31,7 @@ use crate::wire;
 
 /// Largest message accepted (an event is a few hundred bytes).
 const MAX_PACKET: usize = 1 << 20;
-/// Messages the broker may have in flight to this replica (and the bound of
-/// the queue between the two tasks).
+/// Requests (acknowledgements, subscriptions) queued for the MQTT task.
 const INFLIGHT: usize = 1000;
 
 /// What a replica counted since it started.
@@ -217,7 +216,10 @@ pub async fn run_ingest(
     let (client, eventloop) = AsyncClient::new(options, INFLIGHT);
     let filters = Filters::shared(&config.ingest.group, &config.mqtt.topic_prefix);
     let generation = Arc::new(AtomicU64::new(0));
-    let (tx, rx) = mpsc::channel(INFLIGHT);
+    // Unbounded on purpose: every message in it is unacknowledged, so the
+    // broker's inflight limit bounds it; a bounded queue could stop the MQTT
+    // task while the writer waits for that task to send its acks.
+    let (tx, rx) = mpsc::unbounded_channel();
     info!(client_id, group = %config.ingest.group, "ingest starting");
     let mqtt = tokio::spawn(mqtt_task(
         eventloop,
@@ -273,7 +275,7 @@ async fn mqtt_task(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
     filters: Filters,
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::UnboundedSender<Incoming>,
     generation: Arc<AtomicU64>,
     stats: Arc<IngestStats>,
     shutdown: CancellationToken,
@@ -304,9 +306,8 @@ async fn mqtt_task(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 let incoming = Incoming { publish, generation: generation.load(Ordering::SeqCst) };
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    sent = tx.send(incoming) => if sent.is_err() { return },
+                if tx.send(incoming).is_err() {
+                    return;
                 }
             }
             Ok(_) => {}
@@ -344,7 +345,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(&self, mut rx: mpsc::Receiver<Incoming>, shutdown: CancellationToken) -> Result<(), DbError> {
+    async fn run(&self, mut rx: mpsc::UnboundedReceiver<Incoming>, shutdown: CancellationToken) -> Result<(), DbError> {
         let mut batch: Vec<Incoming> = Vec::with_capacity(self.batch_max);
         loop {
             let first = tokio::select! {
@@ -418,8 +419,14 @@ impl Writer {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let now = now_ms();
-        // Lock every stream touched, in one order, before inserting: two
-        // replicas holding the same gate's messages then take turns.
+        // The rows first: inserting takes no stream lock, so replicas
+        // insert side by side; only the short bookkeeping below takes turns.
+        let (new_events, dup_events) = insert_events(&tx, &events).await?;
+        let new_alerts = insert_alerts(&tx, &alerts).await?;
+        crate::routes::enqueue(&tx, &self.routes, &new_alerts).await?;
+        let (new_alerts, dup_alerts) = (new_alerts.len() as u64, (alerts.len() - new_alerts.len()) as u64);
+        // Then every stream touched is locked, in one order (two replicas
+        // holding the same gate's messages take turns), in one statement.
         let mut seqs: BTreeMap<(String, String, &'static str), Vec<u64>> = BTreeMap::new();
         for e in &events {
             seqs.entry((e.site_id.clone(), e.gate_id.clone(), "events")).or_default().push(e.seq);
@@ -429,15 +436,8 @@ impl Writer {
                 seqs.entry((a.site_id.clone(), a.gate_id.clone(), "alerts")).or_default().push(a.seq);
             }
         }
-        let mut states = Vec::with_capacity(seqs.len());
-        for ((site, gate, stream), list) in &seqs {
-            let state = lock_stream(&tx, site, gate, stream, list).await?;
-            states.push(state);
-        }
-        let (new_events, dup_events) = insert_events(&tx, &events).await?;
-        let new_alerts = insert_alerts(&tx, &alerts).await?;
-        crate::routes::enqueue(&tx, &self.routes, &new_alerts).await?;
-        let (new_alerts, dup_alerts) = (new_alerts.len() as u64, (alerts.len() - new_alerts.len()) as u64);
+        let states = lock_streams(&tx, &seqs).await?;
+        let mut updated = StreamRows::default();
         for (((site, gate, stream), list), mut state) in seqs.iter().zip(states) {
             let gaps_before = state.open_gaps();
             state.apply(list, now);
@@ -460,13 +460,9 @@ impl Writer {
                 .await?;
                 info!(site, gate, stream, gaps = ?filled, "gaps filled");
             }
-            tx.execute(
-                "UPDATE seq_streams SET contiguous = $4, max_seq = $5, holes = $6, updated_at = now()
-                 WHERE site_id = $1 AND gate_id = $2 AND stream = $3",
-                &[site, gate, stream, &(state.contiguous as i64), &(state.max_seq as i64), &state.holes_json()],
-            )
-            .await?;
+            updated.push(site, gate, stream, &state);
         }
+        updated.write(&tx).await?;
         update_gates(&tx, &events, &statuses).await?;
         tx.commit().await?;
         let s = &self.stats;
@@ -557,29 +553,91 @@ fn is_transient(e: &DbError) -> bool {
     }
 }
 
-/// Takes the stream's row lock (creating the row the first time) and reads
-/// its state.
-async fn lock_stream(
+/// Takes the row locks of every stream in `seqs` (creating the rows seen
+/// for the first time), in key order, and reads their states, in the
+/// order of `seqs`. Four statements whatever the number of streams.
+async fn lock_streams(
     tx: &Transaction<'_>,
-    site: &str,
-    gate: &str,
-    stream: &str,
-    first_seqs: &[u64],
-) -> Result<SeqState, DbError> {
-    let select = "SELECT contiguous, max_seq, holes FROM seq_streams
-                  WHERE site_id = $1 AND gate_id = $2 AND stream = $3 FOR UPDATE";
-    if let Some(row) = tx.query_opt(select, &[&site, &gate, &stream]).await? {
-        return Ok(SeqState::from_row(row.get(0), row.get(1), &row.get::<_, Value>(2)));
+    seqs: &BTreeMap<(String, String, &'static str), Vec<u64>>,
+) -> Result<Vec<SeqState>, DbError> {
+    if seqs.is_empty() {
+        return Ok(Vec::new());
     }
-    let fresh = SeqState::first_seen(first_seqs);
+    let sites: Vec<&str> = seqs.keys().map(|k| k.0.as_str()).collect();
+    let gates: Vec<&str> = seqs.keys().map(|k| k.1.as_str()).collect();
+    let streams: Vec<&str> = seqs.keys().map(|k| k.2).collect();
+    let firsts: Vec<i64> = seqs.values().map(|l| SeqState::first_seen(l).contiguous as i64).collect();
+    // New streams, in key order; one already there (or being created by
+    // another replica, which this waits for) is left as it is.
     tx.execute(
-        "INSERT INTO seq_streams (site_id, gate_id, stream, contiguous, max_seq) VALUES ($1, $2, $3, $4, $4)
+        "INSERT INTO seq_streams (site_id, gate_id, stream, contiguous, max_seq)
+         SELECT u.s, u.g, u.t, u.c, u.c FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(s, g, t, c)
+         ORDER BY u.s COLLATE \"C\", u.g COLLATE \"C\", u.t COLLATE \"C\"
          ON CONFLICT DO NOTHING",
-        &[&site, &gate, &stream, &(fresh.contiguous as i64)],
+        &[&sites, &gates, &streams, &firsts],
     )
     .await?;
-    let row = tx.query_one(select, &[&site, &gate, &stream]).await?;
-    Ok(SeqState::from_row(row.get(0), row.get(1), &row.get::<_, Value>(2)))
+    let rows = tx
+        .query(
+            "SELECT s.site_id, s.gate_id, s.stream, s.contiguous, s.max_seq, s.holes FROM seq_streams s
+             JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(site, gate, stream)
+               ON s.site_id = u.site AND s.gate_id = u.gate AND s.stream = u.stream
+             ORDER BY s.site_id COLLATE \"C\", s.gate_id COLLATE \"C\", s.stream COLLATE \"C\"
+             FOR UPDATE OF s",
+            &[&sites, &gates, &streams],
+        )
+        .await?;
+    let mut found: BTreeMap<(String, String, String), SeqState> = rows
+        .iter()
+        .map(|r| {
+            let key = (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2));
+            (key, SeqState::from_row(r.get(3), r.get(4), &r.get::<_, Value>(5)))
+        })
+        .collect();
+    seqs.keys()
+        .map(|(site, gate, stream)| {
+            found.remove(&(site.clone(), gate.clone(), (*stream).to_owned())).ok_or_else(|| {
+                DbError::Invalid(format!("seq_streams row {site}/{gate}/{stream} vanished under its lock"))
+            })
+        })
+        .collect()
+}
+
+/// The new states of the streams a batch touched, written in one statement.
+#[derive(Default)]
+struct StreamRows {
+    sites: Vec<String>,
+    gates: Vec<String>,
+    streams: Vec<String>,
+    contiguous: Vec<i64>,
+    max_seq: Vec<i64>,
+    holes: Vec<String>,
+}
+
+impl StreamRows {
+    fn push(&mut self, site: &str, gate: &str, stream: &str, state: &SeqState) {
+        self.sites.push(site.to_owned());
+        self.gates.push(gate.to_owned());
+        self.streams.push(stream.to_owned());
+        self.contiguous.push(state.contiguous as i64);
+        self.max_seq.push(state.max_seq as i64);
+        self.holes.push(state.holes_json().to_string());
+    }
+
+    async fn write(&self, tx: &Transaction<'_>) -> Result<(), DbError> {
+        if self.sites.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            "UPDATE seq_streams s SET contiguous = u.c, max_seq = u.m, holes = u.h::jsonb, updated_at = now()
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[])
+               AS u(site, gate, stream, c, m, h)
+             WHERE s.site_id = u.site AND s.gate_id = u.gate AND s.stream = u.stream",
+            &[&self.sites, &self.gates, &self.streams, &self.contiguous, &self.max_seq, &self.holes],
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 /// Ranges a gate said it dropped (`outbox_overflow` events), for `stream`.
@@ -713,18 +771,29 @@ async fn update_gates(
         let at = newest.entry((e.site_id.clone(), e.gate_id.clone())).or_insert(i64::MIN);
         *at = (*at).max(e.occurred_at_ms);
     }
-    let mut touched: BTreeSet<(String, String)> = newest.keys().cloned().collect();
-    touched.extend(statuses.iter().map(|s| (s.site_id.clone(), s.gate_id.clone())));
-    for (site, gate) in &touched {
-        if let Some(at) = newest.get(&(site.clone(), gate.clone())) {
-            tx.execute(
-                "INSERT INTO gates (site_id, gate_id, last_event_at) VALUES ($1, $2, to_timestamp($3::float8 / 1000))
-                 ON CONFLICT (site_id, gate_id) DO UPDATE
-                 SET last_event_at = greatest(gates.last_event_at, excluded.last_event_at)",
-                &[site, gate, &(*at as f64)],
-            )
-            .await?;
-        }
+    // Every gate touched (by an event or a status) is locked here, in one
+    // statement and in key order, the lock order of every replica; the
+    // statuses below then only update rows this transaction already holds.
+    let mut touched: BTreeMap<(String, String), Option<f64>> =
+        newest.into_iter().map(|(k, ms)| (k, Some(ms as f64))).collect();
+    for s in statuses {
+        touched.entry((s.site_id.clone(), s.gate_id.clone())).or_insert(None);
+    }
+    if !touched.is_empty() {
+        let sites: Vec<&str> = touched.keys().map(|k| k.0.as_str()).collect();
+        let gates: Vec<&str> = touched.keys().map(|k| k.1.as_str()).collect();
+        let at: Vec<Option<f64>> = touched.values().copied().collect();
+        tx.execute(
+            "INSERT INTO gates (site_id, gate_id, last_event_at)
+             SELECT u.s, u.g, to_timestamp(u.at / 1000) FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(s, g, at)
+             ORDER BY u.s COLLATE \"C\", u.g COLLATE \"C\"
+             ON CONFLICT (site_id, gate_id) DO UPDATE
+             SET last_event_at = greatest(gates.last_event_at, excluded.last_event_at)",
+            &[&sites, &gates, &at],
+        )
+        .await?;
+    }
+    for (site, gate) in touched.keys() {
         for s in statuses.iter().filter(|s| &s.site_id == site && &s.gate_id == gate) {
             let devices = wire::devices_json(s);
             tx.execute(

@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod downlink;
 pub mod fleet;
+pub mod health;
 pub mod identity;
 pub mod ingest;
 pub mod keys;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use gate_platform::config::{self, DEFAULT_PATH, PlatformConfig};
-use gate_platform::{db, downlink, fleet, identity, ingest, keys, report, simulate};
+use gate_platform::{db, downlink, fleet, health, identity, ingest, keys, report, simulate};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_USAGE: u8 = 64;
@@ -97,6 +97,11 @@ enum Command {
         #[command(subcommand)]
         trust: TrustCommand,
     },
+    /// Health records, sent to the gates as signed, versioned batches.
+    Health {
+        #[command(subcommand)]
+        health: HealthCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +144,18 @@ enum ModeCommand {
         /// Unix milliseconds. Default: now.
         #[arg(long)]
         at: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HealthCommand {
+    /// Sends the records of FILE.csv (person_id,colour,nat,nat_sampled_at,vaccine_doses,
+    /// last_dose_at,travel_risk,assessed_at,expires_at) as the site's next batch.
+    Publish {
+        #[arg(long)]
+        site: String,
+        #[arg(value_name = "FILE.csv")]
+        file: PathBuf,
     },
 }
 
@@ -350,6 +367,27 @@ async fn run(command: Command, config: PlatformConfig, config_path: &std::path::
                 Ok(_) => downlink::trust_publish(&d, &site, version, ders, ingest::now_ms())
                     .await
                     .map(|counter| println!("site {site}: trust list version {version} sent (counter {counter})")),
+            }
+        }
+        Command::Health { health: HealthCommand::Publish { site, file } } => {
+            let records = match std::fs::read_to_string(&file)
+                .map_err(|e| vec![format!("{}: {e}", file.display())])
+                .and_then(|text| health::parse_records(&file, &text))
+            {
+                Ok(records) => records,
+                Err(errors) => {
+                    eprintln!("gate-platform: nothing sent:\n{}", errors.join("\n"));
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let Some(signer) = signer(&config) else { return ExitCode::from(EXIT_CONFIG) };
+            let d = downlink::Downlink { pool: &pool, signer: &signer, config: &config };
+            let count = records.len();
+            match db::migrate(&pool).await {
+                Err(e) => Err(e.to_string()),
+                Ok(_) => health::publish_batch(&d, &site, records, ingest::now_ms())
+                    .await
+                    .map(|(from, to)| println!("site {site}: health batch {from} -> {to} sent ({count} record(s))")),
             }
         }
         Command::CheckConfig | Command::Keygen { .. } => Ok(()),

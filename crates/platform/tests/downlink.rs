@@ -158,6 +158,20 @@ async fn mode_identity_sync_and_heartbeat_go_down_signed_with_increasing_counter
     let out = ok(&run(&config, &["identity", "publish", "--site", SITE]));
     assert!(out.contains("version 2 is already published; nothing sent"), "{out}");
 
+    // Health records: the site's first batch, 0 -> 1.
+    let health = dir.path().join("health.csv");
+    std::fs::write(
+        &health,
+        "person_id,colour,nat,nat_sampled_at,vaccine_doses,last_dose_at,travel_risk,assessed_at,expires_at\n\
+         p-001,green,negative,2026-12-01T09:00+08:00,3,,false,2026-12-01T10:00+08:00,2026-12-08T10:00+08:00\n",
+    )?;
+    let out = ok(&run(&config, &["health", "publish", "--site", SITE, health.to_str().context("utf-8")?]));
+    assert!(out.contains("health batch 0 -> 1 sent (1 record(s))"), "{out}");
+    sub.wait_until(WAIT, "the health batch", |s| opened(s, &verifier, "health").len() == 1).await?;
+    let batch = pb::HealthBatch::decode(opened(&sub, &verifier, "health")[0].payload.as_slice())?;
+    assert_eq!((batch.from_version, batch.to_version, batch.upserts.len()), (0, 1, 1));
+    assert_eq!(batch.upserts[0].colour(), pb::HealthColour::Green);
+
     // An ingest replica answers a gate's SyncRequest with a snapshot, and
     // sends the site's heartbeat.
     let replica = Replica::start(&config, "d1")?;
@@ -184,10 +198,19 @@ async fn mode_identity_sync_and_heartbeat_go_down_signed_with_increasing_counter
     assert!(beats.windows(2).all(|w| w[1].counter > w[0].counter), "heartbeat counters increase");
     let beat = pb::PlatformHeartbeat::decode(beats[beats.len() - 1].payload.as_slice())?;
     assert_eq!((beat.identity_version, beat.mode_counter), (2, 2));
+    // The fleet compares a gate's identity version with the platform's.
+    let sim = gate_platform::sim::SimGate::connect("127.0.0.1", broker.port(), "village", SITE, "g1");
+    sim.publish_status(true, 0, gate_platform::ingest::now_ms()).await?;
+    support::wait_sql(&pg, "SELECT identity_version FROM gates WHERE gate_id = 'g1'", "1", WAIT).await?;
+    let fleet: serde_json::Value = serde_json::from_str(&ok(&run(&config, &["fleet", "--json"])))?;
+    let gate = &fleet["gates"][0];
+    assert_eq!((gate["identity_version"].as_i64(), gate["platform_identity_version"].as_i64()), (Some(1), Some(2)));
+    let table = ok(&run(&config, &["fleet"]));
+    assert!(table.lines().any(|l| l.starts_with(SITE) && l.contains(" 1/2 ")), "{table}");
     // The counters PostgreSQL keeps are those of the last messages.
     assert_eq!(
         pg.psql("SELECT stream, counter FROM downlink_counters WHERE stream <> 'heartbeat' ORDER BY stream")?,
-        "identity|5\nmode|2"
+        "health|1\nidentity|5\nmode|2"
     );
 
     // A key file group or others may read is refused before anything is sent.

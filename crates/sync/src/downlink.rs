@@ -92,6 +92,31 @@ pub struct EventContext {
     pub policy_version: String,
 }
 
+/// One downlink message (the bytes as received on `topic`) through exactly
+/// the handler the MQTT session runs for it, envelope check included,
+/// without a broker: for the fuzz targets and tests that drive the handlers
+/// with hostile bytes. Returns what the session would do next (`none`,
+/// `resync`, `outbox_changed`, `health_resync`, `health_answer`).
+#[allow(clippy::too_many_arguments)] // The same parts as the session's handler.
+pub fn handle_downlink(
+    store: &mut Store,
+    topics: &Topics,
+    context: &EventContext,
+    counters: &DownlinkCounters,
+    trust: &mut DownlinkTrust,
+    topic: &str,
+    bytes: &[u8],
+    now: UnixMillis,
+) -> &'static str {
+    match handle(store, topics, context, counters, trust, topic, bytes, now) {
+        Reply::None => "none",
+        Reply::Resync { .. } => "resync",
+        Reply::OutboxChanged => "outbox_changed",
+        Reply::HealthResync { .. } => "health_resync",
+        Reply::HealthAnswer { .. } => "health_answer",
+    }
+}
+
 /// Every downlink message: verified by `signed::check` first; only an
 /// accepted envelope's payload reaches the handler of its stream.
 #[allow(clippy::too_many_arguments)] // The session's parts, borrowed separately.

@@ -33,7 +33,7 @@ pub mod signed;
 mod uplink;
 pub mod watch;
 
-pub use downlink::{DownlinkCounters, EventContext, set_mode_by_technician};
+pub use downlink::{DownlinkCounters, EventContext, handle_downlink, set_mode_by_technician};
 pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_alert, encode_event, encode_status};
 pub use gate_envelope::Refusal;
 pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, encode_trust_list};
