@@ -108,7 +108,11 @@ pub fn handle_downlink(
     bytes: &[u8],
     now: UnixMillis,
 ) -> &'static str {
-    match handle(store, topics, context, counters, trust, topic, bytes, now) {
+    // Freshness is the session's; here each message is judged on its own.
+    let watch = PlatformWatch::default();
+    let mut fresh =
+        Freshness::new(std::time::Duration::from_secs(3600), std::time::Duration::from_secs(86_400), Instant::now(), 0);
+    match handle(store, topics, context, counters, trust, (&mut fresh, &watch), topic, bytes, now) {
         Reply::None => "none",
         Reply::Resync { .. } => "resync",
         Reply::OutboxChanged => "outbox_changed",
