@@ -195,3 +195,153 @@ async fn a_signed_rotation_replaces_the_keys_and_survives_a_restart() -> Result<
     daemon.stop().await?;
     Ok(())
 }
+
+fn identity_version(fx: &GateFixture) -> u64 {
+    gate_store::Store::open(&fx.store_path).expect("store").identity_state().expect("state").version
+}
+
+async fn wait_identity_version(fx: &GateFixture, version: u64) -> Result<()> {
+    wait_for(&format!("identity version {version}"), || identity_version(fx) == version).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_rollback_without_the_platform_and_a_signed_reset_is_the_way_back() -> Result<()> {
+    init_test_logging();
+    let broker = Mosquitto::start()?;
+    let fx = GateFixture::new(broker.port(), &[])?;
+    let daemon = RunningDaemon::start(fx.config());
+    daemon.wait_connected().await?;
+    let site_key = hw_sim::platform::read_site_key(&fx.dir.path().join("site.key"))?;
+    let mut config = hw_sim::platform::PlatformConfig::new("127.0.0.1", broker.port(), SITE, site_key);
+    config.answer_sync = false;
+    config.signing = Some(platform_key());
+    let platform = hw_sim::platform::Platform::connect(config).await?;
+    let people = hw_sim::platform::generate_people(3);
+    platform.publish_snapshot(&people, 3, 5000).await?;
+    wait_identity_version(&fx, 3).await?;
+
+    // An intruder's snapshot at version 2^63-1 with nobody in it: refused
+    // before it is read, as is the same snapshot sealed by a stranger.
+    let empty_at_max = platform.snapshot_payloads(&[], i64::MAX as u64, 5000).remove(0);
+    // (A bare IdentityBatch happens to parse as an envelope without a
+    // signature.)
+    let unsigned = refused(&daemon, Refusal::NoSignature);
+    platform.publish_raw("identity", empty_at_max.clone(), false).await?;
+    refused_once_more(&daemon, Refusal::NoSignature, unsigned).await?;
+    let stranger = PlatformKey::from_seed([0x11; 32], Some(gate_tests::PLATFORM_KEY_ID));
+    let bad = refused(&daemon, Refusal::BadSignature);
+    platform.publish_raw("identity", stranger.seal(SITE, "", "identity", &empty_at_max), false).await?;
+    refused_once_more(&daemon, Refusal::BadSignature, bad).await?;
+    // An older version, even signed, does not take the table back.
+    let older = platform.seal("", "identity", platform.snapshot_payloads(&people[..1], 2, 5000).remove(0));
+    let replays = refused(&daemon, Refusal::Replay);
+    platform.publish_raw("identity", older, false).await?;
+    platform.publish_snapshot(&people, 3, 5000).await?;
+    let link = daemon.observed.link.clone();
+    wait_for("the repeated snapshot", || link.downlink.identity_duplicates.load(Ordering::Relaxed) >= 1).await?;
+    assert_eq!(identity_version(&fx), 3, "nothing unsigned moved the version");
+    assert_eq!(gate_store::Store::open(&fx.store_path)?.person_count()?, 3);
+    assert_eq!(refused(&daemon, Refusal::Replay), replays, "fresh counters: no replay");
+
+    // The platform's own mistake, signed: the table jumps to 2^63-1 and its
+    // next real snapshot (version 4) is not taken...
+    platform.publish_identity(empty_at_max).await?;
+    wait_identity_version(&fx, i64::MAX as u64).await?;
+    let duplicates = link.downlink.identity_duplicates.load(Ordering::Relaxed);
+    platform.publish_snapshot(&people, 4, 5000).await?;
+    wait_for("the ignored snapshot", || link.downlink.identity_duplicates.load(Ordering::Relaxed) > duplicates).await?;
+    assert_eq!(identity_version(&fx), i64::MAX as u64);
+
+    // ...until the platform deliberately resets the site, signed.
+    let reset = pb::SiteReset { identity: true, health: false, counters: false, note: "database rebuilt".into() };
+    let sealed_reset = platform.seal("", "reset", reset.encode_to_vec());
+    platform.publish_raw("reset", sealed_reset.clone(), false).await?;
+    wait_for("the reset", || link.downlink.resets.load(Ordering::Relaxed) == 1).await?;
+    assert_eq!(identity_version(&fx), 0);
+    platform.publish_snapshot(&people, 4, 5000).await?;
+    wait_identity_version(&fx, 4).await?;
+    assert_eq!(gate_store::Store::open(&fx.store_path)?.person_count()?, 3);
+
+    // The reset delivered again does nothing.
+    let again = link.downlink.again.load(Ordering::Relaxed);
+    platform.publish_raw("reset", sealed_reset, false).await?;
+    wait_for("the repeated reset ignored", || link.downlink.again.load(Ordering::Relaxed) > again).await?;
+    assert_eq!(identity_version(&fx), 4);
+    assert_eq!(link.downlink.resets.load(Ordering::Relaxed), 1);
+    daemon.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_naming_versions_the_gate_lacks_alerts_and_refuses_in_wartime_when_configured() -> Result<()> {
+    init_test_logging();
+    let broker = Mosquitto::start()?;
+    let sub = gate_tests::Subscriber::connect(broker.port(), "village/#").await?;
+    let zhang = "35020319900101123X";
+    let options = gate_tests::FixtureOptions {
+        // The shortest stale_after_s gives a 5 s wait for a resync.
+        extra_toml: format!(
+            "{}stale_after_s = 60\nrefuse_when_stale = true\n[policy.wartime]\nhealth_required_for = []\n",
+            gate_tests::platform_toml()
+        ),
+        ..Default::default()
+    };
+    let fx = GateFixture::build(broker.port(), &[resident("p-001", zhang, "张三")], options)?;
+    let daemon = RunningDaemon::start(fx.config());
+    daemon.wait_connected().await?;
+    let port = broker.port();
+    publish_signed(port, MODE_TOPIC, wartime("heshan-office"), true).await?;
+    wait_for("wartime", || mode_changes(&daemon) == 1).await?;
+    let decide = |n: usize| {
+        let fx = &fx;
+        let sub = &sub;
+        async move {
+            fx.present_card(zhang, "张三").await?;
+            sub.wait_until(WAIT, "a decision", |s| s.decisions(gate_tests::EVENTS_TOPIC).len() == n).await?;
+            Ok::<_, anyhow::Error>(sub.decisions(gate_tests::EVENTS_TOPIC)[n - 1].clone())
+        }
+    };
+    assert_eq!(decide(1).await?.decision(), pb::Decision::Pass, "fresh enough to start with");
+
+    // The platform says it holds identity version 5; this gate has 0 and
+    // nobody answers its resync: a freeze.
+    let heartbeat = pb::PlatformHeartbeat { identity_version: 5, ..Default::default() };
+    publish_signed(port, "village/heshan-c03/heartbeat", heartbeat.encode_to_vec(), true).await?;
+    sub.wait_until(Duration::from_secs(20), "the platform_stale alert", |s| {
+        s.alerts(gate_tests::ALERTS_TOPIC).iter().any(|a| a.alarm == "platform_stale")
+    })
+    .await?;
+    let alert = sub.alerts(gate_tests::ALERTS_TOPIC).into_iter().find(|a| a.alarm == "platform_stale").expect("alert");
+    assert_eq!(alert.facts.get("cause").map(String::as_str), Some("versions_behind"));
+    assert_eq!(alert.facts.get("missing").map(String::as_str), Some("identity 5 (have 0)"));
+    let warnings = daemon.observed.link.platform.warnings();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("platform_stale: the platform's heartbeat names identity 5")),
+        "{warnings:?}"
+    );
+    let sync_requests = sub.messages().iter().filter(|m| m.topic == gate_tests::SYNC_TOPIC).count();
+    assert!(sync_requests >= 2, "the gate asked for what it lacks (connect + heartbeat)");
+    let blocked = decide(2).await?;
+    assert_eq!((blocked.decision(), blocked.reason()), (pb::Decision::Block, pb::Reason::PlatformStale));
+
+    // The platform delivers: the gate catches up and vouches again.
+    let site_key = hw_sim::platform::read_site_key(&fx.dir.path().join("site.key"))?;
+    let mut config = hw_sim::platform::PlatformConfig::new("127.0.0.1", port, SITE, site_key);
+    config.answer_sync = false;
+    config.signing = Some(platform_key());
+    let platform = hw_sim::platform::Platform::connect(config).await?;
+    let people = vec![hw_sim::platform::PlatformPerson {
+        person_id: "p-001".into(),
+        category: pb::Category::Resident,
+        id_number: zhang.into(),
+        name: "张三".into(),
+        valid_from_ms: 1_577_808_000_000,
+        valid_to_ms: 4_102_415_999_999,
+    }];
+    platform.publish_snapshot(&people, 5, 5000).await?;
+    let link = daemon.observed.link.clone();
+    wait_for("the warning to clear", || !link.platform.unvouched() && link.platform.warnings().is_empty()).await?;
+    assert_eq!(decide(3).await?.decision(), pb::Decision::Pass);
+    daemon.stop().await?;
+    Ok(())
+}

@@ -410,6 +410,8 @@ async fn status(ctx: &ControlContext) -> Reply {
         },
         devices,
         decision_loop_age_ms: o.decisions.heartbeat.age().map(|a| a.as_millis() as u64),
+        platform_warnings: o.link.platform.warnings(),
+        platform_heartbeat_at_ms: Some(o.link.platform.heartbeat_issued_ms.load(Ordering::Relaxed)).filter(|&t| t > 0),
     })
 }
 

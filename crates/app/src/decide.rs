@@ -165,6 +165,8 @@ pub(crate) struct DecisionLoop {
     health_queries: Option<mpsc::Sender<gate_sync::HealthQuery>>,
     /// The mode last logged by [`Self::watch_mode`].
     mode_seen: Option<Mode>,
+    /// The platform's freshness and the trusted time floor (the uplink keeps them).
+    platform: Arc<gate_sync::LinkState>,
     /// Configurations applied on SIGHUP, swapped in between two decisions.
     reload: Option<tokio::sync::watch::Receiver<Config>>,
 }
@@ -219,7 +221,20 @@ impl DecisionLoop {
             certificate_failure: None,
             health_queries: None,
             mode_seen: None,
+            platform: Arc::default(),
         }
+    }
+
+    /// The uplink's view of the platform: its freshness and the time floor.
+    pub(crate) fn with_platform(mut self, link: Arc<gate_sync::LinkState>) -> Self {
+        self.platform = link;
+        self
+    }
+
+    /// The time a decision uses: the wall clock, never below the trusted
+    /// floor (a reset clock must not decide as if it were 2000).
+    fn trusted_now(&self) -> UnixMillis {
+        self.platform.platform.trusted_now(crate::wall_clock_ms())
     }
 
     /// Where online health checks go (the uplink).
@@ -263,14 +278,17 @@ impl DecisionLoop {
             self.counters.heartbeat.beat();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = beat.tick() => self.watch_mode(crate::wall_clock_ms()).await,
+                _ = beat.tick() => self.watch_mode(self.trusted_now()).await,
                 config = next_config(&mut reload) => self.apply_config(config),
                 item = presented.recv(), if presented_open => match item {
                     Some(item) => {
-                        let now = crate::wall_clock_ms();
+                        let now = self.trusted_now();
                         self.watch_mode(now).await;
                         self.refresh_health(&item, now).await;
-                        if let Some((verdict, side)) = self.on_presented(item, now).await {
+                        let decided = self.on_presented(item, now).await;
+                        // A recorded decision is part of the trusted time floor.
+                        self.platform.platform.raise_floor(now);
+                        if let Some((verdict, side)) = decided {
                             tell_gate(self.gate.clone(), verdict.decision, side).await;
                         }
                     }
@@ -391,7 +409,7 @@ impl DecisionLoop {
     /// of the same transaction (no decision on its own). A certificate that
     /// fails verification is a refused credential, and alerts.
     async fn gather_certificate(&mut self, text: &str) -> Option<Gathered> {
-        let now = crate::wall_clock_ms();
+        let now = self.trusted_now();
         // Only certificates need the trust list: other attempts never pay for it.
         self.trust.refresh(&self.store, &self.config).await;
         match gate_dcc::verify(text, &self.trust.list, now) {
@@ -667,6 +685,7 @@ impl DecisionLoop {
             offset: self.config.site.utc_offset,
             anti_passback: self.config.gate.anti_passback,
             side,
+            refuse_unvouched: self.config.platform.refuse_when_stale && self.platform.platform.unvouched(),
         };
         let attempt = Attempt {
             credential: &g.facts,
@@ -1054,6 +1073,8 @@ pub(crate) fn dry_run(
         offset: config.site.utc_offset,
         anti_passback: config.gate.anti_passback,
         side,
+        // A lookup explains the lists, not the platform's freshness.
+        refuse_unvouched: false,
     };
     let attempt = Attempt {
         credential: &facts,

@@ -178,6 +178,9 @@ pub async fn run_until_stopped(
     // Every connection thread is closed before `run` returns.
     let mut store_threads = vec![store.closed()];
     let people = store.call(|s| s.person_count()).await?;
+    // Before the first decision: a reset clock is never believed.
+    let floor = store.call(|s| Ok(gate_sync::load_floor(s))).await?;
+    observed.link.platform.raise_floor(floor);
     let span = info_span!("gate", site = %config.site.id, gate = %config.gate.id, lane = config.gate.lane.as_str());
     span.in_scope(|| {
         info!(version = VERSION, store = %config.store.path.display(), people, "gated starting");
@@ -354,6 +357,8 @@ pub async fn run_until_stopped(
         version: VERSION.to_owned(),
         status_interval: Duration::from_secs(15),
         platform_keys: config.envelope_keys(),
+        stale_after: config.platform.stale_after,
+        clock_ahead: config.platform.clock_ahead,
         policy_updates: Some(policy_rx),
         auth: broker_auth(&config.mqtt),
         reloads: Some(reload_rx),
@@ -418,6 +423,7 @@ pub async fn run_until_stopped(
     let decider =
         decide::DecisionLoop::new(&config, site_key, store, outbox_changed, gate_commands, observed.decisions.clone())
             .with_health_queries(health_query_tx)
+            .with_platform(observed.link.clone())
             .with_reload(applied);
     tracker.spawn(decider.run(presented_rx, shutdown.clone()).instrument(info_span!(parent: &span, "decisions")));
 

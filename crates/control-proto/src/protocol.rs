@@ -163,6 +163,13 @@ pub struct StatusReport {
     pub devices: Vec<DeviceStatus>,
     /// Milliseconds since the decision loop last turned.
     pub decision_loop_age_ms: Option<u64>,
+    /// What the gate cannot vouch for now, one line each, starting with its
+    /// alert name (`platform_stale`, `clock_behind`, `clock_ahead`).
+    #[serde(default)]
+    pub platform_warnings: Vec<String>,
+    /// The platform's signed heartbeat: when the last fresh one was signed.
+    #[serde(default)]
+    pub platform_heartbeat_at_ms: Option<i64>,
 }
 
 /// People by category and credentials by kind in the identity table.

@@ -87,10 +87,13 @@ pub enum BlockReason {
     HealthRecordStale,
     /// Health verification required and not possible (no record, platform unreachable).
     HealthUnverified,
+    /// Wartime, `[platform] refuse_when_stale`, and the platform is stale:
+    /// the gate cannot vouch for its lists.
+    PlatformStale,
 }
 
 impl BlockReason {
-    pub const ALL: [BlockReason; 31] = [
+    pub const ALL: [BlockReason; 32] = [
         BlockReason::UnknownPerson,
         BlockReason::Expired,
         BlockReason::NotYetValid,
@@ -122,6 +125,7 @@ impl BlockReason {
         BlockReason::HealthRecordStale,
         BlockReason::HealthUnverified,
         BlockReason::CardUnreadable,
+        BlockReason::PlatformStale,
     ];
 
     /// The reason's stable name, as in configs, logs and metrics.
@@ -158,6 +162,7 @@ impl BlockReason {
             BlockReason::TravelRisk => "travel_risk",
             BlockReason::HealthRecordStale => "health_record_stale",
             BlockReason::HealthUnverified => "health_unverified",
+            BlockReason::PlatformStale => "platform_stale",
         }
     }
 

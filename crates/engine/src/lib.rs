@@ -54,6 +54,9 @@ pub struct GateContext<'a> {
     pub anti_passback: AntiPassback,
     /// The side of the gate the credential was presented at.
     pub side: Side,
+    /// `[platform] refuse_when_stale` is set and the platform is stale: in
+    /// wartime every attempt is refused (`platform_stale`).
+    pub refuse_unvouched: bool,
 }
 
 /// Everything the engine needs for one attempt.
@@ -86,6 +89,9 @@ fn check(attempt: &Attempt<'_>, gate: &GateContext<'_>, now: UnixMillis) -> Resu
     }
     if gate.mode == Mode::Wartime && gate.flexible {
         return Err(BlockReason::CheckpointClosed);
+    }
+    if gate.mode == Mode::Wartime && gate.refuse_unvouched {
+        return Err(BlockReason::PlatformStale);
     }
     if let CredentialFacts::IdCard { card_valid_to: Some(CardValidTo::Date(valid_to)) } = attempt.credential
         && CivilDate::of_instant(now, gate.offset) > *valid_to

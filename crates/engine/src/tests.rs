@@ -35,6 +35,21 @@ fn gate<'a>(mode: Mode, flexible: bool, policy: &'a Policy) -> GateContext<'a> {
         offset: UtcOffset::CHINA,
         anti_passback: AntiPassback::Off,
         side: Side::Entry,
+        refuse_unvouched: false,
+    }
+}
+
+#[test]
+fn a_stale_platform_refuses_in_wartime_only_when_configured() {
+    let p = person(Category::Resident, PersonStatus::Active);
+    for (mode, refuse, want) in [
+        (Mode::Wartime, true, Some(BlockReason::PlatformStale)),
+        (Mode::Wartime, false, None),
+        (Mode::Normal, true, None),
+    ] {
+        let policy = Policy::default_for(mode);
+        let ctx = GateContext { refuse_unvouched: refuse, ..gate(mode, false, &policy) };
+        assert_eq!(decide(attempt(&CARD, Some(&p)), ctx, noon()).reason, want, "{mode:?} {refuse}");
     }
 }
 

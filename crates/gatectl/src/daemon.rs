@@ -134,6 +134,17 @@ fn render_status(s: &StatusReport, offset: UtcOffset, now: i64) -> String {
     if let Some(error) = &b.last_error {
         line(format!("               last error: {error}"));
     }
+    line(match s.platform_heartbeat_at_ms {
+        Some(at) => format!(
+            "platform:      last signed heartbeat {} ({} ago)",
+            local_time(at, offset),
+            duration(((now - at).max(0) / 1000) as u64)
+        ),
+        None => "platform:      no signed heartbeat since the daemon started".to_owned(),
+    });
+    for warning in &s.platform_warnings {
+        line(format!("  WARNING {warning}"));
+    }
     let oldest = s.outbox.oldest_age_s.map(|a| format!(", oldest {}", duration(a))).unwrap_or_default();
     line(format!("outbox:        {} queued{oldest}", s.outbox.depth));
     let failures: Vec<String> =

@@ -25,6 +25,7 @@ mod health;
 mod identity;
 mod local;
 mod outbox;
+mod reset;
 mod schema;
 mod snapshot;
 mod summary;

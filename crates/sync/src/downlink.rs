@@ -7,6 +7,7 @@ use crate::convert;
 use crate::encode::{EventBody, encode_event};
 use crate::identity::{IdentityOutcome, handle_identity};
 use crate::signed::{self, DownlinkTrust};
+use crate::watch::{Freshness, Held, PlatformWatch};
 use crate::{EVENT_STREAM, Topics, limits};
 use gate_core::{Direction, Lane, ModeOrigin, ModeSchedule, UnixMillis};
 use gate_envelope::Refusal;
@@ -14,6 +15,7 @@ use gate_proto::v1 as pb;
 use gate_store::{Priority, Store};
 use prost::Message;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tracing::{info, warn};
 
 /// The largest downlink message accepted; anything bigger is hostile or a
@@ -42,6 +44,8 @@ pub struct DownlinkCounters {
     /// message on reconnection): ignored.
     pub again: AtomicU64,
     pub key_rotations: AtomicU64,
+    /// Signed `SiteReset`s applied.
+    pub resets: AtomicU64,
 }
 
 impl DownlinkCounters {
@@ -104,7 +108,11 @@ pub fn handle_downlink(
     bytes: &[u8],
     now: UnixMillis,
 ) -> &'static str {
-    match handle(store, topics, context, counters, trust, topic, bytes, now) {
+    // Freshness is the session's; here each message is judged on its own.
+    let watch = PlatformWatch::default();
+    let mut fresh =
+        Freshness::new(std::time::Duration::from_secs(3600), std::time::Duration::from_secs(86_400), Instant::now(), 0);
+    match handle(store, topics, context, counters, trust, (&mut fresh, &watch), topic, bytes, now) {
         Reply::None => "none",
         Reply::Resync { .. } => "resync",
         Reply::OutboxChanged => "outbox_changed",
@@ -122,6 +130,7 @@ pub(crate) fn handle(
     context: &EventContext,
     counters: &DownlinkCounters,
     trust: &mut DownlinkTrust,
+    freshness: (&mut Freshness, &PlatformWatch),
     topic: &str,
     bytes: &[u8],
     now: UnixMillis,
@@ -143,6 +152,7 @@ pub(crate) fn handle(
                 warn!(topic, error = %e, "cannot persist the replay counter; message not applied");
                 return Reply::None;
             }
+            freshness.0.on_verified(freshness.1, opened.issued_at_ms, Instant::now());
             (stream, opened)
         }
         signed::Checked::Again { stream } => {
@@ -234,6 +244,41 @@ pub(crate) fn handle(
             }
             Reply::None
         }
+        "heartbeat" => match pb::PlatformHeartbeat::decode(payload) {
+            Ok(heartbeat) => {
+                let (fresh, watch) = freshness;
+                let held = held_versions(store, &trust.gate);
+                tracing::debug!(topic, ?heartbeat, ?held, "platform heartbeat");
+                if fresh.on_heartbeat(watch, heartbeat, opened.issued_at_ms, held, now, Instant::now()) {
+                    info!(
+                        topic,
+                        "the platform's heartbeat names versions this gate does not have; asking for a resync"
+                    );
+                    Reply::Resync { local_version: held.identity_version, reason: "heartbeat" }
+                } else {
+                    Reply::None
+                }
+            }
+            Err(e) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, error = %e, "not a PlatformHeartbeat; ignored");
+                Reply::None
+            }
+        },
+        "reset" => match reset_site(store, trust, payload) {
+            Ok(what) => {
+                counters.resets.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, signed_by = %opened.key_id, reset = %what, "the platform reset this site's versions");
+                let local_version = store.identity_state().map(|s| s.version).unwrap_or(0);
+                // Ask at once for what the platform holds now.
+                Reply::Resync { local_version, reason: "reset" }
+            }
+            Err(why) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(topic, %why, "site reset refused; nothing changed");
+                Reply::None
+            }
+        },
         _ => {
             counters.rejected.fetch_add(1, Ordering::Relaxed);
             warn!(topic, stream, "verified message on a stream this gate does not handle yet; dropped");
@@ -275,6 +320,48 @@ fn handle_identity_message(
             Reply::Resync { local_version, reason: "corrupt" }
         }
     }
+}
+
+/// The versions this gate holds, as a heartbeat names them.
+pub(crate) fn held_versions(store: &Store, gate: &str) -> Held {
+    let mode_counter = [gate_envelope::replay_key("mode", ""), gate_envelope::replay_key("mode", gate)]
+        .iter()
+        .filter_map(|key| signed::load_last(store, key).ok().flatten())
+        .map(|last| last.counter)
+        .max()
+        .unwrap_or(0);
+    Held {
+        identity_version: store.identity_state().map(|s| s.version).unwrap_or(0),
+        health_version: store.health_state().map(|s| s.version).unwrap_or(0),
+        trust_version: store.trust_list_version().unwrap_or(0),
+        mode_counter,
+    }
+}
+
+/// Streams whose replay counters a `SiteReset` with `counters` forgets:
+/// every one but "keys" and "reset" themselves, so a reset can be replayed
+/// neither to undo a rotation nor to repeat itself.
+const RESETTABLE_STREAMS: &[&str] = &["mode", "identity", "health", "health_resp", "trust", "heartbeat", "revocation"];
+
+/// A signed `SiteReset`: the named versions go back to 0 (the next snapshot
+/// or batch of any version is taken), and the named counters are forgotten.
+/// Returns what was reset.
+fn reset_site(store: &mut Store, trust: &DownlinkTrust, payload: &[u8]) -> Result<String, String> {
+    let reset = pb::SiteReset::decode(payload).map_err(|e| format!("not a SiteReset: {e}"))?;
+    limits::site_reset(&reset).map_err(|e| e.to_string())?;
+    if !(reset.identity || reset.health || reset.counters) {
+        return Err("a reset naming nothing".into());
+    }
+    store.reset_synced_versions(reset.identity, reset.health).map_err(|e| format!("cannot reset the versions: {e}"))?;
+    if reset.counters {
+        signed::forget_counters(store, RESETTABLE_STREAMS, &trust.gate)
+            .map_err(|e| format!("cannot reset the counters: {e}"))?;
+    }
+    let named: Vec<&str> = [(reset.identity, "identity"), (reset.health, "health"), (reset.counters, "counters")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+    Ok(named.join(","))
 }
 
 /// A signed `KeyRotation`: the full new key set, persisted, in force at

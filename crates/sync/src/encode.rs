@@ -292,6 +292,7 @@ fn reason(r: BlockReason) -> pb::Reason {
         BlockReason::HealthRecordStale => pb::Reason::HealthRecordStale,
         BlockReason::HealthUnverified => pb::Reason::HealthUnverified,
         BlockReason::CardUnreadable => pb::Reason::CardUnreadable,
+        BlockReason::PlatformStale => pb::Reason::PlatformStale,
     }
 }
 

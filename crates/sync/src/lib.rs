@@ -32,6 +32,7 @@ pub mod limits;
 pub mod signed;
 mod tls;
 mod uplink;
+pub mod watch;
 
 pub use downlink::{DownlinkCounters, EventContext, handle_downlink, set_mode_by_technician};
 pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_alert, encode_event, encode_status};
@@ -40,6 +41,7 @@ pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, encod
 pub use identity::{IdentityOutcome, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_STALL_MS, check_stalled, handle_identity};
 pub use tls::{AuthError, BrokerAuth, TlsFiles};
 pub use uplink::{DeviceReport, LinkState, SyncSettings, run_sync};
+pub use watch::{PlatformWatch, load_floor};
 
 use gate_core::{GateId, SiteId};
 

@@ -32,6 +32,8 @@ use tracing::{debug, error, info, warn};
 const WINDOW: usize = 64;
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often freshness and the clock are judged.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// The largest packet this client accepts: the largest downlink message plus
 /// room for the topic and properties.
 const MAX_INCOMING_PACKET: u32 = (downlink::MAX_DOWNLINK_BYTES + 1024) as u32;
@@ -64,6 +66,10 @@ pub struct SyncSettings {
     /// The platform keys downlink envelopes must be signed with, as
     /// configured (`Config::envelope_keys`); a signed rotation may replace them.
     pub platform_keys: Vec<gate_envelope::KeySpec>,
+    /// `[platform] stale_after_s`: no fresh signed heartbeat this long is `platform_stale`.
+    pub stale_after: Duration,
+    /// `[platform] clock_ahead_s`: a wall clock this far past the platform's is `clock_ahead`.
+    pub clock_ahead: Duration,
     /// The policy version after a configuration reload, when reloads happen.
     pub policy_updates: Option<tokio::sync::watch::Receiver<String>>,
     /// TLS and credentials (`[mqtt] tls`, `ca_file`, `cert_file`,
@@ -101,6 +107,8 @@ pub struct LinkState {
     pub store_state: std::sync::Mutex<String>,
     /// Free bytes in the state folder's file system.
     pub disk_free_bytes: AtomicU64,
+    /// Freshness of the platform and the trusted time floor.
+    pub platform: crate::watch::PlatformWatch,
 }
 
 impl LinkState {
@@ -149,6 +157,8 @@ struct Session<'a> {
     /// The platform keys, site and gate envelopes are checked against;
     /// used on the store's thread, where downlink messages are applied.
     trust: Arc<std::sync::Mutex<crate::signed::DownlinkTrust>>,
+    /// Freshness bookkeeping, updated where downlink messages are applied.
+    freshness: Arc<std::sync::Mutex<crate::watch::Freshness>>,
     /// Online health checks waiting for the platform, by correlation id.
     health_pending: HashMap<String, tokio::sync::oneshot::Sender<crate::HealthAnswer>>,
 }
@@ -246,6 +256,8 @@ impl Session<'_> {
             self.topics.trust.clone(),
             self.topics.health_resp.clone(),
             self.topics.keys.clone(),
+            self.topics.reset.clone(),
+            self.topics.heartbeat.clone(),
         ] {
             if let Err(e) = self.client.try_subscribe(&topic, QoS::AtLeastOnce) {
                 warn!(topic, error = %e, "could not subscribe");
@@ -262,20 +274,22 @@ impl Session<'_> {
     async fn on_publish(&mut self, topic: &str, payload: impl AsRef<[u8]> + Send + 'static) -> bool {
         self.context.policy_version = self.policy_version();
         // Applied whole on the store's thread.
-        let (topics, context, link, keys) =
-            (self.topics.clone(), self.context.clone(), self.link.clone(), self.trust.clone());
+        let (topics, context, link, keys, fresh) =
+            (self.topics.clone(), self.context.clone(), self.link.clone(), self.trust.clone(), self.freshness.clone());
         let owned_topic = topic.to_owned();
         let now = now_ms();
         let handled = self
             .store
             .call(move |store| {
                 let mut trust = keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut fresh = fresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 Ok(downlink::handle(
                     store,
                     &topics,
                     &context,
                     &link.downlink,
                     &mut trust,
+                    (&mut fresh, &link.platform),
                     &owned_topic,
                     payload.as_ref(),
                     now,
@@ -326,6 +340,81 @@ impl Session<'_> {
         let topic = self.topics.health_req.clone();
         self.publish(&topic, request.encode_to_vec(), false);
         self.health_pending.insert(correlation_id, query.reply);
+    }
+
+    /// Judges freshness and the clock (every few seconds, connected or not:
+    /// a freeze is most likely while the link is down). A condition that
+    /// begins is logged and sent as an alert; the floor is persisted.
+    async fn watch_platform(&mut self) {
+        let gate = self.settings.gate.to_string();
+        let Ok(held) = self.store.call(move |s| Ok(downlink::held_versions(s, &gate))).await else { return };
+        let at = std::time::Instant::now();
+        let wall = now_ms();
+        let (transitions, floor) = {
+            let mut fresh = self.freshness.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            fresh.check_behind(held, at);
+            let transitions = fresh.evaluate(&self.link.platform, wall, at);
+            (transitions, fresh.floor_to_persist(&self.link.platform))
+        };
+        let mut alerted = false;
+        for t in transitions {
+            let facts: String = t.facts.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+            if t.began {
+                warn!(alarm = t.alarm, facts = facts.trim_end(), "alert: the gate can no longer vouch for this");
+                alerted |= self.platform_alert(t.alarm, t.facts, wall).await;
+            } else {
+                info!(alarm = t.alarm, "condition cleared");
+            }
+        }
+        if let Some(floor) = floor
+            && let Err(e) = self.store.call(move |s| s.meta_set(crate::watch::FLOOR_KEY, &floor.to_string())).await
+        {
+            warn!(error = %e, "cannot persist the trusted time floor");
+        }
+        if alerted && self.link.connected.load(Ordering::Relaxed) {
+            self.pump().await;
+        }
+    }
+
+    /// Queues an alert about the platform or the clock; `true` when queued.
+    async fn platform_alert(&mut self, alarm: &'static str, facts: Vec<(String, String)>, wall: UnixMillis) -> bool {
+        let now = self.link.platform.trusted_now(wall);
+        let default_mode = self.settings.default_mode;
+        let context = self.context.clone();
+        let written = self
+            .store
+            .call(move |s| {
+                let mode = match s.mode_schedule() {
+                    Ok(Some(schedule)) => schedule.at(now),
+                    _ => default_mode,
+                };
+                let record = crate::AlertRecord {
+                    alert_id: uuid::Uuid::new_v4().to_string(),
+                    site_id: context.site_id,
+                    gate_id: context.gate_id,
+                    occurred_at_ms: now,
+                    subject: String::new(),
+                    person_id: None,
+                    category: None,
+                    reason: None,
+                    alarm: Some(alarm.to_owned()),
+                    facts,
+                    repeat_count: 1,
+                    first_occurred_at_ms: now,
+                    mode,
+                };
+                s.append_event(crate::ALERT_STREAM, gate_store::Priority::Important, now, |seq| {
+                    crate::encode_alert(&record, seq)
+                })
+            })
+            .await;
+        match written {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(alarm, error = %e, "could not record the alert");
+                false
+            }
+        }
     }
 
     /// Hands queued outbox entries to the client until the window is full.
@@ -417,16 +506,19 @@ pub async fn run_sync(
             }
         }
     };
-    let trust = {
+    let (trust, floor) = {
         let settings = settings.clone();
-        match store.call(move |s| Ok(downlink_trust(&settings, s))).await {
-            Ok(trust) => trust,
+        match store.call(move |s| Ok((downlink_trust(&settings, s), crate::watch::load_floor(s)))).await {
+            Ok(read) => read,
             Err(e) => {
                 warn!(error = %e, "uplink cannot read its platform keys; not started");
                 return;
             }
         }
     };
+    link.platform.raise_floor(floor);
+    let freshness =
+        crate::watch::Freshness::new(settings.stale_after, settings.clock_ahead, std::time::Instant::now(), floor);
     let topics = Topics::new(&settings.topic_prefix, &settings.site, &settings.gate);
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
@@ -483,6 +575,7 @@ pub async fn run_sync(
         devices,
         context,
         trust: Arc::new(std::sync::Mutex::new(trust)),
+        freshness: Arc::new(std::sync::Mutex::new(freshness)),
         health_pending: HashMap::new(),
     };
     // The last will is fixed at connect time; it says offline with the
@@ -499,6 +592,8 @@ pub async fn run_sync(
     let mut policy_updates = settings.policy_updates.clone();
     let mut backoff = BACKOFF_START;
     let mut status_tick = tokio::time::interval(settings.status_interval);
+    let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let broker = format!("{}:{}", settings.host, settings.port);
     let mut last_logged_error: Option<String> = None;
@@ -564,6 +659,7 @@ pub async fn run_sync(
             },
             _ = outbox_changed.notified(), if connected => session.pump().await,
             _ = ack_flush.tick(), if !session.acked.is_empty() => session.flush_acks().await,
+            _ = watch_tick.tick() => session.watch_platform().await,
             Some(query) = health_queries.recv() => session.ask_health(query),
             Ok(()) = reloaded(&mut reloads) => match settings.auth.load() {
                 Ok(loaded) => {
