@@ -270,7 +270,7 @@ fn outbox_depth(store: &Path) -> Result<u64> {
 /// version is in force, its person count must be exactly this.
 fn village(version: u64) -> Vec<PlatformPerson> {
     let all = generate_people(40);
-    let n = if version % 2 == 0 { 40 } else { 25 };
+    let n = if version.is_multiple_of(2) { 40 } else { 25 };
     all.into_iter().take(n).collect()
 }
 
