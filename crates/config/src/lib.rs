@@ -30,7 +30,7 @@ use std::time::Duration;
 
 /// A validated configuration. Paths are absolute (relative ones were
 /// resolved against the config file's folder).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was loaded from.
     pub source: PathBuf,
@@ -196,7 +196,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SiteConfig {
     /// `[site] id`
     pub id: SiteId,
@@ -204,7 +204,7 @@ pub struct SiteConfig {
     pub utc_offset: UtcOffset,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GateConfig {
     /// `[gate] id`
     pub id: GateId,
@@ -219,7 +219,7 @@ pub struct GateConfig {
     pub anti_passback: AntiPassback,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     /// `[store] path`: the SQLite database file.
     pub path: PathBuf,
@@ -236,7 +236,7 @@ pub struct StoreConfig {
     pub outbox_max_events: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
     /// `[mqtt] host`, default `127.0.0.1`.
     pub host: String,
@@ -273,7 +273,7 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdentityConfig {
     /// `[identity] hmac_key_file`
     pub hmac_key_file: PathBuf,
