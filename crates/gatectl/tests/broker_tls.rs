@@ -8,10 +8,10 @@
 //! restart and delivers what waited.
 
 use anyhow::{Context, Result, bail, ensure};
+use gate_tests::pki::{CLIENT_EXT, Pair, SERVER_EXT, issue, make_ca};
 use gate_tests::{EVENTS_TOPIC, GateFixture, Mosquitto, Subscriber, free_port, init_test_logging, resident};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,72 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 const ZHANG: &str = "35020319900101123X";
 const WAIT: Duration = Duration::from_secs(20);
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
-    ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
-/// A certificate and its key (mode 0600), as files.
-#[derive(Clone)]
-struct Pair {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn new_key_args(key: &str) -> Vec<&str> {
-    vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key]
-}
-
-fn make_ca(dir: &Path, name: &str) -> Result<Pair> {
-    let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
-    let subject = format!("/CN=test CA {name}");
-    let mut args = vec!["req", "-x509"];
-    args.extend(new_key_args(&key));
-    args.extend(["-out", &cert, "-days", "2", "-subj", &subject]);
-    openssl(dir, &args)?;
-    Ok(Pair { cert: dir.join(cert), key: dir.join(key) })
-}
-
-/// A certificate for `name` signed by `ca`, with the extensions `ext`.
-fn issue(dir: &Path, ca: &Pair, name: &str, ext: &str) -> Result<Pair> {
-    let (cert, key, csr, extfile) =
-        (format!("{name}.pem"), format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"));
-    std::fs::write(dir.join(&extfile), ext)?;
-    let subject = format!("/CN={name}");
-    let mut args = vec!["req", "-new"];
-    args.extend(new_key_args(&key));
-    args.extend(["-out", &csr, "-subj", &subject]);
-    openssl(dir, &args)?;
-    let (ca_cert, ca_key) = (ca.cert.to_str().context("path")?, ca.key.to_str().context("path")?);
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            ca_cert,
-            "-CAkey",
-            ca_key,
-            "-CAcreateserial",
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-extfile",
-            &extfile,
-        ],
-    )?;
-    std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600))?;
-    Ok(Pair { cert: dir.join(cert), key: dir.join(key) })
-}
-
-const SERVER_EXT: &str =
-    "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n";
-const CLIENT_EXT: &str = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n";
 
 /// Two CAs: the site's (signs the broker and the gate) and a stranger's.
 struct Pki {
