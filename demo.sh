@@ -43,6 +43,11 @@ mkdir -p "$demo/state"
 cp config/demo.toml "$demo/gated.toml"
 
 "$bin/gatectl" keygen "$demo/site.key"
+# The platform's signing key: the gate obeys only downlink messages signed
+# with it (`hw-sim platform --signing-key target/demo/platform.key` speaks for
+# the platform). The last line gate-platform prints is the gate's half.
+platform_key_line=$("$bin/gate-platform" keygen "$demo/platform.key" | tail -1)
+printf '\n[platform]\n# The demo platform key demo.sh generated (target/demo/platform.key).\nsigning_keys = ["%s"]\n' "$platform_key_line" >>"$demo/gated.toml"
 "$bin/gatectl" identity import --config "$demo/gated.toml" config/demo-people.csv
 
 sims=()

@@ -1,10 +1,17 @@
-//! Certificates for TLS tests, made by `openssl` at test time: a CA, and
-//! server or client certificates it signs (EC P-256, two days).
+//! Certificates made by `openssl` for each test run: CAs, and certificates
+//! they sign for a broker (`SERVER_EXT`: 127.0.0.1 and localhost), a client
+//! (`CLIENT_EXT`) or a web receiver. Keys are written mode 0600.
 
 use anyhow::{Context, Result, ensure};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// A server certificate for 127.0.0.1 and localhost.
+pub const SERVER_EXT: &str =
+    "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n";
+/// A TLS client certificate.
+pub const CLIENT_EXT: &str = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n";
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
@@ -12,7 +19,7 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A certificate and its key (mode 0600), as files.
+/// A certificate and its key (mode 0600), as PEM files.
 #[derive(Debug, Clone)]
 pub struct Pair {
     pub cert: PathBuf,
@@ -23,7 +30,7 @@ fn new_key_args(key: &str) -> Vec<&str> {
     vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key]
 }
 
-/// A self-signed CA named `name` (`name.pem`, `name.key` in `dir`).
+/// A self-signed CA `{name}.pem` / `{name}.key` in `dir`.
 pub fn make_ca(dir: &Path, name: &str) -> Result<Pair> {
     let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
     let subject = format!("/CN=test CA {name}");
@@ -31,6 +38,7 @@ pub fn make_ca(dir: &Path, name: &str) -> Result<Pair> {
     args.extend(new_key_args(&key));
     args.extend(["-out", &cert, "-days", "2", "-subj", &subject]);
     openssl(dir, &args)?;
+    std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600))?;
     Ok(Pair { cert: dir.join(cert), key: dir.join(key) })
 }
 
@@ -68,9 +76,3 @@ pub fn issue(dir: &Path, ca: &Pair, name: &str, ext: &str) -> Result<Pair> {
     std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600))?;
     Ok(Pair { cert: dir.join(cert), key: dir.join(key) })
 }
-
-/// A broker's certificate on loopback.
-pub const SERVER_EXT: &str =
-    "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n";
-/// A client's certificate.
-pub const CLIENT_EXT: &str = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n";

@@ -9,6 +9,7 @@
 pub mod diag;
 mod keyfile;
 mod load;
+pub mod people_csv;
 
 pub use keyfile::{KeyFileError, load_site_key, write_new_site_key};
 pub use load::{ConfigError, ConfigErrors, load, parse};

@@ -424,7 +424,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let decoded = match import::decode(&file, &bytes, encoding) {
+            let decoded = match gate_config::people_csv::decode(&file, &bytes, encoding.map(Into::into)) {
                 Ok(decoded) => decoded,
                 Err(e) => {
                     eprintln!("{e}");
@@ -435,8 +435,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(note) = &decoded.note {
                 eprintln!("{note}");
             }
-            let people = match import::parse_people(&file, &decoded.text, &key, config.site.utc_offset) {
-                Ok(people) => people,
+            let people = match gate_config::people_csv::parse_people(&file, &decoded.text, &key, config.site.utc_offset)
+            {
+                Ok(rows) => rows.iter().map(import::new_person).collect::<Vec<_>>(),
                 Err(errors) => {
                     for e in &errors {
                         eprintln!("{e}");

@@ -27,7 +27,7 @@ const INGEST_KEYS: &[&str] = &["group", "gap_timeout_s", "batch_max", "batch_wai
 const SIGNING_KEYS: &[&str] = &["key_file", "heartbeat_s", "snapshot_chunk_people"];
 /// What `[[route]] kind` may say: the alerts' kinds.
 const ROUTE_KINDS: &[&str] = &["refusal", "alarm", "gap"];
-const ROUTE_KEYS: &[&str] = &["name", "url", "secret_file", "site", "kind", "reason", "category"];
+const ROUTE_KEYS: &[&str] = &["name", "url", "secret_file", "ca_file", "site", "kind", "reason", "category"];
 
 /// Every table and the keys it accepts, so a test can check that the
 /// documented example shows them all.
@@ -80,6 +80,35 @@ pub struct MqttConfig {
     pub password_file: Option<PathBuf>,
 }
 
+impl MqttConfig {
+    /// The broker security settings as `gated`'s uplink takes them: one
+    /// implementation of TLS (rustls, ring) and credentials for both.
+    pub fn broker_auth(&self) -> gate_sync::BrokerAuth {
+        gate_sync::BrokerAuth {
+            tls: self.tls.as_ref().map(|t| gate_sync::TlsFiles {
+                ca_file: t.ca_file.clone(),
+                cert_file: t.cert_file.clone(),
+                key_file: t.key_file.clone(),
+            }),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+        }
+    }
+
+    /// Options for a connection as `client_id`: the broker's address, keep
+    /// alive, and the transport (TLS with the files read now) and
+    /// credentials of `[mqtt]`. Callers add what their connection needs.
+    pub fn options(&self, client_id: impl Into<String>) -> Result<rumqttc::MqttOptions, gate_sync::AuthError> {
+        let loaded = self.broker_auth().load()?;
+        let mut options = rumqttc::MqttOptions::new(client_id, &self.host, self.port);
+        options.set_keep_alive(self.keep_alive).set_transport(loaded.transport);
+        if let Some((user, password)) = loaded.credentials {
+            options.set_credentials(user, password);
+        }
+        Ok(options)
+    }
+}
+
 /// The TLS keys of `gated`'s `[mqtt]`; `tls = true` is implied by `ca_file`.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
@@ -124,6 +153,9 @@ pub struct RouteConfig {
     pub name: String,
     pub url: String,
     pub secret_file: PathBuf,
+    /// For an https:// URL: the CA certificates (PEM) the receiver's
+    /// certificate must chain to; absent, the system's trust store.
+    pub ca_file: Option<PathBuf>,
     pub site: Option<String>,
     pub kind: Option<String>,
     pub reason: Option<String>,
@@ -489,6 +521,7 @@ impl Checker<'_> {
         let name = self.word(sec, "name");
         let url = self.string(sec, "url");
         let secret = self.path(sec, "secret_file");
+        let ca_file = self.path(sec, "ca_file");
         let site = self.word(sec, "site");
         let kind = self.word(sec, "kind");
         let reason = self.word(sec, "reason");
@@ -541,6 +574,7 @@ impl Checker<'_> {
             name: name.ok()?.unwrap_or_else(|| format!("route-{}", index + 1)),
             url,
             secret_file,
+            ca_file: ca_file.ok()?,
             site: site.ok()?,
             kind,
             reason,
@@ -605,8 +639,8 @@ mod tests {
         );
         let errs = route("url = \"http://h/x\"\nreason = \"blocklist\"\n");
         assert!(errs[0].contains("route[1].reason: expected a gate.v1 reason name"), "{errs:?}");
-        let errs = route("url = \"https://h/x\"\n");
-        assert!(errs[0].contains("route[1].url: https:// webhooks need TLS"), "{errs:?}");
+        let errs = route("url = \"https://h/x\"\nca_file = 3\n");
+        assert!(errs[0].contains("route[1].ca_file"), "{errs:?}");
     }
 
     #[test]
@@ -622,6 +656,9 @@ mod tests {
         assert_eq!(c.routes[0].name, "route-1");
         assert_eq!(c.routes[0].secret_file, PathBuf::from("/etc/p/hook.secret"));
         assert_eq!(c.routes[1].reason.as_deref(), Some("blocklisted"));
+        let https = format!("{MINIMAL}[[route]]\nurl = \"https://h/x\"\nsecret_file = \"s\"\nca_file = \"ca.pem\"\n");
+        let c = parse(Path::new("/etc/p/platform.toml"), &https).expect("valid");
+        assert_eq!(c.routes[0].ca_file, Some(PathBuf::from("/etc/p/ca.pem")));
     }
 
     #[test]

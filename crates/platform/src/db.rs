@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("flow views for the grid workers", include_str!("../migrations/0002_flows.sql")),
     ("alert routing: the durable delivery queue", include_str!("../migrations/0003_routes.sql")),
     ("signed downlink: counters, identity table, site state", include_str!("../migrations/0004_downlink.sql")),
+    ("seq bookkeeping off the write path: the progress inbox", include_str!("../migrations/0005_progress_inbox.sql")),
 ];
 
 /// Key of the advisory lock held while migrating (any constant the other

@@ -13,7 +13,8 @@
 //!
 //! What is sent: `mode set` (stream `mode`, retained), `identity publish`
 //! (a snapshot in chunks, or a delta from the last published version;
-//! stream `identity`), `trust publish` (stream `trust`, retained), the
+//! stream `identity`), `trust publish` (stream `trust`, retained), `keys
+//! rotate` (stream `keys`, retained), `reset` (stream `reset`), the
 //! per-site heartbeat (stream `heartbeat`, retained), and the snapshot
 //! answering a gate's `SyncRequest` (sent by the ingest replicas).
 
@@ -24,7 +25,7 @@ use gate_core::Category;
 use gate_envelope::Signer;
 use gate_proto::v1 as pb;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -152,21 +153,9 @@ pub async fn publish(mqtt: &MqttConfig, role: &str, messages: &[Sealed]) -> Resu
     if messages.is_empty() {
         return Ok(());
     }
-    if mqtt.tls.is_some() {
-        return Err("[mqtt] TLS is configured but this build of gate-platform has no TLS transport yet".into());
-    }
     let client_id = format!("{}-{role}-{}", mqtt.client_id, std::process::id());
-    let mut options = MqttOptions::new(client_id, &mqtt.host, mqtt.port);
-    options
-        .set_keep_alive(mqtt.keep_alive)
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_inflight(50);
-    if let (Some(user), Some(file)) = (&mqtt.username, &mqtt.password_file) {
-        let password =
-            std::fs::read_to_string(file).map_err(|e| format!("MQTT password file {}: {e}", file.display()))?;
-        options.set_credentials(user, password.trim_end());
-    }
+    let mut options = mqtt.options(client_id).map_err(|e| e.to_string())?;
+    options.set_clean_session(true).set_max_packet_size(MAX_PACKET, MAX_PACKET).set_inflight(50);
     let (client, mut eventloop) = AsyncClient::new(options, messages.len().max(10));
     let exchange = async {
         for m in messages {
@@ -497,6 +486,54 @@ pub async fn trust_publish(
         &[&v, &site],
     )
     .await?;
+    Ok(sealed.first().map_or(0, |s| s.counter))
+}
+
+/// Keys in one rotation at most (what the gates take).
+pub const ROTATION_KEYS_MAX: usize = 16;
+/// A rotation's or a reset's note at most, in bytes (what the gates take).
+pub const NOTE_MAX: usize = 256;
+
+/// `keys rotate`: a retained, signed `KeyRotation` for the whole site. The
+/// gates trust exactly `keys` ("KEYID:HEX") from then on, so it is signed
+/// with the key they trust now (`[signing] key_file`), and the platform
+/// signs with one of `keys` afterwards.
+pub async fn keys_rotate(
+    d: &Downlink<'_>,
+    site: &str,
+    keys: &[gate_envelope::KeySpec],
+    note: &str,
+    now_ms: i64,
+) -> Result<u64, String> {
+    if keys.is_empty() || keys.len() > ROTATION_KEYS_MAX {
+        return Err(format!("bad request: a rotation names 1 to {ROTATION_KEYS_MAX} keys, not {}", keys.len()));
+    }
+    if note.len() > NOTE_MAX {
+        return Err(format!("bad request: the note is {} bytes, at most {NOTE_MAX}", note.len()));
+    }
+    let rotation = pb::KeyRotation { keys: keys.iter().map(|k| k.to_spec_string()).collect(), note: note.into() };
+    let message = Outgoing { gate: String::new(), stream: "keys", retain: true, payload: rotation.encode_to_vec() };
+    let sealed = send(d, "keys", site, vec![message], now_ms, "", &[]).await?;
+    let ids: Vec<&str> = keys.iter().map(|k| k.key_id.as_str()).collect();
+    info!(site, keys = ?ids, "key rotation sent");
+    Ok(sealed.first().map_or(0, |s| s.counter))
+}
+
+/// `reset`: a signed `SiteReset` (not retained: it is applied once, by the
+/// gates connected now and those whose session queues it). With
+/// `identity` or `health` the gates take the next snapshot or batch of any
+/// version; with `counters` they forget the counters of every stream but
+/// `keys` and `reset`. For a platform whose database was rebuilt.
+pub async fn site_reset(d: &Downlink<'_>, site: &str, reset: &pb::SiteReset, now_ms: i64) -> Result<u64, String> {
+    if !(reset.identity || reset.health || reset.counters) {
+        return Err("bad request: a reset names at least one of identity, health, counters".into());
+    }
+    if reset.note.len() > NOTE_MAX {
+        return Err(format!("bad request: the note is {} bytes, at most {NOTE_MAX}", reset.note.len()));
+    }
+    let message = Outgoing { gate: String::new(), stream: "reset", retain: false, payload: reset.encode_to_vec() };
+    let sealed = send(d, "reset", site, vec![message], now_ms, "", &[]).await?;
+    info!(site, identity = reset.identity, health = reset.health, counters = reset.counters, "site reset sent");
     Ok(sealed.first().map_or(0, |s| s.counter))
 }
 

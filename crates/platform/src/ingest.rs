@@ -9,7 +9,6 @@
 //! again (to it on its return, its session being persistent), and the
 //! unique `event_id` / `alert_id` turn redeliveries into no-ops.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use deadpool_postgres::Pool;
 use gate_proto::v1 as pb;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_postgres::Transaction;
@@ -194,25 +193,13 @@ pub async fn run_ingest(
         Some(r) => format!("{}-{r}", config.mqtt.client_id),
         None => config.mqtt.client_id.clone(),
     };
-    let mut options = MqttOptions::new(&client_id, &config.mqtt.host, config.mqtt.port);
+    // TLS files and the password are read here: one unusable stops the start.
+    let mut options = config.mqtt.options(&client_id).map_err(|e| DbError::Invalid(e.to_string()))?;
     options
-        .set_keep_alive(config.mqtt.keep_alive)
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_inflight(100);
-    if let (Some(user), Some(file)) = (&config.mqtt.username, &config.mqtt.password_file) {
-        let password = std::fs::read_to_string(file)
-            .map_err(|e| DbError::Invalid(format!("MQTT password file {}: {e}", file.display())))?;
-        options.set_credentials(user, password.trim_end());
-    }
-    if config.mqtt.tls.is_some() {
-        return Err(DbError::Invalid(
-            "[mqtt] TLS is configured but this build of gate-platform has no TLS transport yet; \
-             run it next to the broker on a plain listener bound to loopback"
-                .into(),
-        ));
-    }
     let (client, eventloop) = AsyncClient::new(options, INFLIGHT);
     let filters = Filters::shared(&config.ingest.group, &config.mqtt.topic_prefix);
     let generation = Arc::new(AtomicU64::new(0));
@@ -237,6 +224,7 @@ pub async fn run_ingest(
         stats.clone(),
         shutdown.clone(),
     ));
+    let progress = tokio::spawn(crate::progress::run_progress(pool.clone(), shutdown.clone()));
     let dispatcher = tokio::spawn(crate::routes::run_dispatcher(
         pool.clone(),
         routes,
@@ -262,6 +250,7 @@ pub async fn run_ingest(
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), mqtt).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), progress).await;
     let _ = tokio::time::timeout(crate::routes::HTTP_TIMEOUT, dispatcher).await;
     if let Some(h) = heartbeats {
         let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
@@ -419,51 +408,14 @@ impl Writer {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let now = now_ms();
-        // The rows first: inserting takes no stream lock, so replicas
-        // insert side by side; only the short bookkeeping below takes turns.
+        // Only appends and the gates this batch has a status for: replicas
+        // write side by side. The seq bookkeeping is applied from the inbox
+        // rows written here, off this path (`progress`).
         let (new_events, dup_events) = insert_events(&tx, &events).await?;
         let new_alerts = insert_alerts(&tx, &alerts).await?;
         crate::routes::enqueue(&tx, &self.routes, &new_alerts).await?;
         let (new_alerts, dup_alerts) = (new_alerts.len() as u64, (alerts.len() - new_alerts.len()) as u64);
-        // Then every stream touched is locked, in one order (two replicas
-        // holding the same gate's messages take turns), in one statement.
-        let mut seqs: BTreeMap<(String, String, &'static str), Vec<u64>> = BTreeMap::new();
-        for e in &events {
-            seqs.entry((e.site_id.clone(), e.gate_id.clone(), "events")).or_default().push(e.seq);
-        }
-        for a in &alerts {
-            if a.seq > 0 {
-                seqs.entry((a.site_id.clone(), a.gate_id.clone(), "alerts")).or_default().push(a.seq);
-            }
-        }
-        let states = lock_streams(&tx, &seqs).await?;
-        let mut updated = StreamRows::default();
-        for (((site, gate, stream), list), mut state) in seqs.iter().zip(states) {
-            let gaps_before = state.open_gaps();
-            state.apply(list, now);
-            for (from, to) in overflow_ranges(&events, site, gate, stream) {
-                state.explain(from, to);
-                tx.execute(
-                    "UPDATE gaps SET explained_by = 'outbox_overflow', filled_at = coalesce(filled_at, now())
-                     WHERE site_id = $1 AND gate_id = $2 AND stream = $3 AND from_seq <= $5 AND to_seq >= $4",
-                    &[site, gate, stream, &(from as i64), &(to as i64)],
-                )
-                .await?;
-            }
-            let gaps_after = state.open_gaps();
-            let filled: Vec<i64> = gaps_before.into_iter().filter(|g| !gaps_after.contains(g)).collect();
-            if !filled.is_empty() {
-                tx.execute(
-                    "UPDATE gaps SET filled_at = now() WHERE gap_id = ANY($1) AND filled_at IS NULL",
-                    &[&filled],
-                )
-                .await?;
-                info!(site, gate, stream, gaps = ?filled, "gaps filled");
-            }
-            updated.push(site, gate, stream, &state);
-        }
-        updated.write(&tx).await?;
-        update_gates(&tx, &events, &statuses).await?;
+        update_statuses(&tx, &statuses).await?;
         tx.commit().await?;
         let s = &self.stats;
         s.stored.fetch_add(new_events + new_alerts, Ordering::Relaxed);
@@ -553,103 +505,8 @@ fn is_transient(e: &DbError) -> bool {
     }
 }
 
-/// Takes the row locks of every stream in `seqs` (creating the rows seen
-/// for the first time), in key order, and reads their states, in the
-/// order of `seqs`. Four statements whatever the number of streams.
-async fn lock_streams(
-    tx: &Transaction<'_>,
-    seqs: &BTreeMap<(String, String, &'static str), Vec<u64>>,
-) -> Result<Vec<SeqState>, DbError> {
-    if seqs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sites: Vec<&str> = seqs.keys().map(|k| k.0.as_str()).collect();
-    let gates: Vec<&str> = seqs.keys().map(|k| k.1.as_str()).collect();
-    let streams: Vec<&str> = seqs.keys().map(|k| k.2).collect();
-    let firsts: Vec<i64> = seqs.values().map(|l| SeqState::first_seen(l).contiguous as i64).collect();
-    // New streams, in key order; one already there (or being created by
-    // another replica, which this waits for) is left as it is.
-    tx.execute(
-        "INSERT INTO seq_streams (site_id, gate_id, stream, contiguous, max_seq)
-         SELECT u.s, u.g, u.t, u.c, u.c FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(s, g, t, c)
-         ORDER BY u.s COLLATE \"C\", u.g COLLATE \"C\", u.t COLLATE \"C\"
-         ON CONFLICT DO NOTHING",
-        &[&sites, &gates, &streams, &firsts],
-    )
-    .await?;
-    let rows = tx
-        .query(
-            "SELECT s.site_id, s.gate_id, s.stream, s.contiguous, s.max_seq, s.holes FROM seq_streams s
-             JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(site, gate, stream)
-               ON s.site_id = u.site AND s.gate_id = u.gate AND s.stream = u.stream
-             ORDER BY s.site_id COLLATE \"C\", s.gate_id COLLATE \"C\", s.stream COLLATE \"C\"
-             FOR UPDATE OF s",
-            &[&sites, &gates, &streams],
-        )
-        .await?;
-    let mut found: BTreeMap<(String, String, String), SeqState> = rows
-        .iter()
-        .map(|r| {
-            let key = (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2));
-            (key, SeqState::from_row(r.get(3), r.get(4), &r.get::<_, Value>(5)))
-        })
-        .collect();
-    seqs.keys()
-        .map(|(site, gate, stream)| {
-            found.remove(&(site.clone(), gate.clone(), (*stream).to_owned())).ok_or_else(|| {
-                DbError::Invalid(format!("seq_streams row {site}/{gate}/{stream} vanished under its lock"))
-            })
-        })
-        .collect()
-}
-
-/// The new states of the streams a batch touched, written in one statement.
-#[derive(Default)]
-struct StreamRows {
-    sites: Vec<String>,
-    gates: Vec<String>,
-    streams: Vec<String>,
-    contiguous: Vec<i64>,
-    max_seq: Vec<i64>,
-    holes: Vec<String>,
-}
-
-impl StreamRows {
-    fn push(&mut self, site: &str, gate: &str, stream: &str, state: &SeqState) {
-        self.sites.push(site.to_owned());
-        self.gates.push(gate.to_owned());
-        self.streams.push(stream.to_owned());
-        self.contiguous.push(state.contiguous as i64);
-        self.max_seq.push(state.max_seq as i64);
-        self.holes.push(state.holes_json().to_string());
-    }
-
-    async fn write(&self, tx: &Transaction<'_>) -> Result<(), DbError> {
-        if self.sites.is_empty() {
-            return Ok(());
-        }
-        tx.execute(
-            "UPDATE seq_streams s SET contiguous = u.c, max_seq = u.m, holes = u.h::jsonb, updated_at = now()
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[])
-               AS u(site, gate, stream, c, m, h)
-             WHERE s.site_id = u.site AND s.gate_id = u.gate AND s.stream = u.stream",
-            &[&self.sites, &self.gates, &self.streams, &self.contiguous, &self.max_seq, &self.holes],
-        )
-        .await?;
-        Ok(())
-    }
-}
-
-/// Ranges a gate said it dropped (`outbox_overflow` events), for `stream`.
-fn overflow_ranges(events: &[pb::GateEvent], site: &str, gate: &str, stream: &str) -> Vec<(u64, u64)> {
-    events
-        .iter()
-        .filter(|e| e.site_id == site && e.gate_id == gate && wire::is_outbox_overflow(e))
-        .flat_map(|e| wire::dropped_ranges(e, stream))
-        .collect()
-}
-
-/// Inserts events, ignoring those already stored; returns (new, duplicates).
+/// Inserts events, ignoring those already stored, and an inbox row for
+/// each new one (in the same statement); returns (new, duplicates).
 async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result<(u64, u64), DbError> {
     if events.is_empty() {
         return Ok((0, 0));
@@ -665,9 +522,13 @@ async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     let at: Vec<i64> = rows.iter().map(|r| r.occurred_at_ms).collect();
     let kinds: Vec<String> = rows.iter().map(|r| r.kind.clone()).collect();
+    let explains: Vec<Option<(&str, &str)>> = sorted.iter().map(|e| wire::dropped_list(e)).collect();
+    let explains_stream: Vec<Option<&str>> = explains.iter().map(|x| x.map(|x| x.0)).collect();
+    let explains_list: Vec<Option<&str>> = explains.iter().map(|x| x.map(|x| x.1)).collect();
     let inserted = tx
         .execute(
-            "INSERT INTO events (event_id, site_id, gate_id, seq, occurred_at, kind, decision, reason, category,
+            "WITH new AS (
+             INSERT INTO events (event_id, site_id, gate_id, seq, occurred_at, kind, decision, reason, category,
                  credential_type, subject, person_id, lane, direction, side, mode, policy_version, tags, pass_id,
                  operator, note, alarm, facts, stored_at)
              SELECT u.id, u.site, u.gate, u.seq, to_timestamp(u.at::float8 / 1000), u.kind, u.decision, u.reason,
@@ -680,7 +541,12 @@ async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result
                  $22::text[], $23::text[])
                AS u(id, site, gate, seq, at, kind, decision, reason, category, credential_type, subject, person_id,
                     lane, direction, side, mode, policy_version, tags, pass_id, operator, note, alarm, facts)
-             ON CONFLICT (event_id) DO NOTHING",
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id, site_id, gate_id, seq)
+             INSERT INTO seq_inbox (site_id, gate_id, stream, seq, occurred_at_ms, explains_stream, explains)
+             SELECT new.site_id, new.gate_id, 'events', new.seq, x.at, x.stream, x.list
+             FROM new JOIN unnest($1::text[], $5::bigint[], $24::text[], $25::text[]) AS x(id, at, stream, list)
+               ON x.id = new.event_id",
             &[
                 &ids,
                 &sites,
@@ -705,6 +571,8 @@ async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result
                 &col(|r| r.note.clone()),
                 &col(|r| r.alarm.clone()),
                 &col(|r| r.facts_json.clone()),
+                &explains_stream,
+                &explains_list,
             ],
         )
         .await?;
@@ -745,6 +613,15 @@ async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<Vec
                 ],
             )
             .await?;
+        if inserted == 1
+            && let Some(seq) = r.seq
+        {
+            tx.execute(
+                "INSERT INTO seq_inbox (site_id, gate_id, stream, seq, occurred_at_ms) VALUES ($1, $2, 'alerts', $3, $4)",
+                &[&r.site_id, &r.gate_id, &seq, &r.occurred_at_ms],
+            )
+            .await?;
+        }
         if inserted == 1 {
             new.push(crate::routes::AlertFacts {
                 alert_id: r.alert_id,
@@ -758,42 +635,15 @@ async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<Vec
     Ok(new)
 }
 
-/// The fleet table: newest event time, and the status fields. A status
-/// older than the stored one is ignored, except that "offline" (gated's last
-/// will, dated when it connected) always lands.
-async fn update_gates(
-    tx: &Transaction<'_>,
-    events: &[pb::GateEvent],
-    statuses: &[pb::GateStatus],
-) -> Result<(), DbError> {
-    let mut newest: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for e in events {
-        let at = newest.entry((e.site_id.clone(), e.gate_id.clone())).or_insert(i64::MIN);
-        *at = (*at).max(e.occurred_at_ms);
-    }
-    // Every gate touched (by an event or a status) is locked here, in one
-    // statement and in key order, the lock order of every replica; the
-    // statuses below then only update rows this transaction already holds.
-    let mut touched: BTreeMap<(String, String), Option<f64>> =
-        newest.into_iter().map(|(k, ms)| (k, Some(ms as f64))).collect();
-    for s in statuses {
-        touched.entry((s.site_id.clone(), s.gate_id.clone())).or_insert(None);
-    }
-    if !touched.is_empty() {
-        let sites: Vec<&str> = touched.keys().map(|k| k.0.as_str()).collect();
-        let gates: Vec<&str> = touched.keys().map(|k| k.1.as_str()).collect();
-        let at: Vec<Option<f64>> = touched.values().copied().collect();
-        tx.execute(
-            "INSERT INTO gates (site_id, gate_id, last_event_at)
-             SELECT u.s, u.g, to_timestamp(u.at / 1000) FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(s, g, at)
-             ORDER BY u.s COLLATE \"C\", u.g COLLATE \"C\"
-             ON CONFLICT (site_id, gate_id) DO UPDATE
-             SET last_event_at = greatest(gates.last_event_at, excluded.last_event_at)",
-            &[&sites, &gates, &at],
-        )
-        .await?;
-    }
-    for (site, gate) in touched.keys() {
+/// The status fields of the fleet table. A status older than the stored
+/// one is ignored, except that "offline" (gated's last will, dated when it
+/// connected) always lands. Gates are locked in key order, the order of
+/// the progress rounds' update of `last_event_at`.
+async fn update_statuses(tx: &Transaction<'_>, statuses: &[pb::GateStatus]) -> Result<(), DbError> {
+    let mut touched: Vec<(String, String)> = statuses.iter().map(|s| (s.site_id.clone(), s.gate_id.clone())).collect();
+    touched.sort();
+    touched.dedup();
+    for (site, gate) in &touched {
         for s in statuses.iter().filter(|s| &s.site_id == site && &s.gate_id == gate) {
             let devices = wire::devices_json(s);
             tx.execute(
@@ -838,8 +688,8 @@ async fn update_gates(
 }
 
 /// Every few seconds, turns holes older than the gap timeout into `gaps`
-/// rows and platform alerts. Rows locked by a replica's writer are skipped
-/// (SKIP LOCKED) and looked at on the next round.
+/// rows and platform alerts. Rows locked by a progress round are skipped
+/// (SKIP LOCKED) and looked at on the next sweep.
 async fn sweep_gaps(
     pool: Pool,
     timeout: Duration,

@@ -5,8 +5,9 @@
 //!
 //! Layout: `config` (platform.toml), `db` (pool, migrations), `wire`
 //! (gate.v1 → rows), `seqtrack` (pure gap bookkeeping), `ingest` (the
-//! consumer replica), `fleet` and `report` (read side), `keys` (the signing
-//! key file).
+//! consumer replica), `progress` (that bookkeeping, applied off the
+//! write path), `fleet` and `report` (read side), `keys` (the signing key
+//! file).
 
 pub mod config;
 pub mod db;
@@ -16,6 +17,7 @@ pub mod health;
 pub mod identity;
 pub mod ingest;
 pub mod keys;
+pub mod progress;
 pub mod report;
 pub mod routes;
 pub mod seqtrack;

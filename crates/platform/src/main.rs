@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use gate_platform::config::{self, DEFAULT_PATH, PlatformConfig};
-use gate_platform::{db, downlink, fleet, health, identity, ingest, keys, report, simulate};
+use gate_platform::{db, downlink, fleet, health, identity, ingest, keys, progress, report, simulate};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_USAGE: u8 = 64;
@@ -101,6 +101,54 @@ enum Command {
     Health {
         #[command(subcommand)]
         health: HealthCommand,
+    },
+    /// The platform keys the gates trust.
+    Keys {
+        #[command(subcommand)]
+        keys: KeysCommand,
+    },
+    /// Lets a site's gates take versions and counters lower than those they
+    /// hold, once, signed: for a platform whose database was rebuilt. Follow
+    /// it with `identity publish --snapshot` (and health publish) as needed.
+    Reset {
+        #[arg(long)]
+        site: String,
+        /// The gates take the next identity snapshot of any version.
+        #[arg(long)]
+        identity: bool,
+        /// The gates take the next health batch of any version.
+        #[arg(long)]
+        health: bool,
+        /// The gates forget the counters of every stream but keys and reset.
+        #[arg(long)]
+        counters: bool,
+        /// Why (kept by the gates, shown to technicians).
+        #[arg(long)]
+        note: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Sends the site's gates a signed key rotation (retained): from then on
+    /// they trust exactly the keys named, and no other. Signed with the key
+    /// they trust now ([signing] key_file); switch key_file to a new key
+    /// once the gates applied it.
+    Rotate {
+        #[arg(long)]
+        site: String,
+        /// A key to trust, as "KEYID:HEX" (as `keygen` prints it).
+        #[arg(long = "key", value_name = "KEYID:HEX")]
+        keys: Vec<String>,
+        /// A signing key file whose public key to trust (as `keygen` writes it).
+        #[arg(long = "key-file", value_name = "FILE")]
+        key_files: Vec<PathBuf>,
+        /// Also keep trusting the current [signing] key (a rotation in two steps).
+        #[arg(long)]
+        keep_current: bool,
+        /// Why (kept by the gates, shown to technicians).
+        #[arg(long, default_value = "")]
+        note: String,
     },
 }
 
@@ -290,10 +338,15 @@ async fn run(command: Command, config: PlatformConfig, config_path: &std::path::
             r.map_err(|e| e.to_string())
         }
         Command::SweepGaps => match db::migrate(&pool).await {
-            Ok(_) => ingest::sweep_once(&pool, config.ingest.gap_timeout, &config.routes, ingest::now_ms())
-                .await
-                .map(|n| println!("{n} gap(s) opened"))
-                .map_err(|e| e.to_string()),
+            // What the writers committed is applied first, as a replica's
+            // progress round would (waiting for no replica's round).
+            Ok(_) => match progress::apply_round(&pool, ingest::now_ms()).await {
+                Ok(_) => ingest::sweep_once(&pool, config.ingest.gap_timeout, &config.routes, ingest::now_ms())
+                    .await
+                    .map(|n| println!("{n} gap(s) opened"))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e.to_string()),
         },
         Command::Fleet { json } => {
@@ -369,6 +422,60 @@ async fn run(command: Command, config: PlatformConfig, config_path: &std::path::
                     .map(|counter| println!("site {site}: trust list version {version} sent (counter {counter})")),
             }
         }
+        Command::Keys { keys: KeysCommand::Rotate { site, keys, key_files, keep_current, note } } => {
+            let Some(signer) = signer(&config) else { return ExitCode::from(EXIT_CONFIG) };
+            let mut trusted = Vec::new();
+            for spec in &keys {
+                match gate_envelope::parse_key_spec(spec) {
+                    Ok(key) => trusted.push(key),
+                    Err(e) => {
+                        eprintln!("gate-platform: --key {spec:?}: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                }
+            }
+            for file in &key_files {
+                match gate_envelope::Signer::from_file(file) {
+                    Ok(key) => trusted.push(key.key_spec()),
+                    Err(e) => {
+                        eprintln!("gate-platform: --key-file: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            }
+            if keep_current {
+                trusted.push(signer.key_spec());
+            }
+            trusted.sort_by_key(|k| k.to_spec_string());
+            trusted.dedup_by(|a, b| a.to_spec_string() == b.to_spec_string());
+            if trusted.is_empty() {
+                eprintln!("gate-platform: name the keys to trust: --key, --key-file or --keep-current");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let d = downlink::Downlink { pool: &pool, signer: &signer, config: &config };
+            let ids: Vec<String> = trusted.iter().map(|k| k.key_id.clone()).collect();
+            match db::migrate(&pool).await {
+                Err(e) => Err(e.to_string()),
+                Ok(_) => downlink::keys_rotate(&d, &site, &trusted, &note, ingest::now_ms()).await.map(|counter| {
+                    println!("site {site}: key rotation to {} sent (counter {counter})", ids.join(", "))
+                }),
+            }
+        }
+        Command::Reset { site, identity, health, counters, note } => {
+            if !(identity || health || counters) {
+                eprintln!("gate-platform: name what to reset: --identity, --health, --counters");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let Some(signer) = signer(&config) else { return ExitCode::from(EXIT_CONFIG) };
+            let d = downlink::Downlink { pool: &pool, signer: &signer, config: &config };
+            let reset = gate_proto::v1::SiteReset { identity, health, counters, note };
+            match db::migrate(&pool).await {
+                Err(e) => Err(e.to_string()),
+                Ok(_) => downlink::site_reset(&d, &site, &reset, ingest::now_ms())
+                    .await
+                    .map(|counter| println!("site {site}: reset sent (counter {counter})")),
+            }
+        }
         Command::Health { health: HealthCommand::Publish { site, file } } => {
             let records = match std::fs::read_to_string(&file)
                 .map_err(|e| vec![format!("{}: {e}", file.display())])
@@ -427,9 +534,15 @@ async fn identity_import(
         .map_err(|e| format!("bad request: --utc-offset {utc_offset:?}: {e}"))?;
     let key = gate_config::load_site_key(key_file).map_err(|e| format!("bad request: {e}"))?;
     let bytes = std::fs::read(file).map_err(|e| format!("bad request: {}: {e}", file.display()))?;
-    let text = identity::decode_text(file, &bytes).map_err(|e| format!("bad request: {e}"))?;
-    let people = identity::parse_people(file, &text, &key, offset)
-        .map_err(|errors| format!("bad request: nothing imported:\n{}", errors.join("\n")))?;
+    let decoded = gate_config::people_csv::decode(file, &bytes, None).map_err(|e| format!("bad request: {e}"))?;
+    if let Some(note) = &decoded.note {
+        eprintln!("{note}");
+    }
+    let people: Vec<_> = gate_config::people_csv::parse_people(file, &decoded.text, &key, offset)
+        .map_err(|errors| format!("bad request: nothing imported:\n{}", errors.join("\n")))?
+        .iter()
+        .map(identity::person_of)
+        .collect();
     db::migrate(pool).await.map_err(|e| e.to_string())?;
     let s = identity::import(pool, site, &people).await.map_err(|e| e.to_string())?;
     println!(

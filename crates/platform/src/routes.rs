@@ -123,8 +123,12 @@ pub enum SecretError {
     Permissions(PathBuf, u32),
     #[error("route secret file {}: empty", .0.display())]
     Empty(PathBuf),
-    #[error("route secret file {path}: {error}", path = .0.display(), error = .1)]
+    #[error("route file {path}: {error}", path = .0.display(), error = .1)]
     Io(PathBuf, std::io::Error),
+    #[error("route ca_file {path}: {error}", path = .0.display(), error = .1)]
+    Ca(PathBuf, String),
+    #[error("an https:// route without ca_file, and the system's trust store has no certificate")]
+    NoSystemRoots,
 }
 
 /// Reads a route's secret (the file's bytes, trailing blanks removed),
@@ -147,11 +151,13 @@ pub fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
     Ok(bytes)
 }
 
-/// A route ready to send: its rule and its secret.
+/// A route ready to send: its rule, its secret, and for https:// its TLS
+/// client settings.
 #[derive(Clone)]
 pub struct Route {
     pub config: RouteConfig,
     secret: Vec<u8>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -162,9 +168,47 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
+    /// Reads the secret and, for https://, the CA file: a route that could
+    /// not deliver stops the start rather than failing every attempt.
     pub fn load(config: &RouteConfig) -> Result<Self, SecretError> {
-        Ok(Route { config: config.clone(), secret: read_secret(&config.secret_file)? })
+        let secret = read_secret(&config.secret_file)?;
+        let https = parse_http_url(&config.url).is_ok_and(|u| u.tls);
+        let tls = if https { Some(Arc::new(tls_client(config.ca_file.as_deref())?)) } else { None };
+        Ok(Route { config: config.clone(), secret, tls })
     }
+}
+
+/// TLS client settings for webhooks: rustls with the ring provider (as the
+/// MQTT connections), roots from `ca_file` or the system's trust store.
+pub fn tls_client(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, SecretError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| SecretError::Io(path.to_path_buf(), e))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| SecretError::Ca(path.to_path_buf(), e.to_string()))?;
+                roots.add(cert).map_err(|e| SecretError::Ca(path.to_path_buf(), e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(SecretError::Ca(path.to_path_buf(), "no PEM certificate in it".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(SecretError::NoSystemRoots);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SecretError::Ca(PathBuf::new(), e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// What a dispatcher counted.
@@ -174,27 +218,23 @@ pub struct DeliveryStats {
     pub failed_attempts: AtomicU64,
 }
 
-/// The parts of an `http://host[:port]/path` URL.
+/// The parts of an `http[s]://host[:port]/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// https://: TLS, the certificate checked against the host name.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub path: String,
 }
 
-/// Parses a plain `http://` URL. `https://` needs TLS, which this build of
-/// the dispatcher does not carry: such a route's attempts fail with a
-/// clear error (and `check-config` says so).
+/// Parses an `http://` or `https://` URL (default ports 80 and 443).
 pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        if url.starts_with("https://") {
-            "https:// webhooks need TLS, which this build does not have: use http:// on a trusted network \
-             or a local TLS-terminating proxy"
-                .to_owned()
-        } else {
-            "expected an http:// URL".to_owned()
-        }
-    })?;
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return Err("expected an http:// or https:// URL".to_owned()),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -203,56 +243,79 @@ pub fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
             (h, p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?)
         }
-        _ => (authority, 80),
+        _ => (authority, if tls { 443 } else { 80 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err("no host".into());
     }
-    Ok(HttpUrl { host: host.into(), port, path: path.into() })
+    Ok(HttpUrl { tls, host: host.into(), port, path: path.into() })
 }
 
 /// One POST; returns the status code. A deliberately small HTTP/1.1 client
 /// (one request per connection, `Connection: close`): the receivers are a
-/// handful of department endpoints, not a browser's web.
-pub async fn post(url: &HttpUrl, headers: &[(&str, String)], body: &[u8]) -> Result<u16, String> {
+/// handful of department endpoints, not a browser's web. `tls` is required
+/// for an https:// URL.
+pub async fn post(
+    url: &HttpUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<u16, String> {
     let exchange = async {
-        let mut stream =
+        let stream =
             tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await.map_err(|e| format!("connect: {e}"))?;
-        let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\nUser-Agent: gate-platform/{}\r\n",
-            url.path,
-            url.host,
-            url.port,
-            body.len(),
-            env!("CARGO_PKG_VERSION")
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
+        if !url.tls {
+            return request(stream, url, headers, body).await;
         }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-        stream.write_all(body).await.map_err(|e| format!("send: {e}"))?;
-        // Only the status line matters; read until it is complete.
-        let mut answer = Vec::with_capacity(256);
-        let mut buf = [0u8; 512];
-        while !answer.windows(2).any(|w| w == b"\r\n") && answer.len() < 8192 {
-            let n = stream.read(&mut buf).await.map_err(|e| format!("receive: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&answer);
-        let status = line
-            .strip_prefix("HTTP/1.")
-            .and_then(|r| r.get(2..5))
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| "no HTTP status line in the answer".to_owned())?;
-        Ok(status)
+        let config = tls.ok_or("an https:// URL without TLS settings")?;
+        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+            .map_err(|e| format!("TLS: {:?} is not a server name: {e}", url.host))?;
+        let stream = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        request(stream, url, headers, body).await
     };
     tokio::time::timeout(HTTP_TIMEOUT, exchange).await.map_err(|_| "timed out".to_owned())?
+}
+
+/// The request on an open connection, and the status of the answer.
+async fn request<S>(mut stream: S, url: &HttpUrl, headers: &[(&str, String)], body: &[u8]) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\nUser-Agent: gate-platform/{}\r\n",
+        url.path,
+        url.host,
+        url.port,
+        body.len(),
+        env!("CARGO_PKG_VERSION")
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+    stream.write_all(body).await.map_err(|e| format!("send: {e}"))?;
+    stream.flush().await.map_err(|e| format!("send: {e}"))?;
+    // Only the status line matters; read until it is complete.
+    let mut answer = Vec::with_capacity(256);
+    let mut buf = [0u8; 512];
+    while !answer.windows(2).any(|w| w == b"\r\n") && answer.len() < 8192 {
+        let n = stream.read(&mut buf).await.map_err(|e| format!("receive: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&answer);
+    line.strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| "no HTTP status line in the answer".to_owned())
 }
 
 /// The document sent for one alert row.
@@ -327,7 +390,7 @@ pub async fn deliver_due(pool: &Pool, routes: &[Route], stats: &DeliveryStats) -
                     ("X-Gate-Timestamp", timestamp.to_string()),
                     ("X-Gate-Signature", signature(&route.secret, timestamp, &body)),
                 ];
-                post(&url, &headers, &body).await
+                post(&url, route.tls.as_ref(), &headers, &body).await
             }
             Err(e) => Err(e),
         };
@@ -416,6 +479,7 @@ mod tests {
             name: "r".into(),
             url: "http://127.0.0.1:9/x".into(),
             secret_file: "/s".into(),
+            ca_file: None,
             site: site.map(Into::into),
             kind: kind.map(Into::into),
             reason: reason.map(Into::into),
@@ -459,16 +523,20 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_split_and_https_is_refused_with_a_reason() {
+    fn urls_are_split_with_the_default_port_of_their_scheme() {
         assert_eq!(
             parse_http_url("http://127.0.0.1:8080/hook?x=1"),
-            Ok(HttpUrl { host: "127.0.0.1".into(), port: 8080, path: "/hook?x=1".into() })
+            Ok(HttpUrl { tls: false, host: "127.0.0.1".into(), port: 8080, path: "/hook?x=1".into() })
         );
         assert_eq!(
             parse_http_url("http://example.org"),
-            Ok(HttpUrl { host: "example.org".into(), port: 80, path: "/".into() })
+            Ok(HttpUrl { tls: false, host: "example.org".into(), port: 80, path: "/".into() })
         );
-        assert!(parse_http_url("https://example.org/").is_err_and(|e| e.contains("TLS")));
+        assert_eq!(
+            parse_http_url("https://example.org/hook"),
+            Ok(HttpUrl { tls: true, host: "example.org".into(), port: 443, path: "/hook".into() })
+        );
+        assert!(parse_http_url("ftp://example.org/").is_err());
         assert!(parse_http_url("http://h:99999/").is_err());
     }
 }

@@ -37,7 +37,7 @@ use deadpool_postgres::Pool;
 use futures_util::{SinkExt, StreamExt};
 use gate_proto::v1 as pb;
 use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PlatformConfig;
@@ -81,6 +81,9 @@ pub struct Report {
     pub burst_rate_1: f64,
     pub burst_rate_n: f64,
     pub copy_rate: f64,
+    /// After a burst's last row, at most this long (s) until its seq
+    /// progress was applied (an upper bound: polled every 100 ms).
+    pub progress_behind_s: f64,
 }
 
 impl Report {
@@ -110,6 +113,7 @@ impl Report {
                 self.burst_rows, o.replicas, self.burst_rate_n
             );
             println!("  raw COPY of the same rows               {:.0} rows/s", self.copy_rate);
+            println!("  seq progress applied within {:.1} s of the last row", self.progress_behind_s);
             if self.copy_rate > 0.0 {
                 println!(
                     "  ingest / raw COPY: 1 replica {:.0}%, {} replicas {:.0}%",
@@ -212,11 +216,10 @@ struct Truth {
 
 impl Truth {
     async fn connect(config: &PlatformConfig, sites: &[String]) -> Result<Self, String> {
-        let mut options = MqttOptions::new(
-            format!("{}-truth-{}", config.mqtt.client_id, std::process::id()),
-            &config.mqtt.host,
-            config.mqtt.port,
-        );
+        let mut options = config
+            .mqtt
+            .options(format!("{}-truth-{}", config.mqtt.client_id, std::process::id()))
+            .map_err(|e| e.to_string())?;
         options.set_keep_alive(Duration::from_secs(15)).set_clean_session(true).set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         for site in sites {
@@ -276,6 +279,15 @@ impl Drop for Truth {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+async fn inbox_count(pool: &Pool, site: &str) -> Result<i64, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_one("SELECT count(*) FROM seq_inbox WHERE site_id = $1", &[&site])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
 }
 
 async fn stored_count(pool: &Pool, sites: &[String]) -> Result<usize, String> {
@@ -475,6 +487,20 @@ pub async fn run(config: &PlatformConfig, pool: &Pool, o: &Options) -> Result<Re
                 .map_err(|e| e.to_string())?;
             let (rows, span): (i64, f64) = (row.get(0), row.get(1));
             let rate = if span > 0.0 { rows as f64 / span } else { 0.0 };
+            // The seq bookkeeping runs behind the writers: when it caught up.
+            wait_for!(
+                "the burst's seq progress to be applied",
+                Duration::from_secs(600),
+                inbox_count(pool, &phase_site).await? == 0
+            );
+            let behind = client
+                .query_one(
+                    "SELECT extract(epoch FROM clock_timestamp() - max(stored_at))::float8 FROM events WHERE site_id = $1",
+                    &[&phase_site],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            report.progress_behind_s = report.progress_behind_s.max(behind.get(0));
             report.burst_rows = rows as usize;
             if phase == 1 {
                 report.burst_rate_1 = rate;
@@ -530,7 +556,7 @@ pub async fn run(config: &PlatformConfig, pool: &Pool, o: &Options) -> Result<Re
 /// Connects once with a clean session under `client_id`, which ends the
 /// persistent session the broker kept for it.
 async fn purge_session(config: &PlatformConfig, client_id: &str) {
-    let mut options = MqttOptions::new(client_id, &config.mqtt.host, config.mqtt.port);
+    let Ok(mut options) = config.mqtt.options(client_id) else { return };
     options.set_clean_session(true).set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

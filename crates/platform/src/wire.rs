@@ -171,15 +171,14 @@ pub fn is_outbox_overflow(e: &pb::GateEvent) -> bool {
     kind_name(e.kind) == "outbox_overflow"
 }
 
-/// The ranges an `outbox_overflow` event names for `stream` (its facts
-/// `dropped` as `a-b,c-d`, and `stream`, `events` when absent).
-pub fn dropped_ranges(e: &pb::GateEvent, stream: &str) -> Vec<(u64, u64)> {
-    let named = e.facts.get("stream").map_or("events", String::as_str);
-    if named != stream {
-        return Vec::new();
+/// The stream an `outbox_overflow` event names and its unparsed list of
+/// dropped numbers; `None` for any other event.
+pub fn dropped_list(e: &pb::GateEvent) -> Option<(&str, &str)> {
+    if !is_outbox_overflow(e) {
+        return None;
     }
-    let Some(list) = e.facts.get("dropped").or_else(|| e.facts.get("dropped_seqs")) else { return Vec::new() };
-    parse_ranges(list)
+    let list = e.facts.get("dropped").or_else(|| e.facts.get("dropped_seqs"))?;
+    Some((e.facts.get("stream").map_or("events", String::as_str), list))
 }
 
 /// `1-5,9,12..=14` → [(1,5),(9,9),(12,14)]; malformed items are skipped.

@@ -11,6 +11,7 @@ use gate_proto::v1 as pb;
 use gate_tests::postgres::Postgres;
 use gate_tests::{GateFixture, Mosquitto, RunningDaemon, Subscriber, init_test_logging, publish, resident};
 use prost::Message;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::{BROKER_CONF, run, write_config};
@@ -55,6 +56,23 @@ fn applied_modes(sub: &Subscriber) -> Vec<pb::Mode> {
     sub.events(EVENTS).into_iter().filter(|e| e.kind() == pb::EventKind::ModeChange).map(|e| e.mode()).collect()
 }
 
+/// A real gate that trusts the platform key `line` ("KEYID:HEX"), its own
+/// test key too.
+fn gate_trusting(broker_port: u16, line: &str) -> Result<GateFixture> {
+    let fx = GateFixture::new(broker_port, &[resident("p-001", ZHANG, "张三")])?;
+    let text = std::fs::read_to_string(&fx.config_path)?;
+    let trusted = text.replacen("signing_keys = [", &format!("signing_keys = [\"{line}\", "), 1);
+    assert_ne!(trusted, text, "the fixture's config lists signing_keys");
+    std::fs::write(&fx.config_path, trusted)?;
+    Ok(fx)
+}
+
+/// `gate-platform keygen FILE`: the "KEYID:HEX" line.
+fn keygen(config: &Path, file: &Path) -> Result<String> {
+    let out = ok(&run(config, &["keygen", file.to_str().context("utf-8")?]));
+    Ok(out.lines().last().context("the key line")?.to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_mode_change_and_identity_publish_take_effect_and_altered_or_replayed_ones_do_not() -> Result<()> {
     init_test_logging();
@@ -66,12 +84,7 @@ async fn a_signed_mode_change_and_identity_publish_take_effect_and_altered_or_re
         write_config(dir.path(), &pg.url(), broker.port(), &format!("[signing]\nkey_file = \"{}\"\n", key.display()));
     let line = ok(&run(&config, &["keygen", key.to_str().context("utf-8")?])).lines().last().context("key")?.to_owned();
 
-    // A real gate that trusts this platform's key (its own test key too).
-    let fx = GateFixture::new(broker.port(), &[resident("p-001", ZHANG, "张三")])?;
-    let text = std::fs::read_to_string(&fx.config_path)?;
-    let trusted = text.replacen("signing_keys = [", &format!("signing_keys = [\"{line}\", "), 1);
-    assert_ne!(trusted, text, "the fixture's config lists signing_keys");
-    std::fs::write(&fx.config_path, trusted)?;
+    let fx = gate_trusting(broker.port(), &line)?;
     let sub = Subscriber::connect(broker.port(), &format!("village/{SITE}/#")).await?;
     let daemon = RunningDaemon::start(fx.config());
     daemon.wait_connected().await?;
@@ -168,6 +181,80 @@ async fn a_signed_mode_change_and_identity_publish_take_effect_and_altered_or_re
     .await?;
     let last = sub.decisions(EVENTS).pop().context("a decision")?;
     assert_eq!((last.decision(), last.reason()), (pb::Decision::Block, pb::Reason::Expired));
+    daemon.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_is_applied_by_a_real_gate_and_a_site_reset_takes_effect() -> Result<()> {
+    init_test_logging();
+    let pg = Postgres::start()?;
+    let broker = Mosquitto::start_with(BROKER_CONF)?;
+    let dir = tempfile::tempdir()?;
+    let (old_key, new_key) = (dir.path().join("old.key"), dir.path().join("new.key"));
+    let signing_with = |key: &Path| {
+        write_config(dir.path(), &pg.url(), broker.port(), &format!("[signing]\nkey_file = \"{}\"\n", key.display()))
+    };
+    let config = signing_with(&old_key);
+    let old_line = keygen(&config, &old_key)?;
+    let new_line = keygen(&config, &new_key)?;
+    assert_ne!(old_line, new_line);
+    let fx = gate_trusting(broker.port(), &old_line)?;
+    let sub = Subscriber::connect(broker.port(), &format!("village/{SITE}/#")).await?;
+    let daemon = RunningDaemon::start(fx.config());
+    daemon.wait_connected().await?;
+    let link = daemon.observed.link.clone();
+    let downlink = &link.downlink;
+    let refused = |reason: Refusal| downlink.refused(reason);
+
+    // The rotation to the new key, signed with the old one, is applied.
+    let new_key_arg = new_key.to_str().context("utf-8")?;
+    let out = ok(&run(&config, &["keys", "rotate", "--site", SITE, "--key-file", new_key_arg, "--note", "yearly"]));
+    assert!(out.contains("key rotation to"), "{out}");
+    wait_for("the rotation", || downlink.key_rotations.load(Ordering::Relaxed) == 1).await?;
+    let rotation = sent(&sub, &format!("village/{SITE}/keys")).pop().context("the rotation")?;
+    let envelope = pb::SignedEnvelope::decode(rotation.as_slice())?;
+    let old_id = old_line.split(':').next().context("key id")?;
+    assert_eq!(envelope.key_id, old_id, "signed with the key the gate trusted");
+    // The old key is trusted no more: what it signs changes nothing.
+    let unknown = refused(Refusal::UnknownKey);
+    ok(&run(&config, &["mode", "set", "--site", SITE, "wartime", "--reason", "old key"]));
+    wait_for("the old key's mode change to be refused", || refused(Refusal::UnknownKey) > unknown).await?;
+    assert!(!applied_modes(&sub).contains(&pb::Mode::Wartime));
+    // Signed with the new key, the same change takes effect.
+    let config = signing_with(&new_key);
+    ok(&run(&config, &["mode", "set", "--site", SITE, "wartime", "--reason", "new key"]));
+    wait_for("the new key's mode change", || applied_modes(&sub).contains(&pb::Mode::Wartime)).await?;
+
+    // Reset: the gate holds identity version 1; the same snapshot again is
+    // a duplicate, not applied...
+    let csv = dir.path().join("people.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "person_id,category,id_number,name,valid_from,valid_to\np-002,worker,{LI},李四,2020-01-01,2035-12-31\n"
+        ),
+    )?;
+    let site_key = fx.dir.path().join("site.key");
+    let (site_key, csv) = (site_key.to_str().context("utf-8")?, csv.to_str().context("utf-8")?);
+    ok(&run(&config, &["identity", "import", "--site", SITE, "--hmac-key-file", site_key, csv]));
+    let applied = downlink.identity_applied.load(Ordering::Relaxed);
+    ok(&run(&config, &["identity", "publish", "--site", SITE]));
+    wait_for("the snapshot to be applied", || downlink.identity_applied.load(Ordering::Relaxed) > applied).await?;
+    let (applied, duplicates) =
+        (downlink.identity_applied.load(Ordering::Relaxed), downlink.identity_duplicates.load(Ordering::Relaxed));
+    ok(&run(&config, &["identity", "publish", "--site", SITE, "--snapshot"]));
+    wait_for("the repeated snapshot", || downlink.identity_duplicates.load(Ordering::Relaxed) > duplicates).await?;
+    assert_eq!(downlink.identity_applied.load(Ordering::Relaxed), applied);
+    // ...until a signed reset of the identity version: then it is taken.
+    let out = ok(&run(&config, &["reset", "--site", SITE, "--identity", "--note", "database rebuilt"]));
+    assert!(out.contains("reset sent"), "{out}");
+    wait_for("the reset", || downlink.resets.load(Ordering::Relaxed) == 1).await?;
+    ok(&run(&config, &["identity", "publish", "--site", SITE, "--snapshot"]));
+    wait_for("the snapshot after the reset", || downlink.identity_applied.load(Ordering::Relaxed) > applied).await?;
+    // A reset naming nothing is a usage error, and sends nothing.
+    let out = run(&config, &["reset", "--site", SITE, "--note", "nothing"]);
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
     daemon.stop().await?;
     Ok(())
 }

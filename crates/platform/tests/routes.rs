@@ -39,14 +39,26 @@ struct Receiver {
 
 impl Receiver {
     async fn start(port: u16) -> Result<Self> {
+        Self::start_with(port, None).await
+    }
+
+    /// With `tls`, an https:// receiver: TLS first, then the same HTTP.
+    async fn start_with(port: u16, tls: Option<tokio_rustls::TlsAcceptor>) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = got.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let sink = sink.clone();
+                let (sink, tls) = (sink.clone(), tls.clone());
                 tokio::spawn(async move {
-                    if let Ok(request) = read_request(stream).await {
+                    let request = match tls {
+                        None => read_request(stream).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => read_request(stream).await,
+                            Err(e) => Err(e.into()),
+                        },
+                    };
+                    if let Ok(request) = request {
                         sink.lock().expect("lock").push(request);
                     }
                 });
@@ -80,7 +92,7 @@ impl Drop for Receiver {
     }
 }
 
-async fn read_request(stream: tokio::net::TcpStream) -> Result<Received> {
+async fn read_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S) -> Result<Received> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).await?;
@@ -104,6 +116,8 @@ async fn read_request(stream: tokio::net::TcpStream) -> Result<Received> {
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).await?;
     reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
+    reader.get_mut().flush().await?;
+    reader.get_mut().shutdown().await?;
     Ok(Received { path, headers, body })
 }
 
@@ -240,4 +254,77 @@ fn a_route_secret_readable_by_others_stops_the_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("mode 0644") && err.contains("chmod 600"), "{err}");
+}
+
+/// A TLS acceptor serving `pair` (a certificate and its key, PEM).
+fn acceptor(pair: &gate_tests::pki::Pair) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&pair.cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&pair.key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_reaches_an_https_webhook_and_a_receiver_its_ca_does_not_vouch_for_gets_nothing() -> Result<()> {
+    use gate_tests::pki::{SERVER_EXT, issue, make_ca};
+    init_test_logging();
+    let pg = Postgres::start()?;
+    let broker = Mosquitto::start_with(BROKER_CONF)?;
+    let dir = tempfile::tempdir()?;
+    let (ca, other_ca) = (make_ca(dir.path(), "receiver-ca")?, make_ca(dir.path(), "other-ca")?);
+    let receiver_cert = issue(dir.path(), &ca, "receiver", SERVER_EXT)?;
+    let port = gate_tests::free_port();
+    let receiver = Receiver::start_with(port, Some(acceptor(&receiver_cert)?)).await?;
+    let routes = format!(
+        "[[route]]\nname = \"secure\"\nurl = \"https://127.0.0.1:{port}/secure\"\nsecret_file = \"{}\"\n\
+         ca_file = \"{}\"\n\n\
+         [[route]]\nname = \"doubting\"\nurl = \"https://127.0.0.1:{port}/doubting\"\nsecret_file = \"{}\"\n\
+         ca_file = \"{}\"\n",
+        secret_file(dir.path(), "secure.secret"),
+        ca.cert.display(),
+        secret_file(dir.path(), "doubting.secret"),
+        other_ca.cert.display(),
+    );
+    let config = write_config(dir.path(), &pg.url(), broker.port(), &routes);
+    let replica = Replica::start(&config, "tls")?;
+    replica.wait_subscribed().await?;
+    let alert = pb::Alert {
+        alert_id: "7d0c3f4e-0000-4000-8000-000000000002".into(),
+        seq: 1,
+        site_id: "site-s".into(),
+        gate_id: "east-1".into(),
+        occurred_at_ms: gate_platform::ingest::now_ms(),
+        reason: pb::Reason::Blocklisted as i32,
+        repeat_count: 1,
+        ..Default::default()
+    };
+    gate_tests::publish(broker.port(), "village/site-s/alerts", alert.encode_to_vec(), false).await?;
+    let got = receiver.wait_for(1).await?;
+    let request = &got[0];
+    assert_eq!(request.path, "/secure");
+    let timestamp: i64 = request.headers["x-gate-timestamp"].parse()?;
+    assert_eq!(
+        request.headers["x-gate-signature"],
+        gate_platform::routes::signature(SECRET.as_bytes(), timestamp, &request.body)
+    );
+    wait_sql(&pg, "SELECT delivered_at IS NOT NULL FROM deliveries WHERE route = 'secure'", "t", WAIT).await?;
+    // The other route trusts another CA: the receiver's certificate does
+    // not chain to it, the attempt fails before anything is sent.
+    wait_sql(
+        &pg,
+        "SELECT delivered_at IS NULL, last_error LIKE 'TLS:%' FROM deliveries WHERE route = 'doubting'",
+        "t|t",
+        WAIT,
+    )
+    .await?;
+    let doubting = fleet_route(&config, "doubting")?;
+    assert!(doubting["last_error"].as_str().is_some_and(|e| e.contains("UnknownIssuer")), "{doubting}");
+    assert!(receiver.requests().iter().all(|r| r.path != "/doubting"));
+    Ok(())
 }

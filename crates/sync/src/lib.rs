@@ -39,7 +39,7 @@ pub use encode::{AlertRecord, EventBody, EventRecord, Side, SiteState, encode_al
 pub use gate_envelope::Refusal;
 pub use health::{HealthAnswer, HealthQuery, encode_health_batch_for_tests, encode_trust_list};
 pub use identity::{IdentityOutcome, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_STALL_MS, check_stalled, handle_identity};
-pub use tls::{AuthError, BrokerAuth, TlsFiles};
+pub use tls::{AuthError, BrokerAuth, Loaded, TlsFiles};
 pub use uplink::{DeviceReport, LinkState, SyncSettings, run_sync};
 pub use watch::{PlatformWatch, load_floor};
 

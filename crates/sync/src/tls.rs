@@ -36,11 +36,20 @@ pub struct TlsFiles {
 }
 
 /// What the files gave: the transport and the credentials for the next
-/// connection.
+/// connection (user name, password).
 #[derive(Clone)]
-pub(crate) struct Loaded {
-    pub(crate) transport: Transport,
-    pub(crate) credentials: Option<(String, String)>,
+pub struct Loaded {
+    pub transport: Transport,
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Loaded {
+    // Never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tls = matches!(self.transport, Transport::Tls(_));
+        let user = self.credentials.as_ref().map(|(user, _)| user.as_str());
+        f.debug_struct("Loaded").field("tls", &tls).field("username", &user).finish_non_exhaustive()
+    }
 }
 
 /// Why the broker settings could not be used. Every message names the file
@@ -67,8 +76,9 @@ pub enum AuthError {
 }
 
 impl BrokerAuth {
-    /// Reads every file now. Plain TCP when TLS is off.
-    pub(crate) fn load(&self) -> Result<Loaded, AuthError> {
+    /// Reads every file now. Plain TCP when TLS is off. The uplink and
+    /// `gate-platform`'s connections both take their transport from here.
+    pub fn load(&self) -> Result<Loaded, AuthError> {
         let transport = match &self.tls {
             None => Transport::Tcp,
             Some(files) => {

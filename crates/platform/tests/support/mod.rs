@@ -86,6 +86,11 @@ impl Replica {
         self.wait_log("subscription acknowledged", 4, Duration::from_secs(20)).await
     }
 
+    /// The exit status, once it exited.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// SIGKILL: no chance to finish a batch or acknowledge anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
