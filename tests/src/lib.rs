@@ -449,6 +449,51 @@ impl GateFixture {
     }
 }
 
+/// An ID number whose check digit is wrong: refused (`invalid_id_number`,
+/// with an alert) wherever it is presented.
+pub const FORGED_ID: &str = "350203199001011237";
+
+/// The coil [`MARKER_LAMP_KEYS`] wires the red lamp to (no test unlocks it).
+pub const MARKER_LAMP: u16 = 7;
+
+/// `[devices.gate]` keys (for [`FixtureOptions::gate_keys`]) that light a
+/// red lamp on [`MARKER_LAMP`] for 1 ms at every refusal, so each refusal
+/// leaves one coil write of its own: what [`GateFixture::settle_gate`] waits for.
+pub const MARKER_LAMP_KEYS: &str = "red_lamp_coil = 7\nindicator_ms = 1\n";
+
+impl GateFixture {
+    /// How many times the unlock coils (0 and 1) were switched on.
+    pub fn unlock_writes(&self) -> usize {
+        self.gate.coil_writes().iter().filter(|w| w.coil < 2 && w.on).count()
+    }
+
+    /// A later marker through the whole gate path, for a test about to
+    /// assert that something did NOT happen at the board: presents a forged
+    /// card and waits until its refusal, and every refusal before it, lit
+    /// the red lamp. Decisions reach the board in order, so by then every
+    /// coil write of every earlier decision has been made; a grant sent in
+    /// place of a refusal leaves the lamp one short and fails here. Needs
+    /// [`MARKER_LAMP_KEYS`] and a board that answers; adds one refusal and
+    /// one alert.
+    pub async fn settle_gate(&self, daemon: &RunningDaemon) -> Result<()> {
+        let blocked = || daemon.observed.decisions.blocked.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        // This daemon's refusals only: an earlier one's were all written before it stopped.
+        let lit = || {
+            self.gate.coil_writes().iter().filter(|w| w.coil == MARKER_LAMP && w.on && w.at >= daemon.started).count()
+        };
+        let marker = blocked() + 1;
+        self.present_card(FORGED_ID, "伪造").await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while blocked() < marker || lit() != blocked() {
+            if Instant::now() > deadline {
+                bail!("the gate did not settle: {} refusals, the red lamp lit {} times", blocked(), lit());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
 fn config_text(mqtt_port: u16, options: &FixtureOptions) -> String {
     let gate_keys = &options.gate_keys;
     let mut text = format!(
@@ -564,6 +609,8 @@ pub async fn publish_signed(port: u16, topic: &str, payload: Vec<u8>, retain: bo
 pub struct RunningDaemon {
     pub shutdown: CancellationToken,
     pub observed: Arc<gate_app::Observed>,
+    /// When it was started: what the board did before is another daemon's.
+    pub started: Instant,
     handle: tokio::task::JoinHandle<Result<(), gate_app::StartError>>,
 }
 
@@ -571,8 +618,9 @@ impl RunningDaemon {
     pub fn start(config: gate_config::Config) -> Self {
         let shutdown = CancellationToken::new();
         let observed = Arc::new(gate_app::Observed::default());
+        let started = Instant::now();
         let handle = tokio::spawn(gate_app::run_observed(config, shutdown.clone(), observed.clone()));
-        RunningDaemon { shutdown, observed, handle }
+        RunningDaemon { shutdown, observed, started, handle }
     }
 
     /// Stops the daemon and waits for every task to finish.

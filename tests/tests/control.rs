@@ -273,10 +273,15 @@ async fn a_reloaded_policy_decides_the_next_card_and_restart_keys_wait() -> Resu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The broker setting waits for a restart, and the status says so.
+    assert_eq!(status(socket.clone()).await?.restart_needed, ["mqtt.keep_alive_s"]);
+
     fx.present_card(ZHANG, "张三").await?;
     wait_for("the block", || d.blocked_for(BlockReason::CategoryNotAllowed) == 1).await?;
     assert_eq!(d.passed.load(Ordering::Relaxed), 1);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A later refusal, recorded after anything the first two could still add.
+    fx.present_card(FORGED, "伪造").await?;
+    wait_for("the marker", || d.blocked_for(BlockReason::InvalidIdNumber) == 1).await?;
 
     // Every event recorded, gap-free, each under the policy in force when
     // it was decided.
@@ -284,7 +289,8 @@ async fn a_reloaded_policy_decides_the_next_card_and_restart_keys_wait() -> Resu
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
     let decisions: Vec<&pb::GateEvent> = events.iter().filter(|e| e.kind() == pb::EventKind::Decision).collect();
-    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions.len(), 3, "the two cards and the marker");
+    assert_eq!(decisions[2].reason(), pb::Reason::InvalidIdNumber);
     assert_eq!(decisions[0].policy_version, config.policy.version);
     assert_eq!(decisions[1].policy_version, new_version);
     assert_eq!(decisions[1].reason(), pb::Reason::CategoryNotAllowed);

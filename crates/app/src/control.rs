@@ -452,6 +452,13 @@ async fn status(ctx: &ControlContext) -> Reply {
         decision_loop_age_ms: o.decisions.heartbeat.age().map(|a| a.as_millis() as u64),
         platform_warnings: o.link.platform.warnings(),
         platform_heartbeat_at_ms: Some(o.link.platform.heartbeat_issued_ms.load(Ordering::Relaxed)).filter(|&t| t > 0),
+        restart_needed: o
+            .restart_needed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect(),
     })
 }
 

@@ -179,6 +179,10 @@ pub struct StatusReport {
     /// The platform's signed heartbeat: when the last fresh one was signed.
     #[serde(default)]
     pub platform_heartbeat_at_ms: Option<i64>,
+    /// Keys changed in the file by a reload that only a restart applies
+    /// (the daemon runs on their old values until then).
+    #[serde(default)]
+    pub restart_needed: Vec<String>,
 }
 
 /// People by category and credentials by kind in the identity table.

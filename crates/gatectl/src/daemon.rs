@@ -145,6 +145,12 @@ fn render_status(s: &StatusReport, offset: UtcOffset, now: i64) -> String {
     for warning in &s.platform_warnings {
         line(format!("  WARNING {warning}"));
     }
+    if !s.restart_needed.is_empty() {
+        line(format!(
+            "restart needed: {} changed in the file; running on the old values until `systemctl restart gated`",
+            s.restart_needed.join(", ")
+        ));
+    }
     let oldest = s.outbox.oldest_age_s.map(|a| format!(", oldest {}", duration(a))).unwrap_or_default();
     line(format!("outbox:        {} queued{oldest}", s.outbox.depth));
     let failures: Vec<String> =

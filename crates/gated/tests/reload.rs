@@ -137,9 +137,8 @@ async fn sighup_refuses_a_bad_file_and_applies_a_good_one() -> Result<()> {
     let good = format!("{original}\n[policy.normal]\nallowed_categories = [\"worker\", \"visitor\"]\n");
     std::fs::write(&fx.config_path, &good)?;
     signal(&daemon, "HUP")?;
-    wait_for_log(&log, "configuration reloaded").await?;
     // The idle loop wakes on the new configuration and swaps it in.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_log(&log, "decisions now follow the reloaded configuration").await?;
     fx.present_card(ZHANG, "张三").await?;
     let blocked = next_decision(&activity, &mut seqs)?;
     assert_eq!((blocked.decision.as_str(), blocked.reason.as_deref()), ("block", Some("category_not_allowed")));
