@@ -32,8 +32,11 @@ pub fn free_port() -> u16 {
 }
 
 pub mod crash;
+pub mod diskfull;
+pub mod outage;
 pub mod pki;
 pub mod postgres;
+pub mod privacy;
 
 /// A Mosquitto broker started by the test, stopped on drop.
 #[derive(Debug)]
