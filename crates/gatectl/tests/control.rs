@@ -312,7 +312,7 @@ async fn mode_set_goes_through_the_socket_and_names_the_operator_from_the_uid() 
     assert!(stdout.starts_with(&format!("mode set to wartime by technician:{login} (event seq ")), "{stdout}");
     assert!(!stderr.contains("directly"), "the running daemon recorded it: {stderr}");
     assert!(!stdout.contains("mallory"), "{stdout}");
-    let change = queued_events(&gate.fx).into_iter().find(|e| e.kind() == pb::EventKind::ModeChange).expect("recorded");
+    let change = gate.fx.queued_events().into_iter().find(|e| e.kind() == pb::EventKind::ModeChange).expect("recorded");
     assert_eq!(
         (change.operator.as_str(), change.note.as_str(), change.mode()),
         (format!("technician:{login}").as_str(), "district order 17", pb::Mode::Wartime)
