@@ -31,6 +31,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
+pub mod crash;
 pub mod pki;
 pub mod postgres;
 
