@@ -6,7 +6,7 @@
 //! - `reliability privacy --dir DIR --json FILE`: the privacy scan of a
 //!   crash-suite run's files;
 //! - `reliability report --dir DIR`: every part's JSON into `report.json`
-//!   and `report.md`.
+//!   and `report.markdown`.
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -174,7 +174,7 @@ fn report(dir: &Path) -> Result<()> {
             md.push_str(&format!("| {file} | {kind} | {encoding} | {n} |\n"));
         }
     }
-    std::fs::write(dir.join("report.md"), md)?;
-    println!("wrote {} and {}", dir.join("report.md").display(), dir.join("report.json").display());
+    std::fs::write(dir.join("report.markdown"), md)?;
+    println!("wrote {} and {}", dir.join("report.markdown").display(), dir.join("report.json").display());
     Ok(())
 }
