@@ -31,6 +31,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
+pub mod crash;
 pub mod pki;
 pub mod postgres;
 
@@ -43,6 +44,8 @@ pub struct Mosquitto {
     /// Lines for the listener (TLS files, `require_certificate`...) and
     /// general options; anonymous access is allowed unless they say otherwise.
     extra: String,
+    /// `extra` is the whole configuration, listener included.
+    complete: bool,
 }
 
 impl Mosquitto {
@@ -55,7 +58,29 @@ impl Mosquitto {
     /// `password_file`, `acl_file`).
     pub fn start_with(extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut broker = Mosquitto { child: None, port: free_port(), dir, extra: extra.to_owned() };
+        let mut broker = Mosquitto { child: None, port: free_port(), dir, extra: extra.to_owned(), complete: false };
+        broker.resume()?;
+        Ok(broker)
+    }
+
+    /// A broker run from a complete configuration (a deployment example
+    /// adapted by the test): `config` gets the broker's folder and the port
+    /// to listen on, and returns the file's text. The log goes to the
+    /// folder's `mosquitto.log` ([`Mosquitto::log`]).
+    pub fn start_from(config: impl FnOnce(&Path, u16) -> String) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let log = dir.path().join("mosquitto.log");
+        let text = format!(
+            "{}
+user root
+log_dest file {}
+log_type all
+",
+            config(dir.path(), port),
+            log.display()
+        );
+        let mut broker = Mosquitto { child: None, port, dir, extra: text, complete: true };
         broker.resume()?;
         Ok(broker)
     }
@@ -99,17 +124,21 @@ impl Mosquitto {
         // broker able to write its folder when the tests run as root.
         let store = self.dir.path().join("data");
         std::fs::create_dir_all(&store)?;
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\n{}\npersistence true\npersistence_location {}/\nuser root\n\
+        if self.complete {
+            std::fs::write(&conf, &self.extra)?;
+        } else {
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {} 127.0.0.1\n{}\npersistence true\npersistence_location {}/\nuser root\n\
                  log_dest file {}\nlog_type all\n",
-                self.port,
-                self.extra,
-                store.display(),
-                self.dir.path().join("mosquitto.log").display(),
-            ),
-        )?;
+                    self.port,
+                    self.extra,
+                    store.display(),
+                    self.dir.path().join("mosquitto.log").display(),
+                ),
+            )?;
+        }
         let child = Command::new(mosquitto_binary()?)
             .arg("-c")
             .arg(&conf)
@@ -155,8 +184,20 @@ impl Subscriber {
     /// acknowledged. The session is persistent: across a broker restart
     /// nothing published for the subscriber is lost.
     pub async fn connect(port: u16, filter: &str) -> Result<Self> {
+        Self::connect_with(port, filter, None).await
+    }
+
+    /// [`Subscriber::connect`] with a user name and password.
+    pub async fn connect_as(port: u16, filter: &str, user: &str, password: &str) -> Result<Self> {
+        Self::connect_with(port, filter, Some((user, password))).await
+    }
+
+    async fn connect_with(port: u16, filter: &str, credentials: Option<(&str, &str)>) -> Result<Self> {
         let mut options = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5)).set_clean_session(false).set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((user, password)) = credentials {
+            options.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         client.subscribe(filter, QoS::AtLeastOnce).await?;
         let messages = Arc::new(Mutex::new(Vec::new()));

@@ -243,10 +243,9 @@ impl DecisionLoop {
         gate: Option<mpsc::Sender<GateRequest>>,
         counters: Arc<DecisionCounters>,
     ) -> Self {
-        let passes = PlatformKeys::from_raw(&config.pass_keys()).unwrap_or_else(|index| {
-            warn!(index, "[passes] platform_keys holds a key that is not a valid Ed25519 point; no pass will verify");
-            PlatformKeys::default()
-        });
+        // The keys every platform message is verified with (config keys
+        // are checked points: `[passes] platform_keys` folded in).
+        let passes = PlatformKeys::from_specs(config.envelope_keys());
         DecisionLoop {
             site_key,
             store,
@@ -294,10 +293,7 @@ impl DecisionLoop {
     }
 
     fn apply_config(&mut self, config: Config) {
-        self.passes = PlatformKeys::from_raw(&config.pass_keys()).unwrap_or_else(|index| {
-            warn!(index, "[passes] platform_keys holds a key that is not a valid Ed25519 point; no pass will verify");
-            PlatformKeys::default()
-        });
+        self.passes = PlatformKeys::from_specs(config.envelope_keys());
         if config.alerts.quiet_period != self.config.alerts.quiet_period {
             // Open alerts restart their count under the new quiet period.
             self.alerts = AlertBook::new(config.alerts.quiet_period.as_millis() as i64);
@@ -439,7 +435,7 @@ impl DecisionLoop {
                 return None;
             }
         };
-        if text.starts_with(gate_pass::PREFIX) {
+        if gate_pass::is_pass(&text) {
             return self.gather_pass(&text).await;
         }
         if text.starts_with("HC1:") {
@@ -625,6 +621,14 @@ impl DecisionLoop {
             holder: None,
         };
         let pass = match self.passes.verify(token, self.config.site.id.as_str()) {
+            Ok(pass) if token.starts_with(gate_pass::LEGACY_PREFIX) => {
+                warn!(
+                    pass_id = %pass.pass_id,
+                    "visitor pass in the old VP1 format accepted; it stops working in a later release: \
+                     issue a new one (VP2, a signed envelope)"
+                );
+                pass
+            }
             Ok(pass) => pass,
             Err(e) => {
                 warn!(error = %e, "visitor pass refused as invalid");
@@ -1023,6 +1027,8 @@ pub(crate) struct DryRun {
     /// `suspended` or `blocked` (the stored status alone says `active` for
     /// an expired visitor).
     pub state: Option<&'static str>,
+    /// The person's name as the store keeps it: masked (`陈*国`).
+    pub name: Option<String>,
 }
 
 /// The state a person is really in at `now`: a blocked or suspended status
@@ -1140,7 +1146,9 @@ pub(crate) fn dry_run(
         health: HealthCheck::NotChecked,
     };
     let verdict = decide(attempt, context, now);
-    Ok(DryRun { verdict, mode, subject, why, valid, state })
+    // Masked again on the way out, whatever an older file held.
+    let name = person.as_ref().map(|p| gate_core::mask_name(&p.display_name)).filter(|n| !n.is_empty());
+    Ok(DryRun { verdict, mode, subject, why, valid, state, name })
 }
 
 #[cfg(test)]

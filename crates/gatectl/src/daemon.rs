@@ -242,7 +242,8 @@ pub fn lookup(target: &Target, credential: Credential, side: Option<String>, jso
     };
     println!("{} {} at the {} side: {verdict}", report.credential, report.subject, report.side);
     if let Some(person) = &report.person_id {
-        println!("person:   {person} ({})", report.category.as_deref().unwrap_or("?"));
+        let name = report.name.as_deref().map(|n| format!(", {n}")).unwrap_or_default();
+        println!("person:   {person} ({}{name})", report.category.as_deref().unwrap_or("?"));
     }
     if let (Some(from), Some(to)) = (&report.valid_from, &report.valid_to) {
         println!("valid:    {from} to {to}");

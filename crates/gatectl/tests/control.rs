@@ -194,7 +194,9 @@ async fn lookup_explains_without_recording_or_unlocking() -> Result<()> {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.starts_with(&format!("id_number {ZHANG_MASKED} at the entry side: PASS")), "{stdout}");
-    assert!(stdout.contains("person:   p-001 (resident)"), "{stdout}");
+    // The name as the gate keeps it: masked, never 张三.
+    assert!(stdout.contains("person:   p-001 (resident, 张*)"), "{stdout}");
+    assert!(!stdout.contains("张三"), "{stdout}");
     assert!(stdout.contains("identity table: person p-001 (resident), valid "), "{stdout}");
     assert!(stdout.contains("state:    active"), "{stdout}");
     assert!(stdout.contains("mode: normal (policy auto-"), "{stdout}");
@@ -303,6 +305,56 @@ async fn open_records_the_operator_and_reason_then_unlocks() -> Result<()> {
     let (_, stderr) = text(&out);
     assert!(stderr.contains("gated: expected side \"entry\" or \"exit\", found \"roof\""), "{stderr}");
     assert_eq!(coil_on_writes(&gate.fx, 0), 1, "refused requests move nothing");
+    gate.daemon.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_set_goes_through_the_socket_and_names_the_operator_from_the_uid() -> Result<()> {
+    let gate = running_gate("").await?;
+    let login = std::process::Command::new("id").arg("-un").output()?;
+    let login = String::from_utf8_lossy(&login.stdout).trim().to_owned();
+    // $USER and $LOGNAME say someone else: they are not asked.
+    let out = gatectl()
+        .args(["mode", "set", "--config", &gate.config, "wartime", "--reason", "district order 17"])
+        .env("USER", "mallory")
+        .env("LOGNAME", "mallory")
+        .output()
+        .await?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with(&format!("mode set to wartime by technician:{login} (event seq ")), "{stdout}");
+    assert!(!stderr.contains("directly"), "the running daemon recorded it: {stderr}");
+    assert!(!stdout.contains("mallory"), "{stdout}");
+    let change = queued_events(&gate.fx).into_iter().find(|e| e.kind() == pb::EventKind::ModeChange).expect("recorded");
+    assert_eq!(
+        (change.operator.as_str(), change.note.as_str(), change.mode()),
+        (format!("technician:{login}").as_str(), "district order 17", pb::Mode::Wartime)
+    );
+    // The daemon decides in the new mode at once.
+    let out = run(&["lookup", "--config", &gate.config, "--id-number", ZHANG]).await?;
+    assert!(text(&out).0.contains("mode: wartime"), "{}", text(&out).0);
+    // Root names the technician behind sudo, as for a manual open.
+    if running_as_root() {
+        let out = gatectl()
+            .args(["mode", "set", "--config", &gate.config, "normal", "--reason", "order lifted"])
+            .env("SUDO_USER", "alice")
+            .output()
+            .await?;
+        assert!(text(&out).0.starts_with("mode set to normal by technician:alice"), "{:?}", text(&out));
+    }
+    // The daemon refuses what gatectl would not send.
+    let refused = gate_control_proto::client::request(
+        &gate.socket,
+        gate_control_proto::protocol::Command::SetMode {
+            mode: "wartime".into(),
+            reason: "x\u{1b}[2J".into(),
+            sudo_user: None,
+        },
+    );
+    assert!(
+        matches!(&refused, Err(gate_control_proto::client::ClientError::Daemon(m)) if m.contains("no control characters")),
+        "{refused:?}"
+    );
     gate.daemon.stop().await
 }
 
