@@ -463,6 +463,19 @@ pub const MARKER_LAMP: u16 = 7;
 pub const MARKER_LAMP_KEYS: &str = "red_lamp_coil = 7\nindicator_ms = 1\n";
 
 impl GateFixture {
+    /// The events this gate queued and did not send yet (with no broker,
+    /// every one), in outbox order.
+    pub fn queued_events(&self) -> Vec<pb::GateEvent> {
+        let store = gate_store::Store::open(&self.store_path).expect("store");
+        store
+            .outbox_after(0, 1000)
+            .expect("outbox")
+            .into_iter()
+            .filter(|e| e.stream == gate_sync::EVENT_STREAM)
+            .map(|e| pb::GateEvent::decode(e.payload.as_slice()).expect("a GateEvent"))
+            .collect()
+    }
+
     /// How many times the unlock coils (0 and 1) were switched on.
     pub fn unlock_writes(&self) -> usize {
         self.gate.coil_writes().iter().filter(|w| w.coil < 2 && w.on).count()
@@ -603,6 +616,20 @@ pub fn seal_for(topic: &str, payload: &[u8]) -> Vec<u8> {
 /// Publishes `payload` sealed by the test platform (see [`seal_for`]).
 pub async fn publish_signed(port: u16, topic: &str, payload: Vec<u8>, retain: bool) -> Result<()> {
     publish(port, topic, seal_for(topic, &payload), retain).await
+}
+
+/// A child process (the real `gated`), killed and reaped if the test
+/// fails half-way.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// The daemon running in-process on a fixture.

@@ -9,7 +9,6 @@
 use anyhow::{Context, Result, bail};
 use gate_proto::v1 as pb;
 use gate_tests::{FixtureOptions, GateFixture, RunningDaemon, free_port, init_test_logging, resident};
-use prost::Message;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -88,18 +87,6 @@ fn assert_no_clear_ids(output: &str) {
     }
 }
 
-/// Every `GateEvent` in the outbox, decoded.
-fn queued_events(fx: &GateFixture) -> Vec<pb::GateEvent> {
-    let store = gate_store::Store::open(&fx.store_path).expect("store");
-    store
-        .outbox_after(0, 1000)
-        .expect("outbox")
-        .into_iter()
-        .filter(|e| e.stream == gate_sync::EVENT_STREAM)
-        .map(|e| pb::GateEvent::decode(e.payload.as_slice()).expect("a GateEvent"))
-        .collect()
-}
-
 fn coil_on_writes(fx: &GateFixture, coil: u16) -> usize {
     fx.gate.coil_writes().iter().filter(|w| w.coil == coil && w.on).count()
 }
@@ -148,7 +135,7 @@ async fn status_and_outbox_report_the_running_daemon() -> Result<()> {
     let out = run(&["outbox", "--config", &gate.config]).await?;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
-    let depth = queued_events(&gate.fx).len();
+    let depth = gate.fx.queued_events().len();
     assert!(stdout.starts_with(&format!("outbox: {depth} queued, oldest ")), "{stdout}");
     assert!(stdout.contains("village/heshan-c03/east-1/events"), "{stdout}");
     let out = run(&["outbox", "--config", &gate.config, "--json"]).await?;
@@ -188,7 +175,7 @@ async fn lookup_explains_without_recording_or_unlocking() -> Result<()> {
     let gate =
         running_gate_with(FixtureOptions { gate_keys: gate_tests::MARKER_LAMP_KEYS.into(), ..Default::default() })
             .await?;
-    let events_before = queued_events(&gate.fx).len();
+    let events_before = gate.fx.queued_events().len();
 
     let out = run(&["lookup", "--config", &gate.config, "--id-number", ZHANG]).await?;
     let (stdout, stderr) = text(&out);
@@ -229,7 +216,7 @@ async fn lookup_explains_without_recording_or_unlocking() -> Result<()> {
     // refusal after the lookups is the marker: it is recorded and reaches
     // the board after anything they could have caused.
     gate.fx.settle_gate(&gate.daemon).await?;
-    assert_eq!(queued_events(&gate.fx).len(), events_before + 1, "the marker's event only");
+    assert_eq!(gate.fx.queued_events().len(), events_before + 1, "the marker's event only");
     let d = &gate.daemon.observed.decisions;
     assert_eq!((d.passed.load(Ordering::Relaxed), d.blocked.load(Ordering::Relaxed)), (0, 1));
     assert_eq!(coil_on_writes(&gate.fx, 0), 0);
@@ -295,7 +282,7 @@ async fn open_records_the_operator_and_reason_then_unlocks() -> Result<()> {
     );
     wait_for("the unlock coil", || coil_on_writes(&gate.fx, 0) == 1).await?;
 
-    let open = queued_events(&gate.fx).into_iter().find(|e| e.kind() == pb::EventKind::ManualOpen).expect("recorded");
+    let open = gate.fx.queued_events().into_iter().find(|e| e.kind() == pb::EventKind::ManualOpen).expect("recorded");
     assert_eq!((open.seq, open.operator.as_str(), open.note.as_str()), (1, "technician:alice", "delivery cart"));
     assert_eq!(open.side(), pb::Direction::Entry);
 
@@ -325,7 +312,7 @@ async fn mode_set_goes_through_the_socket_and_names_the_operator_from_the_uid() 
     assert!(stdout.starts_with(&format!("mode set to wartime by technician:{login} (event seq ")), "{stdout}");
     assert!(!stderr.contains("directly"), "the running daemon recorded it: {stderr}");
     assert!(!stdout.contains("mallory"), "{stdout}");
-    let change = queued_events(&gate.fx).into_iter().find(|e| e.kind() == pb::EventKind::ModeChange).expect("recorded");
+    let change = gate.fx.queued_events().into_iter().find(|e| e.kind() == pb::EventKind::ModeChange).expect("recorded");
     assert_eq!(
         (change.operator.as_str(), change.note.as_str(), change.mode()),
         (format!("technician:{login}").as_str(), "district order 17", pb::Mode::Wartime)
@@ -376,7 +363,7 @@ async fn selftest_checks_each_device_and_pulses_the_wired_output() -> Result<()>
         "{stdout}"
     );
     assert_eq!(coil_on_writes(&gate.fx, 0), 1, "one pulse");
-    let pulse = queued_events(&gate.fx).into_iter().find(|e| e.kind() == pb::EventKind::ManualOpen).expect("recorded");
+    let pulse = gate.fx.queued_events().into_iter().find(|e| e.kind() == pb::EventKind::ManualOpen).expect("recorded");
     assert_eq!(pulse.note, "selftest: output pulse");
 
     // A SAM that fails its self-test fails the selftest, even though it

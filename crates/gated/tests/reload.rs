@@ -11,7 +11,7 @@ use gate_tests::{GateFixture, free_port, resident};
 use std::fs::File;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -19,16 +19,7 @@ const ZHANG: &str = "35020319900101123X";
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Kills the daemon if the test fails half-way.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+use gate_tests::KillOnDrop as Daemon;
 
 fn start_gated(config: &Path, log: &Path, env: &[(&str, &str)]) -> Result<Daemon> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gated"));

@@ -10,9 +10,8 @@ use gate_proto::v1 as pb;
 use gate_tests::{FixtureOptions, GateFixture, free_port, resident};
 use hw_sim::gate::{GateEvent, GateSimConfig};
 use hw_sim::script::PassageDir;
-use prost::Message;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ZHANG: &str = "35020319900101123X";
@@ -20,16 +19,7 @@ const UNLOCK_MS: u64 = 1500;
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Kills the daemon if the test fails half-way.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+use gate_tests::KillOnDrop as Daemon;
 
 fn start_gated(config: &Path, log: &Path) -> Result<Daemon> {
     Ok(Daemon(
@@ -72,18 +62,6 @@ async fn wait_for_coil(
             Ok(Err(e)) => bail!("board events: {e}"),
         }
     }
-}
-
-/// The events the daemon queued (no broker: every one stays in the outbox).
-fn queued_events(fx: &GateFixture) -> Vec<pb::GateEvent> {
-    let store = gate_store::Store::open(&fx.store_path).expect("store");
-    store
-        .outbox_after(0, 1000)
-        .expect("outbox")
-        .into_iter()
-        .filter(|e| e.stream == gate_sync::EVENT_STREAM)
-        .map(|e| pb::GateEvent::decode(e.payload.as_slice()).expect("a GateEvent"))
-        .collect()
 }
 
 async fn killed_during_the_pulse(unlock_mode: &str) -> Result<()> {
@@ -138,7 +116,7 @@ async fn killed_during_the_pulse(unlock_mode: &str) -> Result<()> {
     };
     let deadline = Instant::now() + WAIT;
     let recorded = loop {
-        let found: Vec<pb::GateEvent> = queued_events(&fx).into_iter().filter(after_restart).collect();
+        let found: Vec<pb::GateEvent> = fx.queued_events().into_iter().filter(after_restart).collect();
         if !found.is_empty() {
             break found;
         }
@@ -151,7 +129,7 @@ async fn killed_during_the_pulse(unlock_mode: &str) -> Result<()> {
     assert_eq!(kinds, [(pb::EventKind::Passage, String::new())], "a passage, not a forced door ({unlock_mode})");
     assert_eq!(recorded[0].side(), pb::Direction::Entry);
     assert_eq!(unlocks(), 1, "the new daemon did not unlock a second time ({unlock_mode})");
-    let decisions = queued_events(&fx).iter().filter(|e| e.kind() == pb::EventKind::Decision).count();
+    let decisions = fx.queued_events().iter().filter(|e| e.kind() == pb::EventKind::Decision).count();
     assert_eq!(decisions, 1, "one card, one decision");
 
     let status = Command::new("kill").args(["-TERM", &second.0.id().to_string()]).status()?;
