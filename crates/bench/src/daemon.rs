@@ -571,7 +571,7 @@ pub fn outbox_drain(ctx: &Ctx, _dir: &Path) -> Result<Row> {
         let rate = done as f64 / took.as_secs_f64();
         let ceiling = count as f64 / raw.as_secs_f64();
         let mut row = Row::new("outbox_drain", rate, "events/s")
-            .ceiling("raw rumqttc QoS 1 publisher msgs/s", ceiling)
+            .ceiling("raw rumqttc QoS 1 publisher msgs/s, subscribed", ceiling)
             .goal(">= 50% of the ceiling", rate >= 0.5 * ceiling && done == count);
         if done < count {
             row = row.note(format!(
