@@ -1,87 +1,16 @@
-//! A quiet Mosquitto for the benchmarks, the raw QoS 1 publisher (the
-//! outbox drain's ceiling) and a subscriber that checks the order of what
-//! the gate sends.
+//! The raw QoS 1 publisher (the outbox drain's ceiling) and a subscriber
+//! that checks the order of what the gate sends; the broker is the tests'
+//! (`gate_tests::Mosquitto::start_quiet`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use gate_proto::v1 as pb;
 use prost::Message;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// Mosquitto logging errors only (the tests' broker logs every message,
-/// which at a million messages costs more than the messages), with no
-/// bound on the messages it queues for a subscriber.
-#[derive(Debug)]
-pub struct Broker {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Broker {
-    pub fn start() -> Result<Broker> {
-        let mut broker = Broker { child: None, port: gate_tests::free_port(), dir: tempfile::tempdir()? };
-        broker.resume()?;
-        Ok(broker)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-    }
-
-    pub fn resume(&mut self) -> Result<()> {
-        let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n\
-                 user root\nlog_dest stderr\nlog_type error\n",
-                self.port
-            ),
-        )?;
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("mosquitto");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting mosquitto (apt-get install mosquitto)")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("mosquitto did not listen on port {} within 10 s", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn options(id: &str, port: u16) -> MqttOptions {
     let mut options = MqttOptions::new(format!("{id}-{}", std::process::id()), "127.0.0.1", port);
@@ -90,10 +19,14 @@ fn options(id: &str, port: u16) -> MqttOptions {
     options
 }
 
-/// Publishes `count` payloads (`payload(i)`, i from 1) at QoS 1 with up to
-/// 100 in flight, as the gate's uplink keeps them: the time from the first
-/// publish to the last PUBACK.
+/// Publishes `count` payloads (`payload(i)`, i from 1, encoded gate events)
+/// at QoS 1 with up to 100 in flight, to a topic a [`Subscriber`] follows,
+/// as the gate's events are followed while it drains: the time from the
+/// first publish until the last PUBACK and the subscriber's last message.
+/// Without the subscriber the broker would do half the work it does for
+/// the gate (receive, but never forward).
 pub async fn raw_publish(port: u16, topic: &str, count: u64, payload: impl Fn(u64) -> Vec<u8>) -> Result<Duration> {
+    let subscriber = Subscriber::connect(port, topic).await?;
     let mut opts = options("bench-raw", port);
     opts.set_outgoing_inflight_upper_limit(100);
     let (client, mut eventloop) = AsyncClient::new(opts, 200);
@@ -124,9 +57,13 @@ pub async fn raw_publish(port: u16, topic: &str, count: u64, payload: impl Fn(u6
     for p in payloads {
         client.publish(topic, QoS::AtLeastOnce, false, p).await?;
     }
-    while acked.load(Ordering::Relaxed) < count {
+    let delivered = || subscriber.seen.unique.load(Ordering::Relaxed);
+    while acked.load(Ordering::Relaxed) < count || delivered() < count {
         if driver.is_finished() {
             bail!("the raw publisher's connection ended after {} PUBACKs", acked.load(Ordering::Relaxed));
+        }
+        if start.elapsed() > Duration::from_secs(1800) {
+            bail!("the raw publisher's subscriber got {} of {count} messages in 30 minutes", delivered());
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }

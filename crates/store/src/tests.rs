@@ -86,6 +86,24 @@ fn sequence_is_gap_free_and_survives_reopen() {
 }
 
 #[test]
+fn removing_acknowledged_entries_leaves_every_later_commit_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+    let synchronous = |store: &Store, schema: &str| -> i64 {
+        store.conn.pragma_query_value(Some(schema), "synchronous", |r| r.get(0)).expect("pragma")
+    };
+    // 2 is FULL: every commit waits for its fsync.
+    assert_eq!(synchronous(&store, "main"), 2);
+    store.append_event("events", Priority::Routine, 10, |seq| vec![seq as u8]).expect("append");
+    let entries = store.outbox_after(0, 10).expect("outbox");
+    store.outbox_remove(&[entries[0].id]).expect("remove");
+    assert_eq!(store.outbox_after(0, 10).expect("outbox"), vec![]);
+    // The removal's own commit skipped the fsync; the decisions' do not.
+    assert_eq!(synchronous(&store, "main"), 2);
+    assert_eq!(synchronous(&store, "ident"), 2);
+}
+
+#[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("g.db");
