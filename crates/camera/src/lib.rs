@@ -24,7 +24,9 @@ use rxing::qrcode::cpp_port::QrReader;
 use rxing::{BarcodeFormat, BinaryBitmap, DecodeHints, Luma8Source, LuminanceSource};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -139,9 +141,31 @@ fn decode_region(frame: &Frame, region: finder::Region) -> Vec<String> {
     };
     // The ZXing-C++ port finds every code in one pass over the finder
     // patterns; "nothing found" is an error there, and means no payload.
-    let results = QrReader.decode_multiple_with_hints(&mut bitmap, &hints).unwrap_or_default();
+    let results = skip_frame_on_panic(|| QrReader.decode_multiple_with_hints(&mut bitmap, &hints).unwrap_or_default());
     let mut seen = HashSet::new();
     results.into_iter().map(|r| r.getText().to_owned()).filter(|text| seen.insert(text.clone())).collect()
+}
+
+/// Decoder panics caught so far, process-wide.
+static DECODER_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many frames the QR decoder panicked on (each one skipped).
+pub fn decoder_panics() -> u64 {
+    DECODER_PANICS.load(Ordering::Relaxed)
+}
+
+/// Runs the third-party decoder, which documents that its finder-pattern
+/// search can panic on unusual input: a frame it cannot handle is a frame
+/// with no code, counted, never the end of the camera task (whose frame
+/// source would go down with it).
+fn skip_frame_on_panic<T: Default>(decode: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(AssertUnwindSafe(decode)) {
+        Ok(found) => found,
+        Err(_) => {
+            DECODER_PANICS.fetch_add(1, Ordering::Relaxed);
+            T::default()
+        }
+    }
 }
 
 /// Turns "seen in this frame" into "new code": a payload is reported when
@@ -195,6 +219,7 @@ pub async fn run_camera(
     let mut debouncer = QrDebouncer::new(DEBOUNCE_HOLD);
     let mut source = Some(source);
     let mut errors: u64 = 0;
+    let mut decoder_panics_seen = decoder_panics();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -215,6 +240,15 @@ pub async fn run_camera(
             }
         };
         source = Some(returned);
+        let panics = decoder_panics();
+        if panics > decoder_panics_seen {
+            decoder_panics_seen = panics;
+            // Sparse, like frame errors: a camera aimed at the same odd
+            // scene would otherwise log on every frame.
+            if panics.is_power_of_two() {
+                warn!(panics, "QR decoder failed on a camera frame; frame skipped");
+            }
+        }
         let payloads = match result {
             Ok(Some(payloads)) => payloads,
             Ok(None) => {
@@ -266,6 +300,17 @@ mod tests {
 
     fn may_hold_a_code(frame: &Frame) -> bool {
         !finder::crossings(frame).is_empty()
+    }
+
+    #[test]
+    fn a_decoder_panic_skips_the_frame_and_is_counted() {
+        let before = decoder_panics();
+        let found: Vec<String> = skip_frame_on_panic(|| panic!("a decoder that cannot handle this frame"));
+        assert!(found.is_empty());
+        assert_eq!(decoder_panics(), before + 1);
+        // A decoder that works is passed through untouched.
+        assert_eq!(skip_frame_on_panic(|| vec!["VP1.x".to_owned()]), vec!["VP1.x".to_owned()]);
+        assert_eq!(decoder_panics(), before + 1);
     }
 
     #[test]
