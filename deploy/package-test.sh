@@ -75,6 +75,7 @@ for path in \
     /usr/share/doc/gated/README.md \
     /usr/share/doc/gated/examples/99-gate.rules \
     /usr/share/doc/gated/examples/mosquitto-bridge.conf \
+    /usr/share/doc/gated/examples/mosquitto-gate.acl \
     /usr/share/gated/proto/gate/v1/gate.proto \
     /usr/bin/hw-sim \
     /usr/share/bash-completion/completions/gatectl \

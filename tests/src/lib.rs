@@ -31,6 +31,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
+pub mod crash;
 pub mod pki;
 pub mod postgres;
 
@@ -43,6 +44,8 @@ pub struct Mosquitto {
     /// Lines for the listener (TLS files, `require_certificate`...) and
     /// general options; anonymous access is allowed unless they say otherwise.
     extra: String,
+    /// `extra` is the whole configuration, listener included.
+    complete: bool,
 }
 
 impl Mosquitto {
@@ -55,7 +58,29 @@ impl Mosquitto {
     /// `password_file`, `acl_file`).
     pub fn start_with(extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut broker = Mosquitto { child: None, port: free_port(), dir, extra: extra.to_owned() };
+        let mut broker = Mosquitto { child: None, port: free_port(), dir, extra: extra.to_owned(), complete: false };
+        broker.resume()?;
+        Ok(broker)
+    }
+
+    /// A broker run from a complete configuration (a deployment example
+    /// adapted by the test): `config` gets the broker's folder and the port
+    /// to listen on, and returns the file's text. The log goes to the
+    /// folder's `mosquitto.log` ([`Mosquitto::log`]).
+    pub fn start_from(config: impl FnOnce(&Path, u16) -> String) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let log = dir.path().join("mosquitto.log");
+        let text = format!(
+            "{}
+user root
+log_dest file {}
+log_type all
+",
+            config(dir.path(), port),
+            log.display()
+        );
+        let mut broker = Mosquitto { child: None, port, dir, extra: text, complete: true };
         broker.resume()?;
         Ok(broker)
     }
@@ -99,17 +124,21 @@ impl Mosquitto {
         // broker able to write its folder when the tests run as root.
         let store = self.dir.path().join("data");
         std::fs::create_dir_all(&store)?;
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\n{}\npersistence true\npersistence_location {}/\nuser root\n\
+        if self.complete {
+            std::fs::write(&conf, &self.extra)?;
+        } else {
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {} 127.0.0.1\n{}\npersistence true\npersistence_location {}/\nuser root\n\
                  log_dest file {}\nlog_type all\n",
-                self.port,
-                self.extra,
-                store.display(),
-                self.dir.path().join("mosquitto.log").display(),
-            ),
-        )?;
+                    self.port,
+                    self.extra,
+                    store.display(),
+                    self.dir.path().join("mosquitto.log").display(),
+                ),
+            )?;
+        }
         let child = Command::new(mosquitto_binary()?)
             .arg("-c")
             .arg(&conf)
@@ -155,8 +184,20 @@ impl Subscriber {
     /// acknowledged. The session is persistent: across a broker restart
     /// nothing published for the subscriber is lost.
     pub async fn connect(port: u16, filter: &str) -> Result<Self> {
+        Self::connect_with(port, filter, None).await
+    }
+
+    /// [`Subscriber::connect`] with a user name and password.
+    pub async fn connect_as(port: u16, filter: &str, user: &str, password: &str) -> Result<Self> {
+        Self::connect_with(port, filter, Some((user, password))).await
+    }
+
+    async fn connect_with(port: u16, filter: &str, credentials: Option<(&str, &str)>) -> Result<Self> {
         let mut options = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5)).set_clean_session(false).set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((user, password)) = credentials {
+            options.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         client.subscribe(filter, QoS::AtLeastOnce).await?;
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -409,6 +450,64 @@ impl GateFixture {
     }
 }
 
+/// An ID number whose check digit is wrong: refused (`invalid_id_number`,
+/// with an alert) wherever it is presented.
+pub const FORGED_ID: &str = "350203199001011237";
+
+/// The coil [`MARKER_LAMP_KEYS`] wires the red lamp to (no test unlocks it).
+pub const MARKER_LAMP: u16 = 7;
+
+/// `[devices.gate]` keys (for [`FixtureOptions::gate_keys`]) that light a
+/// red lamp on [`MARKER_LAMP`] for 1 ms at every refusal, so each refusal
+/// leaves one coil write of its own: what [`GateFixture::settle_gate`] waits for.
+pub const MARKER_LAMP_KEYS: &str = "red_lamp_coil = 7\nindicator_ms = 1\n";
+
+impl GateFixture {
+    /// The events this gate queued and did not send yet (with no broker,
+    /// every one), in outbox order.
+    pub fn queued_events(&self) -> Vec<pb::GateEvent> {
+        let store = gate_store::Store::open(&self.store_path).expect("store");
+        store
+            .outbox_after(0, 1000)
+            .expect("outbox")
+            .into_iter()
+            .filter(|e| e.stream == gate_sync::EVENT_STREAM)
+            .map(|e| pb::GateEvent::decode(e.payload.as_slice()).expect("a GateEvent"))
+            .collect()
+    }
+
+    /// How many times the unlock coils (0 and 1) were switched on.
+    pub fn unlock_writes(&self) -> usize {
+        self.gate.coil_writes().iter().filter(|w| w.coil < 2 && w.on).count()
+    }
+
+    /// A later marker through the whole gate path, for a test about to
+    /// assert that something did NOT happen at the board: presents a forged
+    /// card and waits until its refusal, and every refusal before it, lit
+    /// the red lamp. Decisions reach the board in order, so by then every
+    /// coil write of every earlier decision has been made; a grant sent in
+    /// place of a refusal leaves the lamp one short and fails here. Needs
+    /// [`MARKER_LAMP_KEYS`] and a board that answers; adds one refusal and
+    /// one alert.
+    pub async fn settle_gate(&self, daemon: &RunningDaemon) -> Result<()> {
+        let blocked = || daemon.observed.decisions.blocked.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        // This daemon's refusals only: an earlier one's were all written before it stopped.
+        let lit = || {
+            self.gate.coil_writes().iter().filter(|w| w.coil == MARKER_LAMP && w.on && w.at >= daemon.started).count()
+        };
+        let marker = blocked() + 1;
+        self.present_card(FORGED_ID, "伪造").await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while blocked() < marker || lit() != blocked() {
+            if Instant::now() > deadline {
+                bail!("the gate did not settle: {} refusals, the red lamp lit {} times", blocked(), lit());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
 fn config_text(mqtt_port: u16, options: &FixtureOptions) -> String {
     let gate_keys = &options.gate_keys;
     let mut text = format!(
@@ -519,11 +618,27 @@ pub async fn publish_signed(port: u16, topic: &str, payload: Vec<u8>, retain: bo
     publish(port, topic, seal_for(topic, &payload), retain).await
 }
 
+/// A child process (the real `gated`), killed and reaped if the test
+/// fails half-way.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The daemon running in-process on a fixture.
 #[derive(Debug)]
 pub struct RunningDaemon {
     pub shutdown: CancellationToken,
     pub observed: Arc<gate_app::Observed>,
+    /// When it was started: what the board did before is another daemon's.
+    pub started: Instant,
     handle: tokio::task::JoinHandle<Result<(), gate_app::StartError>>,
 }
 
@@ -531,8 +646,9 @@ impl RunningDaemon {
     pub fn start(config: gate_config::Config) -> Self {
         let shutdown = CancellationToken::new();
         let observed = Arc::new(gate_app::Observed::default());
+        let started = Instant::now();
         let handle = tokio::spawn(gate_app::run_observed(config, shutdown.clone(), observed.clone()));
-        RunningDaemon { shutdown, observed, handle }
+        RunningDaemon { shutdown, observed, started, handle }
     }
 
     /// Stops the daemon and waits for every task to finish.

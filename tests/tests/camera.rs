@@ -78,6 +78,9 @@ async fn a_pass_held_in_front_of_the_camera_is_one_decision() -> Result<()> {
     std::fs::create_dir_all(&frames)?;
     write_frame(&frames.join("01-empty.pgm"), None);
     write_frame(&frames.join("02-pass.pgm"), Some(&token));
+    // Shown last: its decision is the later marker a second read of the
+    // pass would come before.
+    write_frame(&frames.join("03-marker.pgm"), Some("VP1.marker"));
     let daemon = RunningDaemon::start(fx.config());
     daemon.wait_connected().await?;
 
@@ -85,10 +88,11 @@ async fn a_pass_held_in_front_of_the_camera_is_one_decision() -> Result<()> {
     let list = hw_sim::camera::frames_in(&frames)?;
     let view = fx.dir.path().join("camera.pgm");
     hw_sim::camera::play(&list, &view, Duration::from_millis(1_000), Duration::from_millis(300), false).await?;
-    sub.wait_until(Duration::from_secs(10), "the camera decision", |s| !s.decisions(EVENTS_TOPIC).is_empty()).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let marker = |s: &Subscriber| s.decisions(EVENTS_TOPIC).iter().any(|d| d.reason() == pb::Reason::PassInvalid);
+    sub.wait_until(Duration::from_secs(10), "the marker's decision", marker).await?;
     let decisions = sub.decisions(EVENTS_TOPIC);
-    assert_eq!(decisions.len(), 1, "a code in view is read once, an empty view is no decision");
+    assert_eq!(decisions.len(), 2, "a code in view is read once, an empty view is no decision");
+    assert_eq!(decisions[1].reason(), pb::Reason::PassInvalid, "the marker comes last");
     let d = &decisions[0];
     assert_eq!(
         (d.decision(), d.credential_type(), d.pass_id.as_str()),

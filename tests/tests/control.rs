@@ -10,7 +10,6 @@ use gate_app::control::protocol::{Command, Reply};
 use gate_core::BlockReason;
 use gate_proto::v1 as pb;
 use gate_tests::{FixtureOptions, GateFixture, Mosquitto, RunningDaemon, free_port, init_test_logging, resident};
-use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -215,18 +214,6 @@ async fn metrics_are_scraped_parsed_and_match_the_decisions() -> Result<()> {
     daemon.stop().await
 }
 
-/// The events in the outbox, decoded, in outbox order.
-fn queued_events(fx: &GateFixture) -> Vec<pb::GateEvent> {
-    let store = gate_store::Store::open(&fx.store_path).expect("store");
-    store
-        .outbox_after(0, 1000)
-        .expect("outbox")
-        .into_iter()
-        .filter(|e| e.stream == gate_sync::EVENT_STREAM)
-        .map(|e| pb::GateEvent::decode(e.payload.as_slice()).expect("a GateEvent"))
-        .collect()
-}
-
 async fn status(socket: std::path::PathBuf) -> Result<gate_app::control::protocol::StatusReport> {
     match tokio::task::spawn_blocking(move || client::request(&socket, Command::Status)).await?? {
         Reply::Status(report) => Ok(report),
@@ -273,18 +260,24 @@ async fn a_reloaded_policy_decides_the_next_card_and_restart_keys_wait() -> Resu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The broker setting waits for a restart, and the status says so.
+    assert_eq!(status(socket.clone()).await?.restart_needed, ["mqtt.keep_alive_s"]);
+
     fx.present_card(ZHANG, "张三").await?;
     wait_for("the block", || d.blocked_for(BlockReason::CategoryNotAllowed) == 1).await?;
     assert_eq!(d.passed.load(Ordering::Relaxed), 1);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A later refusal, recorded after anything the first two could still add.
+    fx.present_card(FORGED, "伪造").await?;
+    wait_for("the marker", || d.blocked_for(BlockReason::InvalidIdNumber) == 1).await?;
 
     // Every event recorded, gap-free, each under the policy in force when
     // it was decided.
-    let events = queued_events(&fx);
+    let events = fx.queued_events();
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
     let decisions: Vec<&pb::GateEvent> = events.iter().filter(|e| e.kind() == pb::EventKind::Decision).collect();
-    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions.len(), 3, "the two cards and the marker");
+    assert_eq!(decisions[2].reason(), pb::Reason::InvalidIdNumber);
     assert_eq!(decisions[0].policy_version, config.policy.version);
     assert_eq!(decisions[1].policy_version, new_version);
     assert_eq!(decisions[1].reason(), pb::Reason::CategoryNotAllowed);

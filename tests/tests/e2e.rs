@@ -5,8 +5,8 @@
 use anyhow::Result;
 use gate_proto::v1 as pb;
 use gate_tests::{
-    EVENTS_TOPIC, GATE, GateFixture, Mosquitto, RunningDaemon, SITE, STATUS_TOPIC, Subscriber, init_test_logging,
-    resident,
+    EVENTS_TOPIC, FixtureOptions, GATE, GateFixture, MARKER_LAMP_KEYS, Mosquitto, RunningDaemon, SITE, STATUS_TOPIC,
+    Subscriber, init_test_logging, resident,
 };
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,6 +20,11 @@ const FORGED: &str = "350203199001011237";
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A red lamp every refusal lights, for [`GateFixture::settle_gate`].
+fn marker_lamp() -> FixtureOptions {
+    FixtureOptions { gate_keys: MARKER_LAMP_KEYS.into(), ..Default::default() }
+}
+
 fn unlocks(fx: &GateFixture, coil: u16) -> usize {
     fx.gate.coil_writes().iter().filter(|w| w.coil == coil && w.on).count()
 }
@@ -29,7 +34,7 @@ async fn resident_passes_and_stranger_is_blocked_without_unlock() -> Result<()> 
     init_test_logging();
     let broker = Mosquitto::start()?;
     let sub = Subscriber::connect(broker.port(), "village/#").await?;
-    let fx = GateFixture::new(broker.port(), &[resident("p-001", ZHANG, "张三")])?;
+    let fx = GateFixture::build(broker.port(), &[resident("p-001", ZHANG, "张三")], marker_lamp())?;
     let daemon = RunningDaemon::start(fx.config());
     daemon.wait_connected().await?;
 
@@ -67,8 +72,9 @@ async fn resident_passes_and_stranger_is_blocked_without_unlock() -> Result<()> 
     assert_eq!(forged.reason(), pb::Reason::InvalidIdNumber);
     assert_eq!(forged.subject, "350203********1237");
 
-    // Give a wrongly issued unlock time to show up before checking it did not.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A later refusal through the same path: a wrongly issued unlock would
+    // have reached the board before it.
+    fx.settle_gate(&daemon).await?;
     assert_eq!(unlocks(&fx, 0), 1, "only the resident unlocked the gate");
     assert_eq!(unlocks(&fx, 1), 0, "the exit side was never unlocked");
 
@@ -148,7 +154,7 @@ async fn backlog_survives_broker_outage_and_daemon_restart_in_seq_order() -> Res
 async fn corrupt_frames_and_a_silent_reader_never_unlock_and_recover() -> Result<()> {
     init_test_logging();
     let broker = Mosquitto::start()?;
-    let fx = GateFixture::new(broker.port(), &[resident("p-001", ZHANG, "张三")])?;
+    let fx = GateFixture::build(broker.port(), &[resident("p-001", ZHANG, "张三")], marker_lamp())?;
     let daemon = RunningDaemon::start(fx.config());
     daemon.wait_connected().await?;
 
@@ -166,9 +172,11 @@ async fn corrupt_frames_and_a_silent_reader_never_unlock_and_recover() -> Result
     fx.present_card(ZHANG, "张三").await?;
     wait_for(|| daemon.observed.decisions.passed.load(Ordering::Relaxed) == 1).await?;
     wait_for(|| unlocks(&fx, 0) == 1).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A later card's decision: a second read of the first would come before it.
+    fx.settle_gate(&daemon).await?;
     assert_eq!(daemon.observed.decisions.passed.load(Ordering::Relaxed), 1, "a card is read once");
-    assert_eq!(daemon.observed.decisions.blocked.load(Ordering::Relaxed), 0);
+    assert_eq!(daemon.observed.decisions.blocked.load(Ordering::Relaxed), 1, "the marker's refusal only");
+    assert_eq!(unlocks(&fx, 0), 1);
     daemon.stop().await?;
     Ok(())
 }

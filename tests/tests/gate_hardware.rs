@@ -7,8 +7,8 @@
 use anyhow::{Context, Result, bail};
 use gate_proto::v1 as pb;
 use gate_tests::{
-    ALERTS_TOPIC, EVENTS_TOPIC, FixtureOptions, GateFixture, Mosquitto, RunningDaemon, Subscriber, init_test_logging,
-    resident,
+    ALERTS_TOPIC, EVENTS_TOPIC, FORGED_ID, FixtureOptions, GateFixture, Mosquitto, RunningDaemon, Subscriber,
+    init_test_logging, resident,
 };
 use hw_sim::gate::GateSimConfig;
 use hw_sim::play::{Target, play};
@@ -251,7 +251,10 @@ async fn a_silent_board_is_io_lost_and_nothing_unlocks_until_it_is_back() -> Res
     rig.wait_alarm("not_passed", 1, false).await?;
     rig.gate("silent off\n").await?;
     rig.wait_alarm("io_restored", 1, false).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A later refusal's red lamp: the board takes commands in order, so a
+    // late grant would have been written before it.
+    rig.fx.present_card(FORGED_ID, "伪造").await?;
+    wait_for("the later refusal's red lamp", || rig.on_writes(RED) == 1).await?;
     assert_eq!(rig.on_writes(ENTRY), 0, "the refused grant was never executed late");
     let health = rig.daemon.observed.gate_io.snapshot();
     assert!(health.timeouts >= 3 && health.reconnects >= 3, "{health:?}");
@@ -293,10 +296,15 @@ async fn wartime_on_a_flexible_gate_blocks_the_resident_yet_the_fire_alarm_opens
     // Lockdown does not close a fire exit: a card now changes nothing.
     rig.fx.present_card(ZHANG, "张三").await?;
     rig.sub.wait_until(WAIT, "the second decision", |s| s.decisions(EVENTS_TOPIC).len() == 2).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(rig.fx.gate.coil(ENTRY) && rig.fx.gate.coil(EXIT));
     rig.gate("fire off\n").await?;
     wait_for("every unlock coil off", || !rig.fx.gate.coil(ENTRY) && !rig.fx.gate.coil(EXIT)).await?;
+    // Each unlock coil went on once for the fire and off once at its end
+    // (the later marker): the refusal in between switched nothing off.
+    for coil in [ENTRY, EXIT] {
+        let writes: Vec<bool> = rig.fx.gate.coil_writes().iter().filter(|w| w.coil == coil).map(|w| w.on).collect();
+        let from_fire = writes.iter().position(|on| *on).expect("the fire's unlock");
+        assert_eq!(writes[from_fire..], [true, false], "coil {coil}: on for the fire, off only at its end");
+    }
     rig.stop().await
 }
 
@@ -374,15 +382,17 @@ async fn every_sam_status_is_a_counted_device_error_never_a_decision_or_an_unloc
         // Let the reader see the field empty before the next code.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(decisions(), 0, "no status is a card");
-    assert_eq!(rig.daemon.observed.decisions.unreadable_cards.load(Ordering::Relaxed), 0);
-    assert_eq!((rig.on_writes(ENTRY), rig.on_writes(EXIT)), (0, 0));
-    assert_eq!(rig.fx.idcard.base_info_reads(), 0);
 
-    // The reader still works afterwards.
+    // The reader still works afterwards; and that card, read after every
+    // status, is the later marker: a status taken for a card would have
+    // been decided before it.
     rig.fx.present_card(ZHANG, "张三").await?;
     wait_for("the unlock", || rig.on_writes(ENTRY) == 1).await?;
+    assert_eq!(decisions(), 1, "no status is a card: the one decision is the real card's");
+    assert_eq!(rig.daemon.observed.decisions.passed.load(Ordering::Relaxed), 1);
+    assert_eq!(rig.daemon.observed.decisions.unreadable_cards.load(Ordering::Relaxed), 0);
+    assert_eq!((rig.on_writes(ENTRY), rig.on_writes(EXIT)), (1, 0));
+    assert_eq!(rig.fx.idcard.base_info_reads(), 1);
     rig.stop().await
 }
 

@@ -7,8 +7,8 @@ use anyhow::Result;
 use gate_core::{BlockReason, HealthColour, HealthRecord, NatResult};
 use gate_proto::v1 as pb;
 use gate_tests::{
-    ALERTS_TOPIC, EVENTS_TOPIC, FixtureOptions, GateFixture, Mosquitto, RunningDaemon, Subscriber, init_test_logging,
-    publish, publish_signed, resident,
+    ALERTS_TOPIC, EVENTS_TOPIC, FixtureOptions, GateFixture, MARKER_LAMP_KEYS, Mosquitto, RunningDaemon, Subscriber,
+    init_test_logging, publish, publish_signed, resident,
 };
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -24,7 +24,7 @@ const REQ_TOPIC: &str = "village/heshan-c03/east-1/health/req";
 const RESP_TOPIC: &str = "village/heshan-c03/east-1/health/resp";
 
 fn unlocks(fx: &GateFixture) -> usize {
-    fx.gate.coil_writes().iter().filter(|w| w.on).count()
+    fx.unlock_writes()
 }
 
 fn record(colour: HealthColour, assessed_ago_h: i64, sampled_ago_h: i64) -> HealthRecord {
@@ -75,7 +75,8 @@ async fn wartime_red_code_blocks_without_unlock_and_alerts_once() -> Result<()> 
     init_test_logging();
     let broker = Mosquitto::start()?;
     let sub = Subscriber::connect(broker.port(), "village/#").await?;
-    let fx = GateFixture::new(broker.port(), &[resident("p-001", ZHANG, "张三")])?;
+    let options = FixtureOptions { gate_keys: MARKER_LAMP_KEYS.into(), ..Default::default() };
+    let fx = GateFixture::build(broker.port(), &[resident("p-001", ZHANG, "张三")], options)?;
     wartime(&fx)?;
     let daemon = RunningDaemon::start(fx.config());
     daemon.wait_connected().await?;
@@ -90,9 +91,15 @@ async fn wartime_red_code_blocks_without_unlock_and_alerts_once() -> Result<()> 
     assert_eq!((d.decision(), d.reason()), (pb::Decision::Block, pb::Reason::HealthCodeRed));
     assert_eq!(d.facts.get("colour").map(String::as_str), Some("red"));
     sub.wait_until(WAIT, "the alert", |s| !s.alerts(ALERTS_TOPIC).is_empty()).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A later refusal with its own alert: once it is through, nothing more
+    // of the first one can follow.
+    fx.settle_gate(&daemon).await?;
+    sub.wait_until(WAIT, "the marker's alert", |s| {
+        s.alerts(ALERTS_TOPIC).iter().any(|a| a.reason() == pb::Reason::InvalidIdNumber)
+    })
+    .await?;
     let alerts = sub.alerts(ALERTS_TOPIC);
-    assert_eq!(alerts.len(), 1, "exactly one alert");
+    assert_eq!(alerts.len(), 2, "exactly one alert for the red code, then the marker's");
     assert_eq!((alerts[0].reason(), alerts[0].person_id.as_str()), (pb::Reason::HealthCodeRed, "p-001"));
     assert_eq!(alerts[0].facts.get("colour").map(String::as_str), Some("red"));
     assert_eq!(unlocks(&fx), 0, "no unlock coil write");
@@ -159,7 +166,6 @@ async fn stale_record_with_platform_answering_silent_and_offline() -> Result<()>
     // The platform answers with a fresh green record: pass, and the answer
     // is kept locally.
     let platform = answer_health_requests(broker.port(), record(HealthColour::Green, 0, 5)).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     fx.present_card(ZHANG, "张三").await?;
     sub.wait_until(WAIT, "the answered decision", |s| s.decisions(EVENTS_TOPIC).len() == 2).await?;
     assert_eq!(last_decision(&sub).decision(), pb::Decision::Pass);
@@ -319,8 +325,9 @@ async fn certificates_count_only_for_their_holder_and_trust_lists_need_the_platf
     wait_for("the trust list", || daemon.observed.link.downlink.trust_updates.load(Ordering::Relaxed) == 1).await?;
 
     // Someone else's certificate, then the card: it proves nothing.
+    let verified = || daemon.observed.decisions.certificates_verified.load(Ordering::Relaxed);
     qr.scan(&issuer.test_certificate("李", "四", "1949-12-31", now - 5 * HOUR, now));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the other person's certificate verified", || verified() == 1).await?;
     fx.present_card(ZHANG, "张三").await?;
     sub.wait_until(WAIT, "the other person's certificate", |s| s.decisions(EVENTS_TOPIC).len() == 2).await?;
     let d = last_decision(&sub);
@@ -328,9 +335,8 @@ async fn certificates_count_only_for_their_holder_and_trust_lists_need_the_platf
     assert_eq!(d.facts.get("certificate").map(String::as_str), Some("another_person"));
 
     // The holder's own certificate (name as written and birth date match the card).
-    tokio::time::sleep(Duration::from_millis(400)).await;
     qr.scan(&issuer.test_certificate("张", "三", "1990-01-01", now - 5 * HOUR, now));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the holder's certificate verified", || verified() == 2).await?;
     fx.present_card(ZHANG, "张三").await?;
     sub.wait_until(WAIT, "the holder's certificate", |s| s.decisions(EVENTS_TOPIC).len() == 3).await?;
     assert_eq!(last_decision(&sub).decision(), pb::Decision::Pass);

@@ -6,8 +6,8 @@ use anyhow::Result;
 use gate_core::{BlockReason, Category, CredentialKind, PersonRecord, PersonStatus};
 use gate_proto::v1 as pb;
 use gate_tests::{
-    ALERTS_TOPIC, EVENTS_TOPIC, FixtureOptions, GateFixture, MODE_TOPIC, Mosquitto, RunningDaemon, Subscriber,
-    init_test_logging, mode_change, publish_signed, resident,
+    ALERTS_TOPIC, EVENTS_TOPIC, FixtureOptions, GateFixture, MARKER_LAMP_KEYS, MODE_TOPIC, Mosquitto, RunningDaemon,
+    Subscriber, init_test_logging, mode_change, publish_signed, resident,
 };
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,7 +17,7 @@ const LI: &str = "11010519491231002X";
 const WAIT: Duration = Duration::from_secs(10);
 
 fn unlocks(fx: &GateFixture) -> usize {
-    fx.gate.coil_writes().iter().filter(|w| w.on).count()
+    fx.unlock_writes()
 }
 
 async fn wait_for(what: &str, done: impl Fn() -> bool) -> Result<()> {
@@ -42,7 +42,7 @@ async fn wartime_closes_a_flexible_checkpoint_and_survives_a_restart_offline() -
     let fx = GateFixture::build(
         broker.port(),
         &[resident("p-001", ZHANG, "张三")],
-        FixtureOptions { flexible: true, ..Default::default() },
+        FixtureOptions { flexible: true, gate_keys: MARKER_LAMP_KEYS.into(), ..Default::default() },
     )?;
     let daemon = RunningDaemon::start(fx.config());
     daemon.wait_connected().await?;
@@ -78,7 +78,7 @@ async fn wartime_closes_a_flexible_checkpoint_and_survives_a_restart_offline() -
     fx.present_card(ZHANG, "张三").await?;
     wait_for("the offline wartime block", || daemon.observed.decisions.blocked_for(BlockReason::CheckpointClosed) == 1)
         .await?;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    fx.settle_gate(&daemon).await?;
     assert_eq!(unlocks(&fx), 1, "no unlock coil was written in wartime at the flexible checkpoint");
     daemon.stop().await?;
     Ok(())
@@ -89,7 +89,8 @@ async fn technician_override_is_an_event_and_fixed_gates_need_health_in_wartime(
     init_test_logging();
     let broker = Mosquitto::start()?;
     let sub = Subscriber::connect(broker.port(), "village/#").await?;
-    let fx = GateFixture::new(broker.port(), &[resident("p-001", ZHANG, "张三")])?;
+    let options = FixtureOptions { gate_keys: MARKER_LAMP_KEYS.into(), ..Default::default() };
+    let fx = GateFixture::build(broker.port(), &[resident("p-001", ZHANG, "张三")], options)?;
     let daemon = RunningDaemon::start(fx.config());
     daemon.wait_connected().await?;
 
@@ -112,6 +113,7 @@ async fn technician_override_is_an_event_and_fixed_gates_need_health_in_wartime(
     assert_eq!((d.decision(), d.reason()), (pb::Decision::Block, pb::Reason::HealthUnverified));
     let change = sub.events(EVENTS_TOPIC).into_iter().find(|e| e.kind() == pb::EventKind::ModeChange).expect("event");
     assert_eq!((change.operator.as_str(), change.note.as_str()), ("technician:li.wei", "drill"));
+    fx.settle_gate(&daemon).await?;
     assert_eq!(unlocks(&fx), 0);
     daemon.stop().await?;
     Ok(())
@@ -120,6 +122,7 @@ async fn technician_override_is_an_event_and_fixed_gates_need_health_in_wartime(
 fn pass_options(platform: &ed25519_dalek::SigningKey) -> FixtureOptions {
     FixtureOptions {
         qr_scanner: true,
+        gate_keys: MARKER_LAMP_KEYS.into(),
         extra_toml: format!(
             "[passes]\nplatform_keys = [\"{}\"]\ncompanion_window_s = 60\n",
             hex::encode(platform.verifying_key().to_bytes())
@@ -173,14 +176,17 @@ async fn visitor_passes_over_the_qr_scanner() -> Result<()> {
     assert_eq!(last_decision(&sub).map(|e| e.reason()), Some(pb::Reason::VisitorPassRequired));
 
     let pass = visitor_pass(&fx, &platform, "vp-1", &["east-1"], 2);
-    let mut expected = vec![];
+    let mut granted = 0;
     for (n, reason) in [(2, pb::Reason::Unspecified), (3, pb::Reason::Unspecified), (4, pb::Reason::PassUsedUp)] {
         qr.scan(&pass);
         sub.wait_until(WAIT, "a pass decision", decisions(n)).await?;
         let e = last_decision(&sub).expect("decision");
         assert_eq!((e.reason(), e.credential_type(), e.pass_id.as_str()), (reason, pb::CredentialType::QrCode, "vp-1"));
-        expected.push(reason);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        if reason == pb::Reason::Unspecified {
+            // Each grant its own pulse: the next one finds the coil off.
+            granted += 1;
+            wait_for("the pulse", || unlocks(&fx) == granted && !fx.gate.coil(0)).await?;
+        }
     }
     // The visitor's card, just after their pass: covered by it.
     fx.present_card(LI, "李四").await?;
@@ -205,7 +211,7 @@ async fn visitor_passes_over_the_qr_scanner() -> Result<()> {
     assert_eq!(last_decision(&sub).map(|e| e.reason()), Some(pb::Reason::PassInvalid));
     assert_eq!(daemon.observed.decisions.unreadable_qr.load(Ordering::Relaxed), 1);
     // Two visitor passes and one covered card unlocked the gate, nothing else.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fx.settle_gate(&daemon).await?;
     assert_eq!(unlocks(&fx), 3);
     daemon.stop().await?;
     Ok(())
@@ -219,7 +225,12 @@ async fn vehicle_lane_decides_on_plates() -> Result<()> {
     let fx = GateFixture::build(
         broker.port(),
         &[],
-        FixtureOptions { plate_reader: true, vehicle_lane: true, ..Default::default() },
+        FixtureOptions {
+            plate_reader: true,
+            vehicle_lane: true,
+            gate_keys: MARKER_LAMP_KEYS.into(),
+            ..Default::default()
+        },
     )?;
     let now = gate_app::wall_clock_ms();
     fx.import_records(&[gate_store::NewPerson {
@@ -249,7 +260,7 @@ async fn vehicle_lane_decides_on_plates() -> Result<()> {
         1,
         "a low-confidence read is not a decision"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fx.settle_gate(&daemon).await?;
     assert_eq!(unlocks(&fx), 1);
     daemon.stop().await?;
     Ok(())
@@ -263,7 +274,7 @@ async fn watchlist_alerts_once_with_repeats_and_paired_anti_passback() -> Result
     let fx = GateFixture::build(
         broker.port(),
         &[resident("p-001", ZHANG, "张三"), resident("p-002", LI, "李四")],
-        FixtureOptions { anti_passback: Some("paired"), ..Default::default() },
+        FixtureOptions { anti_passback: Some("paired"), gate_keys: MARKER_LAMP_KEYS.into(), ..Default::default() },
     )?;
     gate_store::Store::open(&fx.store_path)?
         .watchlist_add(&[(CredentialKind::IdNumber, fx.credential_key(CredentialKind::IdNumber, LI))])?;
@@ -287,10 +298,11 @@ async fn watchlist_alerts_once_with_repeats_and_paired_anti_passback() -> Result
     fx.present_card(ZHANG, "张三").await?;
     sub.wait_until(WAIT, "the entry", |s| s.decisions(EVENTS_TOPIC).len() == 3).await?;
     assert_eq!(last_decision(&sub).map(|e| e.decision()), Some(pb::Decision::Pass));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_for("the entry's unlock", || unlocks(&fx) == 1).await?;
     fx.present_card(ZHANG, "张三").await?;
     sub.wait_until(WAIT, "the second entry", |s| s.decisions(EVENTS_TOPIC).len() == 4).await?;
     assert_eq!(last_decision(&sub).map(|e| e.reason()), Some(pb::Reason::AntiPassback));
+    fx.settle_gate(&daemon).await?;
     assert_eq!(unlocks(&fx), 1);
     daemon.stop().await?;
     Ok(())

@@ -345,3 +345,57 @@ async fn a_heartbeat_naming_versions_the_gate_lacks_alerts_and_refuses_in_wartim
     daemon.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_puts_the_new_platform_keys_in_force_without_a_restart() -> Result<()> {
+    init_test_logging();
+    let broker = Mosquitto::start()?;
+    let port = broker.port();
+    let fx = GateFixture::new(port, &[resident("p-001", "35020319900101123X", "张三")])?;
+    let config = fx.config();
+    let (reload, reloads) = tokio::sync::watch::channel(config.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let observed = std::sync::Arc::new(gate_app::Observed::default());
+    let daemon = tokio::spawn(gate_app::run_with_reload(config.clone(), reloads, shutdown.clone(), observed.clone()));
+    let downlink = || &observed.link.downlink;
+    wait_for("the broker", || observed.broker_connected()).await?;
+
+    // The platform's new key, not configured yet: refused.
+    let next = PlatformKey::from_seed([0x6f; 32], Some("next-platform"));
+    let unknown = downlink().refused(Refusal::UnknownKey);
+    publish(port, MODE_TOPIC, next.seal(SITE, "", "mode", &wartime("heshan-office")), false).await?;
+    wait_for("the refusal", || downlink().refused(Refusal::UnknownKey) == unknown + 1).await?;
+    assert_eq!(mode_now(&fx), gate_core::Mode::Normal);
+
+    // The file now lists only the new key; SIGHUP's reload hands it over.
+    let text = std::fs::read_to_string(&fx.config_path)?;
+    let text =
+        text.replace(&gate_tests::platform_toml(), &format!("[platform]\nsigning_keys = [\"{}\"]\n", next.key_spec()));
+    let candidate = gate_config::parse(&fx.config_path, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(
+        candidate.platform.signing_keys != config.platform.signing_keys,
+        "the fixture's [platform] changed"
+    );
+    reload.send(candidate)?;
+    // The uplink takes it between two messages: the new key's order is
+    // applied once it does (sent again, with a new counter, until then).
+    let deadline = Instant::now() + WAIT;
+    while downlink().mode_changes.load(Ordering::Relaxed) == 0 {
+        if Instant::now() > deadline {
+            bail!("the reloaded key was never put in force");
+        }
+        publish(port, MODE_TOPIC, next.seal(SITE, "", "mode", &wartime("heshan-office")), false).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mode_now(&fx), gate_core::Mode::Wartime);
+    // And the key taken out of the file is no longer trusted.
+    let unknown = downlink().refused(Refusal::UnknownKey);
+    let normal = mode_change(pb::Mode::Normal, gate_app::wall_clock_ms() - 1_000, "heshan-office");
+    publish(port, MODE_TOPIC, platform_key().seal(SITE, "", "mode", &normal), false).await?;
+    wait_for("the old key refused", || downlink().refused(Refusal::UnknownKey) == unknown + 1).await?;
+    assert_eq!(mode_now(&fx), gate_core::Mode::Wartime);
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, daemon).await???;
+    Ok(())
+}

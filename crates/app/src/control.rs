@@ -27,8 +27,8 @@ use gate_store::Store;
 use gate_sync::{EVENT_STREAM, EventBody, Topics, encode_event};
 use protocol::{
     BrokerReport, Check, Command, Credential, DecisionTotals, DeviceStatus, IdentityCounts, LookupReport,
-    MAX_REQUEST_BYTES, OpenReport, OutboxReport, OutboxSummary, Reply, Response, SelftestReport, StatusReport,
-    TopicBacklog,
+    MAX_REQUEST_BYTES, ModeSetReport, OpenReport, OutboxReport, OutboxSummary, Reply, Response, SelftestReport,
+    StatusReport, TopicBacklog,
 };
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -292,9 +292,49 @@ async fn serve(stream: UnixStream, ctx: ControlContext, access: Access, shutdown
             open(&ctx, &operator(uid, sudo_user.as_deref()), &reason, side.as_deref()).await
         }
         Command::Selftest { pulse, sudo_user } => selftest(&ctx, &operator(uid, sudo_user.as_deref()), pulse).await,
+        Command::SetMode { mode, reason, sudo_user } => {
+            set_mode(&ctx, &operator(uid, sudo_user.as_deref()), &mode, &reason).await
+        }
     };
     let _ = write_reply(&mut writer, reply).await;
     let _ = writer.shutdown().await;
+}
+
+/// Longest reason a technician may give for a mode override.
+const MAX_MODE_REASON_CHARS: usize = 200;
+
+/// A technician's mode override: the schedule and its `ModeChange` event in
+/// one transaction (`gate_sync::set_mode_by_technician`, the path
+/// `gatectl` also takes when the daemon is stopped), under the operator
+/// named from the connection's uid. The decision loop reads the mode from
+/// the store at its next decision.
+async fn set_mode(ctx: &ControlContext, operator: &str, mode: &str, reason: &str) -> Reply {
+    let Some(mode) = Mode::parse(mode) else {
+        return error(format!("expected normal, sporadic or wartime, found {mode:?}"));
+    };
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return error("the reason must say why");
+    }
+    if reason.chars().count() > MAX_MODE_REASON_CHARS || reason.chars().any(char::is_control) {
+        return error(format!("the reason must be at most {MAX_MODE_REASON_CHARS} characters, no control characters"));
+    }
+    let config = ctx.config.borrow().clone();
+    let context = crate::event_context(&config);
+    let now = crate::wall_clock_ms();
+    let (operator_owned, reason_owned) = (operator.to_owned(), reason.to_owned());
+    let recorded = with_store(config.store.path.clone(), move |store| {
+        gate_sync::set_mode_by_technician(store, &context, mode, &operator_owned, &reason_owned, now)
+    })
+    .await;
+    match recorded {
+        Ok(seq) => {
+            ctx.outbox_changed.notify_one();
+            info!(mode = mode.as_str(), operator, seq, "mode set by a technician through the control socket");
+            Reply::ModeSet(ModeSetReport { mode: mode.as_str().to_owned(), operator: operator.to_owned(), seq })
+        }
+        Err(e) => error(format!("cannot record the mode change: {e}")),
+    }
 }
 
 /// Runs a database job on the blocking pool (SQLite calls block).
@@ -412,6 +452,13 @@ async fn status(ctx: &ControlContext) -> Reply {
         decision_loop_age_ms: o.decisions.heartbeat.age().map(|a| a.as_millis() as u64),
         platform_warnings: o.link.platform.warnings(),
         platform_heartbeat_at_ms: Some(o.link.platform.heartbeat_issued_ms.load(Ordering::Relaxed)).filter(|&t| t > 0),
+        restart_needed: o
+            .restart_needed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect(),
     })
 }
 
@@ -479,6 +526,7 @@ async fn lookup(ctx: &ControlContext, credential: Credential, side: Option<&str>
                 valid_from: run.valid.map(|(from, _)| from.to_string()),
                 valid_to: run.valid.map(|(_, to)| to.to_string()),
                 state: run.state.map(str::to_owned),
+                name: run.name,
             })
         }
         Err(e) => error(format!("lookup failed: {e}")),

@@ -45,6 +45,8 @@ pub struct DecisionCounters {
     pub alerts: AtomicU64,
     /// Blocks by reason name.
     pub blocked_by_reason: Mutex<HashMap<&'static str, u64>>,
+    /// Health certificates that verified and wait for their holder's card.
+    pub certificates_verified: AtomicU64,
     /// Online health checks the platform answered in time.
     pub health_online_answers: AtomicU64,
     /// Online health checks that timed out.
@@ -138,12 +140,53 @@ impl TrustCache {
     }
 }
 
+/// What the loop remembers between two credentials of one transaction (a
+/// health certificate before its holder's ID card, a visitor pass before
+/// the visitor's card): personal data, so kept no longer than its window
+/// and never more than `cap` of it, whatever the mode (in a mode without
+/// health checks nothing ever reads the certificates: they must still go).
+#[derive(Debug)]
+struct Recent<T> {
+    items: std::collections::VecDeque<(UnixMillis, T)>,
+    cap: usize,
+}
+
+impl<T> Recent<T> {
+    fn new(cap: usize) -> Self {
+        Recent { items: std::collections::VecDeque::with_capacity(cap), cap }
+    }
+
+    /// Keeps `item` seen at `now`, after dropping what expired; past `cap`,
+    /// the oldest goes.
+    fn push(&mut self, now: UnixMillis, window_ms: i64, item: T) {
+        self.prune(now, window_ms);
+        while self.items.len() >= self.cap {
+            self.items.pop_front();
+        }
+        self.items.push_back((now, item));
+    }
+
+    /// Drops everything older than `window_ms` at `now`.
+    fn prune(&mut self, now: UnixMillis, window_ms: i64) {
+        self.items.retain(|(at, _)| now - at <= window_ms);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter().map(|(_, item)| item)
+    }
+}
+
+/// At most this many verified certificates wait for their holder's card
+/// (a vaccination and a test, presented twice: still a handful).
+const RECENT_CERTIFICATES_MAX: usize = 8;
+/// At most this many visitor passes wait for their visitor's card.
+const RECENT_PASSES_MAX: usize = 64;
+
 /// A valid visitor pass seen recently: a visitor's ID card read soon after
 /// counts as covered by it.
 #[derive(Debug, Clone)]
 struct RecentPass {
     visitor_id_hash: String,
-    at_ms: UnixMillis,
 }
 
 pub(crate) struct DecisionLoop {
@@ -154,11 +197,11 @@ pub(crate) struct DecisionLoop {
     counters: Arc<DecisionCounters>,
     config: Config,
     passes: PlatformKeys,
-    recent_passes: Vec<RecentPass>,
+    recent_passes: Recent<RecentPass>,
     alerts: AlertBook,
     /// The signer certificates health certificates are checked against.
     trust: TrustCache,
-    recent_certificates: Vec<RecentCertificate>,
+    recent_certificates: Recent<RecentCertificate>,
     /// Why the last health certificate was refused (a fact for its alert).
     certificate_failure: Option<String>,
     /// Online health checks go to the uplink through here.
@@ -189,7 +232,6 @@ struct Gathered {
 #[derive(Debug, Clone)]
 struct RecentCertificate {
     certificate: gate_dcc::VerifiedCertificate,
-    at_ms: UnixMillis,
 }
 
 impl DecisionLoop {
@@ -201,10 +243,9 @@ impl DecisionLoop {
         gate: Option<mpsc::Sender<GateRequest>>,
         counters: Arc<DecisionCounters>,
     ) -> Self {
-        let passes = PlatformKeys::from_raw(&config.pass_keys()).unwrap_or_else(|index| {
-            warn!(index, "[passes] platform_keys holds a key that is not a valid Ed25519 point; no pass will verify");
-            PlatformKeys::default()
-        });
+        // The keys every platform message is verified with (config keys
+        // are checked points: `[passes] platform_keys` folded in).
+        let passes = PlatformKeys::from_specs(config.envelope_keys());
         DecisionLoop {
             site_key,
             store,
@@ -213,11 +254,11 @@ impl DecisionLoop {
             counters,
             config: config.clone(),
             passes,
-            recent_passes: Vec::new(),
+            recent_passes: Recent::new(RECENT_PASSES_MAX),
             alerts: AlertBook::new(config.alerts.quiet_period.as_millis() as i64),
             reload: None,
             trust: TrustCache::default(),
-            recent_certificates: Vec::new(),
+            recent_certificates: Recent::new(RECENT_CERTIFICATES_MAX),
             certificate_failure: None,
             health_queries: None,
             mode_seen: None,
@@ -252,10 +293,7 @@ impl DecisionLoop {
     }
 
     fn apply_config(&mut self, config: Config) {
-        self.passes = PlatformKeys::from_raw(&config.pass_keys()).unwrap_or_else(|index| {
-            warn!(index, "[passes] platform_keys holds a key that is not a valid Ed25519 point; no pass will verify");
-            PlatformKeys::default()
-        });
+        self.passes = PlatformKeys::from_specs(config.envelope_keys());
         if config.alerts.quiet_period != self.config.alerts.quiet_period {
             // Open alerts restart their count under the new quiet period.
             self.alerts = AlertBook::new(config.alerts.quiet_period.as_millis() as i64);
@@ -278,7 +316,12 @@ impl DecisionLoop {
             self.counters.heartbeat.beat();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = beat.tick() => self.watch_mode(self.trusted_now()).await,
+                _ = beat.tick() => {
+                    let now = self.trusted_now();
+                    // Nothing waits in memory past its window, decisions or not.
+                    self.prune_recent(now);
+                    self.watch_mode(now).await;
+                }
                 config = next_config(&mut reload) => self.apply_config(config),
                 item = presented.recv(), if presented_open => match item {
                     Some(item) => {
@@ -296,6 +339,12 @@ impl DecisionLoop {
                 },
             }
         }
+    }
+
+    /// Drops the certificates and passes whose window has passed.
+    fn prune_recent(&mut self, now: UnixMillis) {
+        self.recent_certificates.prune(now, self.config.health.certificate_window.as_millis() as i64);
+        self.recent_passes.prune(now, self.config.passes.companion_window.as_millis() as i64);
     }
 
     /// Logs the mode in force when it differs from the last one seen, with
@@ -386,7 +435,7 @@ impl DecisionLoop {
                 return None;
             }
         };
-        if text.starts_with(gate_pass::PREFIX) {
+        if gate_pass::is_pass(&text) {
             return self.gather_pass(&text).await;
         }
         if text.starts_with("HC1:") {
@@ -415,7 +464,9 @@ impl DecisionLoop {
         match gate_dcc::verify(text, &self.trust.list, now) {
             Ok(certificate) => {
                 info!(kind = ?certificate.kind, "health certificate verified; waiting for the holder's ID card");
-                self.recent_certificates.push(RecentCertificate { certificate, at_ms: now });
+                self.counters.certificates_verified.fetch_add(1, Ordering::Relaxed);
+                let window = self.config.health.certificate_window.as_millis() as i64;
+                self.recent_certificates.push(now, window, RecentCertificate { certificate });
                 None
             }
             Err(e) => {
@@ -458,12 +509,11 @@ impl DecisionLoop {
             }
             None => None,
         };
-        let window = self.config.health.certificate_window.as_millis() as i64;
-        self.recent_certificates.retain(|c| now - c.at_ms <= window);
+        self.prune_recent(now);
         let mut certificates = gate_engine::CertificateFacts::default();
         let mut facts = Vec::new();
         if let Some((name, birth)) = holder {
-            for recent in &self.recent_certificates {
+            for recent in self.recent_certificates.iter() {
                 let cert = &recent.certificate;
                 let birth_ok =
                     birth.is_some_and(|b| gate_dcc::birth_date_matches(&cert.birth_date, b.year, b.month, b.day));
@@ -571,6 +621,14 @@ impl DecisionLoop {
             holder: None,
         };
         let pass = match self.passes.verify(token, self.config.site.id.as_str()) {
+            Ok(pass) if token.starts_with(gate_pass::LEGACY_PREFIX) => {
+                warn!(
+                    pass_id = %pass.pass_id,
+                    "visitor pass in the old VP1 format accepted; it stops working in a later release: \
+                     issue a new one (VP2, a signed envelope)"
+                );
+                pass
+            }
             Ok(pass) => pass,
             Err(e) => {
                 warn!(error = %e, "visitor pass refused as invalid");
@@ -662,7 +720,7 @@ impl DecisionLoop {
         let StoredFacts { person, watchlisted, passback_subject, last_passage, mode, health_record } = stored;
         let last_passage =
             last_passage.and_then(|e| Side::parse(&e.side).map(|side| LastPassage { side, at_ms: e.at_ms }));
-        self.recent_passes.retain(|p| now - p.at_ms <= self.config.passes.companion_window.as_millis() as i64);
+        self.prune_recent(now);
         let companion_pass = g.key.is_some_and(|key| {
             let hash = hex::encode(key);
             self.recent_passes.iter().any(|p| p.visitor_id_hash.eq_ignore_ascii_case(&hash))
@@ -783,7 +841,8 @@ impl DecisionLoop {
                 if g.pass_id.is_some()
                     && let Some(hash) = &g.visitor_id_hash
                 {
-                    self.recent_passes.push(RecentPass { visitor_id_hash: hash.clone(), at_ms: now });
+                    let window = self.config.passes.companion_window.as_millis() as i64;
+                    self.recent_passes.push(now, window, RecentPass { visitor_id_hash: hash.clone() });
                 }
             }
             Decision::Block => {
@@ -968,6 +1027,8 @@ pub(crate) struct DryRun {
     /// `suspended` or `blocked` (the stored status alone says `active` for
     /// an expired visitor).
     pub state: Option<&'static str>,
+    /// The person's name as the store keeps it: masked (`陈*国`).
+    pub name: Option<String>,
 }
 
 /// The state a person is really in at `now`: a blocked or suspended status
@@ -1085,7 +1146,9 @@ pub(crate) fn dry_run(
         health: HealthCheck::NotChecked,
     };
     let verdict = decide(attempt, context, now);
-    Ok(DryRun { verdict, mode, subject, why, valid, state })
+    // Masked again on the way out, whatever an older file held.
+    let name = person.as_ref().map(|p| gate_core::mask_name(&p.display_name)).filter(|n| !n.is_empty());
+    Ok(DryRun { verdict, mode, subject, why, valid, state, name })
 }
 
 #[cfg(test)]
@@ -1248,6 +1311,84 @@ passage_exit_input = 1
         assert_eq!(h.counters.failed.load(Ordering::Relaxed), 3);
         assert!(h.present(card(LI, CardValidTo::LongTerm)).await.is_some());
         assert_eq!(h.told_gate(), Some(GateRequest::Grant { side: Side::Entry }));
+    }
+
+    /// A visitor pass for this site, signed by a key `h` now trusts.
+    fn visitor_pass(h: &mut Harness, pass_id: &str) -> String {
+        let key = gate_pass::signing_key_from_hex(&"07".repeat(32)).expect("key");
+        h.decisions.passes = PlatformKeys::from_raw(&[key.verifying_key().to_bytes()]).expect("trusted");
+        let pass = gate_pass::VisitorPass {
+            kid: String::new(),
+            site: "heshan-c03".into(),
+            pass_id: pass_id.into(),
+            host_person_id: "p-li".into(),
+            visitor_id_hash: "00".repeat(32),
+            valid_from_ms: 0,
+            valid_to_ms: i64::MAX,
+            gates: Vec::new(),
+            max_uses: 1,
+        };
+        gate_pass::sign(&pass, &key)
+    }
+
+    #[tokio::test]
+    async fn unreadable_pass_uses_or_revocations_keep_the_gate_shut() {
+        let mut h = harness("").await;
+        let db = h.db();
+        let token = visitor_pass(&mut h, "vp-1");
+        let scan = |token: &str| Presented::Qr(QrEvent::Scanned(token.to_owned()), Side::Entry);
+        // The use count of a single-use pass, then the revocations: each
+        // unreadable in turn. Never "not used yet" or "not revoked".
+        for table in ["pass_use", "ident.pass_revoked"] {
+            let before = h.counts();
+            faults::fail_reads(&db, table).expect("inject");
+            let failed = h.counters.failed.load(Ordering::Relaxed);
+            assert!(h.decisions.on_presented(scan(&token), 1_000).await.is_none(), "{table}: not decided");
+            assert_eq!(h.told_gate(), None, "{table}: the gate is told nothing");
+            assert_eq!(h.counters.failed.load(Ordering::Relaxed), failed + 1, "{table}: counted");
+            faults::heal_reads(&db, table).expect("heal");
+            assert_eq!(h.counts(), before, "{table}: nothing written");
+        }
+        let by_class: u64 = gate_store::ErrorClass::ALL.iter().map(|c| h.counters.store_errors.of(*c)).sum();
+        assert_eq!(by_class, 2, "both failed reads counted by class");
+        // Readable again: the pass admits once, and only once.
+        let (verdict, side) = h.decisions.on_presented(scan(&token), 1_000).await.expect("decided");
+        assert_eq!(verdict.decision, Decision::Pass);
+        tell_gate(h.decisions.gate.clone(), verdict.decision, side).await;
+        assert_eq!(h.told_gate(), Some(GateRequest::Grant { side: Side::Entry }));
+        let (verdict, _) = h.decisions.on_presented(scan(&token), 2_000).await.expect("decided");
+        assert_eq!(verdict.reason, Some(BlockReason::PassUsedUp));
+    }
+
+    #[test]
+    fn what_waits_for_a_card_is_bounded_and_forgotten_after_its_window() {
+        let mut recent = Recent::new(3);
+        // Pruned when pushed: what expired goes before anything is added.
+        recent.push(0, 1_000, "old");
+        recent.push(2_000, 1_000, "a");
+        assert_eq!(recent.iter().copied().collect::<Vec<_>>(), ["a"]);
+        // Bounded: past its capacity the oldest goes.
+        for (at, item) in [(2_100, "b"), (2_200, "c"), (2_300, "d"), (2_400, "e")] {
+            recent.push(at, 1_000, item);
+        }
+        assert_eq!(recent.iter().copied().collect::<Vec<_>>(), ["c", "d", "e"]);
+        // Forgotten with no new push at all (the idle beat prunes).
+        recent.prune(3_250, 1_000);
+        assert_eq!(recent.iter().copied().collect::<Vec<_>>(), ["d", "e"]);
+        recent.prune(10_000, 1_000);
+        assert_eq!(recent.iter().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_decision_loop_forgets_passes_and_certificates_past_their_window() {
+        let mut h = harness("").await;
+        let window = h.decisions.config.passes.companion_window.as_millis() as i64;
+        for i in 0..(RECENT_PASSES_MAX as i64 + 10) {
+            h.decisions.recent_passes.push(i, window, RecentPass { visitor_id_hash: format!("{i:064x}") });
+        }
+        assert_eq!(h.decisions.recent_passes.iter().count(), RECENT_PASSES_MAX, "bounded");
+        h.decisions.prune_recent(RECENT_PASSES_MAX as i64 + 10 + window + 1);
+        assert_eq!(h.decisions.recent_passes.iter().count(), 0, "gone after the window");
     }
 
     #[tokio::test]

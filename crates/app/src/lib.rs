@@ -118,6 +118,8 @@ pub struct Observed {
     pub decisions: Arc<DecisionCounters>,
     /// The store's state and the state folder's free space.
     pub store: Arc<store_health::StoreState>,
+    /// Keys a reload changed that only a restart applies (`gatectl status`).
+    pub restart_needed: std::sync::Mutex<Vec<&'static str>>,
     /// Control-socket requests refused before any command ran: a peer not
     /// permitted, a line too long, unended or late, malformed JSON, another
     /// protocol version.
@@ -322,6 +324,9 @@ pub async fn run_until_stopped(
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(config.policy.version.clone());
     // Every reload, counted: the uplink reads its certificates again.
     let (reload_tx, reload_rx) = tokio::sync::watch::channel(0u64);
+    // The configured platform keys: the uplink rebuilds its downlink trust
+    // when a reload changes them.
+    let (keys_tx, keys_rx) = tokio::sync::watch::channel(config.envelope_keys());
     {
         let mut applied = applied.clone();
         let shutdown = shutdown.clone();
@@ -333,8 +338,16 @@ pub async fn run_until_stopped(
                         if changed.is_err() {
                             break;
                         }
-                        let version = applied.borrow().policy.version.clone();
+                        let (version, keys) = {
+                            let config = applied.borrow();
+                            (config.policy.version.clone(), config.envelope_keys())
+                        };
                         let _ = policy_tx.send(version);
+                        keys_tx.send_if_modified(|held| {
+                            let changed = *held != keys;
+                            *held = keys;
+                            changed
+                        });
                         reload_tx.send_modify(|n| *n += 1);
                     }
                 }
@@ -362,6 +375,7 @@ pub async fn run_until_stopped(
         policy_updates: Some(policy_rx),
         auth: broker_auth(&config.mqtt),
         reloads: Some(reload_rx),
+        platform_key_updates: Some(keys_rx),
     };
     let devices = device_reporter(&config, &observed);
     tracker.spawn(
@@ -379,7 +393,7 @@ pub async fn run_until_stopped(
     );
 
     tracker.spawn(
-        reload::follow(config.clone(), reloads, applied_tx, shutdown.clone())
+        reload::follow(config.clone(), reloads, applied_tx, observed.clone(), shutdown.clone())
             .instrument(info_span!(parent: &span, "reload")),
     );
     let control = control::ControlContext {
@@ -412,6 +426,7 @@ pub async fn run_until_stopped(
     let monitor = store_health::Monitor {
         store: StoreThread::open(&config.store.path, "monitor").await?,
         config: config.clone(),
+        reloads: applied.clone(),
         observed: observed.clone(),
         outbox_changed: outbox_changed.clone(),
         alerts: alerts::AlertBook::new(config.alerts.quiet_period.as_millis() as i64),

@@ -73,6 +73,9 @@ pub(crate) const BALLAST: &str = "gated.ballast";
 pub(crate) struct Monitor {
     pub store: gate_store::StoreThread,
     pub config: gate_config::Config,
+    /// The configuration in force: the ballast, the low margin and the
+    /// outbox's capacity follow a reload at the next check.
+    pub reloads: tokio::sync::watch::Receiver<gate_config::Config>,
     pub observed: std::sync::Arc<crate::Observed>,
     pub outbox_changed: std::sync::Arc<tokio::sync::Notify>,
     pub alerts: crate::alerts::AlertBook,
@@ -96,6 +99,9 @@ impl Monitor {
     }
 
     async fn check(&mut self) {
+        if self.reloads.has_changed().unwrap_or(false) {
+            self.config = self.reloads.borrow_and_update().clone();
+        }
         let now = crate::wall_clock_ms();
         let errors = &self.observed.decisions.store_errors;
         let recent = errors.last().filter(|(_, at)| now - at <= RECENT_MS);

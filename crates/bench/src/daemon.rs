@@ -186,6 +186,7 @@ async fn present_cards(
 ) -> Result<Cards> {
     let card = card_number();
     let mut cards = Cards { latencies: Vec::with_capacity(count.min(10_000)), missed: 0 };
+    let mut module = fx.idcard.subscribe();
     for _ in 0..count {
         if !keep_going() {
             break;
@@ -198,6 +199,12 @@ async fn present_cards(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         fx.idcard.remove();
+        // The reader reports a card resting on it once, until a find-card
+        // poll answers "no card": a card placed again before the daemon
+        // polled would be the same card to it, never read (a hand swapping
+        // cards takes longer than a poll; a loaded machine can stretch the
+        // poll past the gap below).
+        field_seen_empty(&mut module, Instant::now() + CARD_TIMEOUT).await;
         match (fx.idcard.read_replies_written().get(replies), unlock_writes(fx).get(unlocks)) {
             (Some(read), Some(unlock)) => cards.latencies.push(unlock.saturating_duration_since(*read)),
             _ => {
@@ -209,6 +216,22 @@ async fn present_cards(
         tokio::time::sleep(gap).await;
     }
     Ok(cards)
+}
+
+/// Waits (until `deadline`) for the simulated module to answer a find-card
+/// poll with "no card" (status 80), counting from now: what was queued
+/// before is dropped first. Any such answer unlatches the daemon's reader.
+async fn field_seen_empty(module: &mut tokio::sync::broadcast::Receiver<hw_sim::IdCardEvent>, deadline: Instant) {
+    const FIND_CARD: (u8, u8) = (0x20, 0x01);
+    const NO_CARD: u8 = 0x80;
+    while module.try_recv().is_ok() {}
+    while let Ok(event) = tokio::time::timeout_at(deadline.into(), module.recv()).await {
+        match event {
+            Ok(hw_sim::IdCardEvent::Replied { command: Some(FIND_CARD), status: NO_CARD, .. }) => return,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Starts the daemon on the fixture and waits for it to decide: connected to
@@ -548,7 +571,7 @@ pub fn outbox_drain(ctx: &Ctx, _dir: &Path) -> Result<Row> {
         let rate = done as f64 / took.as_secs_f64();
         let ceiling = count as f64 / raw.as_secs_f64();
         let mut row = Row::new("outbox_drain", rate, "events/s")
-            .ceiling("raw rumqttc QoS 1 publisher msgs/s", ceiling)
+            .ceiling("raw rumqttc QoS 1 publisher msgs/s, subscribed", ceiling)
             .goal(">= 50% of the ceiling", rate >= 0.5 * ceiling && done == count);
         if done < count {
             row = row.note(format!(

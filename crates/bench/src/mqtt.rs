@@ -90,10 +90,14 @@ fn options(id: &str, port: u16) -> MqttOptions {
     options
 }
 
-/// Publishes `count` payloads (`payload(i)`, i from 1) at QoS 1 with up to
-/// 100 in flight, as the gate's uplink keeps them: the time from the first
-/// publish to the last PUBACK.
+/// Publishes `count` payloads (`payload(i)`, i from 1, encoded gate events)
+/// at QoS 1 with up to 100 in flight, to a topic a [`Subscriber`] follows,
+/// as the gate's events are followed while it drains: the time from the
+/// first publish until the last PUBACK and the subscriber's last message.
+/// Without the subscriber the broker would do half the work it does for
+/// the gate (receive, but never forward).
 pub async fn raw_publish(port: u16, topic: &str, count: u64, payload: impl Fn(u64) -> Vec<u8>) -> Result<Duration> {
+    let subscriber = Subscriber::connect(port, topic).await?;
     let mut opts = options("bench-raw", port);
     opts.set_outgoing_inflight_upper_limit(100);
     let (client, mut eventloop) = AsyncClient::new(opts, 200);
@@ -124,9 +128,13 @@ pub async fn raw_publish(port: u16, topic: &str, count: u64, payload: impl Fn(u6
     for p in payloads {
         client.publish(topic, QoS::AtLeastOnce, false, p).await?;
     }
-    while acked.load(Ordering::Relaxed) < count {
+    let delivered = || subscriber.seen.unique.load(Ordering::Relaxed);
+    while acked.load(Ordering::Relaxed) < count || delivered() < count {
         if driver.is_finished() {
             bail!("the raw publisher's connection ended after {} PUBACKs", acked.load(Ordering::Relaxed));
+        }
+        if start.elapsed() > Duration::from_secs(1800) {
+            bail!("the raw publisher's subscriber got {} of {count} messages in 30 minutes", delivered());
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }

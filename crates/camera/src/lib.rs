@@ -7,6 +7,7 @@
 //! (plain `String`s), so the decision loop does not care where a code came
 //! from.
 
+mod finder;
 mod folder;
 mod luma;
 #[cfg(feature = "camera")]
@@ -20,7 +21,7 @@ pub use v4l::V4lSource;
 use rxing::common::HybridBinarizer;
 use rxing::multi::MultipleBarcodeReader;
 use rxing::qrcode::cpp_port::QrReader;
-use rxing::{BarcodeFormat, BinaryBitmap, DecodeHints, Luma8Source};
+use rxing::{BarcodeFormat, BinaryBitmap, DecodeHints, Luma8Source, LuminanceSource};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
@@ -96,16 +97,35 @@ pub trait FrameSource: Send {
 
 /// Every QR payload found in `frame`: none, one or several, each once, in
 /// the order found. A frame of the wrong size yields none.
+///
+/// A frame without a finder pattern is not decoded at all; otherwise the
+/// region around the finder patterns is decoded first, and the whole frame
+/// only when that region yields nothing.
 pub fn decode_qr(frame: &Frame) -> Vec<String> {
-    if frame.check().is_err() || !may_hold_a_code(frame) {
+    if frame.check().is_err() {
         return Vec::new();
     }
-    decode_whole(frame)
+    let crossings = finder::crossings(frame);
+    if crossings.is_empty() {
+        return Vec::new();
+    }
+    if let Some(region) = finder::region(&crossings, frame.width, frame.height) {
+        let found = decode_region(frame, region);
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    decode_region(frame, finder::Region::whole(frame.width, frame.height))
 }
 
-/// The full decode of a frame of the right size.
-fn decode_whole(frame: &Frame) -> Vec<String> {
-    let Ok(source) = Luma8Source::new_with_slice(&frame.luma, frame.width, frame.height) else {
+/// The full decode of one region of a frame of the right size.
+fn decode_region(frame: &Frame, region: finder::Region) -> Vec<String> {
+    let Ok(whole) = Luma8Source::new_with_slice(&frame.luma, frame.width, frame.height) else {
+        return Vec::new();
+    };
+    let Ok(source) =
+        whole.crop(region.left as usize, region.top as usize, region.width as usize, region.height as usize)
+    else {
         return Vec::new();
     };
     let mut bitmap = BinaryBitmap::new(HybridBinarizer::new(source));
@@ -114,6 +134,7 @@ fn decode_whole(frame: &Frame) -> Vec<String> {
         // A finer finder-pattern scan: codes on a phone screen at arm's
         // length are small in a 640x480 frame.
         TryHarder: Some(true),
+        MinimumModuleSize: (region.min_module > 1).then_some(region.min_module),
         ..DecodeHints::default()
     };
     // The ZXing-C++ port finds every code in one pass over the finder
@@ -121,93 +142,6 @@ fn decode_whole(frame: &Frame) -> Vec<String> {
     let results = QrReader.decode_multiple_with_hints(&mut bitmap, &hints).unwrap_or_default();
     let mut seen = HashSet::new();
     results.into_iter().map(|r| r.getText().to_owned()).filter(|text| seen.insert(text.clone())).collect()
-}
-
-/// Every row is scanned: the rows through a finder pattern's 3-module
-/// centre are as few as 3 when a module is a pixel, and two must line up.
-const ROW_STEP: usize = 1;
-/// Each pixel is compared with the mean of the pixels within this distance
-/// on its row (a local threshold, as lighting varies across a frame).
-const WINDOW_RADIUS: usize = 16;
-/// How far from that mean a pixel must be to flip from light to dark or
-/// back: sensor noise in a flat area must not draw stripes.
-const FLIP_MARGIN: i32 = 16;
-
-/// Whether two neighbouring scanned rows of `frame` cross dark and light
-/// runs in the 1:1:3:1:1 proportions of a QR finder pattern at the same
-/// place (what every QR decoder looks for first, and what must be there
-/// for any code to be read; a finder pattern is 7 modules tall, so it
-/// crosses several scanned rows, while noise rarely lines up twice). The
-/// full decoder spends most of an empty frame's time binarizing it whole
-/// (5-10 ms at 640x480); this scan costs a fraction of a millisecond, and
-/// a camera watches an empty lane most of the day. Lenient on purpose: a
-/// false "maybe" only costs the full decode.
-fn may_hold_a_code(frame: &Frame) -> bool {
-    let (width, height) = (frame.width as usize, frame.height as usize);
-    let mut prefix = vec![0u32; width + 1];
-    // Finder-like crossings (centre, module size) on the previous scanned row and this one.
-    let mut previous: Vec<(f32, f32)> = Vec::new();
-    let mut current: Vec<(f32, f32)> = Vec::new();
-    for y in (0..height).step_by(ROW_STEP) {
-        let row = &frame.luma[y * width..(y + 1) * width];
-        for (x, &p) in row.iter().enumerate() {
-            prefix[x + 1] = prefix[x] + u32::from(p);
-        }
-        // The last five runs, oldest first, and how many runs have ended.
-        let mut runs = [0u32; 5];
-        let mut ended = 0usize;
-        let mut dark = false;
-        let mut run = 0u32;
-        for (x, &p) in row.iter().enumerate() {
-            let (from, to) = (x.saturating_sub(WINDOW_RADIUS), (x + WINDOW_RADIUS + 1).min(width));
-            // p against the window's mean, both scaled by its length: no division.
-            let (n, sum) = ((to - from) as i32, (prefix[to] - prefix[from]) as i32);
-            let (p, margin) = (i32::from(p) * n, FLIP_MARGIN * n);
-            let now_dark = if p < sum - margin {
-                true
-            } else if p > sum + margin {
-                false
-            } else {
-                dark
-            };
-            if now_dark == dark {
-                run += 1;
-                continue;
-            }
-            runs.rotate_left(1);
-            runs[4] = run;
-            ended += 1;
-            // A dark run just ended: the last five are dark, light, dark, light, dark.
-            if dark && ended >= 5 && finder_proportions(&runs) {
-                let module = runs.iter().sum::<u32>() as f32 / 7.0;
-                let centre = x as f32 - (runs[4] + runs[3]) as f32 - runs[2] as f32 / 2.0;
-                let lined_up = previous
-                    .iter()
-                    .any(|&(c, m)| (c - centre).abs() <= 1.5 * m.max(module) && m <= 2.0 * module && module <= 2.0 * m);
-                if lined_up {
-                    return true;
-                }
-                current.push((centre, module));
-            }
-            dark = now_dark;
-            run = 1;
-        }
-        std::mem::swap(&mut previous, &mut current);
-        current.clear();
-    }
-    false
-}
-
-/// 1:1:3:1:1 within generous bounds (a blurred, tilted or perspective code
-/// stretches the runs).
-fn finder_proportions(runs: &[u32; 5]) -> bool {
-    let total: u32 = runs.iter().sum();
-    if total < 7 {
-        return false;
-    }
-    let module = total as f32 / 7.0;
-    let near = |run: u32, modules: f32| (run as f32 - modules * module).abs() <= 0.75 * modules * module;
-    near(runs[0], 1.0) && near(runs[1], 1.0) && near(runs[2], 3.0) && near(runs[3], 1.0) && near(runs[4], 1.0)
 }
 
 /// Turns "seen in this frame" into "new code": a payload is reported when
@@ -326,6 +260,14 @@ mod tests {
     use super::*;
     use crate::test_frames as support;
 
+    fn whole(frame: &Frame) -> Vec<String> {
+        decode_region(frame, finder::Region::whole(frame.width, frame.height))
+    }
+
+    fn may_hold_a_code(frame: &Frame) -> bool {
+        !finder::crossings(frame).is_empty()
+    }
+
     #[test]
     fn the_finder_scan_passes_every_code_the_decoder_reads_and_skips_an_empty_lane() {
         assert!(may_hold_a_code(&support::clean_frame()));
@@ -333,9 +275,14 @@ mod tests {
         assert!(may_hold_a_code(&support::two_codes_frame()));
         assert!(!may_hold_a_code(&support::empty_frame()));
         assert!(!may_hold_a_code(&support::blank(640, 480)));
+        // Narrower than the scan's window, and a single row: no panic, no code.
+        assert!(!may_hold_a_code(&support::blank(20, 3)));
+        assert!(!may_hold_a_code(&support::blank(640, 1)));
         // Module sizes from tiny to filling the frame, contrasts from crisp
         // to dull, with and without noise and blur: wherever the full
-        // decoder reads the code, the scan must have let the frame through.
+        // decoder reads the code, the scan must have let the frame through,
+        // and the decode (of the region around the finder patterns first)
+        // must read what the whole frame's decode reads.
         let mut read = 0;
         for module in [1, 2, 3, 4, 6, 9] {
             for (dark, light) in [(20, 235), (60, 200), (100, 150)] {
@@ -345,14 +292,60 @@ mod tests {
                     if noise > 0 {
                         support::degrade(&mut frame, noise, 0x5eed + u64::from(module));
                     }
-                    if !decode_whole(&frame).is_empty() {
+                    let expected = whole(&frame);
+                    if !expected.is_empty() {
                         read += 1;
-                        assert!(may_hold_a_code(&frame), "module {module}, {dark}/{light}, noise {noise}");
+                        let case = format!("module {module}, {dark}/{light}, noise {noise}");
+                        assert!(may_hold_a_code(&frame), "{case}");
+                        assert_eq!(decode_qr(&frame), expected, "{case}");
                     }
                 }
             }
         }
         assert!(read >= 30, "only {read} of the frames were readable at all");
+    }
+
+    #[test]
+    fn a_code_at_any_angle_and_place_reads_through_its_region() {
+        let (mut read, mut cut, mut alone) = (0, 0, 0);
+        for (i, degrees) in [0.0f32, 10.0, 25.0, 45.0, 60.0, 80.0, 135.0, 200.0, 290.0].into_iter().enumerate() {
+            for (cx, cy, module) in [(320.0, 240.0, 3.0), (150.0, 130.0, 2.0), (500.0, 350.0, 2.5), (330.0, 250.0, 5.0)]
+            {
+                let mut frame = support::blank(640, 480);
+                support::draw_qr_rotated(&mut frame, support::PASS, (cx, cy), module, degrees, 30, 220);
+                support::degrade(&mut frame, 10, 0x1234 + i as u64);
+                let expected = whole(&frame);
+                if expected.is_empty() {
+                    continue;
+                }
+                read += 1;
+                let case = format!("{degrees} degrees at ({cx}, {cy}), module {module}");
+                let crossings = finder::crossings(&frame);
+                // A region is cut unless the code fills most of the frame, and
+                // alone it reads the code: the rest of the frame is not needed.
+                if let Some(region) = finder::region(&crossings, frame.width, frame.height) {
+                    cut += 1;
+                    if decode_region(&frame, region) == expected {
+                        alone += 1;
+                    }
+                }
+                // And whatever the region did, the answer is the whole frame's.
+                assert_eq!(decode_qr(&frame), expected, "{case}");
+            }
+        }
+        assert!(read >= 18, "only {read} of the rotated codes were readable at all");
+        assert!(cut * 2 >= read, "a region was cut for only {cut} of {read} codes");
+        assert!(alone * 4 >= cut * 3, "the region alone read only {alone} of the {cut} codes it was cut for");
+    }
+
+    #[test]
+    fn two_codes_far_apart_are_both_in_the_region() {
+        let mut frame = support::blank(640, 480);
+        support::draw_qr_rotated(&mut frame, support::LEFT, (110.0, 110.0), 3.0, 0.0, 20, 235);
+        support::draw_qr_rotated(&mut frame, support::RIGHT, (520.0, 370.0), 3.0, 30.0, 20, 235);
+        let mut found = decode_qr(&frame);
+        found.sort();
+        assert_eq!(found, vec![support::LEFT.to_owned(), support::RIGHT.to_owned()]);
     }
 
     fn v(items: &[&str]) -> Vec<String> {

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 /// A validated configuration. Paths are absolute (relative ones were
 /// resolved against the config file's folder).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was loaded from.
     pub source: PathBuf,
@@ -197,7 +197,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SiteConfig {
     /// `[site] id`
     pub id: SiteId,
@@ -205,7 +205,7 @@ pub struct SiteConfig {
     pub utc_offset: UtcOffset,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GateConfig {
     /// `[gate] id`
     pub id: GateId,
@@ -220,7 +220,7 @@ pub struct GateConfig {
     pub anti_passback: AntiPassback,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     /// `[store] path`: the SQLite database file.
     pub path: PathBuf,
@@ -237,7 +237,7 @@ pub struct StoreConfig {
     pub outbox_max_events: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
     /// `[mqtt] host`, default `127.0.0.1`.
     pub host: String,
@@ -274,7 +274,7 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdentityConfig {
     /// `[identity] hmac_key_file`
     pub hmac_key_file: PathBuf,

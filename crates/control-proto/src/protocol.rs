@@ -82,6 +82,14 @@ pub enum Command {
     },
     /// Queue depth, oldest entry, by topic.
     Outbox,
+    /// A technician's mode override (no platform key needed): recorded
+    /// with the operator the daemon names from the peer's uid.
+    SetMode {
+        /// `normal`, `sporadic` or `wartime`.
+        mode: String,
+        reason: String,
+        sudo_user: Option<String>,
+    },
 }
 
 /// A credential typed in by the technician. Travels only over the local,
@@ -127,6 +135,7 @@ pub enum Reply {
     Opened(OpenReport),
     Selftest(SelftestReport),
     Outbox(OutboxReport),
+    ModeSet(ModeSetReport),
     /// The request was refused or failed; the message says why.
     Error {
         message: String,
@@ -170,6 +179,10 @@ pub struct StatusReport {
     /// The platform's signed heartbeat: when the last fresh one was signed.
     #[serde(default)]
     pub platform_heartbeat_at_ms: Option<i64>,
+    /// Keys changed in the file by a reload that only a restart applies
+    /// (the daemon runs on their old values until then).
+    #[serde(default)]
+    pub restart_needed: Vec<String>,
 }
 
 /// People by category and credentials by kind in the identity table.
@@ -265,6 +278,9 @@ pub struct LookupReport {
     /// `suspended` or `blocked`.
     #[serde(default)]
     pub state: Option<String>,
+    /// The person's name, masked (`陈*国`): the gate keeps no other form.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +292,15 @@ pub struct OpenReport {
     /// The IO board confirmed the unlock coil went on.
     pub confirmed: bool,
     pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeSetReport {
+    pub mode: String,
+    /// Who it is recorded as (`technician:<login>`).
+    pub operator: String,
+    /// The recorded `ModeChange` event's sequence number.
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

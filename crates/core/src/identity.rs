@@ -71,7 +71,9 @@ pub struct PersonRecord {
     pub valid_from_ms: UnixMillis,
     /// Last instant the person may pass (inclusive).
     pub valid_to_ms: UnixMillis,
-    /// For the local display only; never published, never logged.
+    /// For the local display only; never published, never logged. The
+    /// store keeps only its masked form ([`crate::mask_name`]): read back,
+    /// this is `陈*国`, never the name.
     pub display_name: String,
     /// Free labels the platform assigns (tenant, landlord, catering worker);
     /// carried into events.

@@ -1,5 +1,6 @@
 //! Domain types of the gate daemon: identifiers, categories, credentials,
-//! decisions and their reasons, the resident ID number and its masking.
+//! decisions and their reasons, the resident ID number and its masking,
+//! the masked form of a name.
 //!
 //! Nothing here does I/O or reads a clock; every other crate builds on these
 //! types, and converts them at its own boundary (SQL rows, protobuf, TOML).
@@ -11,6 +12,7 @@ mod identity;
 mod ids;
 mod key;
 mod mode;
+mod name;
 mod plate;
 mod verdict;
 
@@ -23,6 +25,7 @@ pub use identity::{
 pub use ids::{GateId, IdError, SiteId};
 pub use key::{CredentialKind, KeyError, SiteKey};
 pub use mode::{ModeOrigin, ModeSchedule};
+pub use name::mask_name;
 pub use plate::normalise_plate;
 pub use verdict::{BlockReason, Decision, Direction, Lane, Verdict};
 

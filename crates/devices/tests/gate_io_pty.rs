@@ -235,11 +235,15 @@ async fn coils_follow_commands_and_inputs_are_reported_on_change() {
     // A level change is one snapshot with every wired input.
     board.set_input(EXIT_INPUT, true);
     assert_eq!(running.next_event().await, levels(false, true, true));
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    assert!(running.events.try_recv().is_err(), "a held input is one snapshot");
+    // Held over two more reads of the inputs, then changed: the change is
+    // the very next event (a second snapshot of the held level would come
+    // before it).
+    let reads = || board.seen().iter().filter(|s| s.function == 0x02).count();
+    let held = reads() + 2;
+    wait_until("two reads of the held input", || reads() >= held).await;
     board.set_input(EXIT_INPUT, false);
     board.set_input(FIRE_INPUT, false);
-    assert_eq!(running.next_event().await, levels(false, false, false));
+    assert_eq!(running.next_event().await, levels(false, false, false), "a held input is one snapshot");
     // The inputs are read as one FC02 span covering all of them.
     assert!(board.seen().iter().any(|s| s.function == 0x02 && s.addr == 0 && s.value == 4));
 
@@ -295,8 +299,12 @@ async fn a_silent_board_is_lost_and_an_unlock_meanwhile_is_never_executed() {
     board.silent.store(false, Ordering::SeqCst);
     assert!(matches!(running.next_event().await, GateIoEvent::Inputs(_)));
     assert_eq!(running.next_event().await, GateIoEvent::Reachable(true));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(board.writes().iter().all(|&(_, on)| !on), "{:?}", board.writes());
+    // A later write as the marker: the board takes writes in order, so a
+    // replayed unlock would come before it.
+    running.set_coil(LAMP_COIL, true).await;
+    wait_until("the marker write", || board.writes().last() == Some(&(LAMP_COIL, true))).await;
+    let writes = board.writes();
+    assert!(writes[..writes.len() - 1].iter().all(|&(_, on)| !on), "{writes:?}");
     let health = running.health.snapshot();
     assert!(health.timeouts >= 3 && health.reconnects >= 3, "{health:?}");
     running.stop().await;

@@ -36,8 +36,9 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// The streams a platform may sign for. A body naming any other stream is
 /// refused as malformed, so a new kind of message must be added here first.
+/// (`pass` is a visitor pass, which travels in a QR code, not on a topic.)
 pub const STREAMS: &[&str] =
-    &["mode", "identity", "health", "health_resp", "trust", "heartbeat", "revocation", "keys", "reset"];
+    &["mode", "identity", "health", "health_resp", "trust", "heartbeat", "revocation", "keys", "reset", "pass"];
 
 /// Why an envelope was refused. A closed set: each has a stable name for
 /// metrics and logs ([`Refusal::as_str`]).

@@ -145,6 +145,12 @@ fn render_status(s: &StatusReport, offset: UtcOffset, now: i64) -> String {
     for warning in &s.platform_warnings {
         line(format!("  WARNING {warning}"));
     }
+    if !s.restart_needed.is_empty() {
+        line(format!(
+            "restart needed: {} changed in the file; running on the old values until `systemctl restart gated`",
+            s.restart_needed.join(", ")
+        ));
+    }
     let oldest = s.outbox.oldest_age_s.map(|a| format!(", oldest {}", duration(a))).unwrap_or_default();
     line(format!("outbox:        {} queued{oldest}", s.outbox.depth));
     let failures: Vec<String> =
@@ -236,7 +242,8 @@ pub fn lookup(target: &Target, credential: Credential, side: Option<String>, jso
     };
     println!("{} {} at the {} side: {verdict}", report.credential, report.subject, report.side);
     if let Some(person) = &report.person_id {
-        println!("person:   {person} ({})", report.category.as_deref().unwrap_or("?"));
+        let name = report.name.as_deref().map(|n| format!(", {n}")).unwrap_or_default();
+        println!("person:   {person} ({}{name})", report.category.as_deref().unwrap_or("?"));
     }
     if let (Some(from), Some(to)) = (&report.valid_from, &report.valid_to) {
         println!("valid:    {from} to {to}");

@@ -162,9 +162,12 @@ enum ModeCommand {
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
     },
-    /// Override the mode now, as a technician. Recorded as an event with your
-    /// local user name and the reason; the running daemon follows at its next
-    /// decision. The platform's next mode message overrides it again.
+    /// Override the mode now, as a technician (no platform key needed). Sent
+    /// to the running daemon over its control socket, which records it as an
+    /// event with your login (named from your uid, never $USER) and the
+    /// reason, and follows it at its next decision; with the daemon stopped,
+    /// written to its database directly. The platform's next mode message
+    /// overrides it again.
     Set {
         /// The gate's configuration file (the daemon's socket, database and site key are found from it).
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
@@ -181,21 +184,27 @@ enum ModeCommand {
 #[derive(Debug, Subcommand)]
 enum PassCommand {
     /// Create an Ed25519 signing key (private key file, mode 0600) and print
-    /// its public key for `[passes] platform_keys`.
+    /// the `[platform] signing_keys` entry that makes gates trust it.
     Keygen {
         /// Where to write the private key (mode 0600); refuses to overwrite.
         #[arg(value_name = "PRIVATE_KEY_PATH")]
         path: PathBuf,
     },
-    /// Sign a visitor pass and print its QR text (VP1....).
+    /// Seal a visitor pass in the platform's signed envelope and print its
+    /// QR text (VP2....).
     Issue {
         /// The gate's config: gives the site and the site key for the
         /// visitor's ID-number hash.
         #[arg(long, value_name = "PATH", default_value = "/etc/gated/gated.toml")]
         config: PathBuf,
-        /// The platform's private key file.
+        /// The platform's private key file (readable by its owner only).
         #[arg(long, value_name = "PATH")]
         key: PathBuf,
+        /// The key id the gates know this key by in `[platform]
+        /// signing_keys` (default: the id `pass keygen` printed, derived
+        /// from the key).
+        #[arg(long, value_name = "ID")]
+        key_id: Option<String>,
         /// The pass's id, unique on the platform (shown in events and used for revocation).
         #[arg(long)]
         pass_id: String,
@@ -324,6 +333,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             }
             let config = load_config(&config)?;
+            // Through the running daemon, which names the operator from this
+            // connection's uid; only a stopped daemon is bypassed.
+            let command = gate_control_proto::protocol::Command::SetMode {
+                mode: mode.as_str().to_owned(),
+                reason: reason.clone(),
+                sudo_user: gate_control_proto::sudo_user(),
+            };
+            match gate_control_proto::client::request(&config.control.socket, command) {
+                Ok(gate_control_proto::protocol::Reply::ModeSet(report)) => {
+                    println!("mode set to {} by {} (event seq {})", report.mode, report.operator, report.seq);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Ok(other) => {
+                    eprintln!("gatectl: unexpected reply from gated: {other:?}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) if e.is_not_running() => {
+                    eprintln!("gatectl: {e}; writing the change to its database directly");
+                }
+                Err(e) => {
+                    eprintln!("gatectl: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             let mut store = open_store(&config)?;
             let operator = gate_control_proto::local_operator();
             let context = gate_sync::EventContext {
@@ -342,9 +375,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             use std::os::unix::fs::OpenOptionsExt;
             let mut seed = [0u8; 32];
             rand::fill(&mut seed);
-            let public = gate_pass::signing_key_from_hex(&hex::encode(seed))
-                .map(|k| k.verifying_key().to_bytes())
-                .context("a fresh key")?;
+            let signer = gate_envelope::Signer::from_seed(seed);
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -353,17 +384,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("cannot create {}", path.display()))?;
             writeln!(file, "{}", hex::encode(seed))?;
             println!("private key: {} (mode 0600)", path.display());
-            println!("public key (for [passes] platform_keys): {}", hex::encode(public));
+            println!("public key (for [platform] signing_keys): {}", signer.key_spec().to_spec_string());
             Ok(ExitCode::SUCCESS)
         }
         Command::Pass {
-            command: PassCommand::Issue { config, key, pass_id, host, visitor_id_number, from_ms, hours, gates, uses },
+            command:
+                PassCommand::Issue { config, key, key_id, pass_id, host, visitor_id_number, from_ms, hours, gates, uses },
         } => {
             let config = load_config(&config)?;
             let site_key = gate_config::load_site_key(&config.identity.hmac_key_file)?;
-            let text = std::fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
-            let signing = gate_pass::signing_key_from_hex(&text)
-                .with_context(|| format!("{}: expected 64 hex characters", key.display()))?;
+            let mut signer = gate_envelope::Signer::from_file(&key)?;
+            if let Some(id) = key_id {
+                signer = signer.with_key_id(&id).map_err(|e| anyhow::anyhow!("--key-id {id:?}: {e}"))?;
+            }
             let id = gate_core::IdNumber::parse(&visitor_id_number)
                 .map_err(|e| anyhow::anyhow!("visitor ID number: {e}"))?;
             let from = from_ms.unwrap_or_else(now_ms);
@@ -378,7 +411,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 gates,
                 max_uses: uses,
             };
-            println!("{}", gate_pass::sign(&pass, &signing));
+            println!("{}", gate_pass::seal(&pass, &signer, now_ms()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Identity { command: IdentityCommand::Import { config, encoding, file } } => {

@@ -121,21 +121,8 @@ fn mode_set_is_recorded_with_who_and_why() {
     assert_eq!(store.outbox_stats().expect("stats").depth, 1, "the override is an event");
 }
 
-#[test]
-fn pass_keygen_and_issue_make_a_pass_the_gate_accepts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = site(dir.path());
-    let key = dir.path().join("platform.key");
-    let out = gatectl(&["pass", "keygen", key.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{:?}", text(&out));
-    let public = text(&out)
-        .0
-        .lines()
-        .find_map(|l| l.strip_prefix("public key (for [passes] platform_keys): "))
-        .map(str::to_owned)
-        .expect("public key");
-    assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
-    let out = gatectl(&[
+fn issue(config: &Path, key: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "pass",
         "issue",
         "--config",
@@ -152,19 +139,110 @@ fn pass_keygen_and_issue_make_a_pass_the_gate_accepts() {
         "east-1",
         "--uses",
         "1",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    gatectl(&args)
+}
+
+#[test]
+fn pass_keygen_and_issue_make_a_pass_the_gate_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = site(dir.path());
+    let key = dir.path().join("platform.key");
+    let out = gatectl(&["pass", "keygen", key.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let spec = text(&out)
+        .0
+        .lines()
+        .find_map(|l| l.strip_prefix("public key (for [platform] signing_keys): "))
+        .map(str::to_owned)
+        .expect("public key");
+    let spec = gate_envelope::parse_key_spec(&spec).expect("a KEYID:HEX entry");
+    assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
+    let out = issue(&config, &key, &[]);
     assert!(out.status.success(), "{:?}", text(&out));
     let token = text(&out).0.trim().to_owned();
-    assert!(token.starts_with("VP1."));
+    assert!(token.starts_with("VP2."), "sealed in the signed envelope: {token}");
     assert!(!token.contains("11010519491231002X"));
-    let mut raw = [0u8; 32];
-    hex::decode_to_slice(&public, &mut raw).expect("hex");
-    let keys = gate_pass::PlatformKeys::from_raw(&[raw]).expect("key");
+    // Verified as a gate does: the keys of `[platform] signing_keys`,
+    // through the envelope's one verification path.
+    let keys = gate_pass::PlatformKeys::from_specs(vec![spec.clone()]);
     let pass = keys.verify(&token, "heshan-c03").expect("the gate accepts it");
     assert_eq!(
-        (pass.pass_id.as_str(), pass.max_uses, pass.gates.as_slice()),
-        ("vp-7", 1, ["east-1".to_owned()].as_slice())
+        (pass.pass_id.as_str(), pass.max_uses, pass.gates.as_slice(), pass.kid.as_str()),
+        ("vp-7", 1, ["east-1".to_owned()].as_slice(), spec.key_id.as_str())
     );
+    // A gate that still lists the key the deprecated way accepts it too.
+    let legacy = gate_pass::PlatformKeys::from_raw(&[spec.key.to_bytes()]).expect("key");
+    assert!(legacy.verify(&token, "heshan-c03").is_ok());
+    // Under the key id a platform already uses for this key.
+    let out = issue(&config, &key, &["--key-id", "heshan-platform-2"]);
+    let token = text(&out).0.trim().to_owned();
+    let renamed = gate_envelope::KeySpec { key_id: "heshan-platform-2".into(), key: spec.key };
+    assert_eq!(
+        gate_pass::PlatformKeys::from_specs(vec![renamed]).verify(&token, "heshan-c03").map(|p| p.kid),
+        Ok("heshan-platform-2".to_owned())
+    );
+    assert!(keys.verify(&token, "heshan-c03").is_err(), "the gate knows the key by another id");
+}
+
+#[test]
+fn a_forged_pass_and_a_pass_for_another_site_are_refused() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = site(dir.path());
+    let key = dir.path().join("platform.key");
+    let out = gatectl(&["pass", "keygen", key.to_str().expect("utf-8")]);
+    let spec = text(&out)
+        .0
+        .lines()
+        .find_map(|l| l.strip_prefix("public key (for [platform] signing_keys): "))
+        .and_then(|s| gate_envelope::parse_key_spec(s).ok())
+        .expect("public key");
+    let keys = gate_pass::PlatformKeys::from_specs(vec![spec.clone()]);
+
+    // Forged: a genuine pass with its use count raised, re-signed by
+    // someone else's key under the platform's key id.
+    let out = issue(&config, &key, &[]);
+    let token = text(&out).0.trim().to_owned();
+    let bytes = b64.decode(token.strip_prefix("VP2.").expect("VP2")).expect("base64url");
+    let mut raised = bytes.clone();
+    let at = raised.windows(12).position(|w| w == b"\"max_uses\":1").expect("the use count in the payload");
+    raised[at + 11] = b'9';
+    let forged = format!("VP2.{}", b64.encode(&raised));
+    assert_eq!(
+        keys.verify(&forged, "heshan-c03"),
+        Err(gate_pass::PassError::Envelope(gate_envelope::Refusal::BadSignature))
+    );
+    let other = dir.path().join("other.key");
+    assert!(gatectl(&["pass", "keygen", other.to_str().expect("utf-8")]).status.success());
+    let out = issue(&config, &other, &["--key-id", &spec.key_id]);
+    let impostor = text(&out).0.trim().to_owned();
+    assert_eq!(
+        keys.verify(&impostor, "heshan-c03"),
+        Err(gate_pass::PassError::Envelope(gate_envelope::Refusal::BadSignature))
+    );
+
+    // Genuine, but issued for another site.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let other_site = site(elsewhere.path());
+    let toml = std::fs::read_to_string(&other_site).expect("config").replace("heshan-c03", "liwan-a01");
+    std::fs::write(&other_site, toml).expect("config");
+    let out = issue(&other_site, &key, &[]);
+    let token = text(&out).0.trim().to_owned();
+    assert!(keys.verify(&token, "liwan-a01").is_ok());
+    assert_eq!(
+        keys.verify(&token, "heshan-c03"),
+        Err(gate_pass::PassError::Envelope(gate_envelope::Refusal::WrongSite))
+    );
+
+    // A key file others may read is not used.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = issue(&config, &key, &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success() && stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
 }
 
 #[test]

@@ -7,23 +7,14 @@
 use anyhow::{Context, Result, bail};
 use gate_tests::{FixtureOptions, GateFixture, free_port, resident};
 use hw_sim::gate::{GateEvent, GateSimConfig};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ZHANG: &str = "35020319900101123X";
 const UNLOCK_MS: u64 = 1500;
 
 /// Kills the daemon if the test fails half-way.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+use gate_tests::KillOnDrop as Daemon;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_daemon_leaves_no_relay_on_with_board_timed_unlocks() -> Result<()> {

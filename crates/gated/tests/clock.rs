@@ -12,7 +12,7 @@ use gate_tests::{
     publish_signed, resident,
 };
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ZHANG: &str = "35020319900101123X";
@@ -21,17 +21,8 @@ const WAIT: Duration = Duration::from_secs(20);
 /// 2000-01-01T00:00:00Z.
 const Y2000_MS: i64 = 946_684_800_000;
 
-/// Stops the daemon if the test fails half-way.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+/// Kills the daemon if the test fails half-way.
+use gate_tests::KillOnDrop as Daemon;
 
 fn floor(fx: &GateFixture) -> i64 {
     let store = gate_store::Store::open(&fx.store_path).expect("store");

@@ -11,7 +11,7 @@ use gate_tests::{GateFixture, free_port, resident};
 use std::fs::File;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -19,16 +19,7 @@ const ZHANG: &str = "35020319900101123X";
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Kills the daemon if the test fails half-way.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+use gate_tests::KillOnDrop as Daemon;
 
 fn start_gated(config: &Path, log: &Path, env: &[(&str, &str)]) -> Result<Daemon> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gated"));
@@ -137,9 +128,8 @@ async fn sighup_refuses_a_bad_file_and_applies_a_good_one() -> Result<()> {
     let good = format!("{original}\n[policy.normal]\nallowed_categories = [\"worker\", \"visitor\"]\n");
     std::fs::write(&fx.config_path, &good)?;
     signal(&daemon, "HUP")?;
-    wait_for_log(&log, "configuration reloaded").await?;
     // The idle loop wakes on the new configuration and swaps it in.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_log(&log, "decisions now follow the reloaded configuration").await?;
     fx.present_card(ZHANG, "张三").await?;
     let blocked = next_decision(&activity, &mut seqs)?;
     assert_eq!((blocked.decision.as_str(), blocked.reason.as_deref()), ("block", Some("category_not_allowed")));

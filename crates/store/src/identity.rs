@@ -301,7 +301,8 @@ pub(crate) fn upsert_people(tx: &Transaction<'_>, people: &[NewPerson]) -> rusql
             p.status.as_str(),
             p.valid_from_ms,
             p.valid_to_ms,
-            p.display_name,
+            // Never the name itself: the masked form is all a screen needs.
+            gate_core::mask_name(&p.display_name),
             encode_list(&p.tags),
             encode_gates(&p.allowed_gates),
             encode_windows(&p.time_windows),

@@ -145,13 +145,27 @@ impl Store {
             conn.pragma_update(Some(schema), "journal_mode", "WAL").map_err(wrap)?;
             conn.pragma_update(Some(schema), "synchronous", "FULL").map_err(wrap)?;
         }
+        // What is deleted or replaced is overwritten with zeros, so a
+        // removed person's row does not linger in a free page. The identity
+        // file fully (freed pages too); the main file, which holds no name
+        // and no ID number in clear (events carry the masked forms), only
+        // where that costs no extra write: its outbox is emptied all day.
+        conn.pragma_update(Some("ident"), "secure_delete", "ON").map_err(wrap)?;
+        conn.pragma_update(Some("main"), "secure_delete", "FAST").map_err(wrap)?;
         let mut store = Store { conn, path: path.to_owned() };
-        schema::migrate(&mut store.conn).map_err(|e| match e {
+        let migrated = schema::migrate(&mut store.conn).map_err(|e| match e {
             schema::MigrateError::Sqlite(source) => StoreError::Sqlite { path: path.to_owned(), source },
             schema::MigrateError::TooNew { found, supported } => {
                 StoreError::SchemaTooNew { path: path.to_owned(), found, supported }
             }
         })?;
+        if migrated.names_masked {
+            // The names in clear are still in free pages (tables dropped
+            // by earlier snapshots, before secure_delete) and in the
+            // write-ahead log: rebuild the file and empty the log.
+            store.conn.execute_batch("VACUUM ident").map_err(wrap)?;
+            store.conn.query_row("PRAGMA ident.wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(wrap)?;
+        }
         Ok(store)
     }
 

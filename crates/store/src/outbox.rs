@@ -260,13 +260,21 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    /// Removes entries the broker acknowledged, in one transaction (one
-    /// fsync for a whole batch of PUBACKs). Removing one twice is harmless.
+    /// Removes entries the broker acknowledged, in one transaction, without
+    /// an fsync of its own (`synchronous = NORMAL` for it): a removal lost
+    /// to a power cut only sends those entries again, which at-least-once
+    /// allows, and the next durable commit on the database makes it durable
+    /// too (WAL). The disk is left to the decisions' commits. Removing one
+    /// twice is harmless.
     pub fn outbox_remove(&mut self, ids: &[i64]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        self.write(|w| w.outbox_remove(ids))
+        self.conn.pragma_update(Some("main"), "synchronous", "NORMAL").map_err(|e| self.err(e))?;
+        let removed = self.write(|w| w.outbox_remove(ids));
+        let restored = self.conn.pragma_update(Some("main"), "synchronous", "FULL").map_err(|e| self.err(e));
+        removed?;
+        restored
     }
 
     pub fn outbox_stats(&self) -> Result<OutboxStats> {

@@ -1,6 +1,6 @@
 //! Schema migrations, applied in order and recorded in `user_version`.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction};
 
 pub(crate) enum MigrateError {
     Sqlite(rusqlite::Error),
@@ -67,13 +67,21 @@ pub(crate) const MAIN_MIGRATIONS: &[&str] = &[
      );",
 ];
 
+/// One migration: SQL, or Rust where SQL cannot say it (SQLite has no
+/// function to mask a name).
+pub(crate) enum Step {
+    Sql(&'static str),
+    Rust(fn(&Transaction<'_>) -> rusqlite::Result<()>),
+}
+
 /// The identity database (attached as `ident`), migrated the same way. It
 /// is a separate file so that applying a two-million-row snapshot never
 /// holds the lock the decision loop needs to record events.
-const IDENTITY_MIGRATIONS: &[&str] = &[
+pub(crate) const IDENTITY_MIGRATIONS: &[Step] = &[
     // 1: people, credentials and watchlist by keyed hash, pass revocations,
     //    the synced version.
-    "CREATE TABLE ident.identity_state (
+    Step::Sql(
+        "CREATE TABLE ident.identity_state (
         id            INTEGER PRIMARY KEY CHECK (id = 1),
         version       INTEGER NOT NULL,
         synced_at_ms  INTEGER
@@ -108,8 +116,10 @@ const IDENTITY_MIGRATIONS: &[&str] = &[
      CREATE TABLE ident.pass_revoked (
         pass_id TEXT PRIMARY KEY
      );",
+    ),
     // 2: health records, versioned like identity deltas.
-    "CREATE TABLE ident.health_state (
+    Step::Sql(
+        "CREATE TABLE ident.health_state (
         id           INTEGER PRIMARY KEY CHECK (id = 1),
         version      INTEGER NOT NULL,
         synced_at_ms INTEGER
@@ -127,24 +137,72 @@ const IDENTITY_MIGRATIONS: &[&str] = &[
         assessed_at_ms    INTEGER NOT NULL,
         expires_at_ms     INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    ),
+    // 3: names were stored in clear until now; only the masked form is
+    //    kept from here on (`Store::open` then vacuums the file, so no
+    //    free page keeps an old name).
+    Step::Rust(mask_stored_names),
 ];
 
-pub(crate) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
-    migrate_schema(conn, "main", MAIN_MIGRATIONS)?;
-    migrate_schema(conn, "ident", IDENTITY_MIGRATIONS)
+/// The index of the identity migration that masks the names stored before.
+pub(crate) const IDENTITY_NAMES_MASKED: i64 = 3;
+
+/// Masks `display_name` in the live table, and in a snapshot being staged
+/// or a previous table not yet dropped, if there are any.
+fn mask_stored_names(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    for table in ["person", "person_next", "person_old"] {
+        let exists =
+            tx.prepare("SELECT 1 FROM ident.sqlite_schema WHERE type = 'table' AND name = ?1")?.exists([table])?;
+        if !exists {
+            continue;
+        }
+        let rows: Vec<(i64, String)> = tx
+            .prepare(&format!("SELECT rowid, display_name FROM ident.{table}"))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut update = tx.prepare(&format!("UPDATE ident.{table} SET display_name = ?1 WHERE rowid = ?2"))?;
+        for (rowid, name) in rows {
+            let masked = gate_core::mask_name(&name);
+            if masked != name {
+                update.execute(rusqlite::params![masked, rowid])?;
+            }
+        }
+    }
+    Ok(())
 }
 
-fn migrate_schema(conn: &mut Connection, schema: &str, migrations: &[&str]) -> Result<(), MigrateError> {
+/// What the migrations did that the caller finishes outside a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Migrated {
+    /// Names stored in clear were masked just now: the identity file still
+    /// has them in free pages and its write-ahead log until a vacuum.
+    pub names_masked: bool,
+}
+
+pub(crate) fn migrate(conn: &mut Connection) -> Result<Migrated, MigrateError> {
+    let main: Vec<Step> = MAIN_MIGRATIONS.iter().map(|sql| Step::Sql(sql)).collect();
+    migrate_schema(conn, "main", &main)?;
+    let (from, to) = migrate_schema(conn, "ident", IDENTITY_MIGRATIONS)?;
+    // A fresh database (from 0) never held a name in clear.
+    Ok(Migrated { names_masked: from > 0 && from < IDENTITY_NAMES_MASKED && to >= IDENTITY_NAMES_MASKED })
+}
+
+/// Applies the missing steps, each in its own transaction; the versions
+/// before and after.
+fn migrate_schema(conn: &mut Connection, schema: &str, migrations: &[Step]) -> Result<(i64, i64), MigrateError> {
     let found: i64 = conn.pragma_query_value(Some(schema), "user_version", |r| r.get(0))?;
     let supported = migrations.len() as i64;
     if found > supported {
         return Err(MigrateError::TooNew { found, supported });
     }
-    for (index, sql) in migrations.iter().enumerate().skip(found as usize) {
+    for (index, step) in migrations.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
+        match step {
+            Step::Sql(sql) => tx.execute_batch(sql)?,
+            Step::Rust(apply) => apply(&tx)?,
+        }
         tx.pragma_update(Some(schema), "user_version", index as i64 + 1)?;
         tx.commit()?;
     }
-    Ok(())
+    Ok((found, supported))
 }

@@ -368,7 +368,7 @@ fn append_rows(tx: &Connection, chunk: &SnapshotChunk) -> rusqlite::Result<()> {
             p.status.as_str(),
             p.valid_from_ms,
             p.valid_to_ms,
-            p.display_name,
+            gate_core::mask_name(&p.display_name),
             encode_list(&p.tags),
             encode_gates(&p.allowed_gates),
             encode_windows(&p.time_windows),
@@ -487,7 +487,7 @@ mod tests {
         assert_eq!(found(&store, 99), None, "the snapshot replaced the table");
         assert!(store.is_watchlisted(CredentialKind::IdNumber, &[201; 32]).expect("watch"));
         assert!(store.is_pass_revoked("vp-5-2").expect("revoked"));
-        assert_eq!(store.find_person("p6").expect("find").map(|p| p.display_name).as_deref(), Some("张三"));
+        assert_eq!(store.find_person("p6").expect("find").map(|p| p.display_name).as_deref(), Some("张*"));
         assert_eq!(store.snapshot_progress().expect("progress"), None);
         // Every chunk again: the live version, nothing changes.
         for i in 0..3 {

@@ -86,6 +86,24 @@ fn sequence_is_gap_free_and_survives_reopen() {
 }
 
 #[test]
+fn removing_acknowledged_entries_leaves_every_later_commit_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+    let synchronous = |store: &Store, schema: &str| -> i64 {
+        store.conn.pragma_query_value(Some(schema), "synchronous", |r| r.get(0)).expect("pragma")
+    };
+    // 2 is FULL: every commit waits for its fsync.
+    assert_eq!(synchronous(&store, "main"), 2);
+    store.append_event("events", Priority::Routine, 10, |seq| vec![seq as u8]).expect("append");
+    let entries = store.outbox_after(0, 10).expect("outbox");
+    store.outbox_remove(&[entries[0].id]).expect("remove");
+    assert_eq!(store.outbox_after(0, 10).expect("outbox"), vec![]);
+    // The removal's own commit skipped the fsync; the decisions' do not.
+    assert_eq!(synchronous(&store, "main"), 2);
+    assert_eq!(synchronous(&store, "ident"), 2);
+}
+
+#[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("g.db");
@@ -110,6 +128,8 @@ fn person_fields_round_trip() {
     store
         .import_people(&[NewPerson { person: p.clone(), credentials: vec![(CredentialKind::IcCard, key)] }])
         .expect("import");
+    // Every field comes back as written, but the name: only its mask is kept.
+    p.display_name = "张*".into();
     assert_eq!(store.find_person_by_credential(CredentialKind::IcCard, &key).expect("query"), Some(p.clone()));
     assert_eq!(store.find_person("w1").expect("query"), Some(p));
     assert_eq!(store.find_person("nobody").expect("query"), None);
@@ -371,4 +391,79 @@ fn past_its_capacity_the_outbox_drops_routine_entries_first_and_says_so() {
     // Capacity 1: even blocks and alerts go, oldest first; the explanation stays.
     let dropped = store.enforce_outbox_capacity(1, |_, _| Ok(())).expect("trim").expect("over");
     assert_eq!(dropped, [("alerts".to_owned(), 1, 1), ("events".to_owned(), 4, 4), ("events".to_owned(), 7, 7)]);
+}
+
+/// Whether any file of the database pair (and their logs) holds `needle`.
+fn files_hold(main: &std::path::Path, needle: &str) -> bool {
+    let ident = identity_path(main);
+    let mut files = vec![main.to_owned(), ident.clone()];
+    for base in [main, ident.as_path()] {
+        for suffix in ["-wal", "-journal"] {
+            files.push(std::path::PathBuf::from(format!("{}{suffix}", base.display())));
+        }
+    }
+    files
+        .iter()
+        .filter_map(|f| std::fs::read(f).ok())
+        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
+#[test]
+fn names_stored_in_clear_by_an_older_version_are_masked_and_leave_no_trace_in_the_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    {
+        // The identity file as version 2 left it: names in clear, one in a
+        // live row, one in a row deleted since, one in a table dropped by a
+        // snapshot switch (its page on the free list, never overwritten).
+        let conn = Connection::open(&path).expect("open");
+        conn.execute("ATTACH DATABASE ?1 AS ident", [identity_path(&path).to_string_lossy()]).expect("attach");
+        for step in &crate::schema::IDENTITY_MIGRATIONS[..2] {
+            let crate::schema::Step::Sql(sql) = step else { panic!("the first two steps are SQL") };
+            conn.execute_batch(sql).expect("old step");
+        }
+        conn.pragma_update(Some("ident"), "user_version", 2).expect("version");
+        conn.execute_batch(
+            "INSERT INTO ident.person (person_id, category, status, valid_from_ms, valid_to_ms, display_name)
+                 VALUES ('p1', 'resident', 'active', 0, 1, '陈建国'), ('p2', 'resident', 'active', 0, 1, '李四光');
+             DELETE FROM ident.person WHERE person_id = 'p2';
+             CREATE TABLE ident.person_old (display_name TEXT);
+             INSERT INTO ident.person_old VALUES ('王小明');
+             DROP TABLE ident.person_old;",
+        )
+        .expect("rows");
+    }
+    for name in ["陈建国", "李四光", "王小明"] {
+        assert!(files_hold(&path, name), "{name} is in the old file (else this test proves nothing)");
+    }
+    let store = Store::open(&path).expect("migrated");
+    assert_eq!(store.find_person("p1").expect("find").map(|p| p.display_name).as_deref(), Some("陈*国"));
+    for name in ["陈建国", "李四光", "王小明"] {
+        assert!(!files_hold(&path, name), "{name} is still in a file with the store open");
+    }
+    drop(store);
+    for name in ["陈建国", "李四光", "王小明"] {
+        assert!(!files_hold(&path, name), "{name} is still in a file after closing");
+    }
+    assert!(files_hold(&path, "陈*国"), "the masked form is what is kept");
+}
+
+#[test]
+fn a_name_is_stored_masked_and_a_deleted_persons_row_is_overwritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let mut store = Store::open(&path).expect("open");
+    let mut p = person("p-tmp");
+    p.display_name = "王小明".into();
+    store
+        .import_people(&[NewPerson { person: p, credentials: vec![(CredentialKind::IdNumber, [4; 32])] }])
+        .expect("import");
+    assert_eq!(store.find_person("p-tmp").expect("find").map(|p| p.display_name).as_deref(), Some("王*明"));
+    assert!(!files_hold(&path, "王小明"));
+    assert!(files_hold(&path, "p-tmp"));
+    let delta = IdentityDelta { from_version: 0, to_version: 1, deletes: vec!["p-tmp".into()], ..Default::default() };
+    assert_eq!(store.apply_delta(&delta, 1).expect("delta"), DeltaOutcome::Applied);
+    drop(store);
+    // secure_delete: the deleted row's bytes are zeroed, not left in a free slot.
+    assert!(!files_hold(&path, "p-tmp"), "the deleted person's row is gone from the files");
 }

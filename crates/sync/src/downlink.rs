@@ -477,3 +477,72 @@ pub fn set_mode_by_technician(
         w.append_event(EVENT_STREAM, Priority::Important, now, |seq| encode_event(&record, seq))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The mode row and its event against a real SQLite file made to fail
+    //! (`gate_store::faults`): both commit, or neither.
+
+    use super::*;
+    use gate_core::{GateId, Mode, SiteId};
+    use gate_store::faults;
+
+    fn context() -> EventContext {
+        EventContext {
+            site_id: "heshan-c03".into(),
+            gate_id: "east-1".into(),
+            lane: Lane::Pedestrian,
+            direction: Direction::Both,
+            policy_version: "p1".into(),
+        }
+    }
+
+    #[test]
+    fn a_mode_change_and_its_event_commit_together_or_not_at_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("gated.db");
+        let mut store = Store::open(&db).expect("open");
+        let topics = Topics::new(
+            "village",
+            &SiteId::try_new("heshan-c03").expect("site"),
+            &GateId::try_new("east-1").expect("gate"),
+        );
+        let counters = DownlinkCounters::default();
+        let change = pb::ModeChange {
+            mode: convert::mode_to_wire(Mode::Wartime) as i32,
+            effective_at_ms: 1_000,
+            issued_by: "district-office".into(),
+            reason: "drill".into(),
+        }
+        .encode_to_vec();
+        let before = faults::row_counts(&db).expect("counts");
+        // Each statement of the transaction made to fail in turn: the mode
+        // row, the event's sequence, the outbox row.
+        let statements: [(&str, Option<&str>); 3] =
+            [("meta", None), ("sequence", Some("NEW.stream = 'events'")), ("outbox", None)];
+        for (table, condition) in statements {
+            faults::fail_writes(&db, table, condition).expect("inject");
+            let reply = handle_mode(&mut store, &topics, &context(), &counters, &change, 2_000);
+            assert!(matches!(reply, Reply::None), "{table}: nothing to publish");
+            assert_eq!(store.mode_schedule().expect("mode"), None, "{table}: the mode row did not move");
+            assert_eq!(faults::row_counts(&db).expect("counts"), before, "{table}: nothing half-written");
+            let technician =
+                set_mode_by_technician(&mut store, &context(), Mode::Wartime, "technician:li", "test", 2_000);
+            assert!(technician.is_err(), "{table}: the technician's change fails whole too");
+            assert_eq!(store.mode_schedule().expect("mode"), None, "{table}");
+            assert_eq!(faults::row_counts(&db).expect("counts"), before, "{table}");
+            faults::heal_writes(&db, table).expect("heal");
+        }
+        assert_eq!(counters.mode_changes.load(Ordering::Relaxed), 0);
+        // Healed: the mode row and its event land together.
+        let reply = handle_mode(&mut store, &topics, &context(), &counters, &change, 2_000);
+        assert!(matches!(reply, Reply::OutboxChanged));
+        assert_eq!(store.mode_schedule().expect("mode").map(|s| s.at(2_000)), Some(Mode::Wartime));
+        let counts: std::collections::HashMap<_, _> = faults::row_counts(&db).expect("counts").into_iter().collect();
+        assert_eq!(counts["outbox"], 1, "one ModeChange event");
+        set_mode_by_technician(&mut store, &context(), Mode::Normal, "technician:li", "test", 3_000).expect("set");
+        assert_eq!(store.mode_schedule().expect("mode").map(|s| s.at(3_000)), Some(Mode::Normal));
+        let counts: std::collections::HashMap<_, _> = faults::row_counts(&db).expect("counts").into_iter().collect();
+        assert_eq!(counts["outbox"], 2);
+    }
+}

@@ -27,9 +27,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-/// Publishes in flight at once. Bounded so a long backlog does not flood the
-/// client's queue, large enough to drain a backlog at broker speed.
-const WINDOW: usize = 64;
+/// Publishes in flight at once (fewer when the broker's Receive Maximum
+/// says so). Bounded so a long backlog does not flood the client's queue,
+/// large enough to drain a backlog at broker speed: the loop stops for an
+/// outbox read and for the removal of a batch of acknowledged entries once
+/// per half window, so a small window made those stops the drain's limit
+/// (a quarter of a raw publisher's rate at 64).
+const WINDOW: usize = 256;
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often freshness and the clock are judged.
@@ -78,6 +82,9 @@ pub struct SyncSettings {
     /// Changes at every reload (SIGHUP): the broker's files are read again
     /// and used from the next connection on.
     pub reloads: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The configured platform keys after a reload: the downlink trust is
+    /// rebuilt from them (a changed configured set also ends a rotation).
+    pub platform_key_updates: Option<tokio::sync::watch::Receiver<Vec<gate_envelope::KeySpec>>>,
 }
 
 /// A device's health for the status message.
@@ -164,6 +171,18 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// A reload changed the configured platform keys: the downlink is
+    /// checked against the new set from the next message on (a rotation
+    /// made over the old set gives way to it).
+    async fn retrust(&mut self, updates: &mut Option<tokio::sync::watch::Receiver<Vec<gate_envelope::KeySpec>>>) {
+        let Some(configured) = updates.as_mut().map(|rx| rx.borrow_and_update().clone()) else { return };
+        let (site, gate) = (self.settings.site.to_string(), self.settings.gate.to_string());
+        match self.store.call(move |s| Ok(downlink_trust(configured, site, gate, s))).await {
+            Ok(trust) => *self.trust.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = trust,
+            Err(e) => warn!(error = %e, "cannot apply the reloaded platform keys; the ones in force stay"),
+        }
+    }
+
     /// The policy version in force: the latest reload's, or the start-up one.
     fn policy_version(&self) -> String {
         match &self.settings.policy_updates {
@@ -508,7 +527,9 @@ pub async fn run_sync(
     };
     let (trust, floor) = {
         let settings = settings.clone();
-        match store.call(move |s| Ok((downlink_trust(&settings, s), crate::watch::load_floor(s)))).await {
+        let (configured, site, gate) =
+            (settings.platform_keys.clone(), settings.site.to_string(), settings.gate.to_string());
+        match store.call(move |s| Ok((downlink_trust(configured, site, gate, s), crate::watch::load_floor(s)))).await {
             Ok(read) => read,
             Err(e) => {
                 warn!(error = %e, "uplink cannot read its platform keys; not started");
@@ -549,7 +570,7 @@ pub async fn run_sync(
                 link.set_last_error(Some(e.to_string()));
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    Ok(()) = reloaded(&mut reloads) => {}
+                    Ok(()) = changed(&mut reloads) => {}
                 }
             }
         }
@@ -590,6 +611,7 @@ pub async fn run_sync(
 
     // A reloaded policy shows in the retained status at once.
     let mut policy_updates = settings.policy_updates.clone();
+    let mut key_updates = settings.platform_key_updates.clone();
     let mut backoff = BACKOFF_START;
     let mut status_tick = tokio::time::interval(settings.status_interval);
     let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
@@ -661,7 +683,7 @@ pub async fn run_sync(
             _ = ack_flush.tick(), if !session.acked.is_empty() => session.flush_acks().await,
             _ = watch_tick.tick() => session.watch_platform().await,
             Some(query) = health_queries.recv() => session.ask_health(query),
-            Ok(()) = reloaded(&mut reloads) => match settings.auth.load() {
+            Ok(()) = changed(&mut reloads) => match settings.auth.load() {
                 Ok(loaded) => {
                     eventloop.options.set_transport(loaded.transport);
                     if let Some((user, password)) = loaded.credentials {
@@ -673,7 +695,8 @@ pub async fn run_sync(
                     warn!(error = %e, "broker certificates could not be read again; the ones read before stay in use");
                 }
             },
-            Ok(()) = policy_changed(&mut policy_updates) => {
+            Ok(()) = changed(&mut key_updates) => session.retrust(&mut key_updates).await,
+            Ok(()) = changed(&mut policy_updates) => {
                 if connected {
                     session.publish_status().await;
                 }
@@ -715,14 +738,14 @@ pub async fn run_sync(
     info!("uplink stopped");
 }
 
-/// Resolves at the next reload; never when reloads are off or their sender
-/// is gone.
-async fn reloaded(reloads: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Result<(), ()> {
-    match reloads {
+/// Resolves at the next change of `updates`; never when there are none or
+/// their sender is gone.
+async fn changed<T>(updates: &mut Option<tokio::sync::watch::Receiver<T>>) -> Result<(), ()> {
+    match updates {
         Some(rx) => match rx.changed().await {
             Ok(()) => Ok(()),
             Err(_) => {
-                *reloads = None;
+                *updates = None;
                 std::future::pending().await
             }
         },
@@ -758,8 +781,12 @@ fn describe(error: &ConnectionError, tls: bool) -> String {
 
 /// The keys in force (a persisted rotation or the configured set), this
 /// site and gate.
-fn downlink_trust(settings: &SyncSettings, store: &Store) -> crate::signed::DownlinkTrust {
-    let configured = settings.platform_keys.clone();
+fn downlink_trust(
+    configured: Vec<gate_envelope::KeySpec>,
+    site: String,
+    gate: String,
+    store: &Store,
+) -> crate::signed::DownlinkTrust {
     let (keys, source) = crate::signed::effective_keys(store, &configured).unwrap_or_else(|e| {
         warn!(error = %e, "cannot read rotated platform keys; using the configured ones");
         (configured.clone(), crate::signed::KeySource::Config)
@@ -771,25 +798,5 @@ fn downlink_trust(settings: &SyncSettings, store: &Store) -> crate::signed::Down
     }
     let verifier = gate_envelope::Verifier::new(keys);
     info!(keys = %verifier.key_ids().collect::<Vec<_>>().join(","), ?source, "platform keys for downlink messages");
-    crate::signed::DownlinkTrust {
-        verifier,
-        site: settings.site.to_string(),
-        gate: settings.gate.to_string(),
-        configured,
-    }
-}
-
-/// Resolves when the policy version changes; never when reloads are off or
-/// their sender is gone.
-async fn policy_changed(updates: &mut Option<tokio::sync::watch::Receiver<String>>) -> Result<(), ()> {
-    match updates {
-        Some(rx) => match rx.changed().await {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                *updates = None;
-                std::future::pending().await
-            }
-        },
-        None => std::future::pending().await,
-    }
+    crate::signed::DownlinkTrust { verifier, site, gate, configured }
 }

@@ -39,6 +39,43 @@ pub fn draw_qr(frame: &mut Frame, payload: &str, x: u32, y: u32, module: u32, da
     }
 }
 
+/// Draws the code of `payload` (with its quiet zone) centred at `centre`,
+/// `module` pixels a module (fractions allowed), turned by `degrees`
+/// clockwise: each pixel takes the colour of the module under its centre.
+pub fn draw_qr_rotated(
+    frame: &mut Frame,
+    payload: &str,
+    centre: (f32, f32),
+    module: f32,
+    degrees: f32,
+    dark: u8,
+    light: u8,
+) {
+    let code = QrCode::new(payload.as_bytes()).expect("payload fits a QR code");
+    let n = code.width() as i64;
+    let colors = code.to_colors();
+    let half = (n + 8) as f32 * module / 2.0;
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    // Far enough around the centre for any angle.
+    let reach = (half * std::f32::consts::SQRT_2).ceil() as i64 + 1;
+    for fy in (centre.1 as i64 - reach)..=(centre.1 as i64 + reach) {
+        for fx in (centre.0 as i64 - reach)..=(centre.0 as i64 + reach) {
+            if fx < 0 || fy < 0 || fx >= i64::from(frame.width) || fy >= i64::from(frame.height) {
+                continue;
+            }
+            // The pixel's centre, turned back into the code's own axes.
+            let (dx, dy) = (fx as f32 + 0.5 - centre.0, fy as f32 + 0.5 - centre.1);
+            let (u, v) = (dx * cos + dy * sin + half, -dx * sin + dy * cos + half);
+            if u < 0.0 || v < 0.0 || u >= 2.0 * half || v >= 2.0 * half {
+                continue;
+            }
+            let (mx, my) = ((u / module) as i64 - 4, (v / module) as i64 - 4);
+            let is_dark = (0..n).contains(&mx) && (0..n).contains(&my) && colors[(my * n + mx) as usize] == Color::Dark;
+            frame.luma[(fy as u32 * frame.width + fx as u32) as usize] = if is_dark { dark } else { light };
+        }
+    }
+}
+
 /// Sensor noise and a little focus blur, deterministic: uniform noise of
 /// +-`amplitude` from a fixed xorshift seed, then a 3x3 box blur.
 pub fn degrade(frame: &mut Frame, amplitude: i32, seed: u64) {
