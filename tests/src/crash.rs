@@ -416,6 +416,11 @@ pub async fn run(options: CrashOptions) -> Result<CrashSummary> {
             }
         }
         daemon.kill9();
+        // The files as the last kill left them (WAL included), for the
+        // privacy scan.
+        if let Some(keep) = options.keep.as_ref().filter(|_| trial + 1 == options.trials) {
+            copy_files(fx.store_path.parent().context("the state folder")?, &keep.join("after-kill"))?;
+        }
         // Dead: the files as the kill left them.
         for db in [&fx.store_path, &identity_db] {
             if !integrity_ok(db).with_context(|| format!("integrity_check of {}", db.display()))? {
@@ -509,29 +514,40 @@ pub async fn run(options: CrashOptions) -> Result<CrashSummary> {
     summary.seconds = started.elapsed().as_secs_f64();
 
     if let Some(keep) = &options.keep {
-        std::fs::create_dir_all(keep)?;
-        for entry in std::fs::read_dir(fx.store_path.parent().context("the state folder")?)? {
-            let path = entry?.path();
-            if path.is_file() {
-                std::fs::copy(&path, keep.join(path.file_name().context("a name")?))?;
-            }
-        }
+        copy_files(fx.store_path.parent().context("the state folder")?, keep)?;
         std::fs::copy(&daemon.log, keep.join("gated.log"))?;
-        let capture: Vec<u8> = sub
-            .messages()
-            .iter()
-            .flat_map(|m| {
-                let mut bytes = m.topic.as_bytes().to_vec();
-                bytes.push(b'\n');
-                bytes.extend_from_slice(&m.payload);
-                bytes.push(b'\n');
-                bytes
-            })
-            .collect();
-        std::fs::write(keep.join("mqtt-capture.bin"), capture)?;
+        // Two captures: what the gate sent (uplink) and what the simulated
+        // platform sent it (downlink), so a hit says which side carried it.
+        let capture = |uplink: bool| -> Vec<u8> {
+            sub.messages()
+                .iter()
+                .filter(|m| (crate::stream_of_topic(&m.topic) == "unknown") == uplink)
+                .flat_map(|m| {
+                    let mut bytes = m.topic.as_bytes().to_vec();
+                    bytes.push(b'\n');
+                    bytes.extend_from_slice(&m.payload);
+                    bytes.push(b'\n');
+                    bytes
+                })
+                .collect()
+        };
+        std::fs::write(keep.join("mqtt-uplink.bin"), capture(true))?;
+        std::fs::write(keep.join("mqtt-downlink.bin"), capture(false))?;
         summary.kept = Some(keep.clone());
     }
     Ok(summary)
+}
+
+/// Copies the files (not folders) of `from` into `to`, made if missing.
+fn copy_files(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().context("a name")?))?;
+        }
+    }
+    Ok(())
 }
 
 fn unique(events: &[pb::GateEvent]) -> Vec<pb::GateEvent> {
@@ -568,7 +584,7 @@ fn seq_findings(events: &[pb::GateEvent], recorded: u64) -> SeqFindings {
 /// takes the latest unused grant at or before it (5 ms for the order in
 /// which the two clocks were read), so one grant never explains two
 /// unlocks.
-fn stray_unlocks(mut grants: Vec<i64>, unlocks: &[i64]) -> u64 {
+pub(crate) fn stray_unlocks(mut grants: Vec<i64>, unlocks: &[i64]) -> u64 {
     grants.sort_unstable();
     let mut used = vec![false; grants.len()];
     let mut stray = 0;

@@ -32,8 +32,11 @@ pub fn free_port() -> u16 {
 }
 
 pub mod crash;
+pub mod diskfull;
+pub mod outage;
 pub mod pki;
 pub mod postgres;
+pub mod privacy;
 
 /// A Mosquitto broker started by the test, stopped on drop.
 #[derive(Debug)]
@@ -79,6 +82,23 @@ log_type all
 ",
             config(dir.path(), port),
             log.display()
+        );
+        let mut broker = Mosquitto { child: None, port, dir, extra: text, complete: true };
+        broker.resume()?;
+        Ok(broker)
+    }
+
+    /// A broker for measurements: anonymous, no persistence, no bound on
+    /// the messages queued or in flight for a client, and only errors
+    /// logged (`log_type all` writes a line per message, which at a million
+    /// messages costs more than the messages).
+    pub fn start_quiet() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n\
+             user root\nlog_dest file {}\nlog_type error\n",
+            dir.path().join("mosquitto.log").display()
         );
         let mut broker = Mosquitto { child: None, port, dir, extra: text, complete: true };
         broker.resume()?;

@@ -197,6 +197,10 @@ pub(crate) struct DecisionLoop {
     counters: Arc<DecisionCounters>,
     config: Config,
     passes: PlatformKeys,
+    /// The uplink's count of key rotations `passes` was built at (`None`:
+    /// build it again before the next pass), so a signed rotation applies
+    /// to passes as to every other platform message.
+    passes_at_rotation: Option<u64>,
     recent_passes: Recent<RecentPass>,
     alerts: AlertBook,
     /// The signer certificates health certificates are checked against.
@@ -254,6 +258,7 @@ impl DecisionLoop {
             counters,
             config: config.clone(),
             passes,
+            passes_at_rotation: None,
             recent_passes: Recent::new(RECENT_PASSES_MAX),
             alerts: AlertBook::new(config.alerts.quiet_period.as_millis() as i64),
             reload: None,
@@ -294,6 +299,7 @@ impl DecisionLoop {
 
     fn apply_config(&mut self, config: Config) {
         self.passes = PlatformKeys::from_specs(config.envelope_keys());
+        self.passes_at_rotation = None;
         if config.alerts.quiet_period != self.config.alerts.quiet_period {
             // Open alerts restart their count under the new quiet period.
             self.alerts = AlertBook::new(config.alerts.quiet_period.as_millis() as i64);
@@ -610,6 +616,27 @@ impl DecisionLoop {
         }
     }
 
+    /// Passes are checked under the keys every platform message is: the
+    /// configured ones, or those of the last signed rotation (persisted by
+    /// the uplink). Read again from the store after each rotation and at
+    /// the first pass; an unreadable store keeps the keys in hand.
+    async fn follow_key_rotations(&mut self) {
+        let rotations = self.platform.downlink.key_rotations.load(Ordering::Relaxed);
+        if self.passes_at_rotation == Some(rotations) {
+            return;
+        }
+        let configured = self.config.envelope_keys();
+        match self.store.call(move |s| gate_sync::signed::effective_keys(s, &configured)).await {
+            Ok((keys, _)) => {
+                self.passes = PlatformKeys::from_specs(keys);
+                self.passes_at_rotation = Some(rotations);
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the platform keys in force; passes checked under the keys in hand")
+            }
+        }
+    }
+
     async fn gather_pass(&mut self, token: &str) -> Option<Gathered> {
         let refused = |reason| Gathered {
             credential: CredentialKind::QrPass,
@@ -620,6 +647,7 @@ impl DecisionLoop {
             visitor_id_hash: None,
             holder: None,
         };
+        self.follow_key_rotations().await;
         let pass = match self.passes.verify(token, self.config.site.id.as_str()) {
             Ok(pass) if token.starts_with(gate_pass::LEGACY_PREFIX) => {
                 warn!(
@@ -1317,6 +1345,8 @@ passage_exit_input = 1
     fn visitor_pass(h: &mut Harness, pass_id: &str) -> String {
         let key = gate_pass::signing_key_from_hex(&"07".repeat(32)).expect("key");
         h.decisions.passes = PlatformKeys::from_raw(&[key.verifying_key().to_bytes()]).expect("trusted");
+        // These keys are in force: no rotation to follow.
+        h.decisions.passes_at_rotation = Some(0);
         let pass = gate_pass::VisitorPass {
             kid: String::new(),
             site: "heshan-c03".into(),

@@ -4,13 +4,13 @@
 //! card reply's last byte left and when the unlock write arrived), a quiet
 //! Mosquitto, and the ceilings measured beside them in the same run.
 
-use crate::mqtt::{Broker, Subscriber};
+use crate::mqtt::Subscriber;
 use crate::report::{Row, Stats};
 use crate::sqlite::{self, EVENTS_TOPIC};
 use crate::{Ctx, hw_key};
 use anyhow::{Context, Result, bail};
 use gate_core::{Category, CredentialKind, PersonRecord, PersonStatus, SiteKey};
-use gate_tests::{FixtureOptions, GateFixture};
+use gate_tests::{FixtureOptions, GateFixture, Mosquitto};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -344,7 +344,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn card_to_unlock(ctx: &Ctx, dir: &Path) -> Result<Vec<Row>> {
     let rt = runtime()?;
     rt.block_on(async {
-        let broker = Broker::start()?;
+        let broker = Mosquitto::start_quiet()?;
         let fx = fixture(broker.port(), true)?;
         let daemon = start_deciding(ctx, &fx, "gated", true).await?;
         let samples = present_cards(&fx, ctx.sizes.cards, Duration::from_millis(200), &|| true).await?;
@@ -370,7 +370,7 @@ pub fn card_to_unlock_draining(ctx: &Ctx, dir: &Path) -> Result<Vec<Row>> {
     const UNLOCK_MS: f64 = 200.0;
     let rt = runtime()?;
     rt.block_on(async {
-        let broker = Broker::start()?;
+        let broker = Mosquitto::start_quiet()?;
         let fx = fixture(broker.port(), false)?;
         let backlog = ctx.sizes.draining_events;
         sqlite::fill_outbox(ctx, &fx.store_path, backlog)?;
@@ -436,7 +436,7 @@ pub fn card_to_unlock_draining(ctx: &Ctx, dir: &Path) -> Result<Vec<Row>> {
 pub fn identity(ctx: &Ctx, dir: &Path, people: usize, suffix: &str) -> Result<Vec<Row>> {
     let rt = runtime()?;
     rt.block_on(async {
-        let broker = Broker::start()?;
+        let broker = Mosquitto::start_quiet()?;
         let fx = fixture(broker.port(), true)?;
         let daemon = start_deciding(ctx, &fx, "gated", true).await?;
 
@@ -549,7 +549,7 @@ pub fn identity(ctx: &Ctx, dir: &Path, people: usize, suffix: &str) -> Result<Ve
 pub fn outbox_drain(ctx: &Ctx, _dir: &Path) -> Result<Row> {
     let rt = runtime()?;
     rt.block_on(async {
-        let broker = Broker::start()?;
+        let broker = Mosquitto::start_quiet()?;
         let fx = fixture(broker.port(), true)?;
         let count = ctx.sizes.drain_events;
         sqlite::fill_outbox(ctx, &fx.store_path, count)?;
@@ -603,7 +603,7 @@ fn folder_bytes(dir: &Path) -> u64 {
 pub fn offline(ctx: &Ctx, _dir: &Path) -> Result<Row> {
     let rt = runtime()?;
     rt.block_on(async {
-        let mut broker = Broker::start()?;
+        let mut broker = Mosquitto::start_quiet()?;
         broker.stop();
         let fx = fixture(broker.port(), true)?;
         let count = ctx.sizes.offline_events;

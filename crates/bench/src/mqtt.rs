@@ -1,87 +1,16 @@
-//! A quiet Mosquitto for the benchmarks, the raw QoS 1 publisher (the
-//! outbox drain's ceiling) and a subscriber that checks the order of what
-//! the gate sends.
+//! The raw QoS 1 publisher (the outbox drain's ceiling) and a subscriber
+//! that checks the order of what the gate sends; the broker is the tests'
+//! (`gate_tests::Mosquitto::start_quiet`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use gate_proto::v1 as pb;
 use prost::Message;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// Mosquitto logging errors only (the tests' broker logs every message,
-/// which at a million messages costs more than the messages), with no
-/// bound on the messages it queues for a subscriber.
-#[derive(Debug)]
-pub struct Broker {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Broker {
-    pub fn start() -> Result<Broker> {
-        let mut broker = Broker { child: None, port: gate_tests::free_port(), dir: tempfile::tempdir()? };
-        broker.resume()?;
-        Ok(broker)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-    }
-
-    pub fn resume(&mut self) -> Result<()> {
-        let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n\
-                 user root\nlog_dest stderr\nlog_type error\n",
-                self.port
-            ),
-        )?;
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("mosquitto");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting mosquitto (apt-get install mosquitto)")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("mosquitto did not listen on port {} within 10 s", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn options(id: &str, port: u16) -> MqttOptions {
     let mut options = MqttOptions::new(format!("{id}-{}", std::process::id()), "127.0.0.1", port);
