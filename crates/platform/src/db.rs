@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("alert routing: the durable delivery queue", include_str!("../migrations/0003_routes.sql")),
     ("signed downlink: counters, identity table, site state", include_str!("../migrations/0004_downlink.sql")),
     ("seq bookkeeping off the write path: the progress inbox", include_str!("../migrations/0005_progress_inbox.sql")),
+    ("the newest event time kept with the seq progress", include_str!("../migrations/0006_stream_last_event.sql")),
 ];
 
 /// Key of the advisory lock held while migrating (any constant the other

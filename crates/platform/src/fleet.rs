@@ -54,7 +54,9 @@ pub async fn lines(pool: &Pool, now_ms: i64) -> Result<Vec<GateLine>, DbError> {
             &format!(
                 "SELECT g.site_id, g.gate_id, g.online,
                     (extract(epoch FROM g.status_reported_at) * 1000)::bigint,
-                    (extract(epoch FROM g.last_event_at) * 1000)::bigint,
+                    (extract(epoch FROM greatest(g.last_event_at,
+                        (SELECT s.last_event_at FROM seq_streams s WHERE s.site_id = g.site_id
+                            AND s.gate_id = g.gate_id AND s.stream = 'events'))) * 1000)::bigint,
                     g.outbox_depth, g.oldest_queued_age_ms, g.version, g.identity_version, g.health_version,
                     g.trust_version,
                     (SELECT count(*) FROM gaps p WHERE p.site_id = g.site_id AND p.gate_id = g.gate_id

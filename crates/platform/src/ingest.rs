@@ -408,15 +408,23 @@ impl Writer {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let now = now_ms();
-        // Only appends and the gates this batch has a status for: replicas
-        // write side by side. The seq bookkeeping is applied from the inbox
+        // Only appends: replicas write side by side. The seq bookkeeping is applied from the inbox
         // rows written here, off this path (`progress`).
         let (new_events, dup_events) = insert_events(&tx, &events).await?;
         let new_alerts = insert_alerts(&tx, &alerts).await?;
         crate::routes::enqueue(&tx, &self.routes, &new_alerts).await?;
         let (new_alerts, dup_alerts) = (new_alerts.len() as u64, (alerts.len() - new_alerts.len()) as u64);
-        update_statuses(&tx, &statuses).await?;
         tx.commit().await?;
+        // Statuses in a transaction of their own, after the rows: their
+        // gate-row locks are then held for a few statements, not for the
+        // whole insert, so the other replicas' statuses hardly wait. A crash
+        // between the two commits acknowledges nothing; the redelivery
+        // finds the rows stored and applies the statuses.
+        if !statuses.is_empty() {
+            let tx = client.transaction().await?;
+            update_statuses(&tx, &statuses).await?;
+            tx.commit().await?;
+        }
         let s = &self.stats;
         s.stored.fetch_add(new_events + new_alerts, Ordering::Relaxed);
         s.duplicates.fetch_add(dup_events + dup_alerts, Ordering::Relaxed);
@@ -637,8 +645,8 @@ async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<Vec
 
 /// The status fields of the fleet table. A status older than the stored
 /// one is ignored, except that "offline" (gated's last will, dated when it
-/// connected) always lands. Gates are locked in key order, the order of
-/// the progress rounds' update of `last_event_at`.
+/// connected) always lands. Gates are locked in key order (two writers'
+/// batches never wait on each other in a cycle).
 async fn update_statuses(tx: &Transaction<'_>, statuses: &[pb::GateStatus]) -> Result<(), DbError> {
     let mut touched: Vec<(String, String)> = statuses.iter().map(|s| (s.site_id.clone(), s.gate_id.clone())).collect();
     touched.sort();

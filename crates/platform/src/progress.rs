@@ -1,5 +1,5 @@
 //! Per gate and stream progress (`seq_streams`, gap fills, the gates' last
-//! event time), applied from the `seq_inbox` the writers append to.
+//! event time, a fleet row for a new gate), applied from the `seq_inbox` the writers append to.
 //!
 //! A writer's batch touches nearly every gate (a shared subscription deals
 //! each gate's messages to every replica in turn), so bookkeeping under the
@@ -116,22 +116,21 @@ pub async fn apply_round(pool: &Pool, now_ms: i64) -> Result<Round, DbError> {
                 .await?;
             info!(site, gate, stream, gaps = ?filled, "gaps filled");
         }
-        updated.push(site, gate, stream, &state);
+        let last = if stream == "events" { newest.get(&(site.clone(), gate.clone())).copied() } else { None };
+        updated.push(site, gate, stream, &state, last);
     }
     updated.write(&tx).await?;
     if !newest.is_empty() {
         let sites: Vec<&str> = newest.keys().map(|k| k.0.as_str()).collect();
         let gates: Vec<&str> = newest.keys().map(|k| k.1.as_str()).collect();
-        let at: Vec<f64> = newest.values().map(|&ms| ms as f64).collect();
-        // In key order, the order in which the writers lock the gates they
-        // have a status for.
+        // A fleet row for a gate never seen before. An existing row is
+        // neither changed nor locked: the writers update it for statuses.
         tx.execute(
-            "INSERT INTO gates (site_id, gate_id, last_event_at)
-             SELECT u.s, u.g, to_timestamp(u.at / 1000) FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(s, g, at)
+            "INSERT INTO gates (site_id, gate_id)
+             SELECT u.s, u.g FROM unnest($1::text[], $2::text[]) AS u(s, g)
              ORDER BY u.s COLLATE \"C\", u.g COLLATE \"C\"
-             ON CONFLICT (site_id, gate_id) DO UPDATE
-             SET last_event_at = greatest(gates.last_event_at, excluded.last_event_at)",
-            &[&sites, &gates, &at],
+             ON CONFLICT (site_id, gate_id) DO NOTHING",
+            &[&sites, &gates],
         )
         .await?;
     }
@@ -196,10 +195,13 @@ struct StreamRows {
     contiguous: Vec<i64>,
     max_seq: Vec<i64>,
     holes: Vec<String>,
+    /// The newest event time seen in this round (Unix ms), `events` only.
+    last_event_ms: Vec<Option<f64>>,
 }
 
 impl StreamRows {
-    fn push(&mut self, site: &str, gate: &str, stream: &str, state: &SeqState) {
+    fn push(&mut self, site: &str, gate: &str, stream: &str, state: &SeqState, last_event_ms: Option<i64>) {
+        self.last_event_ms.push(last_event_ms.map(|ms| ms as f64));
         self.sites.push(site.to_owned());
         self.gates.push(gate.to_owned());
         self.streams.push(stream.to_owned());
@@ -213,11 +215,20 @@ impl StreamRows {
             return Ok(());
         }
         tx.execute(
-            "UPDATE seq_streams s SET contiguous = u.c, max_seq = u.m, holes = u.h::jsonb, updated_at = now()
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[])
-               AS u(site, gate, stream, c, m, h)
+            "UPDATE seq_streams s SET contiguous = u.c, max_seq = u.m, holes = u.h::jsonb, updated_at = now(),
+                 last_event_at = greatest(s.last_event_at, to_timestamp(u.l / 1000))
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::float8[])
+               AS u(site, gate, stream, c, m, h, l)
              WHERE s.site_id = u.site AND s.gate_id = u.gate AND s.stream = u.stream",
-            &[&self.sites, &self.gates, &self.streams, &self.contiguous, &self.max_seq, &self.holes],
+            &[
+                &self.sites,
+                &self.gates,
+                &self.streams,
+                &self.contiguous,
+                &self.max_seq,
+                &self.holes,
+                &self.last_event_ms,
+            ],
         )
         .await?;
         Ok(())

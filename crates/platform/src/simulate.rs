@@ -281,6 +281,17 @@ impl Drop for Truth {
     }
 }
 
+/// How many of `sent` are not stored.
+async fn unstored(pool: &Pool, sites: &[String], sent: &HashSet<(String, String)>) -> Result<usize, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let rows = client
+        .query("SELECT site_id, event_id FROM events WHERE site_id = ANY($1)", &[&sites])
+        .await
+        .map_err(|e| e.to_string())?;
+    let stored: HashSet<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(sent.iter().filter(|id| !stored.contains(*id)).count())
+}
+
 async fn inbox_count(pool: &Pool, site: &str) -> Result<i64, String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     let row = client
@@ -425,6 +436,15 @@ pub async fn run(config: &PlatformConfig, pool: &Pool, o: &Options) -> Result<Re
         "every event sent to be stored",
         Duration::from_secs(120),
         stored_count(pool, &sites).await? >= truth.count()
+    );
+    // By identity, not only by count: rows the ground truth never saw (a
+    // real gate's events from before it subscribed) would make up for an
+    // event still held by the killed replica's session, which the burst
+    // phase below then stops for good.
+    wait_for!(
+        "every event sent to be stored (by id)",
+        Duration::from_secs(120),
+        unstored(pool, &sites, &truth.ids()).await? == 0
     );
 
     // 3. Burst.
