@@ -156,6 +156,8 @@ async fn no_name_or_id_number_in_clear_in_any_file_after_a_real_run() -> Result<
     let key = hw_sim::platform::read_site_key(&fx.dir.path().join("site.key"))?;
     let mut platform_config = PlatformConfig::new("127.0.0.1", broker.port(), SITE, key);
     platform_config.signing = Some(gate_tests::platform_key());
+    // A platform that sends names in clear: the gate must mask them itself.
+    platform_config.clear_names = true;
     let platform = Platform::connect(platform_config).await?;
     let people: Vec<PlatformPerson> = SNAPSHOT
         .iter()

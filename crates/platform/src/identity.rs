@@ -16,7 +16,7 @@ use crate::db::DbError;
 
 /// A checked CSV row (`gate_config::people_csv`, the parser `gatectl`
 /// uses too) as the `gate.v1.Person` the gates receive: its one credential
-/// is the ID number's keyed hash.
+/// is the ID number's keyed hash, its name the masked form.
 pub fn person_of(row: &PersonRow) -> pb::Person {
     pb::Person {
         person_id: row.person_id.clone(),
@@ -24,7 +24,9 @@ pub fn person_of(row: &PersonRow) -> pb::Person {
         status: pb::PersonStatus::Active as i32,
         valid_from_ms: row.valid_from_ms,
         valid_to_ms: row.valid_to_ms,
-        display_name: row.display_name.clone(),
+        // The gates store and show only the masked form, so the masked
+        // form is all that goes down the wire (and into this table).
+        display_name: gate_core::mask_name(&row.display_name),
         credentials: vec![pb::Credential {
             r#type: pb::CredentialType::IdCard as i32,
             key: row.id_number_key.to_vec(),
@@ -114,7 +116,7 @@ mod tests {
         )
         .expect("valid");
         let p = person_of(&rows[0]);
-        assert_eq!((p.person_id.as_str(), p.display_name.as_str()), ("p1", "张三"));
+        assert_eq!((p.person_id.as_str(), p.display_name.as_str()), ("p1", "张*"));
         assert_eq!(p.category, pb::Category::Resident as i32);
         let expected = key.credential_key(CredentialKind::IdNumber, "35020319900101123X");
         assert_eq!(p.credentials[0].key, expected.to_vec());
