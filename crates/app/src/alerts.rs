@@ -33,6 +33,12 @@ impl AlertBook {
         AlertBook { quiet_ms, open: HashMap::new() }
     }
 
+    /// A reloaded quiet period. Open alerts keep their ids and counts; the
+    /// new period decides from now on when they close.
+    pub(crate) fn set_quiet_period(&mut self, quiet: std::time::Duration) {
+        self.quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
+    }
+
     pub(crate) fn record(&mut self, subject: &str, reason: &str, now: UnixMillis) -> Occurrence {
         let quiet = self.quiet_ms;
         self.open.retain(|_, o| now - o.last_at_ms <= quiet);
@@ -68,5 +74,18 @@ mod tests {
         // Another reason or subject is another alert.
         assert_ne!(book.record("s1", "health_code_red", 2_802).alert_id, d.alert_id);
         assert_ne!(book.record("s2", "blocklisted", 2_803).alert_id, d.alert_id);
+    }
+
+    #[test]
+    fn a_reloaded_quiet_period_decides_from_then_on() {
+        let mut book = AlertBook::new(1_000);
+        let a = book.record("gate", "door_forced", 0);
+        // Lengthened: a repeat after 5 s still joins the open alert.
+        book.set_quiet_period(std::time::Duration::from_secs(10));
+        let b = book.record("gate", "door_forced", 5_000);
+        assert_eq!((b.alert_id == a.alert_id, b.repeat_count), (true, 2));
+        // Shortened to nothing: the next one is a new alert.
+        book.set_quiet_period(std::time::Duration::ZERO);
+        assert_ne!(book.record("gate", "door_forced", 5_001).alert_id, a.alert_id);
     }
 }

@@ -300,10 +300,7 @@ impl DecisionLoop {
     fn apply_config(&mut self, config: Config) {
         self.passes = PlatformKeys::from_specs(config.envelope_keys());
         self.passes_at_rotation = None;
-        if config.alerts.quiet_period != self.config.alerts.quiet_period {
-            // Open alerts restart their count under the new quiet period.
-            self.alerts = AlertBook::new(config.alerts.quiet_period.as_millis() as i64);
-        }
+        self.alerts.set_quiet_period(config.alerts.quiet_period);
         // The trust list file is read again (it may have changed on disk
         // even when its name did not).
         self.trust.built_from = None;

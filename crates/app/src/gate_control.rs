@@ -39,7 +39,7 @@ use gate_sync::{ALERT_STREAM, AlertRecord, EVENT_STREAM, EventBody, EventContext
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -227,6 +227,7 @@ pub(crate) struct GateControl {
     context: EventContext,
     config: Config,
     alerts: AlertBook,
+    reloads: Option<watch::Receiver<Config>>,
     /// The machine's time zero.
     origin: Instant,
     /// The fire alarm state the driver was last told.
@@ -258,6 +259,7 @@ impl GateControl {
             context: crate::event_context(config),
             config: config.clone(),
             alerts: AlertBook::new(config.alerts.quiet_period.as_millis() as i64),
+            reloads: None,
             origin: Instant::now(),
             fire_told: false,
             io_lost: false,
@@ -502,8 +504,22 @@ impl GateControl {
         }
     }
 
+    /// Follows configuration reloads for what this task applies live: the
+    /// alerts' quiet period (everything else it was built from needs a
+    /// restart).
+    pub(crate) fn following_reloads(mut self, reloads: watch::Receiver<Config>) -> Self {
+        self.reloads = Some(reloads);
+        self
+    }
+
     /// The alert an alarm raises; its mode is filled in where it is written.
     fn alert_record(&mut self, name: &'static str, side: Option<Side>, now: UnixMillis) -> AlertRecord {
+        if let Some(reloads) = &mut self.reloads
+            && reloads.has_changed().unwrap_or(false)
+        {
+            self.config.alerts = reloads.borrow_and_update().alerts.clone();
+            self.alerts.set_quiet_period(self.config.alerts.quiet_period);
+        }
         // Repeats of one alarm within the quiet period raise the open
         // alert's count, like refusals of one person.
         let occurrence = self.alerts.record("gate", name, now);
@@ -604,14 +620,7 @@ mod tests {
         assert_eq!(map.translate(&levels(0b1_0101)), []);
     }
 
-    /// A relock is timed by this task alone: with the store wedged (its
-    /// thread stuck in a job, its queue full), the unlock coil still goes
-    /// off exactly `unlock_ms` after it went on, and gate events that cannot
-    /// be handed over are dropped with an error, never waited for.
-    #[tokio::test(start_paused = true)]
-    async fn a_relock_never_waits_for_the_store() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = r#"[site]
+    const GATE_CONFIG: &str = r#"[site]
 id = "heshan-c03"
 [gate]
 id = "east-1"
@@ -633,6 +642,39 @@ unlock_mode = "pulse"
 unlock_ms = 200
 pass_timeout_ms = 1000
 "#;
+
+    /// Alarms raised after a reload follow its quiet period.
+    #[tokio::test]
+    async fn a_reloaded_quiet_period_reaches_the_gates_alarms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = gate_config::parse(&dir.path().join("gated.toml"), GATE_CONFIG).expect("config");
+        let io = config.devices.gate.clone().expect("gate");
+        let store = StoreThread::open(&config.store.path, "gate").await.expect("store");
+        let (driver_tx, _driver) = mpsc::channel(16);
+        let (reload_tx, reloads) = watch::channel(config.clone());
+        let counters = Arc::new(DecisionCounters::default());
+        let mut control =
+            GateControl::new(&config, &io, store, Vec::new(), driver_tx, Arc::new(Notify::new()), counters)
+                .following_reloads(reloads);
+        let first = control.alert_record("door_forced", None, 0);
+        let repeat = control.alert_record("door_forced", None, 1_000);
+        assert_eq!((repeat.alert_id == first.alert_id, repeat.repeat_count), (true, 2), "within the default 300 s");
+        let mut reloaded = config.clone();
+        reloaded.alerts.quiet_period = Duration::ZERO;
+        reload_tx.send(reloaded).expect("send");
+        let after = control.alert_record("door_forced", None, 1_001);
+        assert_ne!(after.alert_id, first.alert_id, "a quiet period of zero opens a new alert");
+        assert_eq!(after.repeat_count, 1);
+    }
+
+    /// A relock is timed by this task alone: with the store wedged (its
+    /// thread stuck in a job, its queue full), the unlock coil still goes
+    /// off exactly `unlock_ms` after it went on, and gate events that cannot
+    /// be handed over are dropped with an error, never waited for.
+    #[tokio::test(start_paused = true)]
+    async fn a_relock_never_waits_for_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = GATE_CONFIG;
         let config = gate_config::parse(&dir.path().join("gated.toml"), text).expect("config");
         let io = config.devices.gate.clone().expect("gate");
         let store = StoreThread::open(&config.store.path, "wedged").await.expect("store");

@@ -270,6 +270,9 @@ pub async fn run_until_stopped(
     }
     drop(presented_tx);
 
+    // The configuration in force, for every task that follows reloads.
+    let (applied_tx, applied) = tokio::sync::watch::channel(config.clone());
+
     // The IO board driver under the gate-control task (the safety state
     // machine); decisions reach the gate only through the latter.
     let gate_commands = if let Some(io) = &config.devices.gate {
@@ -305,7 +308,8 @@ pub async fn run_until_stopped(
             driver_tx,
             outbox_changed.clone(),
             observed.decisions.clone(),
-        );
+        )
+        .following_reloads(applied.clone());
         tracker.spawn(
             control.run(request_rx, io_rx, shutdown.clone()).instrument(info_span!(parent: &span, "gate_control")),
         );
@@ -318,8 +322,6 @@ pub async fn run_until_stopped(
     // Online health checks: the decision loop asks, the uplink publishes and
     // answers. A small queue: a check nobody can send is a fallback, not a wait.
     let (health_query_tx, health_query_rx) = mpsc::channel::<gate_sync::HealthQuery>(4);
-    // The configuration in force, for every task that follows reloads.
-    let (applied_tx, applied) = tokio::sync::watch::channel(config.clone());
     // The uplink reports the policy version in force in its status.
     let (policy_tx, policy_rx) = tokio::sync::watch::channel(config.policy.version.clone());
     // Every reload, counted: the uplink reads its certificates again.

@@ -2,7 +2,8 @@
 //! and hands it over; this task decides what of it applies live and publishes
 //! the configuration in force to every task that follows it.
 //!
-//! Live: the policy, visitor passes, alerts, health, the gate's decision
+//! Live: the policy, visitor passes, alerts (the decision loop, gate control
+//! and the store monitor all take a new quiet period), health, the gate's decision
 //! settings (`flexible`, `anti_passback`), the site's UTC offset, the
 //! platform's signing keys (the uplink rebuilds its downlink trust), the
 //! store's ballast, low-space margin and outbox capacity (the store monitor

@@ -101,6 +101,7 @@ impl Monitor {
     async fn check(&mut self) {
         if self.reloads.has_changed().unwrap_or(false) {
             self.config = self.reloads.borrow_and_update().clone();
+            self.alerts.set_quiet_period(self.config.alerts.quiet_period);
         }
         let now = crate::wall_clock_ms();
         let errors = &self.observed.decisions.store_errors;
