@@ -49,6 +49,9 @@ pub struct Mosquitto {
     extra: String,
     /// `extra` is the whole configuration, listener included.
     complete: bool,
+    /// The last start ended with the broker exiting before it listened
+    /// (a port taken in the meantime, most often).
+    exited_early: bool,
 }
 
 impl Mosquitto {
@@ -61,31 +64,38 @@ impl Mosquitto {
     /// `password_file`, `acl_file`).
     pub fn start_with(extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut broker = Mosquitto { child: None, port: free_port(), dir, extra: extra.to_owned(), complete: false };
-        broker.resume()?;
-        Ok(broker)
+        let broker = Mosquitto {
+            child: None,
+            port: free_port(),
+            dir,
+            extra: extra.to_owned(),
+            complete: false,
+            exited_early: false,
+        };
+        broker.first_start(|_| None)
     }
 
     /// A broker run from a complete configuration (a deployment example
     /// adapted by the test): `config` gets the broker's folder and the port
     /// to listen on, and returns the file's text. The log goes to the
     /// folder's `mosquitto.log` ([`Mosquitto::log`]).
-    pub fn start_from(config: impl FnOnce(&Path, u16) -> String) -> Result<Self> {
+    pub fn start_from(mut config: impl FnMut(&Path, u16) -> String) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let log = dir.path().join("mosquitto.log");
-        let text = format!(
-            "{}
+        let mut text_for = |dir: &Path, port: u16| {
+            format!(
+                "{}
 user root
 log_dest file {}
 log_type all
 ",
-            config(dir.path(), port),
-            log.display()
-        );
-        let mut broker = Mosquitto { child: None, port, dir, extra: text, complete: true };
-        broker.resume()?;
-        Ok(broker)
+                config(dir, port),
+                dir.join("mosquitto.log").display()
+            )
+        };
+        let port = free_port();
+        let text = text_for(dir.path(), port);
+        let broker = Mosquitto { child: None, port, dir, extra: text, complete: true, exited_early: false };
+        broker.first_start(|b| Some(text_for(b.dir.path(), b.port)))
     }
 
     /// A broker for measurements: anonymous, no persistence, no bound on
@@ -94,15 +104,38 @@ log_type all
     /// messages costs more than the messages).
     pub fn start_quiet() -> Result<Self> {
         let dir = tempfile::tempdir()?;
+        let text_for = |dir: &Path, port: u16| {
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n\
+                 user root\nlog_dest file {}\nlog_type error\n",
+                dir.join("mosquitto.log").display()
+            )
+        };
         let port = free_port();
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n\
-             user root\nlog_dest file {}\nlog_type error\n",
-            dir.path().join("mosquitto.log").display()
-        );
-        let mut broker = Mosquitto { child: None, port, dir, extra: text, complete: true };
-        broker.resume()?;
-        Ok(broker)
+        let text = text_for(dir.path(), port);
+        let broker = Mosquitto { child: None, port, dir, extra: text, complete: true, exited_early: false };
+        broker.first_start(|b| Some(text_for(b.dir.path(), b.port)))
+    }
+
+    /// The first start, on another free port when the chosen one was taken
+    /// between `free_port` and the broker's bind (tests pick ports in
+    /// parallel): `config_for` gives a complete configuration its new port.
+    fn first_start(mut self, mut config_for: impl FnMut(&Mosquitto) -> Option<String>) -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match self.resume() {
+                Ok(()) => return Ok(self),
+                Err(e) if attempt < 5 && self.exited_early => {
+                    attempt += 1;
+                    self.port = free_port();
+                    if let Some(text) = config_for(&self) {
+                        self.extra = text;
+                    }
+                    eprintln!("mosquitto: {e:#}; trying port {} (attempt {attempt})", self.port);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The broker's folder (its configuration, log and data live there).
@@ -159,21 +192,34 @@ log_type all
                 ),
             )?;
         }
-        let child = Command::new(mosquitto_binary()?)
+        // What the broker says before its log file is open (a port in use,
+        // a configuration it refuses) goes to stderr: kept for the error.
+        let stderr_path = self.dir.path().join("mosquitto.stderr");
+        let mut child = Command::new(mosquitto_binary()?)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path)?)
             .spawn()
             .context("starting mosquitto")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.exited_early = false;
+        let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.exited_early = true;
+                let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                let log = self.log();
+                let lines: Vec<&str> = said.lines().chain(log.lines()).collect();
+                let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+                bail!("mosquitto exited ({status}) before listening on port {}: {tail}", self.port);
+            }
             if Instant::now() > deadline {
-                bail!("mosquitto did not listen on port {} within 10 s", self.port);
+                self.child = Some(child);
+                bail!("mosquitto did not listen on port {} within 20 s", self.port);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
         Ok(())
     }
 }
