@@ -191,16 +191,7 @@ impl Daemon {
     /// SIGTERM, waited for (the daemon switches coils off and stops).
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::terminate(&mut child, Duration::from_secs(15));
         }
     }
 

@@ -39,6 +39,35 @@ impl AlertBook {
         self.quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
     }
 
+    /// The alert a device alarm of `source` ("gate", "store") raises;
+    /// repeats within the quiet period raise the open alert's count. Its
+    /// mode is filled in where it is written.
+    pub(crate) fn alarm(
+        &mut self,
+        config: &gate_config::Config,
+        source: &str,
+        alarm: &str,
+        facts: Vec<(String, String)>,
+        now: UnixMillis,
+    ) -> gate_sync::AlertRecord {
+        let occurrence = self.record(source, alarm, now);
+        gate_sync::AlertRecord {
+            alert_id: occurrence.alert_id,
+            site_id: config.site.id.to_string(),
+            gate_id: config.gate.id.to_string(),
+            occurred_at_ms: now,
+            subject: String::new(),
+            person_id: None,
+            category: None,
+            reason: None,
+            alarm: Some(alarm.to_owned()),
+            facts,
+            repeat_count: occurrence.repeat_count,
+            first_occurred_at_ms: occurrence.first_at_ms,
+            mode: gate_core::Mode::Normal,
+        }
+    }
+
     pub(crate) fn record(&mut self, subject: &str, reason: &str, now: UnixMillis) -> Occurrence {
         let quiet = self.quiet_ms;
         self.open.retain(|_, o| now - o.last_at_ms <= quiet);

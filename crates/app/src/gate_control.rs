@@ -29,7 +29,7 @@ use crate::activity::{Activity, GateActivity};
 use crate::alerts::AlertBook;
 use crate::decide::DecisionCounters;
 use gate_config::{Config, GateIoConfig, Side};
-use gate_core::{Mode, UnixMillis};
+use gate_core::UnixMillis;
 use gate_devices::gate_io::{GateCommand, GateIoEvent, GateIoSettings, InputLevels};
 use gate_engine::gate_fsm::{
     GateFsm, GateFsmConfig, GateFsmEvent, GateInput, GateOutput, Signal, SignalSet, UnlockMode,
@@ -522,22 +522,8 @@ impl GateControl {
         }
         // Repeats of one alarm within the quiet period raise the open
         // alert's count, like refusals of one person.
-        let occurrence = self.alerts.record("gate", name, now);
-        AlertRecord {
-            alert_id: occurrence.alert_id,
-            site_id: self.config.site.id.to_string(),
-            gate_id: self.config.gate.id.to_string(),
-            occurred_at_ms: now,
-            subject: String::new(),
-            person_id: None,
-            category: None,
-            reason: None,
-            alarm: Some(name.to_owned()),
-            facts: side.map(|s| ("side".to_owned(), s.as_str().to_owned())).into_iter().collect(),
-            repeat_count: occurrence.repeat_count,
-            first_occurred_at_ms: occurrence.first_at_ms,
-            mode: Mode::Normal,
-        }
+        let facts = side.map(|s| ("side".to_owned(), s.as_str().to_owned())).into_iter().collect();
+        self.alerts.alarm(&self.config, "gate", name, facts, now)
     }
 }
 

@@ -162,22 +162,8 @@ impl Monitor {
     }
 
     async fn raise(&mut self, alarm: &'static str, free_bytes: u64, now: gate_core::UnixMillis) {
-        let occurrence = self.alerts.record("store", alarm, now);
-        let record = gate_sync::AlertRecord {
-            alert_id: occurrence.alert_id,
-            site_id: self.config.site.id.to_string(),
-            gate_id: self.config.gate.id.to_string(),
-            occurred_at_ms: now,
-            subject: String::new(),
-            person_id: None,
-            category: None,
-            reason: None,
-            alarm: Some(alarm.to_owned()),
-            facts: vec![("disk_free_bytes".to_owned(), free_bytes.to_string())],
-            repeat_count: occurrence.repeat_count,
-            first_occurred_at_ms: occurrence.first_at_ms,
-            mode: gate_core::Mode::Normal,
-        };
+        let facts = vec![("disk_free_bytes".to_owned(), free_bytes.to_string())];
+        let record = self.alerts.alarm(&self.config, "store", alarm, facts, now);
         let written = self
             .store
             .call(move |s| {
