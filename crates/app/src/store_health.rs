@@ -109,9 +109,12 @@ impl Monitor {
         let recent_full = recent.is_some_and(|(class, at)| class == gate_store::ErrorClass::Full && now - at <= 10_000);
         let dir = self.state_dir();
         let ballast_bytes = self.config.store.ballast_mb * MIB;
-        let low_percent = u64::from(self.config.store.disk_low_percent);
+        let low = LowMargin {
+            percent: u64::from(self.config.store.disk_low_percent),
+            cap_bytes: self.config.store.disk_low_mb * MIB,
+        };
         // File system calls and the ballast's writes block: not on a worker.
-        let disk = tokio::task::spawn_blocking(move || keep_ballast(&dir, ballast_bytes, low_percent, recent_full))
+        let disk = tokio::task::spawn_blocking(move || keep_ballast(&dir, ballast_bytes, low, recent_full))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         let disk = match disk {
@@ -123,7 +126,7 @@ impl Monitor {
         };
         let state = if disk.ballast_released || recent_full {
             "full"
-        } else if disk.free_bytes.saturating_mul(100) < disk.total_bytes.saturating_mul(low_percent) {
+        } else if disk.free_bytes < low.bytes(disk.total_bytes) {
             "low"
         } else {
             match recent.map(|(class, _)| class) {
@@ -221,6 +224,23 @@ impl Monitor {
     }
 }
 
+/// Below how much free space the state folder is `low`: `disk_low_percent`
+/// of the file system, but never more than `disk_low_mb`. The cap is why a
+/// big shared disk (a 252 GB volume with 25 GB free) is not "short of
+/// space" for a daemon whose whole outbox fits in a few GB; on a gate's
+/// small flash the percentage is the smaller and decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LowMargin {
+    pub percent: u64,
+    pub cap_bytes: u64,
+}
+
+impl LowMargin {
+    pub(crate) fn bytes(self, total_bytes: u64) -> u64 {
+        (total_bytes.saturating_mul(self.percent) / 100).min(self.cap_bytes)
+    }
+}
+
 /// Free space of the state folder, after the ballast was looked after.
 #[derive(Debug, Clone, Copy)]
 struct Disk {
@@ -231,7 +251,7 @@ struct Disk {
 
 /// Releases the ballast when the disk is full (or a write just failed for
 /// it), makes it again once there is room for it and the low margin.
-fn keep_ballast(dir: &std::path::Path, ballast_bytes: u64, low_percent: u64, full: bool) -> std::io::Result<Disk> {
+fn keep_ballast(dir: &std::path::Path, ballast_bytes: u64, low: LowMargin, full: bool) -> std::io::Result<Disk> {
     let space = |dir: &std::path::Path| -> std::io::Result<(u64, u64)> {
         let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
         let unit = stat.fragment_size() as u64;
@@ -252,7 +272,7 @@ fn keep_ballast(dir: &std::path::Path, ballast_bytes: u64, low_percent: u64, ful
         free = space(dir)?.0;
         return Ok(Disk { free_bytes: free, total_bytes: total, ballast_released: true });
     }
-    let low_margin = total.saturating_mul(low_percent) / 100;
+    let low_margin = low.bytes(total);
     if !present {
         if free > ballast_bytes.saturating_add(low_margin).saturating_add(MIB) {
             write_ballast(&path, ballast_bytes)?;
@@ -283,4 +303,29 @@ fn write_ballast(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {
     }
     file.sync_all()?;
     std::fs::rename(&partial, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn a_big_shared_disk_with_gigabytes_free_is_not_low() {
+        // What CI's machine had: 252 GB in all, 25 GB free (under 10%).
+        let low = LowMargin { percent: 10, cap_bytes: 2048 * MIB };
+        let total = 252 * GIB;
+        assert_eq!(low.bytes(total), 2 * GIB, "the cap decides on a big disk");
+        assert!(25 * GIB >= low.bytes(total));
+        assert!(GIB < low.bytes(total), "1 GB free of 252 GB is low");
+    }
+
+    #[test]
+    fn on_a_small_flash_the_percentage_decides() {
+        let low = LowMargin { percent: 10, cap_bytes: 2048 * MIB };
+        assert_eq!(low.bytes(8 * GIB), 8 * GIB / 10);
+        assert_eq!(LowMargin { percent: 30, cap_bytes: 2048 * MIB }.bytes(8 * MIB), 8 * MIB * 30 / 100);
+        assert_eq!(LowMargin { percent: 0, cap_bytes: 2048 * MIB }.bytes(8 * GIB), 0, "0 turns it off");
+    }
 }

@@ -231,6 +231,9 @@ pub struct StoreConfig {
     /// `[store] disk_low_percent`, default 10: below this share of free
     /// space the `disk_low` alert goes out.
     pub disk_low_percent: u8,
+    /// `[store] disk_low_mb`, default 2048: the low margin never exceeds
+    /// this many MB, so a large shared disk with GBs free is not `low`.
+    pub disk_low_mb: u64,
     /// `[store] outbox_max_events`, default 10,000,000, at least 1: past it
     /// the oldest unsent events are dropped (routine passes first), and an
     /// `outbox_overflow` event names them.

@@ -32,7 +32,7 @@ const ROOT_KEYS: &[&str] = &[
 ];
 const SITE_KEYS: &[&str] = &["id", "utc_offset"];
 const GATE_KEYS: &[&str] = &["id", "lane", "direction", "flexible", "anti_passback", "anti_passback_s"];
-const STORE_KEYS: &[&str] = &["path", "ballast_mb", "disk_low_percent", "outbox_max_events"];
+const STORE_KEYS: &[&str] = &["path", "ballast_mb", "disk_low_percent", "disk_low_mb", "outbox_max_events"];
 const MQTT_KEYS: &[&str] = &[
     "host",
     "port",
@@ -681,11 +681,13 @@ impl Checker<'_> {
         let path = self.path(s, "path");
         let ballast_mb = self.int_in::<u64>(s, "ballast_mb", 0..=65_536).or(64);
         let disk_low_percent = self.int_in::<u8>(s, "disk_low_percent", 0..=99).or(10);
+        let disk_low_mb = self.int_in::<u64>(s, "disk_low_mb", 1..=16_777_216).or(2048);
         let outbox_max_events = self.int_in::<u64>(s, "outbox_max_events", 1..=i64::MAX).or(10_000_000);
         Some(StoreConfig {
             path: self.required(s, "path", path)?,
             ballast_mb: ballast_mb?,
             disk_low_percent: disk_low_percent?,
+            disk_low_mb: disk_low_mb?,
             outbox_max_events: outbox_max_events?,
         })
     }
