@@ -731,12 +731,15 @@ impl RunningDaemon {
         Ok(())
     }
 
-    /// Waits until the uplink is connected.
+    /// Waits until the uplink is connected and its downlink subscriptions granted.
     pub async fn wait_connected(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.observed.broker_connected() {
+        // Subscribed, not just connected: a platform order published between
+        // CONNACK and SUBACK would be lost, and a test waiting for its effect
+        // would time out on a loaded machine.
+        while !self.observed.downlink_subscribed() {
             if Instant::now() > deadline {
-                bail!("the daemon did not connect to the broker within 10 s");
+                bail!("the daemon did not connect to the broker and subscribe within 10 s");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

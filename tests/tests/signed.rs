@@ -358,7 +358,7 @@ async fn a_reload_puts_the_new_platform_keys_in_force_without_a_restart() -> Res
     let observed = std::sync::Arc::new(gate_app::Observed::default());
     let daemon = tokio::spawn(gate_app::run_with_reload(config.clone(), reloads, shutdown.clone(), observed.clone()));
     let downlink = || &observed.link.downlink;
-    wait_for("the broker", || observed.broker_connected()).await?;
+    wait_for("the broker and the subscriptions", || observed.downlink_subscribed()).await?;
 
     // The platform's new key, not configured yet: refused.
     let next = PlatformKey::from_seed([0x6f; 32], Some("next-platform"));

@@ -512,6 +512,12 @@ impl Observed {
         self.link.connected.load(Ordering::Relaxed)
     }
 
+    /// Connected, and the broker granted every downlink subscription: from
+    /// here on a platform order published is one this gate receives.
+    pub fn downlink_subscribed(&self) -> bool {
+        self.link.downlink_subscribed()
+    }
+
     /// The decision loop turned within `max_age` (it turns at least every
     /// [`IDLE_BEAT`]): the condition for feeding the systemd watchdog.
     pub fn decision_loop_alive(&self, max_age: Duration) -> bool {

@@ -16,7 +16,7 @@ use gate_store::{Store, StoreThread};
 use prost::Message;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -101,6 +101,12 @@ pub struct DeviceReport {
 #[derive(Debug, Default)]
 pub struct LinkState {
     pub connected: AtomicBool,
+    /// Downlink subscriptions the broker granted on this connection (reset
+    /// on every connect and disconnect): platform orders published before
+    /// all of them are granted may never reach this gate.
+    pub subscriptions_granted: AtomicU64,
+    /// Downlink subscriptions the broker refused (an ACL, say), in all.
+    pub subscriptions_refused: AtomicU64,
     pub published: AtomicU64,
     pub acked: AtomicU64,
     pub connections: AtomicU64,
@@ -119,6 +125,12 @@ pub struct LinkState {
 }
 
 impl LinkState {
+    /// Connected, and every downlink topic's subscription granted.
+    pub fn downlink_subscribed(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+            && self.subscriptions_granted.load(Ordering::Relaxed) >= DOWNLINK_TOPIC_COUNT as u64
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
@@ -148,6 +160,23 @@ struct InFlight {
 
 fn now_ms() -> UnixMillis {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How many topics the gate subscribes to (see [`downlink_topics`]).
+const DOWNLINK_TOPIC_COUNT: usize = 8;
+
+/// Every topic the platform commands this gate on, one subscription each.
+fn downlink_topics(topics: &Topics) -> [String; DOWNLINK_TOPIC_COUNT] {
+    [
+        topics.mode.clone(),
+        topics.identity.clone(),
+        topics.health.clone(),
+        topics.trust.clone(),
+        topics.health_resp.clone(),
+        topics.keys.clone(),
+        topics.reset.clone(),
+        topics.heartbeat.clone(),
+    ]
 }
 
 struct Session<'a> {
@@ -268,16 +297,7 @@ impl Session<'_> {
         self.inflight = InFlight::default();
         // A new session: checks asked on the old one will not be answered.
         self.health_pending.clear();
-        for topic in [
-            self.topics.mode.clone(),
-            self.topics.identity.clone(),
-            self.topics.health.clone(),
-            self.topics.trust.clone(),
-            self.topics.health_resp.clone(),
-            self.topics.keys.clone(),
-            self.topics.reset.clone(),
-            self.topics.heartbeat.clone(),
-        ] {
+        for topic in downlink_topics(&self.topics) {
             if let Err(e) = self.client.try_subscribe(&topic, QoS::AtLeastOnce) {
                 warn!(topic, error = %e, "could not subscribe");
             }
@@ -629,6 +649,7 @@ pub async fn run_sync(
             polled = eventloop.poll() => match polled {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     info!(%broker, "connected to the broker");
+                    link.subscriptions_granted.store(0, Ordering::Relaxed);
                     link.connected.store(true, Ordering::Relaxed);
                     link.connections.fetch_add(1, Ordering::Relaxed);
                     link.set_last_error(None);
@@ -644,6 +665,19 @@ pub async fn run_sync(
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => session.on_puback(ack.pkid).await,
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    for code in &ack.return_codes {
+                        if matches!(code, SubscribeReasonCode::Success(_)) {
+                            link.subscriptions_granted.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            link.subscriptions_refused.fetch_add(1, Ordering::Relaxed);
+                            warn!(%broker, reason = ?code, "the broker refused a downlink subscription; platform orders on it cannot arrive");
+                        }
+                    }
+                    if link.downlink_subscribed() {
+                        debug!(%broker, "every downlink subscription granted");
+                    }
+                }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     // MQTT 5 topics are bytes on the wire; a topic that is
                     // not UTF-8 matches none of ours and is counted as unknown.
@@ -669,6 +703,7 @@ pub async fn run_sync(
                     link.set_last_error(Some(error.clone()));
                     last_logged_error = Some(error);
                     link.connected.store(false, Ordering::Relaxed);
+                    link.subscriptions_granted.store(0, Ordering::Relaxed);
                     session.inflight = InFlight::default();
                     if !matches!(e, ConnectionError::RequestsDone) {
                         tokio::select! {
