@@ -32,8 +32,12 @@ enum Command {
     /// Validate a configuration file; exit status 64 on a bad file.
     CheckConfig {
         /// The configuration file to check.
-        #[arg(value_name = "PATH")]
-        path: PathBuf,
+        #[arg(value_name = "PATH", required_unless_present = "config")]
+        path: Option<PathBuf>,
+        /// The same file, named as the daemon's and the other commands'
+        /// `--config` names it.
+        #[arg(long = "config", value_name = "PATH", conflicts_with = "path")]
+        config: Option<PathBuf>,
     },
     /// The local identity table.
     Identity {
@@ -295,17 +299,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("wrote a new site key to {} (mode 0600); keep it secret and back it up", path.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { path } => Ok(match gate_config::load(&path) {
-            Ok(_) => {
-                println!("{}: ok", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprintln!("{errors}");
-                eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-                ExitCode::from(EXIT_BAD_INPUT)
-            }
-        }),
+        Command::CheckConfig { path, config } => {
+            // clap requires one of the two.
+            let path = path.or(config).unwrap_or_default();
+            Ok(match gate_config::load(&path) {
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+                    ExitCode::from(EXIT_BAD_INPUT)
+                }
+            })
+        }
         Command::Mode { command: ModeCommand::Show { config } } => {
             let config = load_config(&config)?;
             let store = open_store(&config)?;

@@ -35,8 +35,12 @@ enum Command {
     /// error with file, line and column. Exit status 64 on a bad file.
     CheckConfig {
         /// The configuration file to check.
-        #[arg(value_name = "PATH")]
-        path: PathBuf,
+        #[arg(value_name = "PATH", required_unless_present = "config")]
+        path: Option<PathBuf>,
+        /// The same file, named as the daemon's and the other commands'
+        /// `--config` names it.
+        #[arg(long = "config", value_name = "PATH", conflicts_with = "path")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -49,7 +53,11 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { path }) => check_config(&path),
+        Some(Command::CheckConfig { path, config }) => {
+            // clap requires one of the two.
+            let path = path.or(config).unwrap_or(cli.config);
+            check_config(&path)
+        }
         None => {
             let config = match gate_config::load(&cli.config) {
                 Ok(config) => config,

@@ -58,6 +58,32 @@ fn check_config_accepts_the_example_and_refuses_a_bad_file_with_64() {
     assert_eq!(run.status.code(), Some(64));
 }
 
+/// A technician who types `--config`, as for the daemon itself, gets the
+/// same check as with the path alone; a bad file still exits 64.
+#[test]
+fn check_config_takes_the_path_alone_or_after_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = minimal_config(dir.path(), 1);
+    for args in [
+        vec!["check-config".as_ref(), config.as_os_str()],
+        vec!["check-config".as_ref(), "--config".as_ref(), config.as_os_str()],
+    ] {
+        let out = gated().args(&args).output().expect("run gated");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{}: ok", config.display()));
+    }
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[site]\nid = 3\n").expect("write");
+    let out =
+        gated().args(["check-config".as_ref(), "--config".as_ref(), bad.as_os_str()]).output().expect("run gated");
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    let both = gated()
+        .args(["check-config".as_ref(), config.as_os_str(), "--config".as_ref(), bad.as_os_str()])
+        .output()
+        .expect("run gated");
+    assert_eq!(both.status.code(), Some(2), "a path and --config together are refused");
+}
+
 #[test]
 fn version_is_printed() {
     let out = gated().arg("--version").output().expect("run gated");

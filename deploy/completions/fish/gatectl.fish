@@ -40,6 +40,7 @@ complete -c gatectl -n "__fish_gatectl_needs_command" -f -a "ports" -d 'The seri
 complete -c gatectl -n "__fish_gatectl_needs_command" -f -a "outbox" -d 'The outbox: events waiting for the broker, the oldest, by topic'
 complete -c gatectl -n "__fish_gatectl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c gatectl -n "__fish_gatectl_using_subcommand keygen" -s h -l help -d 'Print help'
+complete -c gatectl -n "__fish_gatectl_using_subcommand check-config" -l config -d 'The same file, named as the daemon\'s and the other commands\' `--config` names it' -r -F
 complete -c gatectl -n "__fish_gatectl_using_subcommand check-config" -s h -l help -d 'Print help'
 complete -c gatectl -n "__fish_gatectl_using_subcommand identity; and not __fish_seen_subcommand_from import help" -s h -l help -d 'Print help'
 complete -c gatectl -n "__fish_gatectl_using_subcommand identity; and not __fish_seen_subcommand_from import help" -f -a "import" -d 'Import people from a CSV file with the header `person_id,category,id_number,name,valid_from,valid_to` (dates YYYY-MM-DD). All rows are checked first; one bad row and nothing is applied'

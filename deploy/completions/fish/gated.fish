@@ -31,6 +31,7 @@ complete -c gated -n "__fish_gated_needs_command" -s h -l help -d 'Print help'
 complete -c gated -n "__fish_gated_needs_command" -s V -l version -d 'Print version'
 complete -c gated -n "__fish_gated_needs_command" -f -a "check-config" -d 'Validate a configuration file without opening any device; prints every error with file, line and column. Exit status 64 on a bad file'
 complete -c gated -n "__fish_gated_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gated -n "__fish_gated_using_subcommand check-config" -l config -d 'The same file, named as the daemon\'s and the other commands\' `--config` names it' -r -F
 complete -c gated -n "__fish_gated_using_subcommand check-config" -l log-format -d 'Log format: `text` for people, `json` for collectors' -r -f -a "text\t''
 json\t''"
 complete -c gated -n "__fish_gated_using_subcommand check-config" -s h -l help -d 'Print help'
