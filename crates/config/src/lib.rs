@@ -12,7 +12,7 @@ mod load;
 pub mod people_csv;
 
 pub use keyfile::{KeyFileError, load_site_key, write_new_site_key};
-pub use load::{ConfigError, ConfigErrors, load, parse};
+pub use load::{ConfigError, ConfigErrors, check_and_report, load, parse};
 
 impl GateConfig {
     /// The side a reader is on when its config does not say: exit gates read at the exit, others at the entry.

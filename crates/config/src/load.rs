@@ -217,6 +217,23 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// `check-config` of `gated` and `gatectl`, one wording for both: loads
+/// `path` and prints `PATH: ok` on stdout, or every error and their count on
+/// stderr. True when the file is good.
+pub fn check_and_report(path: &Path) -> bool {
+    match load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            true
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            false
+        }
+    }
+}
+
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     match std::fs::read(path) {

@@ -302,17 +302,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig { path, config } => {
             // clap requires one of the two.
             let path = path.or(config).unwrap_or_default();
-            Ok(match gate_config::load(&path) {
-                Ok(_) => {
-                    println!("{}: ok", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-                    ExitCode::from(EXIT_BAD_INPUT)
-                }
-            })
+            Ok(if gate_config::check_and_report(&path) { ExitCode::SUCCESS } else { ExitCode::from(EXIT_BAD_INPUT) })
         }
         Command::Mode { command: ModeCommand::Show { config } } => {
             let config = load_config(&config)?;

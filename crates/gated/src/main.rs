@@ -80,17 +80,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    match gate_config::load(path) {
-        Ok(_) => {
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-            ExitCode::from(EXIT_BAD_CONFIG)
-        }
-    }
+    if gate_config::check_and_report(path) { ExitCode::SUCCESS } else { ExitCode::from(EXIT_BAD_CONFIG) }
 }
 
 /// Log times in site time with the offset shown (`[site] utc_offset`), the
