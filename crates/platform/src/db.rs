@@ -19,7 +19,11 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("signed downlink: counters, identity table, site state", include_str!("../migrations/0004_downlink.sql")),
     ("seq bookkeeping off the write path: the progress inbox", include_str!("../migrations/0005_progress_inbox.sql")),
     ("the newest event time kept with the seq progress", include_str!("../migrations/0006_stream_last_event.sql")),
+    ("names stored in clear before masking are masked", include_str!("../migrations/0007_mask_stored_names.sql")),
 ];
+
+/// The version whose SQL is followed by [`mask_stored_names`].
+const MASK_NAMES_VERSION: i32 = 7;
 
 /// Key of the advisory lock held while migrating (any constant the other
 /// users of the database do not use: "gateplat" in ASCII).
@@ -46,6 +50,35 @@ pub fn pool(config: &PostgresConfig) -> Result<Pool, DbError> {
     Ok(Pool::builder(manager).max_size(config.pool_size).build()?)
 }
 
+/// Rewrites every person of the identity table whose name is not in its
+/// masked form (a database filled before `gate-platform` masked names at
+/// import); returns how many. A row that does not decode is left alone and
+/// counted in the log, never dropped.
+pub async fn mask_stored_names(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, DbError> {
+    use prost::Message;
+    let rows = tx.query("SELECT site_id, person_id, person FROM identity_people FOR UPDATE", &[]).await?;
+    let update = tx.prepare("UPDATE identity_people SET person = $3 WHERE site_id = $1 AND person_id = $2").await?;
+    let (mut masked, mut undecodable) = (0u64, 0u64);
+    for row in rows {
+        let (site, person_id, bytes): (String, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+        let Ok(mut person) = gate_proto::v1::Person::decode(bytes.as_slice()) else {
+            undecodable += 1;
+            continue;
+        };
+        let name = gate_core::mask_name(&person.display_name);
+        if name == person.display_name {
+            continue;
+        }
+        person.display_name = name;
+        tx.execute(&update, &[&site, &person_id, &person.encode_to_vec()]).await?;
+        masked += 1;
+    }
+    if undecodable > 0 {
+        tracing::warn!(undecodable, "identity rows that do not decode were left as they are");
+    }
+    Ok(masked)
+}
+
 /// Applies the migrations not applied yet; returns (from, to) versions.
 pub async fn migrate(pool: &Pool) -> Result<(i32, i32), DbError> {
     let mut client = pool.get().await?;
@@ -67,6 +100,10 @@ pub async fn migrate(pool: &Pool) -> Result<(i32, i32), DbError> {
     for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(from as usize) {
         let version = i as i32 + 1;
         tx.batch_execute(sql).await?;
+        if version == MASK_NAMES_VERSION {
+            let masked = mask_stored_names(&tx).await?;
+            tracing::info!(masked, "names stored in clear masked in the identity table");
+        }
         tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&version, name]).await?;
         tracing::info!(version, name, "migration applied");
     }

@@ -222,3 +222,45 @@ async fn mode_identity_sync_and_heartbeat_go_down_signed_with_increasing_counter
     assert_eq!(out.status.code(), Some(64));
     Ok(())
 }
+
+/// A database an older `gate-platform` filled with names in clear: the
+/// next `migrate` masks them in place, once, leaves masked names and rows
+/// it cannot decode as they are, and moves no `changed_version`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_masks_names_an_older_platform_stored_in_clear() -> Result<()> {
+    init_test_logging();
+    let pg = Postgres::start()?;
+    let dir = tempfile::tempdir()?;
+    let path = write_config(dir.path(), &pg.url(), 1, "");
+    let config = gate_platform::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = gate_platform::db::pool(&config.postgres)?;
+    gate_platform::db::migrate(&pool).await?;
+    let client = pool.get().await?;
+    let insert = "INSERT INTO identity_people (site_id, person_id, person, changed_version) VALUES ($1, $2, $3, 1)";
+    for (id, name) in [("p-1", "陈建国"), ("p-2", "John Smith"), ("p-3", "王*")] {
+        let person = pb::Person { person_id: id.into(), display_name: name.into(), ..Default::default() };
+        client.execute(insert, &[&SITE, &id, &person.encode_to_vec()]).await?;
+    }
+    let junk = vec![0xffu8, 0xff, 0xff];
+    client.execute(insert, &[&SITE, &"p-junk", &junk]).await?;
+    // The database as the older program left it: at version 6.
+    client.execute("DELETE FROM schema_migrations WHERE version = 7", &[]).await?;
+
+    assert_eq!(gate_platform::db::migrate(&pool).await?, (6, 7));
+    let rows =
+        client.query("SELECT person_id, person, changed_version FROM identity_people ORDER BY person_id", &[]).await?;
+    let mut names = Vec::new();
+    for row in &rows {
+        let (id, bytes, changed): (String, Vec<u8>, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(changed, 1, "{id}: no version moves");
+        if id == "p-junk" {
+            assert_eq!(bytes, junk, "a row that does not decode is left alone");
+        } else {
+            names.push((id, pb::Person::decode(bytes.as_slice())?.display_name));
+        }
+    }
+    let expected = [("p-1", "陈*国"), ("p-2", "J*** S****"), ("p-3", "王*")];
+    assert_eq!(names, expected.map(|(id, name)| (id.to_owned(), name.to_owned())));
+    assert_eq!(gate_platform::db::migrate(&pool).await?, (7, 7), "applied once");
+    Ok(())
+}
