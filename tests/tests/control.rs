@@ -179,6 +179,8 @@ async fn metrics_are_scraped_parsed_and_match_the_decisions() -> Result<()> {
     assert_eq!(get(&samples, "gated_passages_total", &[]), 1.0);
     assert_eq!(get(&samples, "gated_alerts_total", &[]), d.alerts.load(Ordering::Relaxed) as f64);
     assert_eq!(get(&samples, "gated_mqtt_connected", &[]), 1.0);
+    assert_eq!(get(&samples, "gated_mqtt_downlink_subscribed", &[]), 1.0);
+    assert_eq!(get(&samples, "gated_mqtt_subscriptions_refused_total", &[]), 0.0);
     assert!(get(&samples, "gated_mqtt_published_total", &[]) >= get(&samples, "gated_mqtt_acked_total", &[]) - 1.0);
     assert!(get(&samples, "gated_mqtt_connections_total", &[]) >= 1.0);
     assert_eq!(get(&samples, "gated_downlink_messages_total", &[("kind", "rejected")]), 0.0);

@@ -271,6 +271,18 @@ pub(crate) fn render(source: &MetricsSource) -> String {
         "1 while the broker connection is up.",
         u8::from(observed.broker_connected()),
     );
+    out.single(
+        "gated_mqtt_downlink_subscribed",
+        "gauge",
+        "1 while connected with every downlink subscription granted.",
+        u8::from(observed.downlink_subscribed()),
+    );
+    out.single(
+        "gated_mqtt_subscriptions_refused_total",
+        "counter",
+        "Downlink subscriptions the broker refused (platform orders on them cannot arrive).",
+        load(&link.subscriptions_refused),
+    );
     out.single("gated_mqtt_published_total", "counter", "Messages handed to the broker.", load(&link.published));
     out.single("gated_mqtt_acked_total", "counter", "Publishes the broker acknowledged.", load(&link.acked));
     out.single("gated_mqtt_connections_total", "counter", "Broker connections made.", load(&link.connections));

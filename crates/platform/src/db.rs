@@ -56,22 +56,38 @@ pub fn pool(config: &PostgresConfig) -> Result<Pool, DbError> {
 /// counted in the log, never dropped.
 pub async fn mask_stored_names(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, DbError> {
     use prost::Message;
-    let rows = tx.query("SELECT site_id, person_id, person FROM identity_people FOR UPDATE", &[]).await?;
+    // Pages in key order, so a district's millions of people are never all
+    // in memory at once.
+    const PAGE: i64 = 10_000;
+    let page = tx
+        .prepare(
+            "SELECT site_id, person_id, person FROM identity_people WHERE (site_id, person_id) > ($1, $2)
+             ORDER BY site_id, person_id LIMIT $3 FOR UPDATE",
+        )
+        .await?;
     let update = tx.prepare("UPDATE identity_people SET person = $3 WHERE site_id = $1 AND person_id = $2").await?;
     let (mut masked, mut undecodable) = (0u64, 0u64);
-    for row in rows {
-        let (site, person_id, bytes): (String, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
-        let Ok(mut person) = gate_proto::v1::Person::decode(bytes.as_slice()) else {
-            undecodable += 1;
-            continue;
-        };
-        let name = gate_core::mask_name(&person.display_name);
-        if name == person.display_name {
-            continue;
+    let (mut after_site, mut after_person) = (String::new(), String::new());
+    loop {
+        let rows = tx.query(&page, &[&after_site, &after_person, &PAGE]).await?;
+        for row in &rows {
+            let (site, person_id, bytes): (String, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+            match gate_proto::v1::Person::decode(bytes.as_slice()) {
+                Err(_) => undecodable += 1,
+                Ok(mut person) => {
+                    let name = gate_core::mask_name(&person.display_name);
+                    if name != person.display_name {
+                        person.display_name = name;
+                        tx.execute(&update, &[&site, &person_id, &person.encode_to_vec()]).await?;
+                        masked += 1;
+                    }
+                }
+            }
+            (after_site, after_person) = (site, person_id);
         }
-        person.display_name = name;
-        tx.execute(&update, &[&site, &person_id, &person.encode_to_vec()]).await?;
-        masked += 1;
+        if (rows.len() as i64) < PAGE {
+            break;
+        }
     }
     if undecodable > 0 {
         tracing::warn!(undecodable, "identity rows that do not decode were left as they are");

@@ -243,12 +243,32 @@ async fn migrating_masks_names_an_older_platform_stored_in_clear() -> Result<()>
     }
     let junk = vec![0xffu8, 0xff, 0xff];
     client.execute(insert, &[&SITE, &"p-junk", &junk]).await?;
+    // More than one page of the masking step (10,000 rows a page).
+    let many = |name: &str| pb::Person { person_id: "q".into(), display_name: name.into(), ..Default::default() };
+    client
+        .execute(
+            "INSERT INTO identity_people (site_id, person_id, person, changed_version)
+             SELECT $1, 'q-' || lpad(g::text, 5, '0'), $2, 1 FROM generate_series(1, 12000) g",
+            &[&SITE, &many("李小四").encode_to_vec()],
+        )
+        .await?;
     // The database as the older program left it: at version 6.
     client.execute("DELETE FROM schema_migrations WHERE version = 7", &[]).await?;
 
     assert_eq!(gate_platform::db::migrate(&pool).await?, (6, 7));
-    let rows =
-        client.query("SELECT person_id, person, changed_version FROM identity_people ORDER BY person_id", &[]).await?;
+    let paged = client
+        .query("SELECT DISTINCT person FROM identity_people WHERE person_id LIKE 'q-%'", &[])
+        .await?
+        .iter()
+        .map(|r| r.get::<_, Vec<u8>>(0))
+        .collect::<Vec<_>>();
+    assert_eq!(paged, [many("李*四").encode_to_vec()], "every page masked");
+    let rows = client
+        .query(
+            "SELECT person_id, person, changed_version FROM identity_people WHERE person_id NOT LIKE 'q-%' ORDER BY person_id",
+            &[],
+        )
+        .await?;
     let mut names = Vec::new();
     for row in &rows {
         let (id, bytes, changed): (String, Vec<u8>, i64) = (row.get(0), row.get(1), row.get(2));
