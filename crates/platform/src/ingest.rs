@@ -370,7 +370,37 @@ impl Writer {
         }
     }
 
+    /// Writes a batch; a batch that PostgreSQL refuses as bad data (a NUL
+    /// in a string, a date out of range: a hostile or broken publisher) is
+    /// written again message by message, so the one bad message is
+    /// rejected and counted and the rest of the batch lands. Without this
+    /// the same batch would come back from the broker after every restart.
     async fn write_with_retries(&self, batch: &[Incoming]) -> Result<(), DbError> {
+        match self.write_retrying(batch).await {
+            Err(e) if is_bad_data(&e) => {
+                warn!(messages = batch.len(), error = %pg_summary(&e), "batch refused as bad data; writing it message by message");
+                for m in batch {
+                    match self.write_retrying(std::slice::from_ref(m)).await {
+                        Ok(()) => {}
+                        Err(e) if is_bad_data(&e) => {
+                            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                            warn!(
+                                topic = %m.publish.topic,
+                                bytes = m.publish.payload.len(),
+                                why = %pg_summary(&e),
+                                "message rejected"
+                            );
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    async fn write_retrying(&self, batch: &[Incoming]) -> Result<(), DbError> {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.write(batch).await {
@@ -513,6 +543,24 @@ fn is_transient(e: &DbError) -> bool {
     }
 }
 
+/// A data exception (SQLSTATE class 22): this input can never be stored
+/// as it is, however often it is retried.
+fn is_bad_data(e: &DbError) -> bool {
+    matches!(e, DbError::Postgres(pg) if pg.code().is_some_and(|c| c.code().starts_with("22")))
+}
+
+/// The SQLSTATE and message of a PostgreSQL error, without its detail and
+/// context lines, which can quote the offending data (a subject, a name).
+fn pg_summary(e: &DbError) -> String {
+    match e {
+        DbError::Postgres(pg) => match pg.as_db_error() {
+            Some(db) => format!("{} {}", db.code().code(), db.message()),
+            None => pg.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// Inserts events, ignoring those already stored, and an inbox row for
 /// each new one (in the same statement); returns (new, duplicates).
 async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result<(u64, u64), DbError> {
@@ -541,7 +589,7 @@ async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result
                  operator, note, alarm, facts, stored_at)
              SELECT u.id, u.site, u.gate, u.seq, to_timestamp(u.at::float8 / 1000), u.kind, u.decision, u.reason,
                  u.category, u.credential_type, u.subject, u.person_id, u.lane, u.direction, u.side, u.mode,
-                 u.policy_version, ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)), u.pass_id, u.operator,
+                 u.policy_version, u.tags::text[], u.pass_id, u.operator,
                  u.note, u.alarm, u.facts::jsonb, clock_timestamp()
              FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
                  $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
@@ -573,7 +621,7 @@ async fn insert_events(tx: &Transaction<'_>, events: &[pb::GateEvent]) -> Result
                 &col(|r| r.side.clone()),
                 &col(|r| r.mode.clone()),
                 &col(|r| r.policy_version.clone()),
-                &col(|r| Some(r.tags_json.clone())),
+                &col(|r| Some(r.tags_literal.clone())),
                 &col(|r| r.pass_id.clone()),
                 &col(|r| r.operator.clone()),
                 &col(|r| r.note.clone()),
@@ -645,54 +693,93 @@ async fn insert_alerts(tx: &Transaction<'_>, alerts: &[pb::Alert]) -> Result<Vec
 
 /// The status fields of the fleet table. A status older than the stored
 /// one is ignored, except that "offline" (gated's last will, dated when it
-/// connected) always lands. Gates are locked in key order (two writers'
-/// batches never wait on each other in a cycle).
+/// connected) always lands.
+///
+/// One statement per round, not per status: a replica that starts is
+/// handed every gate's retained status at once, and hundreds of single-row
+/// upserts in a row held the writer for seconds. Round k carries the k-th
+/// status of each gate in the batch, so each gate's statuses still apply
+/// in the order they came; within a round the gates are in key order, so
+/// two writers lock them in the same order and never wait in a cycle
+/// (every gate of a later round was locked by the first).
 async fn update_statuses(tx: &Transaction<'_>, statuses: &[pb::GateStatus]) -> Result<(), DbError> {
-    let mut touched: Vec<(String, String)> = statuses.iter().map(|s| (s.site_id.clone(), s.gate_id.clone())).collect();
-    touched.sort();
-    touched.dedup();
-    for (site, gate) in &touched {
-        for s in statuses.iter().filter(|s| &s.site_id == site && &s.gate_id == gate) {
-            let devices = wire::devices_json(s);
-            tx.execute(
-                "INSERT INTO gates (site_id, gate_id, online, version, outbox_depth, oldest_queued_age_ms,
-                     policy_version, identity_version, health_version, trust_version, devices,
-                     status_reported_at, status_received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb, to_timestamp($12::float8 / 1000), now())
-                 ON CONFLICT (site_id, gate_id) DO UPDATE SET
-                     online = excluded.online, version = excluded.version, outbox_depth = excluded.outbox_depth,
-                     oldest_queued_age_ms = excluded.oldest_queued_age_ms,
-                     policy_version = excluded.policy_version, identity_version = excluded.identity_version,
-                     health_version = excluded.health_version, trust_version = excluded.trust_version,
-                     devices = excluded.devices, status_reported_at = excluded.status_reported_at,
-                     status_received_at = now()
-                 WHERE gates.status_reported_at IS NULL OR excluded.status_reported_at >= gates.status_reported_at",
-                &[
-                    site,
-                    gate,
-                    &s.online,
-                    &s.version,
-                    &(s.outbox_depth.min(i64::MAX as u64) as i64),
-                    &s.oldest_queued_age_ms,
-                    &s.policy_version,
-                    &(s.identity_version.min(i64::MAX as u64) as i64),
-                    &(s.health_version.min(i64::MAX as u64) as i64),
-                    &(s.trust_version.min(i64::MAX as u64) as i64),
-                    &devices,
-                    &(s.reported_at_ms as f64),
-                ],
-            )
-            .await?;
-            if !s.online {
-                tx.execute(
-                    "UPDATE gates SET online = false, status_received_at = now() WHERE site_id = $1 AND gate_id = $2",
-                    &[site, gate],
-                )
-                .await?;
-            }
-        }
+    for round in status_rounds(statuses) {
+        let col = |f: &dyn Fn(&pb::GateStatus) -> i64| round.iter().map(|s| f(s)).collect::<Vec<i64>>();
+        let sites: Vec<&str> = round.iter().map(|s| s.site_id.as_str()).collect();
+        let gates: Vec<&str> = round.iter().map(|s| s.gate_id.as_str()).collect();
+        let online: Vec<bool> = round.iter().map(|s| s.online).collect();
+        let versions: Vec<&str> = round.iter().map(|s| s.version.as_str()).collect();
+        let policies: Vec<&str> = round.iter().map(|s| s.policy_version.as_str()).collect();
+        let devices: Vec<String> = round.iter().map(|s| wire::devices_json(s)).collect();
+        let reported: Vec<f64> = round.iter().map(|s| s.reported_at_ms as f64).collect();
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        // A status older than the stored one changes nothing but, when
+        // it says offline (a last will is dated when its gate connected),
+        // the online flag.
+        tx.execute(
+            "INSERT INTO gates AS g (site_id, gate_id, online, version, outbox_depth, oldest_queued_age_ms,
+                 policy_version, identity_version, health_version, trust_version, devices,
+                 status_reported_at, status_received_at)
+             SELECT u.site, u.gate, u.online, u.version, u.depth, u.oldest, u.policy, u.identity, u.health,
+                 u.trust, u.devices::jsonb, to_timestamp(u.reported / 1000), now()
+             FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::bigint[], $6::bigint[], $7::text[],
+                 $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::float8[])
+               AS u(site, gate, online, version, depth, oldest, policy, identity, health, trust, devices, reported)
+             ON CONFLICT (site_id, gate_id) DO UPDATE SET
+                 online = CASE WHEN g.status_reported_at IS NULL OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.online ELSE false END,
+                 version = CASE WHEN g.status_reported_at IS NULL OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.version ELSE g.version END,
+                 outbox_depth = CASE WHEN g.status_reported_at IS NULL OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.outbox_depth ELSE g.outbox_depth END,
+                 oldest_queued_age_ms = CASE WHEN g.status_reported_at IS NULL
+                     OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.oldest_queued_age_ms ELSE g.oldest_queued_age_ms END,
+                 policy_version = CASE WHEN g.status_reported_at IS NULL OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.policy_version ELSE g.policy_version END,
+                 identity_version = CASE WHEN g.status_reported_at IS NULL OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.identity_version ELSE g.identity_version END,
+                 health_version = CASE WHEN g.status_reported_at IS NULL OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.health_version ELSE g.health_version END,
+                 trust_version = CASE WHEN g.status_reported_at IS NULL OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.trust_version ELSE g.trust_version END,
+                 devices = CASE WHEN g.status_reported_at IS NULL OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.devices ELSE g.devices END,
+                 status_reported_at = CASE WHEN g.status_reported_at IS NULL
+                     OR excluded.status_reported_at >= g.status_reported_at
+                     THEN excluded.status_reported_at ELSE g.status_reported_at END,
+                 status_received_at = now()
+             WHERE g.status_reported_at IS NULL OR excluded.status_reported_at >= g.status_reported_at
+                 OR NOT excluded.online",
+            &[
+                &sites,
+                &gates,
+                &online,
+                &versions,
+                &col(&|s| clamp(s.outbox_depth)),
+                &col(&|s| s.oldest_queued_age_ms),
+                &policies,
+                &col(&|s| clamp(s.identity_version)),
+                &col(&|s| clamp(s.health_version)),
+                &col(&|s| clamp(s.trust_version)),
+                &devices,
+                &reported,
+            ],
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// Splits a batch's statuses into rounds: round k holds the k-th status
+/// of every gate that has one, each round in (site, gate) order.
+fn status_rounds(statuses: &[pb::GateStatus]) -> Vec<Vec<&pb::GateStatus>> {
+    let mut by_gate: std::collections::BTreeMap<(&str, &str), Vec<&pb::GateStatus>> = Default::default();
+    for s in statuses {
+        by_gate.entry((s.site_id.as_str(), s.gate_id.as_str())).or_default().push(s);
+    }
+    let depth = by_gate.values().map(Vec::len).max().unwrap_or(0);
+    (0..depth).map(|k| by_gate.values().filter_map(|list| list.get(k).copied()).collect()).collect()
 }
 
 /// Every few seconds, turns holes older than the gap timeout into `gaps`
@@ -814,6 +901,27 @@ mod tests {
         for (topic, expected) in table {
             assert_eq!(classify("village", topic), expected, "{topic}");
         }
+    }
+
+    #[test]
+    fn statuses_are_split_into_rounds_that_keep_each_gates_order() {
+        let status = |site: &str, gate: &str, at: i64| pb::GateStatus {
+            site_id: site.into(),
+            gate_id: gate.into(),
+            reported_at_ms: at,
+            ..Default::default()
+        };
+        let batch = [status("s2", "g1", 1), status("s1", "g9", 2), status("s2", "g1", 3), status("s1", "g1", 4)];
+        let rounds: Vec<Vec<(&str, &str, i64)>> = status_rounds(&batch)
+            .iter()
+            .map(|r| r.iter().map(|s| (s.site_id.as_str(), s.gate_id.as_str(), s.reported_at_ms)).collect())
+            .collect();
+        assert_eq!(
+            rounds,
+            vec![vec![("s1", "g1", 4), ("s1", "g9", 2), ("s2", "g1", 1)], vec![("s2", "g1", 3)]],
+            "round 1 in key order, the second status of s2/g1 after its first"
+        );
+        assert!(status_rounds(&[]).is_empty());
     }
 
     #[test]

@@ -195,12 +195,42 @@ async fn garbage_and_forged_topics_are_counted_and_do_not_stop_the_ingest() -> R
     let mut forged = sim.next_event(now_ms());
     forged.gate_id = "other".into();
     sim.publish(&forged).await?;
+    // Well formed for protobuf, refused by PostgreSQL: a NUL in a string,
+    // a date past the year 294276. Each is rejected alone; the events
+    // around them in the same batch land.
+    let mut nul_note = sim.next_event(now_ms());
+    nul_note.note = "a\0b".into();
+    let mut far_future = sim.next_event(now_ms());
+    far_future.occurred_at_ms = i64::MAX;
+    let nul_status = gate_proto::v1::GateStatus {
+        online: true,
+        site_id: "s".into(),
+        gate_id: "g".into(),
+        version: "1.0\0".into(),
+        reported_at_ms: now_ms(),
+        ..Default::default()
+    };
     let started = Instant::now();
-    let good = sim.next_event(now_ms());
+    let mut good = sim.next_event(now_ms());
+    good.tags = vec!["quote\"d".into(), "back\\slash".into(), "{brace,comma}".into(), String::new()];
+    sim.publish(&nul_note).await?;
+    sim.publish(&far_future).await?;
+    gate_tests::publish(broker.port(), "village/s/g/status", prost::Message::encode_to_vec(&nul_status), false).await?;
     sim.publish(&good).await?;
-    wait_sql(&pg, "SELECT seq FROM events", "2", WAIT).await?;
-    replica.wait_log("message rejected", 2, WAIT).await?;
+    wait_sql(&pg, "SELECT seq FROM events", "4", WAIT).await?;
+    replica.wait_log("message rejected", 5, WAIT).await?;
     assert!(started.elapsed() < WAIT);
+    wait_sql(
+        &pg,
+        "SELECT array_to_string(tags, '|') FROM events WHERE seq = 4",
+        "quote\"d|back\\slash|{brace,comma}|",
+        WAIT,
+    )
+    .await?;
+    // Still consuming after the rejections.
+    let after = sim.next_event(now_ms());
+    sim.publish(&after).await?;
+    wait_sql(&pg, "SELECT count(*) FROM events", "2", WAIT).await?;
     Ok(())
 }
 
