@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("seq bookkeeping off the write path: the progress inbox", include_str!("../migrations/0005_progress_inbox.sql")),
     ("the newest event time kept with the seq progress", include_str!("../migrations/0006_stream_last_event.sql")),
     ("names stored in clear before masking are masked", include_str!("../migrations/0007_mask_stored_names.sql")),
+    ("the progress inbox holds one row per batch", include_str!("../migrations/0008_inbox_per_batch.sql")),
 ];
 
 /// The version whose SQL is followed by [`mask_stored_names`].
@@ -97,6 +98,12 @@ pub async fn mask_stored_names(tx: &tokio_postgres::Transaction<'_>) -> Result<u
 
 /// Applies the migrations not applied yet; returns (from, to) versions.
 pub async fn migrate(pool: &Pool) -> Result<(i32, i32), DbError> {
+    migrate_to(pool, MIGRATIONS.len() as i32).await
+}
+
+/// Applies the migrations not applied yet up to `target` (the database
+/// as an older program would have left it: the upgrade tests start there).
+pub async fn migrate_to(pool: &Pool, target: i32) -> Result<(i32, i32), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
@@ -113,7 +120,8 @@ pub async fn migrate(pool: &Pool) -> Result<(i32, i32), DbError> {
     if from > known {
         return Err(DbError::TooNew { found: from, known });
     }
-    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+    let known = known.min(target.max(from));
+    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().take(known as usize).skip(from as usize) {
         let version = i as i32 + 1;
         tx.batch_execute(sql).await?;
         if version == MASK_NAMES_VERSION {

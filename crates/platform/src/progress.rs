@@ -1,5 +1,6 @@
 //! Per gate and stream progress (`seq_streams`, gap fills, the gates' last
-//! event time, a fleet row for a new gate), applied from the `seq_inbox` the writers append to.
+//! event time, a fleet row for a new gate), applied from the
+//! `seq_inbox_batches` the writers append to (one row per batch).
 //!
 //! A writer's batch touches nearly every gate (a shared subscription deals
 //! each gate's messages to every replica in turn), so bookkeeping under the
@@ -25,9 +26,10 @@ use crate::wire;
 
 /// Key of the advisory lock a round holds ("seqround" in ASCII).
 const ROUND_LOCK: i64 = 0x7365_7172_6f75_6e64;
-/// Inbox rows applied per round at most, so a backlog is applied in
-/// transactions of bounded size.
-const ROUND_MAX: i64 = 50_000;
+/// Inbox rows (writer batches) applied per round at most, so a backlog is
+/// applied in transactions of bounded size (at most 100 x `[ingest]
+/// batch_max` numbers).
+const ROUND_MAX: i64 = 100;
 /// How often each replica offers to run a round.
 pub const PERIOD: Duration = Duration::from_millis(200);
 
@@ -36,7 +38,9 @@ pub const PERIOD: Duration = Duration::from_millis(200);
 pub struct Round {
     /// False when another replica held the round's lock.
     pub ran: bool,
-    /// Inbox rows applied.
+    /// Inbox rows (writer batches) taken.
+    pub batches: u64,
+    /// Numbers (events and alerts) applied.
     pub applied: u64,
 }
 
@@ -51,7 +55,7 @@ pub async fn run_progress(pool: Pool, shutdown: CancellationToken) {
         loop {
             match apply_round(&pool, crate::ingest::now_ms()).await {
                 // A full round: the backlog is not drained yet.
-                Ok(round) if round.applied as i64 >= ROUND_MAX && !shutdown.is_cancelled() => continue,
+                Ok(round) if round.batches as i64 >= ROUND_MAX && !shutdown.is_cancelled() => continue,
                 Ok(_) => break,
                 Err(e) => {
                     warn!(error = %e, "seq progress round failed; retrying on the next one");
@@ -72,26 +76,40 @@ pub async fn apply_round(pool: &Pool, now_ms: i64) -> Result<Round, DbError> {
     }
     let rows = tx
         .query(
-            "DELETE FROM seq_inbox WHERE id IN (SELECT id FROM seq_inbox ORDER BY id LIMIT $1)
-             RETURNING site_id, gate_id, stream, seq, occurred_at_ms, explains_stream, explains",
+            "DELETE FROM seq_inbox_batches WHERE id IN (SELECT id FROM seq_inbox_batches ORDER BY id LIMIT $1)
+             RETURNING id, site_ids, gate_ids, streams, seqs, occurred_at_ms, explains_stream, explains",
             &[&ROUND_MAX],
         )
         .await?;
-    let applied = rows.len() as u64;
+    let batches = rows.len() as u64;
+    // In the order the writers committed their batches.
+    let mut rows: Vec<_> = rows.iter().map(|r| (r.get::<_, i64>(0), r)).collect();
+    rows.sort_by_key(|(id, _)| *id);
+    let mut applied = 0u64;
     let mut seqs: BTreeMap<(String, String, String), Vec<u64>> = BTreeMap::new();
     let mut explained: BTreeMap<(String, String, String), Vec<(u64, u64)>> = BTreeMap::new();
     let mut newest: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for r in &rows {
-        let (site, gate, stream): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        let (seq, at): (i64, i64) = (r.get(3), r.get(4));
-        if stream == "events" {
-            let newest = newest.entry((site.clone(), gate.clone())).or_insert(i64::MIN);
-            *newest = (*newest).max(at);
+    for (_, r) in rows {
+        let (sites, gates, streams): (Vec<String>, Vec<String>, Vec<String>) = (r.get(1), r.get(2), r.get(3));
+        let (numbers, times): (Vec<i64>, Vec<i64>) = (r.get(4), r.get(5));
+        let (named, lists): (Vec<Option<String>>, Vec<Option<String>>) = (r.get(6), r.get(7));
+        let n = sites.len();
+        if [gates.len(), streams.len(), numbers.len(), times.len(), named.len(), lists.len()].iter().any(|&l| l != n) {
+            return Err(DbError::Invalid("an inbox row's arrays differ in length".into()));
         }
-        if let (Some(named), Some(list)) = (r.get::<_, Option<String>>(5), r.get::<_, Option<String>>(6)) {
-            explained.entry((site.clone(), gate.clone(), named)).or_default().extend(wire::parse_ranges(&list));
+        applied += n as u64;
+        let entries =
+            sites.into_iter().zip(gates).zip(streams).zip(numbers).zip(times).zip(named.into_iter().zip(lists));
+        for (((((site, gate), stream), seq), at), explains) in entries {
+            if stream == "events" {
+                let newest = newest.entry((site.clone(), gate.clone())).or_insert(i64::MIN);
+                *newest = (*newest).max(at);
+            }
+            if let (Some(named), Some(list)) = explains {
+                explained.entry((site.clone(), gate.clone(), named)).or_default().extend(wire::parse_ranges(&list));
+            }
+            seqs.entry((site, gate, stream)).or_default().push(seq as u64);
         }
-        seqs.entry((site, gate, stream)).or_default().push(seq as u64);
     }
     let states = lock_streams(&tx, &seqs).await?;
     let mut updated = StreamRows::default();
@@ -135,7 +153,7 @@ pub async fn apply_round(pool: &Pool, now_ms: i64) -> Result<Round, DbError> {
         .await?;
     }
     tx.commit().await?;
-    Ok(Round { ran: true, applied })
+    Ok(Round { ran: true, batches, applied })
 }
 
 /// Takes the row locks of every stream in `seqs` (creating the rows seen

@@ -145,7 +145,9 @@ impl ReplicaProcess {
             command.args(["--group", group]);
         }
         let mut child = command
-            .env("RUST_LOG", "info")
+            // `SIMULATE_REPLICA_LOG` (a RUST_LOG filter) for a closer look,
+            // e.g. `gate_platform=debug` shows every batch's time.
+            .env("RUST_LOG", std::env::var("SIMULATE_REPLICA_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -205,6 +207,15 @@ impl ReplicaProcess {
 impl Drop for ReplicaProcess {
     fn drop(&mut self) {
         self.kill();
+        // `SIMULATE_REPLICA_LOG_DIR`: each replica's log kept there.
+        if let Some(dir) = std::env::var_os("SIMULATE_REPLICA_LOG_DIR") {
+            let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+            let path = PathBuf::from(dir).join(format!("{}.log", self.name));
+            let _ = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(log.as_bytes())
+            });
+        }
     }
 }
 
@@ -295,7 +306,10 @@ async fn unstored(pool: &Pool, sites: &[String], sent: &HashSet<(String, String)
 async fn inbox_count(pool: &Pool, site: &str) -> Result<i64, String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     let row = client
-        .query_one("SELECT count(*) FROM seq_inbox WHERE site_id = $1", &[&site])
+        .query_one(
+            "SELECT count(*) FROM seq_inbox_batches b, unnest(b.site_ids) AS s(site) WHERE s.site = $1",
+            &[&site],
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(row.get(0))
@@ -560,6 +574,20 @@ pub async fn run(config: &PlatformConfig, pool: &Pool, o: &Options) -> Result<Re
     for r in &mut replicas {
         r.stop();
     }
+    drop(gates);
+    // The simulated gates' retained statuses (their last wills among them)
+    // would otherwise stay on the broker and be handed to every replica
+    // that ever subscribes there.
+    let mut status_topics = Vec::new();
+    let mut sim_sites = vec![site.clone()];
+    if o.burst > 0 {
+        sim_sites.extend((1..=2).map(|phase| format!("{site}-burst{phase}")));
+    }
+    for s in &sim_sites {
+        status_topics.extend((1..=o.gates).map(|i| format!("{prefix}/{s}/g{i:04}/status")));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    clear_retained(config, &status_topics).await;
     // The replicas' persistent sessions would otherwise stay on the broker,
     // queueing every later message for clients that never come back.
     let mut names: Vec<String> = (1..=o.replicas).map(|i| format!("{site}-r{i}")).collect();
@@ -571,6 +599,32 @@ pub async fn run(config: &PlatformConfig, pool: &Pool, o: &Options) -> Result<Re
         purge_session(config, &format!("{}-{name}", config.mqtt.client_id)).await;
     }
     Ok(report)
+}
+
+/// Publishes an empty retained message on each topic, which removes the
+/// message the broker retained there.
+async fn clear_retained(config: &PlatformConfig, topics: &[String]) {
+    let Ok(mut options) = config.mqtt.options(&format!("{}-sim-clear", config.mqtt.client_id)) else { return };
+    options.set_clean_session(true).set_keep_alive(Duration::from_secs(5)).set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(options, topics.len().max(1) + 10);
+    for topic in topics {
+        if client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, Vec::new()).is_err() {
+            break;
+        }
+    }
+    let mut acked = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while acked < topics.len() {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
 }
 
 /// Connects once with a clean session under `client_id`, which ends the

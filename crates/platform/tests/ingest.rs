@@ -98,7 +98,7 @@ async fn events_land_exactly_once_while_a_replica_is_killed_mid_stream() -> Resu
          g3|{PER_GATE}|{PER_GATE}|[]"
     );
     wait_sql(&pg, "SELECT gate_id, contiguous, max_seq, holes FROM seq_streams ORDER BY 1", &streams, WAIT).await?;
-    assert_eq!(pg.psql("SELECT count(*) FROM seq_inbox")?, "0", "every inbox row applied once");
+    assert_eq!(pg.psql("SELECT count(*) FROM seq_inbox_batches")?, "0", "every inbox row applied once");
     // The events the real gate decided keep their content, subject masked.
     let gated_rows = pg.psql(
         "SELECT decision, coalesce(reason, '-'), subject FROM events WHERE gate_id = 'east-1' AND kind = 'decision'
@@ -231,6 +231,13 @@ async fn garbage_and_forged_topics_are_counted_and_do_not_stop_the_ingest() -> R
     let after = sim.next_event(now_ms());
     sim.publish(&after).await?;
     wait_sql(&pg, "SELECT count(*) FROM events", "2", WAIT).await?;
+    // An empty retained status (a decommissioned gate's, removed by an
+    // operator) is no rejection.
+    gate_tests::publish(broker.port(), "village/s/g/status", Vec::new(), true).await?;
+    let last = sim.next_event(now_ms());
+    sim.publish(&last).await?;
+    wait_sql(&pg, "SELECT count(*) FROM events", "3", WAIT).await?;
+    assert_eq!(replica.log().matches("message rejected").count(), 5, "{}", replica.log());
     Ok(())
 }
 
@@ -260,4 +267,34 @@ fn check_config_reports_line_and_column_and_keygen_prints_the_key_line() {
     assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
     let again = support::run(&config, &["keygen", key.to_str().expect("utf-8")]);
     assert_eq!(again.status.code(), Some(78), "never overwrites a key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_rows_an_older_platform_left_are_applied_after_the_upgrade() -> Result<()> {
+    init_test_logging();
+    let pg = Postgres::start()?;
+    let dir = tempfile::tempdir()?;
+    let path = write_config(dir.path(), &pg.url(), 1, "");
+    let config = gate_platform::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = gate_platform::db::pool(&config.postgres)?;
+    // Version 7 kept one inbox row per event.
+    gate_platform::db::migrate_to(&pool, 7).await?;
+    let client = pool.get().await?;
+    let at = now_ms();
+    for (stream, seq) in [("events", 1i64), ("events", 2), ("events", 4), ("alerts", 1)] {
+        client
+            .execute(
+                "INSERT INTO seq_inbox (site_id, gate_id, stream, seq, occurred_at_ms) VALUES ('old', 'g1', $1, $2, $3)",
+                &[&stream, &seq, &at],
+            )
+            .await?;
+    }
+    let latest = gate_platform::db::MIGRATIONS.len() as i32;
+    assert_eq!(gate_platform::db::migrate(&pool).await?, (7, latest));
+    let round = gate_platform::progress::apply_round(&pool, at).await?;
+    assert_eq!((round.batches, round.applied), (1, 4), "the old rows, carried over as one batch");
+    let streams = pg.psql("SELECT stream, contiguous, max_seq FROM seq_streams ORDER BY stream")?;
+    assert_eq!(streams, "alerts|1|1\nevents|2|4");
+    assert_eq!(pg.psql("SELECT count(*) FROM seq_inbox_batches")?, "0");
+    Ok(())
 }
