@@ -604,7 +604,7 @@ pub async fn run(config: &PlatformConfig, pool: &Pool, o: &Options) -> Result<Re
 /// Publishes an empty retained message on each topic, which removes the
 /// message the broker retained there.
 async fn clear_retained(config: &PlatformConfig, topics: &[String]) {
-    let Ok(mut options) = config.mqtt.options(&format!("{}-sim-clear", config.mqtt.client_id)) else { return };
+    let Ok(mut options) = config.mqtt.options(format!("{}-sim-clear", config.mqtt.client_id)) else { return };
     options.set_clean_session(true).set_keep_alive(Duration::from_secs(5)).set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(options, topics.len().max(1) + 10);
     for topic in topics {
