@@ -67,8 +67,11 @@ pub struct Sizes {
     /// How long a drain may run before its rate is taken from what was
     /// drained so far (and the figure says it did not finish).
     pub drain_limit: std::time::Duration,
-    /// The most cards decided while the backlog drains.
+    /// Cards wanted while a backlog drains (the p99 of a handful means
+    /// little: the backlog is refilled until they are taken).
     pub draining_cards: usize,
+    /// The most backlogs queued for them.
+    pub draining_rounds: u64,
 }
 
 impl Sizes {
@@ -90,7 +93,8 @@ impl Sizes {
             pty_round_trips: 2_000,
             commits: 2_000,
             drain_limit: std::time::Duration::from_secs(20 * 60),
-            draining_cards: 1_000,
+            draining_cards: 100,
+            draining_rounds: 25,
         }
     }
 
@@ -112,7 +116,8 @@ impl Sizes {
             pty_round_trips: 100,
             commits: 100,
             drain_limit: std::time::Duration::from_secs(60),
-            draining_cards: 50,
+            draining_cards: 4,
+            draining_rounds: 2,
         }
     }
 }

@@ -128,13 +128,43 @@ pub fn identity_path(main: &Path) -> PathBuf {
     main.with_file_name(format!("{stem}.identity.db"))
 }
 
+/// How long a connection waits for another's write lock, at most.
+pub const BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// The busy handler of every store connection. SQLite's own (behind
+/// `busy_timeout`) sleeps 1, 2, 5, 10 ms... between tries: a decision that
+/// met the uplink's short acknowledgement transaction (well under a
+/// millisecond) slept 3 ms or more behind it, and a card took 4.5 ms to
+/// unlock while the outbox drained. This one tries again every 100 µs for
+/// the first 10 ms, then every millisecond, until [`BUSY_WAIT`].
+fn retry_while_busy(tries: i32) -> bool {
+    match busy_pause(tries) {
+        Some(pause) => {
+            std::thread::sleep(pause);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The pause before try `tries + 1`, or `None` once [`BUSY_WAIT`] is spent.
+fn busy_pause(tries: i32) -> Option<Duration> {
+    const QUICK: i32 = 100;
+    let (waited, pause) = if tries < QUICK {
+        (Duration::from_micros(100) * tries as u32, Duration::from_micros(100))
+    } else {
+        (Duration::from_millis(10) + Duration::from_millis(1) * (tries - QUICK) as u32, Duration::from_millis(1))
+    };
+    (waited < BUSY_WAIT).then_some(pause)
+}
+
 impl Store {
     /// Opens (creating if needed) and migrates the databases at `path` and
     /// [`identity_path`]`(path)`.
     pub fn open(path: &Path) -> Result<Store> {
         let wrap = |source| StoreError::Sqlite { path: path.to_owned(), source };
-        let conn = Connection::open(path).map_err(wrap)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(wrap)?;
+        let mut conn = Connection::open(path).map_err(wrap)?;
+        conn.busy_handler(Some(retry_while_busy)).map_err(wrap)?;
         // Plans that never depend on bound values. Without it, a cached join
         // (the credential lookup) is re-prepared on every use, since rusqlite
         // clears bindings between uses: 20 µs of a 30 µs lookup.

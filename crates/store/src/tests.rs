@@ -265,6 +265,31 @@ fn versioned_batches_do_not_wait_for_the_main_database() {
     other.execute_batch("ROLLBACK").expect("release");
 }
 
+#[test]
+fn a_write_waits_for_another_connections_write_lock_then_lands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let store = Store::open(&path).expect("open");
+    let other = Connection::open(&path).expect("second connection");
+    other.execute_batch("BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('held', 'x');").expect("hold main");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        other.execute_batch("COMMIT").expect("release");
+    });
+    let started = std::time::Instant::now();
+    store.meta_set("after", "y").expect("written once the lock is free, not refused as busy");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250), "it did wait: {:?}", started.elapsed());
+    release.join().expect("releaser");
+    assert_eq!(store.meta_get("held").expect("read").as_deref(), Some("x"));
+}
+
+#[test]
+fn the_busy_handler_gives_up_after_the_busy_wait() {
+    let tries_until_refused = (0..).find(|&t| super::busy_pause(t).is_none()).expect("gives up");
+    // 100 quick tries (10 ms), then one a millisecond up to 5 s.
+    assert_eq!(tries_until_refused, 100 + 4990);
+}
+
 /// Every write one decision makes, in one transaction.
 fn decision_like(w: &mut Writer<'_>) -> Result<()> {
     w.append_event("events", Priority::Routine, 10, |seq| vec![seq as u8])?;
