@@ -231,11 +231,8 @@ async fn migrating_masks_names_an_older_platform_stored_in_clear() -> Result<()>
     init_test_logging();
     let pg = Postgres::start()?;
     let dir = tempfile::tempdir()?;
-    let path = write_config(dir.path(), &pg.url(), 1, "");
-    let config = gate_platform::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pool = gate_platform::db::pool(&config.postgres)?;
     // The database as the older program left it: at version 6.
-    gate_platform::db::migrate_to(&pool, 6).await?;
+    let pool = support::pool_at_version(dir.path(), &pg, 6).await?;
     let client = pool.get().await?;
     let insert = "INSERT INTO identity_people (site_id, person_id, person, changed_version) VALUES ($1, $2, $3, 1)";
     for (id, name) in [("p-1", "陈建国"), ("p-2", "John Smith"), ("p-3", "王*")] {

@@ -274,11 +274,8 @@ async fn inbox_rows_an_older_platform_left_are_applied_after_the_upgrade() -> Re
     init_test_logging();
     let pg = Postgres::start()?;
     let dir = tempfile::tempdir()?;
-    let path = write_config(dir.path(), &pg.url(), 1, "");
-    let config = gate_platform::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pool = gate_platform::db::pool(&config.postgres)?;
     // Version 7 kept one inbox row per event.
-    gate_platform::db::migrate_to(&pool, 7).await?;
+    let pool = support::pool_at_version(dir.path(), &pg, 7).await?;
     let client = pool.get().await?;
     let at = now_ms();
     for (stream, seq) in [("events", 1i64), ("events", 2), ("events", 4), ("alerts", 1)] {

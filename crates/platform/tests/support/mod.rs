@@ -134,3 +134,17 @@ pub async fn wait_sql(pg: &gate_tests::postgres::Postgres, sql: &str, expected: 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A pool on `pg` through a `platform.toml` written in `dir`, with the
+/// schema at `version` (a database as an older program left it).
+pub async fn pool_at_version(
+    dir: &Path,
+    pg: &gate_tests::postgres::Postgres,
+    version: i32,
+) -> anyhow::Result<deadpool_postgres::Pool> {
+    let path = write_config(dir, &pg.url(), 1, "");
+    let config = gate_platform::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = gate_platform::db::pool(&config.postgres)?;
+    gate_platform::db::migrate_to(&pool, version).await?;
+    Ok(pool)
+}
