@@ -426,7 +426,7 @@ pub async fn run_until_stopped(
     }
 
     let monitor = store_health::Monitor {
-        store: StoreThread::open(&config.store.path, "monitor").await?,
+        store: StoreThread::open_with(&config.store.path, "monitor", gate_store::Urgency::Background).await?,
         config: config.clone(),
         reloads: applied.clone(),
         observed: observed.clone(),

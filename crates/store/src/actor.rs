@@ -38,14 +38,54 @@ impl Closed {
     }
 }
 
+/// How much of the CPU a connection thread's work may take from the
+/// decision path when both want it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// Decisions and what a card waits for: the normal share.
+    Decisions,
+    /// Work no card waits for (publishing the outbox, applying an identity
+    /// snapshot, the store's health checks): [`BACKGROUND_NICE`] steps
+    /// nicer, so on a busy two-core box a card is decided first.
+    Background,
+}
+
+/// How many nice steps a [`Urgency::Background`] thread gives up: at 10 the
+/// kernel weighs it about a tenth of a normal thread.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by [`BACKGROUND_NICE`] (Linux keeps
+/// the nice value per thread, so the rest of the process is untouched).
+/// Lowering needs no privilege; a failure is logged, and the thread works
+/// on at the normal priority.
+fn lower_this_threads_priority(name: &str) {
+    let tid = rustix::thread::gettid();
+    let lowered = rustix::process::getpriority_process(Some(tid))
+        .and_then(|nice| rustix::process::setpriority_process(Some(tid), (nice + BACKGROUND_NICE).min(19)));
+    if let Err(e) = lowered {
+        tracing::warn!(thread = name, error = %e, "cannot lower a background store thread's priority");
+    }
+}
+
 impl StoreThread {
-    /// Opens the databases at `path` on a new thread named `store-{name}`.
+    /// Opens the databases at `path` on a new thread named `store-{name}`,
+    /// for decisions (see [`StoreThread::open_with`]).
     pub async fn open(path: &Path, name: &str) -> Result<StoreThread> {
+        StoreThread::open_with(path, name, Urgency::Decisions).await
+    }
+
+    /// Opens the databases at `path` on a new thread named `store-{name}`
+    /// that runs at `urgency`.
+    pub async fn open_with(path: &Path, name: &str, urgency: Urgency) -> Result<StoreThread> {
         let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE);
         let (opened_tx, opened) = oneshot::channel();
         let (closed_tx, closed) = watch::channel(false);
         let owned = path.to_owned();
-        let spawned = std::thread::Builder::new().name(format!("store-{name}")).spawn(move || {
+        let thread_name = format!("store-{name}");
+        let spawned = std::thread::Builder::new().name(thread_name.clone()).spawn(move || {
+            if urgency == Urgency::Background {
+                lower_this_threads_priority(&thread_name);
+            }
             let mut store = match Store::open(&owned) {
                 Ok(store) => {
                     let _ = opened_tx.send(Ok(()));
@@ -143,6 +183,21 @@ mod tests {
         assert_eq!(clone.call(|s| s.next_seq("events")).await.expect("call"), 2);
         drop(clone);
         closed.wait().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_background_thread_is_nicer_than_the_decisions_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("g.db");
+        let nice =
+            |_: &mut Store| Ok(rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("nice"));
+        let decisions = StoreThread::open(&path, "decisions").await.expect("open");
+        let background = StoreThread::open_with(&path, "uplink", Urgency::Background).await.expect("open");
+        let normal = decisions.call(nice).await.expect("call");
+        let lowered = background.call(nice).await.expect("call");
+        assert_eq!(lowered, (normal + BACKGROUND_NICE).min(19), "from {normal}");
+        let here = rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("nice");
+        assert_eq!(here, normal, "the caller's own thread is untouched");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -30,7 +30,7 @@ mod schema;
 mod snapshot;
 mod summary;
 
-pub use actor::{Closed, StoreThread, SubmitError};
+pub use actor::{BACKGROUND_NICE, Closed, StoreThread, SubmitError, Urgency};
 pub use health::{HealthBatch, HealthState};
 pub use identity::{DeltaOutcome, IdentityDelta, IdentityState, ImportSummary, NewPerson};
 pub use local::{PassbackEntry, PendingGrant};

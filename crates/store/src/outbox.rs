@@ -66,32 +66,67 @@ impl Writer<'_> {
         created_ms: UnixMillis,
         encode: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<u64> {
-        let seq: i64 = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO main.sequence (stream, next_seq) VALUES (?1, 2)
-                 ON CONFLICT (stream) DO UPDATE SET next_seq = next_seq + 1
-                 RETURNING next_seq - 1",
-            )
-            .and_then(|mut s| s.query_row(params![stream], |r| r.get(0)))
-            .map_err(self.wrap())?;
+        debug_assert!(!stream.starts_with('#'), "stream names starting with # are the store's own counters");
+        let seq = self.next_in(stream)?;
+        let position = self.next_in(crate::schema::OUTBOX_POSITION)?;
         let payload = encode(seq as u64);
         self.tx
             .prepare_cached(
-                "INSERT INTO main.outbox (stream, seq, payload, created_ms, priority) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO main.outbox (id, stream, seq, payload, created_ms, priority)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
-            .and_then(|mut s| s.execute(params![stream, seq, payload, created_ms, priority as i64]))
+            .and_then(|mut s| s.execute(params![position, stream, seq, payload, created_ms, priority as i64]))
             .map_err(self.wrap())?;
         Ok(seq as u64)
     }
 
+    /// Takes the next number of one counter of `sequence` (1 for a new one).
+    ///
+    /// An UPDATE (an INSERT the first time), then a read, rather than one
+    /// upsert or an UPDATE .. RETURNING: SQLite opens a statement journal
+    /// for either (an upsert may write twice; RETURNING runs as a trigger),
+    /// a 64 KiB buffer allocated and freed on every decision, and the
+    /// allocator gave the memory back to the kernel (`brk`) each time.
+    /// Writing first matters: a deferred transaction whose first statement
+    /// only reads would have to upgrade to the write lock later, and fails
+    /// at once (`SQLITE_BUSY`, no retry) if another connection committed in
+    /// between.
+    fn next_in(&mut self, counter: &str) -> Result<i64> {
+        let advanced = self
+            .tx
+            .prepare_cached("UPDATE main.sequence SET next_seq = next_seq + 1 WHERE stream = ?1")
+            .and_then(|mut s| s.execute(params![counter]))
+            .map_err(self.wrap())?;
+        if advanced == 0 {
+            self.tx
+                .prepare_cached("INSERT INTO main.sequence (stream, next_seq) VALUES (?1, 2)")
+                .and_then(|mut s| s.execute(params![counter]))
+                .map_err(self.wrap())?;
+            return Ok(1);
+        }
+        self.tx
+            .prepare_cached("SELECT next_seq - 1 FROM main.sequence WHERE stream = ?1")
+            .and_then(|mut s| s.query_row(params![counter], |r| r.get(0)))
+            .map_err(self.wrap())
+    }
+
     /// Counts one use of a visitor pass; returns the uses so far.
     pub fn count_pass_use(&mut self, pass_id: &str) -> Result<u32> {
+        // Neither an upsert nor RETURNING, and a write first: see `next_in`.
+        let counted = self
+            .tx
+            .prepare_cached("UPDATE main.pass_use SET uses = uses + 1 WHERE pass_id = ?1")
+            .and_then(|mut s| s.execute(params![pass_id]))
+            .map_err(self.wrap())?;
+        if counted == 0 {
+            self.tx
+                .prepare_cached("INSERT INTO main.pass_use (pass_id, uses) VALUES (?1, 1)")
+                .and_then(|mut s| s.execute(params![pass_id]))
+                .map_err(self.wrap())?;
+            return Ok(1);
+        }
         self.tx
-            .prepare_cached(
-                "INSERT INTO main.pass_use (pass_id, uses) VALUES (?1, 1)
-                 ON CONFLICT (pass_id) DO UPDATE SET uses = uses + 1 RETURNING uses",
-            )
+            .prepare_cached("SELECT uses FROM main.pass_use WHERE pass_id = ?1")
             .and_then(|mut s| s.query_row(params![pass_id], |r| r.get::<_, i64>(0)))
             .map(|n| n as u32)
             .map_err(self.wrap())
@@ -99,14 +134,19 @@ impl Writer<'_> {
 
     /// The anti-passback state: `subject` last passed at `side`.
     pub fn record_passage(&mut self, subject: &str, side: &str, at_ms: UnixMillis) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO main.passback (subject, side, at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (subject) DO UPDATE SET side = excluded.side, at_ms = excluded.at_ms",
-            )
+        // Not an upsert: see `next_in`.
+        let updated = self
+            .tx
+            .prepare_cached("UPDATE main.passback SET side = ?2, at_ms = ?3 WHERE subject = ?1")
             .and_then(|mut s| s.execute(params![subject, side, at_ms]))
-            .map(|_| ())
-            .map_err(self.wrap())
+            .map_err(self.wrap())?;
+        if updated == 0 {
+            self.tx
+                .prepare_cached("INSERT INTO main.passback (subject, side, at_ms) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![subject, side, at_ms]))
+                .map_err(self.wrap())?;
+        }
+        Ok(())
     }
 
     pub fn meta_set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -157,21 +197,51 @@ pub type DroppedRanges = Vec<(String, u64, u64)>;
 impl Writer<'_> {
     /// Drops the `count` oldest outbox entries, routine ones before any
     /// other, and says which seq ranges went.
+    ///
+    /// Routine entries are looked for among the oldest
+    /// `count + ROUTINE_SEARCH` only, in position order, so the search
+    /// stops early and never reads a whole outbox of blocks and alerts
+    /// every few seconds; short of routine ones there, the oldest others
+    /// go. (An index on priority would find them anywhere, but every
+    /// decision paid a page of it in its commit.)
     pub fn drop_oldest(&mut self, count: u64) -> Result<DroppedRanges> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "DELETE FROM main.outbox WHERE id IN (
-                    SELECT id FROM main.outbox ORDER BY priority, id LIMIT ?1)
-                 RETURNING stream, seq",
-            )
-            .map_err(self.wrap())?;
-        let rows = stmt
-            .query_map(params![count as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
-            .map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?;
-        let mut dropped = rows
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?;
+        const ROUTINE_SEARCH: i64 = 100_000;
+        let mut dropped = Vec::new();
+        {
+            let mut routine = self
+                .tx
+                .prepare_cached(
+                    "DELETE FROM main.outbox WHERE id IN (
+                        SELECT id FROM (SELECT id, priority FROM main.outbox ORDER BY id LIMIT ?2)
+                        WHERE priority = ?3 LIMIT ?1)
+                     RETURNING stream, seq",
+                )
+                .map_err(self.wrap())?;
+            let rows = routine
+                .query_map(params![count as i64, count as i64 + ROUTINE_SEARCH, Priority::Routine as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?;
+            for row in rows {
+                dropped.push(row.map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?);
+            }
+        }
+        let rest = count.saturating_sub(dropped.len() as u64);
+        if rest > 0 {
+            let mut oldest = self
+                .tx
+                .prepare_cached(
+                    "DELETE FROM main.outbox WHERE id IN (SELECT id FROM main.outbox ORDER BY id LIMIT ?1)
+                     RETURNING stream, seq",
+                )
+                .map_err(self.wrap())?;
+            let rows = oldest
+                .query_map(params![rest as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+                .map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?;
+            for row in rows {
+                dropped.push(row.map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?);
+            }
+        }
         dropped.sort();
         let mut ranges: DroppedRanges = Vec::new();
         for (stream, seq) in dropped {

@@ -65,7 +65,48 @@ pub(crate) const MAIN_MIGRATIONS: &[&str] = &[
         granted_at_ms INTEGER NOT NULL,
         deadline_ms   INTEGER NOT NULL
      );",
+    // 4: a decision's commit writes fewer pages (and so fewer write-ahead
+    //    log frames to flush): five became two for an event. Outbox
+    //    positions come from the `#outbox` row of `sequence`, a page every
+    //    append writes anyway, instead of AUTOINCREMENT's `sqlite_sequence`
+    //    page; positions still never repeat (the uplink's cursor relies on
+    //    it). No UNIQUE (stream, seq) index: the counter, advanced in the
+    //    same transaction as the row, is what makes a seq unique. No
+    //    priority index: dropping routine rows first looks at the oldest
+    //    rows only (`Writer::drop_oldest`). Pending grants lose
+    //    AUTOINCREMENT too: a plain rowid still grows, which is all their
+    //    order needs. The copy makes the write-ahead log as big as the
+    //    outbox for once, on the first start after the upgrade.
+    "CREATE TABLE outbox_v4 (
+        id         INTEGER PRIMARY KEY,
+        stream     TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        payload    BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        priority   INTEGER NOT NULL
+     );
+     INSERT INTO outbox_v4 (id, stream, seq, payload, created_ms, priority)
+        SELECT id, stream, seq, payload, created_ms, priority FROM outbox ORDER BY id;
+     INSERT INTO sequence (stream, next_seq) VALUES ('#outbox', 1 + max(
+        coalesce((SELECT max(id) FROM outbox), 0),
+        coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)));
+     DROP TABLE outbox;
+     ALTER TABLE outbox_v4 RENAME TO outbox;
+     CREATE TABLE pending_grant_v4 (
+        id            INTEGER PRIMARY KEY,
+        side          TEXT NOT NULL,
+        granted_at_ms INTEGER NOT NULL,
+        deadline_ms   INTEGER NOT NULL
+     );
+     INSERT INTO pending_grant_v4 SELECT id, side, granted_at_ms, deadline_ms FROM pending_grant ORDER BY id;
+     DROP TABLE pending_grant;
+     ALTER TABLE pending_grant_v4 RENAME TO pending_grant;
+     DELETE FROM sqlite_sequence;",
 ];
+
+/// The row of `sequence` that counts outbox positions (not a stream: a
+/// stream's name never starts with `#`).
+pub(crate) const OUTBOX_POSITION: &str = "#outbox";
 
 /// One migration: SQL, or Rust where SQL cannot say it (SQLite has no
 /// function to mask a name).

@@ -307,8 +307,9 @@ fn a_transaction_failing_at_any_statement_leaves_nothing_behind() {
     let path = dir.path().join("g.db");
     let mut store = Store::open(&path).expect("open");
     let before = faults::row_counts(&path).expect("counts");
-    let statements: [(&str, Option<&str>); 7] = [
+    let statements: [(&str, Option<&str>); 8] = [
         ("sequence", Some("NEW.stream = 'events'")),
+        ("sequence", Some("NEW.stream = '#outbox'")),
         ("outbox", Some("NEW.stream = 'events'")),
         ("pass_use", None),
         ("passback", None),
@@ -326,8 +327,9 @@ fn a_transaction_failing_at_any_statement_leaves_nothing_behind() {
     }
     store.write(decision_like).expect("healed: the whole transaction commits");
     let after: Vec<i64> = faults::row_counts(&path).expect("counts").into_iter().map(|(_, n)| n).collect();
-    // outbox 2, sequence 2, pass_use 1, passback 1, pending_grant 1, meta 1
-    assert_eq!(after, [2, 2, 1, 1, 1, 1]);
+    // outbox 2, sequence 3 (events, alerts, the outbox positions), pass_use 1,
+    // passback 1, pending_grant 1, meta 1
+    assert_eq!(after, [2, 3, 1, 1, 1, 1]);
 }
 
 #[test]
@@ -386,6 +388,121 @@ fn queued_rows_keep_their_stream_through_the_migration_from_topics() {
     // Whatever prefix the uplink uses now, it maps these streams: nothing
     // is stranded under the old topic. Numbering goes on.
     assert_eq!(store.append_event("events", Priority::Routine, 7, |s| vec![s as u8]).expect("append"), 2);
+}
+
+#[test]
+fn outbox_positions_never_repeat_even_once_the_outbox_was_emptied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let mut store = Store::open(&path).expect("open");
+    for _ in 0..3 {
+        store.append_event("events", Priority::Routine, 1, |s| vec![s as u8]).expect("append");
+    }
+    let sent = store.outbox_after(0, 10).expect("outbox");
+    let cursor = sent.last().expect("queued").id;
+    store.outbox_remove(&sent.iter().map(|e| e.id).collect::<Vec<_>>()).expect("acked");
+    drop(store);
+    // A plain rowid would start again at 1 in an empty table, behind the
+    // uplink's cursor, and the event would never be sent.
+    let mut store = Store::open(&path).expect("reopen");
+    store.append_event("alerts", Priority::Important, 2, |s| vec![s as u8]).expect("append");
+    let next = store.outbox_after(cursor, 10).expect("outbox");
+    assert_eq!(next.len(), 1, "the new entry is after the cursor");
+    assert_eq!((next[0].stream.as_str(), next[0].seq), ("alerts", 1));
+}
+
+#[test]
+fn connections_appending_at_once_all_succeed_in_one_gap_free_sequence() {
+    // A decision's transaction must take the write lock with its first
+    // statement: one that reads first and writes later fails at once with
+    // SQLITE_BUSY (no busy handler helps) when another connection commits
+    // in between, and a card is refused for it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    Store::open(&path).expect("create");
+    let writers: Vec<_> = (0..3)
+        .map(|n| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut store = Store::open(&path).expect("open");
+                for _ in 0..300 {
+                    store
+                        .write(|w| {
+                            w.append_event("events", Priority::Routine, 1, |s| s.to_be_bytes().to_vec())?;
+                            w.count_pass_use(&format!("vp-{n}")).map(|_| ())
+                        })
+                        .expect("a concurrent append waits its turn, never fails");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let store = Store::open(&path).expect("open");
+    let seqs: Vec<u64> = store.outbox_after(0, 1000).expect("outbox").into_iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=900).collect::<Vec<u64>>());
+}
+
+/// Write-ahead log frames (pages) written since the last checkpoint.
+fn wal_frames(store: &Store) -> i64 {
+    store.conn.query_row("PRAGMA main.wal_checkpoint(PASSIVE)", [], |r| r.get(1)).expect("checkpoint")
+}
+
+#[test]
+fn an_event_commit_writes_two_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+    // Warm: the first appends create the counters' rows and grow the tables.
+    for _ in 0..20 {
+        store.append_event("events", Priority::Routine, 1, |_| vec![7; 200]).expect("append");
+    }
+    store.conn.query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |_| Ok(())).expect("truncate");
+    for _ in 0..10 {
+        store.append_event("events", Priority::Routine, 1, |_| vec![7; 200]).expect("append");
+    }
+    // The counters' page and the outbox's last page; a fsync flushes every
+    // frame of a commit, and an index or an AUTOINCREMENT counter would
+    // add one to each (five pages a commit before schema version 4). A
+    // page split now and then adds a few.
+    let frames = wal_frames(&store);
+    assert!((20..=24).contains(&frames), "{frames} frames for 10 appends");
+}
+
+#[test]
+fn queued_rows_and_their_positions_survive_the_migration_to_plain_rowids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    {
+        // Version 3: AUTOINCREMENT positions, and the newest rows already
+        // sent and removed, so the counter is past the highest row.
+        let conn = Connection::open(&path).expect("open");
+        for sql in &crate::schema::MAIN_MIGRATIONS[..3] {
+            conn.execute_batch(sql).expect("migration");
+        }
+        conn.pragma_update(None, "user_version", 3).expect("version");
+        conn.execute_batch(
+            "INSERT INTO outbox (stream, seq, payload, created_ms, priority) VALUES
+                ('events', 1, x'01', 5, 0), ('alerts', 1, x'02', 6, 1), ('events', 2, x'03', 7, 0),
+                ('events', 3, x'04', 8, 0), ('events', 4, x'05', 9, 0);
+             DELETE FROM outbox WHERE seq >= 3;
+             INSERT INTO sequence (stream, next_seq) VALUES ('events', 5), ('alerts', 2);
+             INSERT INTO pending_grant (side, granted_at_ms, deadline_ms) VALUES ('entry', 10, 99), ('exit', 11, 98);",
+        )
+        .expect("rows");
+    }
+    let mut store = Store::open(&path).expect("migrated");
+    let queued: Vec<(i64, String, u64)> =
+        store.outbox_after(0, 10).expect("outbox").into_iter().map(|e| (e.id, e.stream, e.seq)).collect();
+    assert_eq!(queued, [(1, "events".into(), 1), (2, "alerts".into(), 1), (3, "events".into(), 2)]);
+    assert_eq!(store.append_event("events", Priority::Routine, 10, |s| vec![s as u8]).expect("append"), 5);
+    let newest = store.outbox_after(3, 10).expect("outbox");
+    assert_eq!(newest.iter().map(|e| e.id).collect::<Vec<_>>(), [6], "after 5, the last position AUTOINCREMENT gave");
+    let grants: Vec<String> = store.pending_grants(0).expect("grants").into_iter().map(|g| g.side).collect();
+    assert_eq!(grants, ["entry", "exit"]);
+    let autoincrement: i64 =
+        store.conn.query_row("SELECT count(*) FROM main.sqlite_sequence", [], |r| r.get(0)).expect("count");
+    assert_eq!(autoincrement, 0, "no table counts with AUTOINCREMENT any more");
 }
 
 #[test]

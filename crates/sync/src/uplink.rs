@@ -534,7 +534,9 @@ pub async fn run_sync(
     shutdown: CancellationToken,
 ) {
     let store = loop {
-        match StoreThread::open(&settings.store_path, "uplink").await {
+        // Background: publishing a backlog or applying a snapshot must not
+        // take the CPU a card's decision needs.
+        match StoreThread::open_with(&settings.store_path, "uplink", gate_store::Urgency::Background).await {
             Ok(store) => break store,
             Err(e) => {
                 warn!(error = %e, "uplink cannot open the store; retrying");
