@@ -57,6 +57,13 @@ pub enum StartError {
     /// PEM, a key others may read).
     #[error(transparent)]
     BrokerAuth(#[from] gate_sync::AuthError),
+    /// A background task's thread or runtime could not be made.
+    #[error("cannot start the {task} thread: {source}")]
+    Thread {
+        task: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The broker's security settings of `[mqtt]`, as the uplink takes them.
@@ -380,7 +387,9 @@ pub async fn run_until_stopped(
         platform_key_updates: Some(keys_rx),
     };
     let devices = device_reporter(&config, &observed);
-    tracker.spawn(
+    spawn_background(
+        &tracker,
+        "uplink",
         gate_sync::run_sync(
             sync_settings,
             outbox_changed.clone(),
@@ -392,7 +401,7 @@ pub async fn run_until_stopped(
         .instrument(
             info_span!(parent: &span, "uplink", broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port)),
         ),
-    );
+    )?;
 
     tracker.spawn(
         reload::follow(config.clone(), reloads, applied_tx, observed.clone(), shutdown.clone())
@@ -472,6 +481,34 @@ pub async fn run_until_stopped(
         span.in_scope(|| warn!("some tasks did not stop within 5 s"));
     }
     span.in_scope(|| info!("stopped"));
+    Ok(())
+}
+
+/// Runs `task` to its end on a thread of its own (a single-threaded
+/// runtime), at background priority (`gate_store::Urgency::Background`),
+/// tracked by `tracker` like any task. The uplink runs there: while it
+/// publishes a backlog at thousands of events a second, or decodes and
+/// checks a snapshot, the runtime's workers and the CPU stay free for the
+/// card path (reader, decision, gate).
+fn spawn_background<F>(tracker: &TaskTracker, task: &'static str, future: F) -> Result<(), StartError>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let thread_error = |source| StartError::Thread { task, source };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(thread_error)?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(task.to_owned())
+        .spawn(move || {
+            gate_store::lower_this_threads_priority(task);
+            runtime.block_on(future);
+            drop(done_tx);
+        })
+        .map_err(thread_error)?;
+    // Ends when the thread's future has (the sender dropped, or the thread gone).
+    tracker.spawn(async move {
+        let _ = done_rx.await;
+    });
     Ok(())
 }
 

@@ -117,6 +117,13 @@ fn reports_ready_watchdog_and_stopping_to_systemd() {
     let mut daemon = Daemon(child);
 
     wait_for(&socket, "READY=1", Duration::from_secs(30));
+    // Work no card waits for runs nicer than the card path.
+    let nices = thread_nices(daemon.0.id());
+    let nice_of = |name: &str| nices.iter().find(|(n, _)| n == name).map(|(_, nice)| *nice);
+    let normal = nice_of("store-decisions").unwrap_or_else(|| panic!("no decisions thread in {nices:?}"));
+    for background in ["uplink", "store-uplink", "store-monitor"] {
+        assert_eq!(nice_of(background), Some((normal + 10).min(19)), "{background} in {nices:?}");
+    }
     // The first keep-alive comes at once, the next one a period later.
     wait_for(&socket, "WATCHDOG=1", Duration::from_secs(5));
     let started = Instant::now();
@@ -140,6 +147,24 @@ fn reports_ready_watchdog_and_stopping_to_systemd() {
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert_eq!(exit.code(), Some(0), "gated exited with {exit}; log:\n{log}");
     assert!(log.contains("stopped"), "no orderly stop in the log:\n{log}");
+}
+
+/// Every thread of process `pid`: its name and nice value
+/// (`/proc/PID/task/TID/stat`: the name in parentheses, nice the 19th field).
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's threads");
+    let mut nices = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        // Fields from the 3rd (state) on, after the name.
+        let nice = stat[close + 1..].split_whitespace().nth(19 - 3).and_then(|n| n.parse().ok());
+        if let Some(nice) = nice {
+            nices.push((name, nice));
+        }
+    }
+    nices
 }
 
 fn wait_for_exit(daemon: &mut Daemon, within: Duration) -> Option<std::process::ExitStatus> {

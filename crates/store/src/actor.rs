@@ -54,13 +54,16 @@ pub enum Urgency {
 /// kernel weighs it about a tenth of a normal thread.
 pub const BACKGROUND_NICE: i32 = 10;
 
-/// Lowers the calling thread's priority by [`BACKGROUND_NICE`] (Linux keeps
-/// the nice value per thread, so the rest of the process is untouched).
+/// Sets the calling thread's nice value to [`BACKGROUND_NICE`] steps above
+/// the process's main thread (Linux keeps the nice value per thread, so the
+/// rest of the process is untouched; counting from the main thread, a
+/// background thread started by another one is not lowered twice).
 /// Lowering needs no privilege; a failure is logged, and the thread works
 /// on at the normal priority.
-fn lower_this_threads_priority(name: &str) {
+pub fn lower_this_threads_priority(name: &str) {
+    let main_thread = rustix::process::getpid();
     let tid = rustix::thread::gettid();
-    let lowered = rustix::process::getpriority_process(Some(tid))
+    let lowered = rustix::process::getpriority_process(Some(main_thread))
         .and_then(|nice| rustix::process::setpriority_process(Some(tid), (nice + BACKGROUND_NICE).min(19)));
     if let Err(e) = lowered {
         tracing::warn!(thread = name, error = %e, "cannot lower a background store thread's priority");

@@ -30,7 +30,7 @@ mod schema;
 mod snapshot;
 mod summary;
 
-pub use actor::{BACKGROUND_NICE, Closed, StoreThread, SubmitError, Urgency};
+pub use actor::{BACKGROUND_NICE, Closed, StoreThread, SubmitError, Urgency, lower_this_threads_priority};
 pub use health::{HealthBatch, HealthState};
 pub use identity::{DeltaOutcome, IdentityDelta, IdentityState, ImportSummary, NewPerson};
 pub use local::{PassbackEntry, PendingGrant};
