@@ -81,6 +81,17 @@ impl Writer<'_> {
     }
 
     /// Takes the next number of one counter of `sequence` (1 for a new one).
+    fn next_in(&mut self, counter: &str) -> Result<i64> {
+        self.advance(&SEQUENCE, counter)
+    }
+
+    /// Counts one use of a visitor pass; returns the uses so far.
+    pub fn count_pass_use(&mut self, pass_id: &str) -> Result<u32> {
+        self.advance(&PASS_USES, pass_id).map(|n| n as u32)
+    }
+
+    /// Advances `counter`'s row for `key` and returns its number (1 for a
+    /// new row).
     ///
     /// An UPDATE (an INSERT the first time), then a read, rather than one
     /// upsert or an UPDATE .. RETURNING: SQLite opens a statement journal
@@ -91,50 +102,22 @@ impl Writer<'_> {
     /// only reads would have to upgrade to the write lock later, and fails
     /// at once (`SQLITE_BUSY`, no retry) if another connection committed in
     /// between.
-    fn next_in(&mut self, counter: &str) -> Result<i64> {
-        let advanced = self
-            .tx
-            .prepare_cached("UPDATE main.sequence SET next_seq = next_seq + 1 WHERE stream = ?1")
-            .and_then(|mut s| s.execute(params![counter]))
-            .map_err(self.wrap())?;
+    fn advance(&mut self, counter: &Counter, key: &str) -> Result<i64> {
+        let advanced =
+            self.tx.prepare_cached(counter.advance).and_then(|mut s| s.execute(params![key])).map_err(self.wrap())?;
         if advanced == 0 {
-            self.tx
-                .prepare_cached("INSERT INTO main.sequence (stream, next_seq) VALUES (?1, 2)")
-                .and_then(|mut s| s.execute(params![counter]))
-                .map_err(self.wrap())?;
+            self.tx.prepare_cached(counter.create).and_then(|mut s| s.execute(params![key])).map_err(self.wrap())?;
             return Ok(1);
         }
         self.tx
-            .prepare_cached("SELECT next_seq - 1 FROM main.sequence WHERE stream = ?1")
-            .and_then(|mut s| s.query_row(params![counter], |r| r.get(0)))
-            .map_err(self.wrap())
-    }
-
-    /// Counts one use of a visitor pass; returns the uses so far.
-    pub fn count_pass_use(&mut self, pass_id: &str) -> Result<u32> {
-        // Neither an upsert nor RETURNING, and a write first: see `next_in`.
-        let counted = self
-            .tx
-            .prepare_cached("UPDATE main.pass_use SET uses = uses + 1 WHERE pass_id = ?1")
-            .and_then(|mut s| s.execute(params![pass_id]))
-            .map_err(self.wrap())?;
-        if counted == 0 {
-            self.tx
-                .prepare_cached("INSERT INTO main.pass_use (pass_id, uses) VALUES (?1, 1)")
-                .and_then(|mut s| s.execute(params![pass_id]))
-                .map_err(self.wrap())?;
-            return Ok(1);
-        }
-        self.tx
-            .prepare_cached("SELECT uses FROM main.pass_use WHERE pass_id = ?1")
-            .and_then(|mut s| s.query_row(params![pass_id], |r| r.get::<_, i64>(0)))
-            .map(|n| n as u32)
+            .prepare_cached(counter.read)
+            .and_then(|mut s| s.query_row(params![key], |r| r.get(0)))
             .map_err(self.wrap())
     }
 
     /// The anti-passback state: `subject` last passed at `side`.
     pub fn record_passage(&mut self, subject: &str, side: &str, at_ms: UnixMillis) -> Result<()> {
-        // Not an upsert: see `next_in`.
+        // Not an upsert: see `advance`.
         let updated = self
             .tx
             .prepare_cached("UPDATE main.passback SET side = ?2, at_ms = ?3 WHERE subject = ?1")
@@ -190,6 +173,28 @@ impl Writer<'_> {
         Ok(())
     }
 }
+
+/// A counter kept in one row per key: the statements that advance it
+/// ([`Writer::advance`]), each taking the key as `?1`; a new row counts 1.
+struct Counter {
+    advance: &'static str,
+    create: &'static str,
+    read: &'static str,
+}
+
+/// The per-stream `seq` (and the outbox positions): the row holds the next one.
+const SEQUENCE: Counter = Counter {
+    advance: "UPDATE main.sequence SET next_seq = next_seq + 1 WHERE stream = ?1",
+    create: "INSERT INTO main.sequence (stream, next_seq) VALUES (?1, 2)",
+    read: "SELECT next_seq - 1 FROM main.sequence WHERE stream = ?1",
+};
+
+/// A visitor pass's uses: the row holds the uses so far.
+const PASS_USES: Counter = Counter {
+    advance: "UPDATE main.pass_use SET uses = uses + 1 WHERE pass_id = ?1",
+    create: "INSERT INTO main.pass_use (pass_id, uses) VALUES (?1, 1)",
+    read: "SELECT uses FROM main.pass_use WHERE pass_id = ?1",
+};
 
 /// Seq ranges dropped from the outbox: (stream, first seq, last seq).
 pub type DroppedRanges = Vec<(String, u64, u64)>;
