@@ -117,12 +117,21 @@ fn reports_ready_watchdog_and_stopping_to_systemd() {
     let mut daemon = Daemon(child);
 
     wait_for(&socket, "READY=1", Duration::from_secs(30));
-    // Work no card waits for runs nicer than the card path.
-    let nices = thread_nices(daemon.0.id());
-    let nice_of = |name: &str| nices.iter().find(|(n, _)| n == name).map(|(_, nice)| *nice);
-    let normal = nice_of("store-decisions").unwrap_or_else(|| panic!("no decisions thread in {nices:?}"));
-    for background in ["uplink", "store-uplink", "store-monitor"] {
-        assert_eq!(nice_of(background), Some((normal + 10).min(19)), "{background} in {nices:?}");
+    // Work no card waits for runs nicer than the card path. The uplink
+    // opens its store after READY, and a new thread shows its parent's
+    // name (and nice value) until it sets its own: wait for all of them.
+    let background = ["uplink", "store-uplink", "store-monitor"];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nices = thread_nices(daemon.0.id());
+        let nice_of = |name: &str| nices.iter().find(|(n, _)| n == name).map(|(_, nice)| *nice);
+        let lowered = nice_of("store-decisions")
+            .is_some_and(|normal| background.iter().all(|name| nice_of(name) == Some((normal + 10).min(19))));
+        if lowered {
+            break;
+        }
+        assert!(Instant::now() < deadline, "background threads not at nice +10 after 10 s: {nices:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
     // The first keep-alive comes at once, the next one a period later.
     wait_for(&socket, "WATCHDOG=1", Duration::from_secs(5));
