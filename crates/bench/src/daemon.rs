@@ -629,6 +629,7 @@ pub fn offline(ctx: &Ctx, _dir: &Path) -> Result<Row> {
         // drain began at seq 4.
         let config = std::fs::read_to_string(&fx.config_path)?;
         let with_room = config.replace("[store]\n", &format!("[store]\noutbox_max_events = {}\n", count + 100_000));
+        anyhow::ensure!(with_room != config, "the fixture's configuration has no [store] table to give room in");
         std::fs::write(&fx.config_path, with_room)?;
         sqlite::fill_outbox(ctx, &fx.store_path, count)?;
         let state = fx.store_path.parent().context("state folder")?.to_owned();

@@ -66,7 +66,7 @@ pub fn lower_this_threads_priority(name: &str) {
     let lowered = rustix::process::getpriority_process(Some(main_thread))
         .and_then(|nice| rustix::process::setpriority_process(Some(tid), (nice + BACKGROUND_NICE).min(19)));
     if let Err(e) = lowered {
-        tracing::warn!(thread = name, error = %e, "cannot lower a background store thread's priority");
+        tracing::warn!(thread = name, error = %e, "cannot lower a background thread's priority");
     }
 }
 

@@ -174,6 +174,17 @@ impl Writer<'_> {
     }
 }
 
+impl Writer<'_> {
+    /// Runs a `DELETE .. RETURNING stream, seq`: what it removed.
+    fn delete_returning_seqs(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self.tx.prepare_cached(sql).map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(self.wrap())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.wrap())
+    }
+}
+
 /// A counter kept in one row per key: the statements that advance it
 /// ([`Writer::advance`]), each taking the key as `?1`; a new row counts 1.
 struct Counter {
@@ -210,42 +221,27 @@ impl Writer<'_> {
     /// go. (An index on priority would find them anywhere, but every
     /// decision paid a page of it in its commit.)
     pub fn drop_oldest(&mut self, count: u64) -> Result<DroppedRanges> {
-        const ROUTINE_SEARCH: i64 = 100_000;
-        let mut dropped = Vec::new();
-        {
-            let mut routine = self
-                .tx
-                .prepare_cached(
-                    "DELETE FROM main.outbox WHERE id IN (
-                        SELECT id FROM (SELECT id, priority FROM main.outbox ORDER BY id LIMIT ?2)
-                        WHERE priority = ?3 LIMIT ?1)
-                     RETURNING stream, seq",
-                )
-                .map_err(self.wrap())?;
-            let rows = routine
-                .query_map(params![count as i64, count as i64 + ROUTINE_SEARCH, Priority::Routine as i64], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                })
-                .map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?;
-            for row in rows {
-                dropped.push(row.map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?);
-            }
-        }
+        const ROUTINE_SEARCH: u64 = 100_000;
+        self.drop_oldest_within(count, ROUTINE_SEARCH)
+    }
+
+    /// [`Writer::drop_oldest`], routine entries looked for among the oldest
+    /// `count + search` only.
+    pub(crate) fn drop_oldest_within(&mut self, count: u64, search: u64) -> Result<DroppedRanges> {
+        let mut dropped = self.delete_returning_seqs(
+            "DELETE FROM main.outbox WHERE id IN (
+                SELECT id FROM (SELECT id, priority FROM main.outbox ORDER BY id LIMIT ?2)
+                WHERE priority = ?3 LIMIT ?1)
+             RETURNING stream, seq",
+            params![count as i64, (count + search) as i64, Priority::Routine as i64],
+        )?;
         let rest = count.saturating_sub(dropped.len() as u64);
         if rest > 0 {
-            let mut oldest = self
-                .tx
-                .prepare_cached(
-                    "DELETE FROM main.outbox WHERE id IN (SELECT id FROM main.outbox ORDER BY id LIMIT ?1)
-                     RETURNING stream, seq",
-                )
-                .map_err(self.wrap())?;
-            let rows = oldest
-                .query_map(params![rest as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
-                .map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?;
-            for row in rows {
-                dropped.push(row.map_err(|source| StoreError::Sqlite { path: self.path.to_owned(), source })?);
-            }
+            dropped.extend(self.delete_returning_seqs(
+                "DELETE FROM main.outbox WHERE id IN (SELECT id FROM main.outbox ORDER BY id LIMIT ?1)
+                 RETURNING stream, seq",
+                params![rest as i64],
+            )?);
         }
         dropped.sort();
         let mut ranges: DroppedRanges = Vec::new();

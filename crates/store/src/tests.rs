@@ -535,6 +535,25 @@ fn past_its_capacity_the_outbox_drops_routine_entries_first_and_says_so() {
     assert_eq!(dropped, [("alerts".to_owned(), 1, 1), ("events".to_owned(), 4, 4), ("events".to_owned(), 7, 7)]);
 }
 
+#[test]
+fn routine_entries_past_the_search_window_are_not_looked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("g.db")).expect("open");
+    // events 1-4 important (blocks), 5 routine.
+    for priority in
+        [Priority::Important, Priority::Important, Priority::Important, Priority::Important, Priority::Routine]
+    {
+        store.append_event("events", priority, 1, |s| vec![s as u8]).expect("append");
+    }
+    // Dropping 1 with a window of 1 + 3 sees events 1-4 only: no routine
+    // one among them, so the oldest goes, not the routine 5th.
+    let dropped = store.write(|w| w.drop_oldest_within(1, 3)).expect("drop");
+    assert_eq!(dropped, [("events".to_owned(), 1, 1)]);
+    // A window reaching it finds it.
+    let dropped = store.write(|w| w.drop_oldest_within(1, 4)).expect("drop");
+    assert_eq!(dropped, [("events".to_owned(), 5, 5)]);
+}
+
 /// Whether any file of the database pair (and their logs) holds `needle`.
 fn files_hold(main: &std::path::Path, needle: &str) -> bool {
     let ident = identity_path(main);
