@@ -212,7 +212,14 @@ async fn present_cards(
                 cards.missed += 1;
             }
         }
-        // The reader must see the field empty, and the grant end.
+        // The reader must see the field empty, and the grant end: a card
+        // presented while the last grant is still open (its simulated person
+        // not yet through, on a loaded machine) would find the lock already
+        // open, and no unlock write would mark its decision.
+        let relock_deadline = Instant::now() + CARD_TIMEOUT;
+        while fx.gate.coil(0) && Instant::now() < relock_deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         tokio::time::sleep(gap).await;
     }
     Ok(cards)
