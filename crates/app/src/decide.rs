@@ -329,14 +329,10 @@ impl DecisionLoop {
                 item = presented.recv(), if presented_open => match item {
                     Some(item) => {
                         let now = self.trusted_now();
-                        self.watch_mode(now).await;
-                        self.refresh_health(&item, now).await;
-                        let decided = self.on_presented(item, now).await;
+                        // The gate is told inside, as soon as the decision is recorded.
+                        self.on_presented(item, now).await;
                         // A recorded decision is part of the trusted time floor.
                         self.platform.platform.raise_floor(now);
-                        if let Some((verdict, side)) = decided {
-                            tell_gate(self.gate.clone(), verdict.decision, side).await;
-                        }
                     }
                     None => presented_open = false,
                 },
@@ -355,9 +351,21 @@ impl DecisionLoop {
     /// process), the platform, or a scheduled change coming due all show in
     /// the daemon's own log within a heartbeat.
     async fn watch_mode(&mut self, now: UnixMillis) {
-        let schedule = match self.store.call(|s| s.mode_schedule()).await {
-            Ok(schedule) => schedule.unwrap_or_else(|| ModeSchedule::constant(Mode::Normal)),
-            // `mode()` logs the error at the next decision, which then decides as in wartime.
+        let read = self.store.call(|s| s.mode_schedule()).await;
+        self.note_mode(&read, now);
+    }
+
+    /// The logging half of [`Self::watch_mode`], for a schedule already
+    /// read (a decision's own read of its facts carries one).
+    fn note_mode(&mut self, read: &gate_store::Result<Option<ModeSchedule>>, now: UnixMillis) {
+        let constant;
+        let schedule = match read {
+            Ok(Some(schedule)) => schedule,
+            Ok(None) => {
+                constant = ModeSchedule::constant(Mode::Normal);
+                &constant
+            }
+            // The decision logs the error, and decides as in wartime.
             Err(_) => return,
         };
         let mode = schedule.at(now);
@@ -382,11 +390,6 @@ impl DecisionLoop {
             ),
             Some(_) => {}
         }
-    }
-
-    /// The mode in force now; the default before any was ever set.
-    pub(crate) async fn mode(&self, now: UnixMillis) -> Mode {
-        mode_in_force(self.store.call(|s| s.mode_schedule()).await, now)
     }
 
     async fn gather(&mut self, item: Presented) -> Option<(Gathered, Side)> {
@@ -550,47 +553,42 @@ impl DecisionLoop {
         }
     }
 
-    /// Before deciding: when the person's health matters now and the local
-    /// record is missing or stale, ask the platform, bounded by
-    /// `[health] online_timeout_ms`. The answer lands in the store; a
-    /// timeout or an offline gate leaves the fallback to decide.
-    async fn refresh_health(&mut self, item: &Presented, now: UnixMillis) {
-        let (kind, value) = match item {
-            Presented::Card(CardEvent::Read(record), _) => {
-                (CredentialKind::IdNumber, record.id_number.expose().to_owned())
-            }
-            Presented::Plate(PlateEvent::Read(read), _) => (CredentialKind::Plate, read.plate.clone()),
-            _ => return,
+    /// Whether to ask the platform before deciding: the person's health
+    /// matters in the mode in force, and the local record (read with the
+    /// attempt's facts) is missing or stale. The person to ask about, if so.
+    fn health_to_refresh(&self, credential: CredentialKind, stored: &StoredFacts, now: UnixMillis) -> Option<String> {
+        // Cards and plates, as the platform knows them; a visitor pass
+        // carries its own answer.
+        if !matches!(credential, CredentialKind::IdNumber | CredentialKind::Plate) {
+            return None;
+        }
+        self.health_queries.as_ref()?;
+        let person = stored.person.as_ref()?;
+        // A record that cannot be read is the fallback's to decide (it
+        // fails closed), not a question for the platform.
+        let Some(Ok(record)) = &stored.health_record else { return None };
+        let mode = match &stored.mode {
+            Ok(schedule) => schedule.as_ref().map_or(Mode::Normal, |s| s.at(now)),
+            Err(_) => Mode::Wartime,
         };
-        let mode = self.mode(now).await;
         let policy = self.config.policy.for_mode(mode);
         // In a mode without health checks (normal, by default) a decision
         // pays nothing here.
-        if policy.health_required_for == gate_engine::CategorySet::NONE {
-            return;
-        }
-        let key = self.site_key.credential_key(kind, &value);
-        let found = self
-            .store
-            .call(move |s| {
-                let Some(person) = s.find_person_by_credential(kind, &key)? else { return Ok(None) };
-                let record = s.health_record(&person.person_id)?;
-                Ok(Some((person, record)))
-            })
-            .await;
-        // Nobody to ask about, or a store that cannot say: the decision's
-        // own read decides (and fails closed).
-        let Ok(Some((person, record))) = found else { return };
         if !policy.health_required_for.contains(person.category) {
-            return;
+            return None;
         }
-        let rules = policy.health_rules.for_category(person.category).clone();
-        if gate_engine::freshness(record.as_ref(), &rules, now) == gate_engine::Freshness::Fresh {
-            return;
-        }
+        let rules = policy.health_rules.for_category(person.category);
+        (gate_engine::freshness(record.as_ref(), rules, now) != gate_engine::Freshness::Fresh)
+            .then(|| person.person_id.clone())
+    }
+
+    /// Asks the platform for a person's health record, bounded by
+    /// `[health] online_timeout_ms`. The answer lands in the store; a
+    /// timeout or an offline gate leaves the fallback to decide.
+    async fn ask_platform_for_health(&mut self, person_id: String) {
         let Some(queries) = self.health_queries.clone() else { return };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let query = gate_sync::HealthQuery { person_id: person.person_id.clone(), reply };
+        let query = gate_sync::HealthQuery { person_id, reply };
         if queries.try_send(query).is_err() {
             return;
         }
@@ -722,6 +720,24 @@ impl DecisionLoop {
     /// durable; `None` when nothing was decided (unreadable input, a fact
     /// that could not be read) or the decision could not be recorded: the
     /// gate stays shut.
+    /// Every stored fact of one attempt, in one visit to the store thread;
+    /// `None` (logged, counted) when any cannot be read: the gate stays shut.
+    async fn read_facts(&self, query: &Arc<FactQuery>) -> Option<StoredFacts> {
+        let query = query.clone();
+        match self.store.call(move |s| Ok(read_facts(s, &query))).await.and_then(|f| f) {
+            Ok(stored) => Some(stored),
+            Err(e) => {
+                self.counters.failed_on(&e);
+                error!(error = %e, "cannot read the facts of this attempt; gate stays shut");
+                None
+            }
+        }
+    }
+
+    /// Decides one credential: its facts read in one visit to the store,
+    /// the engine's verdict recorded in one transaction, then the gate told
+    /// (a grant or a deny). `None` when it could not be decided or
+    /// recorded: the gate is not told, and stays shut.
     pub(crate) async fn on_presented(&mut self, item: Presented, now: UnixMillis) -> Option<(Verdict, Side)> {
         let started = std::time::Instant::now();
         let (g, side) = self.gather(item).await?;
@@ -734,14 +750,17 @@ impl DecisionLoop {
             pass_id: g.pass_id.clone(),
             anti_passback: self.config.gate.anti_passback != AntiPassback::Off,
         };
-        let stored = match self.store.call(move |s| Ok(read_facts(s, &query))).await.and_then(|f| f) {
-            Ok(stored) => stored,
-            Err(e) => {
-                self.counters.failed_on(&e);
-                error!(error = %e, "cannot read the facts of this attempt; gate stays shut");
-                return None;
-            }
-        };
+        let query = Arc::new(query);
+        let mut stored = self.read_facts(&query).await?;
+        // One read gives the mode too: a change shows in the log with the
+        // first decision under it.
+        self.note_mode(&stored.mode, now);
+        if let Some(person_id) = self.health_to_refresh(g.credential, &stored, now) {
+            self.ask_platform_for_health(person_id).await;
+            // Whatever came back is in the store now; the decision reads
+            // every fact again, so they are all of one moment.
+            stored = self.read_facts(&query).await?;
+        }
         let StoredFacts { person, watchlisted, passback_subject, last_passage, mode, health_record } = stored;
         let last_passage =
             last_passage.and_then(|e| Side::parse(&e.side).map(|side| LastPassage { side, at_ms: e.at_ms }));
@@ -844,6 +863,10 @@ impl DecisionLoop {
                 return None;
             }
         };
+        // Recorded: the gate moves now, and the logging, the activity feed
+        // and the counters follow (a person at the gate waits for none of
+        // them).
+        tell_gate(self.gate.clone(), verdict.decision, side).await;
         let reason = verdict.reason.map_or("", BlockReason::as_str);
         let person_id = verdict.person_id.as_deref().unwrap_or("");
         let category = verdict.category.map_or("", |c| c.as_str());
@@ -1203,11 +1226,7 @@ mod tests {
         }
 
         async fn present(&mut self, card: CardRecord) -> Option<(Verdict, Side)> {
-            let decided = self.decisions.on_presented(Presented::Card(CardEvent::Read(card), Side::Entry), 1_000).await;
-            if let Some((verdict, side)) = &decided {
-                tell_gate(self.decisions.gate.clone(), verdict.decision, *side).await;
-            }
-            decided
+            self.decisions.on_presented(Presented::Card(CardEvent::Read(card), Side::Entry), 1_000).await
         }
 
         fn told_gate(&mut self) -> Option<GateRequest> {
@@ -1381,7 +1400,7 @@ passage_exit_input = 1
         // Readable again: the pass admits once, and only once.
         let (verdict, side) = h.decisions.on_presented(scan(&token), 1_000).await.expect("decided");
         assert_eq!(verdict.decision, Decision::Pass);
-        tell_gate(h.decisions.gate.clone(), verdict.decision, side).await;
+        assert_eq!(side, Side::Entry);
         assert_eq!(h.told_gate(), Some(GateRequest::Grant { side: Side::Entry }));
         let (verdict, _) = h.decisions.on_presented(scan(&token), 2_000).await.expect("decided");
         assert_eq!(verdict.reason, Some(BlockReason::PassUsedUp));

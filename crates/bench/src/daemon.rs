@@ -177,12 +177,14 @@ struct Cards {
 }
 
 /// Presents the card up to `count` times (or while `keep_going` holds), `gap`
-/// after each unlock.
+/// after each unlock; with a `probe`, one raw sample of each part of the
+/// path between two cards.
 async fn present_cards(
     fx: &GateFixture,
     count: usize,
     gap: Duration,
     keep_going: &(dyn Fn() -> bool + Sync),
+    mut probe: Option<&mut PathProbe>,
 ) -> Result<Cards> {
     let card = card_number();
     let mut cards = Cards { latencies: Vec::with_capacity(count.min(10_000)), missed: 0 };
@@ -220,7 +222,14 @@ async fn present_cards(
         while fx.gate.coil(0) && Instant::now() < relock_deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        tokio::time::sleep(gap).await;
+        // The probe samples halfway through the pause: after the daemon's
+        // own writes of the passage and the relock, as long after the last
+        // card as a card comes after the one before it.
+        tokio::time::sleep(gap / 2).await;
+        if let Some(probe) = probe.as_deref_mut() {
+            probe.sample()?;
+        }
+        tokio::time::sleep(gap / 2).await;
     }
     Ok(cards)
 }
@@ -248,17 +257,89 @@ async fn start_deciding(ctx: &Ctx, fx: &GateFixture, name: &str, broker: bool) -
     if broker {
         daemon.wait_log("connected to the broker", Duration::from_secs(60)).await?;
     }
-    let warm_up = present_cards(fx, 3, Duration::from_millis(300), &|| true).await?;
+    let warm_up = present_cards(fx, 3, Duration::from_millis(300), &|| true, None).await?;
     if warm_up.missed == 3 {
         bail!("the daemon unlocked for none of 3 warm-up cards; log: {}", daemon.tail());
     }
     Ok(daemon)
 }
 
-/// The ceiling of one card's path, each part measured raw now: a
+/// The ceiling of one card's path, each part measured raw: a
 /// pseudo-terminal carrying the card reply (1295 bytes) one way and the
 /// Modbus coil write (8 bytes) back, a durable single-row commit, and a
-/// lookup of the same tables.
+/// lookup of the same tables. One sample of each is taken after every card
+/// (see [`present_cards`]): the ceiling meets the same disk weather, the
+/// same idle pauses and the same background work as the cards, and has as
+/// many samples. (Measured apart in a tight loop, before or after, the
+/// disk's stalls of a few hundred milliseconds, seen on these machines
+/// about once in a thousand fsyncs, landed in one or the other alone.)
+struct PathProbe {
+    pty: PtyProbe,
+    commit: rusqlite::Connection,
+    payload: Vec<u8>,
+    lookup: rusqlite::Connection,
+    key: [u8; 32],
+    pty_times: Vec<Duration>,
+    commit_times: Vec<Duration>,
+    lookup_times: Vec<Duration>,
+}
+
+impl PathProbe {
+    fn open(fx: &GateFixture, dir: &Path) -> Result<PathProbe> {
+        let mut probe = PathProbe {
+            pty: PtyProbe::open()?,
+            commit: sqlite::raw_db(&dir.join("raw-commit.db"))?,
+            payload: sqlite::event_payload(1),
+            lookup: rusqlite::Connection::open(gate_store::identity_path(&fx.store_path))?,
+            key: SiteKey::from_bytes(hw_key()).credential_key(CredentialKind::IdNumber, &card_number()),
+            pty_times: Vec::new(),
+            commit_times: Vec::new(),
+            lookup_times: Vec::new(),
+        };
+        // Warm: statements prepared, pages cached, the pty's first use done.
+        for _ in 0..20 {
+            probe.sample()?;
+        }
+        probe.pty_times.clear();
+        probe.commit_times.clear();
+        probe.lookup_times.clear();
+        Ok(probe)
+    }
+
+    /// One raw sample of each part of the path.
+    fn sample(&mut self) -> Result<()> {
+        self.pty_times.push(self.pty.round_trip()?);
+        let start = Instant::now();
+        let tx = self.commit.transaction()?;
+        tx.prepare_cached("INSERT INTO t (payload) VALUES (?1)")?.execute(rusqlite::params![self.payload])?;
+        tx.commit()?;
+        self.commit_times.push(start.elapsed());
+        let start = Instant::now();
+        let id: Option<String> = self
+            .lookup
+            .prepare_cached(
+                "SELECT p.person_id, p.category, p.status, p.valid_from_ms, p.valid_to_ms, p.display_name,
+                        p.tags, p.allowed_gates, p.time_windows
+                 FROM credential c JOIN person p ON p.person_id = c.person_id WHERE c.kind = ?1 AND c.key = ?2",
+            )?
+            .query(rusqlite::params!["id_number", &self.key[..]])?
+            .next()?
+            .map(|r| r.get(0))
+            .transpose()?;
+        self.lookup_times.push(start.elapsed());
+        anyhow::ensure!(id.is_some(), "the card's person is not in the table");
+        Ok(())
+    }
+
+    fn ceiling(&self) -> Result<PathCeiling> {
+        Ok(PathCeiling {
+            pty: Stats::of(&self.pty_times).context("no pty samples")?,
+            commit: Stats::of(&self.commit_times).context("no commit samples")?,
+            lookup: Stats::of(&self.lookup_times).context("no lookup samples")?,
+        })
+    }
+}
+
 struct PathCeiling {
     pty: Stats,
     commit: Stats,
@@ -266,13 +347,6 @@ struct PathCeiling {
 }
 
 impl PathCeiling {
-    fn measure(ctx: &Ctx, fx: &GateFixture, dir: &Path) -> Result<PathCeiling> {
-        let pty = Stats::of(&pty_round_trips(ctx.sizes.pty_round_trips)?).context("pty")?;
-        let commit = Stats::of(&sqlite::raw_commits(dir, ctx.sizes.commits)?).context("commits")?;
-        let lookup = raw_lookups(&fx.store_path, 2_000)?;
-        Ok(PathCeiling { pty, commit, lookup })
-    }
-
     fn p99_sum(&self) -> f64 {
         self.pty.p99 + self.commit.p99 + self.lookup.p99
     }
@@ -280,67 +354,66 @@ impl PathCeiling {
     fn describe(self, row: Row) -> Row {
         row.detail("ceiling_pty_p99_us", self.pty.p99)
             .detail("ceiling_commit_p99_us", self.commit.p99)
+            .detail("ceiling_commit_max_us", self.commit.max)
             .detail("ceiling_lookup_p99_us", self.lookup.p99)
+            .detail("ceiling_samples", self.commit.count as u64)
     }
-}
-
-/// Raw lookups of the presented card on the fixture's tables.
-fn raw_lookups(db: &Path, count: usize) -> Result<Stats> {
-    let key = SiteKey::from_bytes(hw_key()).credential_key(CredentialKind::IdNumber, &card_number());
-    let conn = rusqlite::Connection::open(gate_store::identity_path(db))?;
-    let mut stmt = conn.prepare(
-        "SELECT p.person_id, p.category, p.status, p.valid_from_ms, p.valid_to_ms, p.display_name,
-                p.tags, p.allowed_gates, p.time_windows
-         FROM credential c JOIN person p ON p.person_id = c.person_id WHERE c.kind = ?1 AND c.key = ?2",
-    )?;
-    let mut times = Vec::with_capacity(count);
-    for _ in 0..count + 100 {
-        let start = Instant::now();
-        let id: Option<String> =
-            stmt.query(rusqlite::params!["id_number", &key[..]])?.next()?.map(|r| r.get(0)).transpose()?;
-        times.push(start.elapsed());
-        anyhow::ensure!(id.is_some(), "the card's person is not in the table");
-    }
-    Stats::of(&times[100..]).context("no lookups")
 }
 
 /// A pair of pseudo-terminals in raw mode, as the daemon and the simulators
 /// use them: the reply frame's 1295 bytes written on one side and read whole
-/// on the other, which answers 8 bytes.
-fn pty_round_trips(count: usize) -> Result<Vec<Duration>> {
-    use nix::pty::openpty;
-    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-    let pair = openpty(None, None)?;
-    for fd in [&pair.master, &pair.slave] {
-        let mut t = tcgetattr(fd)?;
-        cfmakeraw(&mut t);
-        tcsetattr(fd, SetArg::TCSANOW, &t)?;
-    }
-    let reader_side = std::fs::File::from(pair.slave);
-    let mut writer_side = std::fs::File::from(pair.master);
-    let mut echo = reader_side.try_clone()?;
-    let answerer = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut frame = vec![0u8; 1295];
-        for _ in 0..count + 20 {
-            echo.read_exact(&mut frame)?;
-            echo.write_all(&[0x01, 0x05, 0x00, 0x00, 0xff, 0x00, 0x8c, 0x3a])?;
+/// on the other, which answers 8 bytes (from a thread of its own, as the
+/// simulated board answers from its task).
+struct PtyProbe {
+    writer_side: std::fs::File,
+    /// Dropped first, which ends the answerer.
+    requests: std::sync::mpsc::Sender<()>,
+    answerer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl PtyProbe {
+    fn open() -> Result<PtyProbe> {
+        use nix::pty::openpty;
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let pair = openpty(None, None)?;
+        for fd in [&pair.master, &pair.slave] {
+            let mut t = tcgetattr(fd)?;
+            cfmakeraw(&mut t);
+            tcsetattr(fd, SetArg::TCSANOW, &t)?;
         }
-        Ok(())
-    });
-    let frame = vec![0xaau8; 1295];
-    let mut answer = [0u8; 8];
-    let mut times = Vec::with_capacity(count);
-    for i in 0..count + 20 {
+        let mut echo = std::fs::File::from(pair.slave);
+        let (requests, expected) = std::sync::mpsc::channel::<()>();
+        let answerer = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut frame = vec![0u8; 1295];
+            // One frame announced, one frame read and answered.
+            while expected.recv().is_ok() {
+                echo.read_exact(&mut frame)?;
+                echo.write_all(&[0x01, 0x05, 0x00, 0x00, 0xff, 0x00, 0x8c, 0x3a])?;
+            }
+            Ok(())
+        });
+        Ok(PtyProbe { writer_side: std::fs::File::from(pair.master), requests, answerer: Some(answerer) })
+    }
+
+    fn round_trip(&mut self) -> Result<Duration> {
+        let frame = [0xaau8; 1295];
+        let mut answer = [0u8; 8];
+        self.requests.send(()).map_err(|_| anyhow::anyhow!("pty answerer stopped"))?;
         let start = Instant::now();
-        writer_side.write_all(&frame)?;
-        writer_side.read_exact(&mut answer)?;
-        if i >= 20 {
-            times.push(start.elapsed());
+        self.writer_side.write_all(&frame)?;
+        self.writer_side.read_exact(&mut answer)?;
+        Ok(start.elapsed())
+    }
+}
+
+impl Drop for PtyProbe {
+    fn drop(&mut self) {
+        let (quit, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.requests, quit));
+        if let Some(answerer) = self.answerer.take() {
+            let _ = answerer.join();
         }
     }
-    drop(reader_side);
-    answerer.join().map_err(|_| anyhow::anyhow!("pty answerer panicked"))??;
-    Ok(times)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -354,9 +427,11 @@ pub fn card_to_unlock(ctx: &Ctx, dir: &Path) -> Result<Vec<Row>> {
         let broker = Mosquitto::start_quiet()?;
         let fx = fixture(broker.port(), true)?;
         let daemon = start_deciding(ctx, &fx, "gated", true).await?;
-        let samples = present_cards(&fx, ctx.sizes.cards, Duration::from_millis(200), &|| true).await?;
+        let mut probe = PathProbe::open(&fx, dir)?;
+        let samples =
+            present_cards(&fx, ctx.sizes.cards, Duration::from_millis(200), &|| true, Some(&mut probe)).await?;
         daemon.stop()?;
-        let ceiling = PathCeiling::measure(ctx, &fx, dir)?;
+        let ceiling = probe.ceiling()?;
         let stats = Stats::of(&samples.latencies).context("no cards")?;
         let sum = ceiling.p99_sum();
         let row = Row::new("card_to_unlock", stats.p99, "us")
@@ -387,6 +462,7 @@ pub fn card_to_unlock_draining(ctx: &Ctx, dir: &Path) -> Result<Vec<Row>> {
         let writes_before = fx.gate.coil_writes().len();
         let mut samples = Cards { latencies: Vec::new(), missed: 0 };
         let (mut received, mut rounds) = (0u64, 0u64);
+        let mut probe = PathProbe::open(&fx, dir)?;
         while samples.latencies.len() < wanted && rounds < ctx.sizes.draining_rounds {
             rounds += 1;
             sqlite::fill_outbox(ctx, &fx.store_path, backlog)?;
@@ -400,6 +476,7 @@ pub fn card_to_unlock_draining(ctx: &Ctx, dir: &Path) -> Result<Vec<Row>> {
                 wanted - samples.latencies.len(),
                 Duration::from_millis(UNLOCK_MS as u64 + 100),
                 &draining,
+                Some(&mut probe),
             )
             .await?;
             samples.latencies.extend(round.latencies);
@@ -417,7 +494,7 @@ pub fn card_to_unlock_draining(ctx: &Ctx, dir: &Path) -> Result<Vec<Row>> {
                 spreads.push((held - UNLOCK_MS).abs());
             }
         }
-        let ceiling = PathCeiling::measure(ctx, &fx, dir)?;
+        let ceiling = probe.ceiling()?;
         let sum = ceiling.p99_sum();
         let mut rows = Vec::new();
         match Stats::of(&samples.latencies) {
@@ -483,7 +560,8 @@ pub fn identity(ctx: &Ctx, dir: &Path, people: usize, suffix: &str) -> Result<Ve
             let switched = switched.clone();
             let fx = &fx;
             async move {
-                present_cards(fx, usize::MAX, Duration::from_millis(100), &|| !switched.load(Ordering::Relaxed)).await
+                present_cards(fx, usize::MAX, Duration::from_millis(100), &|| !switched.load(Ordering::Relaxed), None)
+                    .await
             }
         };
         let publish = async {
@@ -524,7 +602,7 @@ pub fn identity(ctx: &Ctx, dir: &Path, people: usize, suffix: &str) -> Result<Ve
         daemon.stop()?;
         // A fresh daemon on the full table.
         let rest = start_deciding(ctx, &fx, "gated-2", true).await?;
-        let rest_cards = present_cards(&fx, ctx.sizes.rest_cards, Duration::from_millis(200), &|| true).await?;
+        let rest_cards = present_cards(&fx, ctx.sizes.rest_cards, Duration::from_millis(200), &|| true, None).await?;
         let hwm_rest = rest.stop()?;
 
         let (bulk, rows) =

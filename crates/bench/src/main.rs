@@ -62,8 +62,6 @@ pub struct Sizes {
     pub zbar_copies: usize,
     pub camera_seconds: f64,
     pub dcc_iterations: usize,
-    pub pty_round_trips: usize,
-    pub commits: usize,
     /// How long a drain may run before its rate is taken from what was
     /// drained so far (and the figure says it did not finish).
     pub drain_limit: std::time::Duration,
@@ -90,8 +88,6 @@ impl Sizes {
             zbar_copies: 40,
             camera_seconds: 10.0,
             dcc_iterations: 2_000,
-            pty_round_trips: 2_000,
-            commits: 2_000,
             drain_limit: std::time::Duration::from_secs(20 * 60),
             draining_cards: 100,
             draining_rounds: 25,
@@ -113,8 +109,6 @@ impl Sizes {
             zbar_copies: 3,
             camera_seconds: 1.0,
             dcc_iterations: 50,
-            pty_round_trips: 100,
-            commits: 100,
             drain_limit: std::time::Duration::from_secs(60),
             draining_cards: 4,
             draining_rounds: 2,

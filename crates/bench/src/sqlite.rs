@@ -18,28 +18,12 @@ use std::time::{Duration, Instant};
 
 /// A fresh database beside `dir`'s others, on the same disk, set up as the
 /// gate's are: WAL, `synchronous = FULL`.
-fn raw_db(path: &Path) -> Result<Connection> {
+pub(crate) fn raw_db(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")?;
     Ok(conn)
-}
-
-/// `count` durable single-row commits (each its own transaction): each
-/// commit's time.
-pub fn raw_commits(dir: &Path, count: usize) -> Result<Vec<Duration>> {
-    let mut conn = raw_db(&dir.join("raw-commit.db"))?;
-    let payload = event_payload(1);
-    let mut times = Vec::with_capacity(count);
-    for _ in 0..count {
-        let start = Instant::now();
-        let tx = conn.transaction()?;
-        tx.prepare_cached("INSERT INTO t (payload) VALUES (?1)")?.execute(params![payload])?;
-        tx.commit()?;
-        times.push(start.elapsed());
-    }
-    Ok(times)
 }
 
 /// As many durable single-row commits as fit in `budget`: their number.
