@@ -567,11 +567,8 @@ impl DecisionLoop {
         // A record that cannot be read is the fallback's to decide (it
         // fails closed), not a question for the platform.
         let Some(Ok(record)) = &stored.health_record else { return None };
-        let mode = match &stored.mode {
-            Ok(schedule) => schedule.as_ref().map_or(Mode::Normal, |s| s.at(now)),
-            Err(_) => Mode::Wartime,
-        };
-        let policy = self.config.policy.for_mode(mode);
+        // Unreadable: wartime, as the decision will say (and log).
+        let policy = self.config.policy.for_mode(mode_at(&stored.mode, now));
         // In a mode without health checks (normal, by default) a decision
         // pays nothing here.
         if !policy.health_required_for.contains(person.category) {
@@ -716,14 +713,9 @@ impl DecisionLoop {
         }
     }
 
-    /// Decides and records one attempt. Returns the verdict once it is
-    /// durable; `None` when nothing was decided (unreadable input, a fact
-    /// that could not be read) or the decision could not be recorded: the
-    /// gate stays shut.
     /// Every stored fact of one attempt, in one visit to the store thread;
     /// `None` (logged, counted) when any cannot be read: the gate stays shut.
-    async fn read_facts(&self, query: &Arc<FactQuery>) -> Option<StoredFacts> {
-        let query = query.clone();
+    async fn read_facts(&self, query: FactQuery) -> Option<StoredFacts> {
         match self.store.call(move |s| Ok(read_facts(s, &query))).await.and_then(|f| f) {
             Ok(stored) => Some(stored),
             Err(e) => {
@@ -734,10 +726,12 @@ impl DecisionLoop {
         }
     }
 
-    /// Decides one credential: its facts read in one visit to the store,
-    /// the engine's verdict recorded in one transaction, then the gate told
-    /// (a grant or a deny). `None` when it could not be decided or
-    /// recorded: the gate is not told, and stays shut.
+    /// Decides and records one attempt: its facts read in one visit to the
+    /// store, the engine's verdict recorded in one transaction, then the
+    /// gate told (a grant or a deny). Returns the verdict once it is
+    /// durable; `None` when nothing was decided (unreadable input, a fact
+    /// that could not be read) or the decision could not be recorded: the
+    /// gate is not told, and stays shut.
     pub(crate) async fn on_presented(&mut self, item: Presented, now: UnixMillis) -> Option<(Verdict, Side)> {
         let started = std::time::Instant::now();
         let (g, side) = self.gather(item).await?;
@@ -750,8 +744,7 @@ impl DecisionLoop {
             pass_id: g.pass_id.clone(),
             anti_passback: self.config.gate.anti_passback != AntiPassback::Off,
         };
-        let query = Arc::new(query);
-        let mut stored = self.read_facts(&query).await?;
+        let mut stored = self.read_facts(query.clone()).await?;
         // One read gives the mode too: a change shows in the log with the
         // first decision under it.
         self.note_mode(&stored.mode, now);
@@ -759,7 +752,7 @@ impl DecisionLoop {
             self.ask_platform_for_health(person_id).await;
             // Whatever came back is in the store now; the decision reads
             // every fact again, so they are all of one moment.
-            stored = self.read_facts(&query).await?;
+            stored = self.read_facts(query).await?;
         }
         let StoredFacts { person, watchlisted, passback_subject, last_passage, mode, health_record } = stored;
         let last_passage =
@@ -921,17 +914,23 @@ impl DecisionLoop {
 /// the default before any was ever set; the strictest when unreadable, so an
 /// unreadable mode never opens the site up.
 pub(crate) fn mode_in_force(read: gate_store::Result<Option<ModeSchedule>>, now: UnixMillis) -> Mode {
+    if let Err(e) = &read {
+        error!(error = %e, "cannot read the site mode; deciding as in wartime");
+    }
+    mode_at(&read, now)
+}
+
+/// [`mode_in_force`] without the log line.
+fn mode_at(read: &gate_store::Result<Option<ModeSchedule>>, now: UnixMillis) -> Mode {
     match read {
         Ok(Some(schedule)) => schedule.at(now),
         Ok(None) => Mode::Normal,
-        Err(e) => {
-            error!(error = %e, "cannot read the site mode; deciding as in wartime");
-            Mode::Wartime
-        }
+        Err(_) => Mode::Wartime,
     }
 }
 
 /// What one attempt asks of the store.
+#[derive(Clone)]
 struct FactQuery {
     credential: CredentialKind,
     key: Option<[u8; 32]>,

@@ -310,18 +310,12 @@ impl PathProbe {
     fn sample(&mut self) -> Result<()> {
         self.pty_times.push(self.pty.round_trip()?);
         let start = Instant::now();
-        let tx = self.commit.transaction()?;
-        tx.prepare_cached("INSERT INTO t (payload) VALUES (?1)")?.execute(rusqlite::params![self.payload])?;
-        tx.commit()?;
+        sqlite::raw_commit(&mut self.commit, &self.payload)?;
         self.commit_times.push(start.elapsed());
         let start = Instant::now();
         let id: Option<String> = self
             .lookup
-            .prepare_cached(
-                "SELECT p.person_id, p.category, p.status, p.valid_from_ms, p.valid_to_ms, p.display_name,
-                        p.tags, p.allowed_gates, p.time_windows
-                 FROM credential c JOIN person p ON p.person_id = c.person_id WHERE c.kind = ?1 AND c.key = ?2",
-            )?
+            .prepare_cached(sqlite::RAW_LOOKUP)?
             .query(rusqlite::params!["id_number", &self.key[..]])?
             .next()?
             .map(|r| r.get(0))
@@ -364,11 +358,12 @@ impl PathCeiling {
 /// use them: the reply frame's 1295 bytes written on one side and read whole
 /// on the other, which answers 8 bytes (from a thread of its own, as the
 /// simulated board answers from its task).
+///
+/// Dropping it ends the answerer, whichever it waits on: the writer side is
+/// closed first (a read gets end of file), then the request channel.
 struct PtyProbe {
     writer_side: std::fs::File,
-    /// Dropped first, which ends the answerer.
     requests: std::sync::mpsc::Sender<()>,
-    answerer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl PtyProbe {
@@ -383,7 +378,9 @@ impl PtyProbe {
         }
         let mut echo = std::fs::File::from(pair.slave);
         let (requests, expected) = std::sync::mpsc::channel::<()>();
-        let answerer = std::thread::spawn(move || -> std::io::Result<()> {
+        // Detached: it ends when the probe is dropped; if it fails first, the
+        // next round trip reads end of file and says so.
+        std::thread::spawn(move || -> std::io::Result<()> {
             let mut frame = vec![0u8; 1295];
             // One frame announced, one frame read and answered.
             while expected.recv().is_ok() {
@@ -392,7 +389,7 @@ impl PtyProbe {
             }
             Ok(())
         });
-        Ok(PtyProbe { writer_side: std::fs::File::from(pair.master), requests, answerer: Some(answerer) })
+        Ok(PtyProbe { writer_side: std::fs::File::from(pair.master), requests })
     }
 
     fn round_trip(&mut self) -> Result<Duration> {
@@ -403,16 +400,6 @@ impl PtyProbe {
         self.writer_side.write_all(&frame)?;
         self.writer_side.read_exact(&mut answer)?;
         Ok(start.elapsed())
-    }
-}
-
-impl Drop for PtyProbe {
-    fn drop(&mut self) {
-        let (quit, _) = std::sync::mpsc::channel();
-        drop(std::mem::replace(&mut self.requests, quit));
-        if let Some(answerer) = self.answerer.take() {
-            let _ = answerer.join();
-        }
     }
 }
 

@@ -26,14 +26,28 @@ pub(crate) fn raw_db(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// The store's credential lookup, as a bare statement on the identity
+/// file (the ceiling of every lookup figure).
+pub(crate) const RAW_LOOKUP: &str =
+    "SELECT p.person_id, p.category, p.status, p.valid_from_ms, p.valid_to_ms, p.display_name,
+            p.tags, p.allowed_gates, p.time_windows
+     FROM credential c JOIN person p ON p.person_id = c.person_id
+     WHERE c.kind = ?1 AND c.key = ?2";
+
+/// One durable single-row commit on a [`raw_db`].
+pub(crate) fn raw_commit(conn: &mut Connection, payload: &[u8]) -> Result<()> {
+    let tx = conn.transaction()?;
+    tx.prepare_cached("INSERT INTO t (payload) VALUES (?1)")?.execute(params![payload])?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// As many durable single-row commits as fit in `budget`: their number.
 fn raw_commits_for(conn: &mut Connection, budget: Duration, payload: &[u8]) -> Result<u64> {
     let start = Instant::now();
     let mut n = 0;
     while start.elapsed() < budget {
-        let tx = conn.transaction()?;
-        tx.prepare_cached("INSERT INTO t (payload) VALUES (?1)")?.execute(params![payload])?;
-        tx.commit()?;
+        raw_commit(conn, payload)?;
         n += 1;
     }
     Ok(n)
@@ -173,12 +187,7 @@ pub fn lookups(db: &Path, people: usize, count: usize, name: &str) -> Result<Row
     let key = SiteKey::from_bytes(hw_key());
     let store = Store::open(db)?;
     let raw = Connection::open(gate_store::identity_path(db))?;
-    let mut stmt = raw.prepare(
-        "SELECT p.person_id, p.category, p.status, p.valid_from_ms, p.valid_to_ms, p.display_name,
-                p.tags, p.allowed_gates, p.time_windows
-         FROM credential c JOIN person p ON p.person_id = c.person_id
-         WHERE c.kind = ?1 AND c.key = ?2",
-    )?;
+    let mut stmt = raw.prepare(RAW_LOOKUP)?;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut next_keys = |n: usize| -> Vec<([u8; 32], bool)> {
         (0..n)
