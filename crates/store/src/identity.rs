@@ -80,6 +80,38 @@ fn decode_windows(raw: &str) -> Option<Vec<TimeWindow>> {
         .collect()
 }
 
+/// A person's credentials as their row lists them (`person.credential_keys`),
+/// so that replacing or deleting the person finds them without an index on
+/// `credential.person_id`: for each, the kind's name, a 0 byte, the 32-byte key.
+pub(crate) fn encode_credentials(credentials: &[(CredentialKind, [u8; 32])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(credentials.len() * 44);
+    for (kind, key) in credentials {
+        list_credential(&mut out, kind.as_str(), key);
+    }
+    out
+}
+
+/// Appends one credential to a `credential_keys` list.
+pub(crate) fn list_credential(listed: &mut Vec<u8>, kind: &str, key: &[u8]) {
+    listed.extend_from_slice(kind.as_bytes());
+    listed.push(0);
+    listed.extend_from_slice(key);
+}
+
+/// The (kind, key) pairs of `encode_credentials`; a damaged tail is left out
+/// (its credentials stay bound, as an unlisted one would).
+pub(crate) fn listed_credentials(raw: &[u8]) -> Vec<(&str, &[u8])> {
+    let mut listed = Vec::new();
+    let mut rest = raw;
+    while let Some(end) = rest.iter().position(|b| *b == 0) {
+        let (kind, after) = (&rest[..end], &rest[end + 1..]);
+        let (Ok(kind), Some(key)) = (std::str::from_utf8(kind), after.get(..32)) else { break };
+        listed.push((kind, key));
+        rest = &after[32..];
+    }
+    listed
+}
+
 pub(crate) fn encode_gates(gates: &AllowedGates) -> Option<String> {
     match gates {
         AllowedGates::All => None,
@@ -280,21 +312,22 @@ pub(crate) fn upsert_people(tx: &Transaction<'_>, people: &[NewPerson]) -> rusql
     let mut summary = ImportSummary::default();
     let mut upsert = tx.prepare_cached(
         "INSERT INTO ident.person (person_id, category, status, valid_from_ms, valid_to_ms, display_name,
-                                   tags, allowed_gates, time_windows)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                                   tags, allowed_gates, time_windows, credential_keys)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (person_id) DO UPDATE SET
            category = excluded.category, status = excluded.status,
            valid_from_ms = excluded.valid_from_ms, valid_to_ms = excluded.valid_to_ms,
            display_name = excluded.display_name, tags = excluded.tags,
-           allowed_gates = excluded.allowed_gates, time_windows = excluded.time_windows",
+           allowed_gates = excluded.allowed_gates, time_windows = excluded.time_windows,
+           credential_keys = excluded.credential_keys",
     )?;
-    let mut drop_credentials = tx.prepare_cached("DELETE FROM ident.credential WHERE person_id = ?1")?;
     let mut bind = tx.prepare_cached(
         "INSERT INTO ident.credential (kind, key, person_id) VALUES (?1, ?2, ?3)
          ON CONFLICT (kind, key) DO UPDATE SET person_id = excluded.person_id",
     )?;
     for new in people {
         let p = &new.person;
+        unbind_credentials(tx, &p.person_id)?;
         upsert.execute(params![
             p.person_id,
             p.category.as_str(),
@@ -306,8 +339,8 @@ pub(crate) fn upsert_people(tx: &Transaction<'_>, people: &[NewPerson]) -> rusql
             encode_list(&p.tags),
             encode_gates(&p.allowed_gates),
             encode_windows(&p.time_windows),
+            encode_credentials(&new.credentials),
         ])?;
-        drop_credentials.execute(params![p.person_id])?;
         for (kind, key) in &new.credentials {
             bind.execute(params![kind.as_str(), &key[..], p.person_id])?;
             summary.credentials += 1;
@@ -319,10 +352,25 @@ pub(crate) fn upsert_people(tx: &Transaction<'_>, people: &[NewPerson]) -> rusql
 
 fn delete_people(tx: &Transaction<'_>, person_ids: &[String]) -> rusqlite::Result<()> {
     let mut drop_person = tx.prepare_cached("DELETE FROM ident.person WHERE person_id = ?1")?;
-    let mut drop_credentials = tx.prepare_cached("DELETE FROM ident.credential WHERE person_id = ?1")?;
     for id in person_ids {
-        drop_credentials.execute(params![id])?;
+        unbind_credentials(tx, id)?;
         drop_person.execute(params![id])?;
+    }
+    Ok(())
+}
+
+/// Removes the credentials a person's row lists, those still bound to that
+/// person (a later upsert may have moved one to someone else).
+fn unbind_credentials(tx: &Transaction<'_>, person_id: &str) -> rusqlite::Result<()> {
+    let listed: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT credential_keys FROM ident.person WHERE person_id = ?1")?
+        .query_row([person_id], |r| r.get(0))
+        .optional()?;
+    let Some(listed) = listed else { return Ok(()) };
+    let mut unbind =
+        tx.prepare_cached("DELETE FROM ident.credential WHERE kind = ?1 AND key = ?2 AND person_id = ?3")?;
+    for (kind, key) in listed_credentials(&listed) {
+        unbind.execute(params![kind, key, person_id])?;
     }
     Ok(())
 }

@@ -183,6 +183,10 @@ pub(crate) const IDENTITY_MIGRATIONS: &[Step] = &[
     //    kept from here on (`Store::open` then vacuums the file, so no
     //    free page keeps an old name).
     Step::Rust(mask_stored_names),
+    // 4: each person row lists its credentials, so that a delta finds them
+    //    without an index on `credential.person_id`, and a snapshot can build
+    //    its tables in key order in short transactions (`snapshot`).
+    Step::Rust(list_credentials_on_person_rows),
 ];
 
 /// The index of the identity migration that masks the names stored before.
@@ -210,6 +214,52 @@ fn mask_stored_names(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Adds `person.credential_keys` and fills it from the credential table,
+/// drops the index of credentials by person (named `credential_person`, or
+/// after a snapshot `credential_person_v<version>`), and discards a snapshot
+/// being staged: its staging table has no such column, and the gate asks the
+/// platform for the snapshot again when its chunks stop coming.
+fn list_credentials_on_person_rows(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE ident.person ADD COLUMN credential_keys BLOB NOT NULL DEFAULT x''")?;
+    {
+        let mut update = tx.prepare("UPDATE ident.person SET credential_keys = ?1 WHERE person_id = ?2")?;
+        let mut select = tx.prepare("SELECT person_id, kind, key FROM ident.credential ORDER BY person_id")?;
+        let mut rows = select.query([])?;
+        let mut current: Option<(String, Vec<u8>)> = None;
+        while let Some(row) = rows.next()? {
+            let (person_id, kind, key): (String, String, Vec<u8>) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            if current.as_ref().is_some_and(|(id, _)| *id != person_id)
+                && let Some((id, listed)) = current.take()
+            {
+                update.execute(rusqlite::params![listed, id])?;
+            }
+            let (_, listed) = current.get_or_insert_with(|| (person_id, Vec::new()));
+            crate::identity::list_credential(listed, &kind, &key);
+        }
+        if let Some((id, listed)) = current {
+            update.execute(rusqlite::params![listed, id])?;
+        }
+    }
+    let by_person: Vec<String> = tx
+        .prepare(
+            "SELECT name FROM ident.sqlite_schema
+             WHERE type = 'index' AND tbl_name = 'credential' AND name LIKE 'credential_person%'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for name in by_person {
+        tx.execute_batch(&format!("DROP INDEX ident.\"{name}\""))?;
+    }
+    tx.execute_batch(
+        "DROP TABLE IF EXISTS ident.person_next;
+         DROP TABLE IF EXISTS ident.credential_next;
+         DROP TABLE IF EXISTS ident.watchlist_next;
+         DROP TABLE IF EXISTS ident.revoked_next;
+         DROP TABLE IF EXISTS ident.snapshot_progress;
+         DROP TABLE IF EXISTS ident.snapshot_chunk;",
+    )
 }
 
 /// What the migrations did that the caller finishes outside a transaction.

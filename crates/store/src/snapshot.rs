@@ -1,28 +1,42 @@
-//! Full identity snapshots from the platform: staged chunk by chunk, then
-//! switched in atomically.
+//! Full identity snapshots from the platform: staged chunk by chunk, built
+//! in key order, switched in atomically, and what they replaced freed.
 //!
-//! Chunks are appended to index-less staging tables (`ident.person_next`,
-//! `credential_next`, `watchlist_next`, `revoked_next`), one short transaction
-//! per chunk, with the chunks received so far in `ident.snapshot_chunk`. When
-//! the last chunk arrives, unique indexes are built on the staged tables (a
-//! sorted build, far cheaper than two million random-key B-tree inserts),
-//! then one transaction renames the live tables away, renames the staged ones
-//! into place and sets the synced version. Readers on other connections keep
-//! reading the old tables until that commit (WAL), so lookups never wait and
-//! never see half a snapshot.
+//! The live tables a snapshot builds are `WITHOUT ROWID` tables keyed as
+//! they are looked up (`person` by id, `credential` and `watchlist` by kind
+//! and keyed hash, `pass_revoked` by pass id): one B-tree each, appended to
+//! in key order. People arrive in the order of their id (the platform sends
+//! them so), and go straight into `person_built`; the other rows are
+//! appended to index-less staging tables (`credential_next`, ...) and
+//! copied into their built tables in key order once the last chunk is in,
+//! through a temporary table of their rowids sorted by key. The chunks
+//! received so far are in `ident.snapshot_chunk`. Then one transaction
+//! renames the live tables away, renames the built ones into place and sets
+//! the synced version. Readers on other connections keep reading the old
+//! tables until that commit (WAL), so lookups never wait and never see half
+//! a snapshot. Behind the switch, `free_replaced_identity_tables` empties
+//! the old and the staged tables (their freed pages zeroed,
+//! `secure_delete`) and drops them.
 //!
-//! After the first snapshot the live tables are rowid tables with unique
-//! indexes instead of the primary keys the first migration created (index
-//! names carry the version; CHECKs are spelled with OR, same meaning): the
-//! queries, the `ON CONFLICT` upserts of deltas and the constraints work the
-//! same on both layouts. Copying the staged rows into primary-key tables
-//! instead took three times as long in a 2,000,000-row trial; the price is
-//! one more B-tree descent per lookup (p99 still about 30 µs at 2,000,000).
+//! Every step goes a batch at a time: a few hundred rows, about a hundred
+//! kilobytes of log, per transaction, each made durable by its own fsync,
+//! and the log checkpointed every `SNAPSHOT_CHECKPOINT_PAGES`. The card
+//! path's commit waits on the same disk, and a flush waits for whatever was
+//! written before it: an index built by one `CREATE INDEX` over two million
+//! rows put a hundred megabytes through the log in one commit, and a card
+//! that came while its checkpoint flushed waited up to 150 ms. Paced, the
+//! snapshot takes about three times as long and a card meets at most a
+//! batch on the disk.
+//!
+//! A person's credentials are found through the list on their row
+//! (`person.credential_keys`), not an index by person, which no copy in key
+//! order could append to. Tables of the first migration's layout (a rowid
+//! `person`, the index by person, dropped by migration 4) work the same
+//! with every query and upsert.
 
-use crate::identity::{encode_gates, encode_list, encode_windows};
+use crate::identity::{encode_credentials, encode_gates, encode_list, encode_windows};
 use crate::{NewPerson, Result, Store, StoreError};
 use gate_core::{CredentialKind, UnixMillis};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// One chunk of a full snapshot, already checked.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -74,58 +88,110 @@ const BOOKKEEPING: &str = "
         PRIMARY KEY (version, chunk_index)
     ) WITHOUT ROWID;";
 
-/// The staging tables: the live columns and CHECKs, no key and no index, so
-/// that appending stays sequential. The CHECKs say `a OR b OR c` rather than
-/// `IN (a, b, c)`, which SQLite evaluates by building a temporary table for
-/// every row inserted (a tenth of the staging time at two million rows).
-const STAGING: &str = "
-    DROP TABLE IF EXISTS ident.person_next;
-    DROP TABLE IF EXISTS ident.credential_next;
-    DROP TABLE IF EXISTS ident.watchlist_next;
-    DROP TABLE IF EXISTS ident.revoked_next;
-    CREATE TABLE ident.person_next (
-        person_id     TEXT NOT NULL,
-        category      TEXT NOT NULL
-                      CHECK (category = 'resident' OR category = 'worker' OR category = 'visitor'),
-        status        TEXT NOT NULL CHECK (status = 'active' OR status = 'suspended' OR status = 'blocked'),
-        valid_from_ms INTEGER NOT NULL,
-        valid_to_ms   INTEGER NOT NULL,
-        display_name  TEXT NOT NULL,
-        tags          TEXT NOT NULL DEFAULT '',
-        allowed_gates TEXT,
-        time_windows  TEXT NOT NULL DEFAULT ''
-    );
-    CREATE TABLE ident.credential_next (
-        kind      TEXT NOT NULL,
-        key       BLOB NOT NULL CHECK (length(key) = 32),
-        person_id TEXT NOT NULL
-    );
-    CREATE TABLE ident.watchlist_next (
-        kind TEXT NOT NULL,
-        key  BLOB NOT NULL CHECK (length(key) = 32)
-    );
-    CREATE TABLE ident.revoked_next (
-        pass_id TEXT NOT NULL
-    );";
+/// The tables a snapshot replaces: built in key order, then switched in.
+struct SnapshotTable {
+    /// Where chunks are appended as they arrive (a rowid table, no key),
+    /// to be copied into `built` in key order once all are in. `None` for
+    /// people: the platform sends them in the order of their id, so they go
+    /// straight into `built` (into its middle, more slowly, when they do not).
+    staged: Option<&'static str>,
+    built: &'static str,
+    live: &'static str,
+    /// The columns and CHECKs, the live ones. The CHECKs say `a OR b OR c`
+    /// rather than `IN (a, b, c)`, which SQLite evaluates by building a
+    /// temporary table for every row inserted (a tenth of the staging time at
+    /// two million rows).
+    columns: &'static str,
+    /// The built table's primary key (it is `WITHOUT ROWID`: one B-tree,
+    /// the rows in key order, no separate index to write).
+    key: &'static str,
+    /// Rows per transaction, as a multiple of the batch: rows of a few dozen
+    /// bytes go four times as many at once as a person's.
+    rows_per_batch: usize,
+}
 
-/// Staged table → live table.
-const SWAP: [(&str, &str); 4] = [
-    ("person_next", "person"),
-    ("credential_next", "credential"),
-    ("watchlist_next", "watchlist"),
-    ("revoked_next", "pass_revoked"),
+const TABLES: [SnapshotTable; 4] = [
+    SnapshotTable {
+        staged: None,
+        built: "person_built",
+        live: "person",
+        columns: "
+            person_id       TEXT NOT NULL,
+            category        TEXT NOT NULL
+                            CHECK (category = 'resident' OR category = 'worker' OR category = 'visitor'),
+            status          TEXT NOT NULL CHECK (status = 'active' OR status = 'suspended' OR status = 'blocked'),
+            valid_from_ms   INTEGER NOT NULL,
+            valid_to_ms     INTEGER NOT NULL,
+            display_name    TEXT NOT NULL,
+            tags            TEXT NOT NULL DEFAULT '',
+            allowed_gates   TEXT,
+            time_windows    TEXT NOT NULL DEFAULT '',
+            credential_keys BLOB NOT NULL DEFAULT x''",
+        key: "person_id",
+        rows_per_batch: 1,
+    },
+    SnapshotTable {
+        staged: Some("credential_next"),
+        built: "credential_built",
+        live: "credential",
+        columns: "
+            kind      TEXT NOT NULL,
+            key       BLOB NOT NULL CHECK (length(key) = 32),
+            person_id TEXT NOT NULL",
+        key: "kind, key",
+        rows_per_batch: 4,
+    },
+    SnapshotTable {
+        staged: Some("watchlist_next"),
+        built: "watchlist_built",
+        live: "watchlist",
+        columns: "
+            kind TEXT NOT NULL,
+            key  BLOB NOT NULL CHECK (length(key) = 32)",
+        key: "kind, key",
+        rows_per_batch: 4,
+    },
+    SnapshotTable {
+        staged: Some("revoked_next"),
+        built: "revoked_built",
+        live: "pass_revoked",
+        columns: "
+            pass_id TEXT NOT NULL",
+        key: "pass_id",
+        rows_per_batch: 4,
+    },
 ];
 
-/// Indexes the live tables need: (table, name stem, columns, unique). Names
-/// carry the version, since an index cannot be renamed and the live table's
-/// indexes exist while the next ones are built.
-const INDEXES: [(&str, &str, &str, bool); 5] = [
-    ("person_next", "person_id", "person_id", true),
-    ("credential_next", "credential_key", "kind, key", true),
-    ("credential_next", "credential_person", "person_id", false),
-    ("watchlist_next", "watchlist_key", "kind, key", true),
-    ("revoked_next", "pass_revoked_id", "pass_id", true),
-];
+/// People staged, copied or deleted per transaction (`rows_per_batch` times
+/// as many narrower rows): about a hundred kilobytes of log, made durable by
+/// that transaction's own fsync, so that a card's commit never queues behind
+/// more than that on the disk.
+pub(crate) const SNAPSHOT_BATCH_ROWS: usize = 512;
+
+/// The log is copied into the identity file every this many pages while a
+/// snapshot is applied (SQLite's default is 1000, four megabytes flushed at
+/// once), for the same reason.
+const SNAPSHOT_CHECKPOINT_PAGES: i64 = 64;
+
+impl SnapshotTable {
+    /// The column names alone, in table order.
+    fn column_names(&self) -> Vec<&'static str> {
+        self.columns.split(',').filter_map(|definition| definition.split_whitespace().next()).collect()
+    }
+
+    fn old(&self) -> String {
+        format!("{}_old", self.live)
+    }
+
+    /// Where a staging's rows are, while it lasts.
+    fn staging(&self) -> &'static str {
+        self.staged.unwrap_or(self.built)
+    }
+
+    fn batch(&self, batch: usize) -> usize {
+        batch * self.rows_per_batch
+    }
+}
 
 fn wrapper(path: &std::path::Path) -> impl Fn(rusqlite::Error) -> StoreError + use<> {
     let path = path.to_owned();
@@ -144,26 +210,28 @@ fn lock_ident(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute("UPDATE ident.identity_state SET version = version WHERE id = 1", []).map(drop)
 }
 
-/// Runs `f` with `ident.synchronous = NORMAL`: a staging lost to a power cut
-/// only means a resync, and skipping an fsync per chunk keeps the disk free
-/// for the decision loop's durable commits.
-fn relaxed<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    conn.pragma_update(Some("ident"), "synchronous", "NORMAL")?;
+/// Runs `f` with the log checkpointed every `SNAPSHOT_CHECKPOINT_PAGES`.
+/// `ident.synchronous` stays FULL: every batch's commit flushes its own few
+/// hundred kilobytes, where NORMAL would leave them to pile up for the
+/// checkpoint to flush at once.
+fn paced<T>(conn: &mut Connection, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    conn.pragma_update(None, "wal_autocheckpoint", SNAPSHOT_CHECKPOINT_PAGES)?;
     let result = f(conn);
-    let restored = conn.pragma_update(Some("ident"), "synchronous", "FULL");
+    let restored = conn.pragma_update(None, "wal_autocheckpoint", 1000);
     let value = result?;
     restored?;
     Ok(value)
 }
 
 impl Store {
-    /// Stages one snapshot chunk in its own transaction; the chunk that
-    /// completes the snapshot also switches it in. A chunk received twice
-    /// changes nothing; a chunk of a newer version than the one staging
-    /// discards that staging; an older one is ignored.
+    /// Stages one snapshot chunk; the chunk that completes the snapshot also
+    /// switches it in. A chunk received twice changes nothing; a chunk of a
+    /// newer version than the one staging discards that staging; an older
+    /// one is ignored. After `Activated`, call
+    /// `free_replaced_identity_tables`.
     pub fn stage_snapshot_chunk(&mut self, chunk: &SnapshotChunk, now_ms: UnixMillis) -> Result<SnapshotOutcome> {
         let wrap = wrapper(&self.path);
-        let staged = relaxed(&mut self.conn, |conn| stage(conn, chunk, now_ms)).map_err(&wrap)?;
+        let staged = paced(&mut self.conn, |conn| stage(conn, chunk, now_ms, SNAPSHOT_BATCH_ROWS)).map_err(&wrap)?;
         match staged {
             Staged::Outcome(outcome) => Ok(outcome),
             // `CompleteBefore`: complete, but the switch did not finish (a
@@ -197,29 +265,72 @@ impl Store {
     /// Drops the snapshot being staged, if any.
     pub fn discard_snapshot(&mut self) -> Result<()> {
         let wrap = wrapper(&self.path);
-        let tx = self.conn.transaction().map_err(&wrap)?;
-        lock_ident(&tx).map_err(&wrap)?;
-        if table_exists(&tx, "snapshot_progress").map_err(&wrap)? {
-            tx.execute_batch(
-                "DELETE FROM ident.snapshot_progress;
-                 DELETE FROM ident.snapshot_chunk;
-                 DROP TABLE IF EXISTS ident.person_next;
-                 DROP TABLE IF EXISTS ident.credential_next;
-                 DROP TABLE IF EXISTS ident.watchlist_next;
-                 DROP TABLE IF EXISTS ident.revoked_next;",
-            )
-            .map_err(&wrap)?;
-        }
-        tx.commit().map_err(wrap)
+        paced(&mut self.conn, |conn| {
+            if table_exists(conn, "snapshot_progress")? {
+                conn.execute_batch("DELETE FROM ident.snapshot_progress; DELETE FROM ident.snapshot_chunk;")?;
+            }
+            for table in &TABLES {
+                empty_and_drop(conn, table.staging(), table.key, table.batch(SNAPSHOT_BATCH_ROWS))?;
+            }
+            Ok(())
+        })
+        .map_err(wrap)
     }
 
-    /// Indexes the complete staging, then switches it in with one commit.
-    /// False when there was nothing to switch any more.
-    fn activate(&mut self, version: u64, now_ms: UnixMillis) -> Result<bool> {
+    /// Empties and drops what the last switch replaced (the old tables, the
+    /// staged ones), a batch at a time, and the health records of people it
+    /// dropped. Readers already see the new tables; the freed pages serve the
+    /// next staging. Safe to call at any time: without a switch behind it,
+    /// it finds nothing to do.
+    pub fn free_replaced_identity_tables(&mut self) -> Result<()> {
         let wrap = wrapper(&self.path);
-        relaxed(&mut self.conn, |conn| build_indexes(conn, version)).map_err(&wrap)?;
-        // Leftovers of a switch interrupted after its commit.
-        relaxed(&mut self.conn, drop_old).map_err(&wrap)?;
+        paced(&mut self.conn, |conn| {
+            if progress(conn)?.is_some() {
+                // The staged tables are a staging's, not leftovers.
+                return Ok(());
+            }
+            let mut replaced = false;
+            for table in &TABLES {
+                let batch = table.batch(SNAPSHOT_BATCH_ROWS);
+                replaced |= table_exists(conn, &table.old())?;
+                empty_and_drop(conn, &table.old(), table.key, batch)?;
+                if let Some(staged) = table.staged {
+                    empty_and_drop(conn, staged, table.key, batch)?;
+                }
+            }
+            if replaced {
+                // People the snapshot dropped take their health records with them.
+                conn.execute(
+                    "DELETE FROM ident.health WHERE person_id NOT IN (SELECT person_id FROM ident.person)",
+                    [],
+                )?;
+            }
+            Ok(())
+        })
+        .map_err(wrap)
+    }
+
+    /// Builds the complete staging in key order, then switches it in with
+    /// one commit. False when there was nothing to switch any more.
+    fn activate(&mut self, version: u64, now_ms: UnixMillis) -> Result<bool> {
+        self.activate_in_batches(version, now_ms, SNAPSHOT_BATCH_ROWS)
+    }
+
+    /// `activate`, `batch` rows per transaction.
+    fn activate_in_batches(&mut self, version: u64, now_ms: UnixMillis, batch: usize) -> Result<bool> {
+        let wrap = wrapper(&self.path);
+        let started = std::time::Instant::now();
+        paced(&mut self.conn, |conn| {
+            // Leftovers of a build, or of a switch, that a crash interrupted.
+            for table in &TABLES {
+                if table.staged.is_some() {
+                    empty_and_drop(conn, table.built, table.key, table.batch(batch))?;
+                }
+                empty_and_drop(conn, &table.old(), table.key, table.batch(batch))?;
+            }
+            build_in_key_order(conn, batch)
+        })
+        .map_err(&wrap)?;
         let tx = self.conn.transaction().map_err(&wrap)?;
         lock_ident(&tx).map_err(&wrap)?;
         let still_complete =
@@ -228,17 +339,21 @@ impl Store {
             tx.query_row("SELECT version FROM ident.identity_state WHERE id = 1", [], |r| r.get(0)).map_err(&wrap)?;
         if !still_complete || live as u64 >= version {
             // Replaced by another staging, or overtaken by deltas (another
-            // connection's): switching would go back in time.
+            // connection's): switching would go back in time. The built
+            // tables go with the next activation's leftovers.
             return Ok(false);
         }
         // Legacy renames leave references from other tables, triggers and
         // views naming `person` (and so on) alone: after the switch they mean
         // the new table, as they should.
         tx.pragma_update(None, "legacy_alter_table", true).map_err(&wrap)?;
-        for (next, live) in SWAP {
+        for table in &TABLES {
             tx.execute_batch(&format!(
-                "ALTER TABLE ident.{live} RENAME TO {live}_old;
-                 ALTER TABLE ident.{next} RENAME TO {live};"
+                "ALTER TABLE ident.{live} RENAME TO {old};
+                 ALTER TABLE ident.{built} RENAME TO {live};",
+                live = table.live,
+                old = table.old(),
+                built = table.built
             ))
             .map_err(&wrap)?;
         }
@@ -249,15 +364,12 @@ impl Store {
         )
         .map_err(&wrap)?;
         tx.execute_batch("DELETE FROM ident.snapshot_progress; DELETE FROM ident.snapshot_chunk;").map_err(&wrap)?;
-        // `ident.synchronous` is FULL here: the switch itself is durable.
         tx.commit().map_err(&wrap)?;
-        // Freeing the old pages takes a while at two million rows; readers
-        // already see the new tables, and the pages serve the next staging.
-        relaxed(&mut self.conn, drop_old).map_err(&wrap)?;
-        // People the snapshot dropped take their health records with them.
-        self.conn
-            .execute("DELETE FROM ident.health WHERE person_id NOT IN (SELECT person_id FROM ident.person)", [])
-            .map_err(wrap)?;
+        tracing::info!(
+            version,
+            built_ms = started.elapsed().as_millis() as u64,
+            "identity snapshot built in key order and switched in"
+        );
         Ok(true)
     }
 }
@@ -292,38 +404,33 @@ fn progress(conn: &Connection) -> rusqlite::Result<Option<SnapshotProgress>> {
     .optional()
 }
 
-fn stage(conn: &mut Connection, chunk: &SnapshotChunk, now_ms: UnixMillis) -> rusqlite::Result<Staged> {
-    let tx = conn.transaction()?;
-    lock_ident(&tx)?;
-    let live: i64 = tx.query_row("SELECT version FROM ident.identity_state WHERE id = 1", [], |r| r.get(0))?;
-    let live = live as u64;
-    if chunk.version == live {
-        return Ok(Staged::Outcome(SnapshotOutcome::Duplicate));
-    }
-    if chunk.version < live {
-        return Ok(Staged::Outcome(SnapshotOutcome::Stale));
-    }
-    tx.execute_batch(BOOKKEEPING)?;
-    let current = progress(&tx)?;
-    match current {
-        Some(p) if chunk.version < p.version => return Ok(Staged::Outcome(SnapshotOutcome::Stale)),
-        Some(p) if chunk.version == p.version && chunk.chunk_count == p.chunk_count => {
-            let seen = tx
-                .prepare_cached("SELECT 1 FROM ident.snapshot_chunk WHERE version = ?1 AND chunk_index = ?2")?
-                .exists(params![chunk.version as i64, chunk.chunk_index])?;
-            if seen {
-                return Ok(if p.received == p.chunk_count {
-                    Staged::CompleteBefore
-                } else {
-                    Staged::Outcome(SnapshotOutcome::Duplicate)
-                });
+/// What to do with a chunk, decided in one transaction.
+enum ChunkPlan {
+    Done(Staged),
+    Append,
+    /// Start a staging: a first chunk, or one that replaces the staging.
+    StartOver,
+}
+
+fn stage(conn: &mut Connection, chunk: &SnapshotChunk, now_ms: UnixMillis, batch: usize) -> rusqlite::Result<Staged> {
+    let plan = {
+        let tx = conn.transaction()?;
+        lock_ident(&tx)?;
+        let plan = plan_chunk(&tx, chunk)?;
+        tx.commit()?;
+        plan
+    };
+    match plan {
+        ChunkPlan::Done(staged) => return Ok(staged),
+        ChunkPlan::Append => {}
+        ChunkPlan::StartOver => {
+            // The staging this replaces can be two million rows.
+            for table in &TABLES {
+                empty_and_drop(conn, table.staging(), table.key, table.batch(batch))?;
             }
-        }
-        // Nothing staging, a newer version, or the same version cut into a
-        // different number of chunks (the same content, so starting over is
-        // safe, and mixing two cuts could never complete).
-        _ => {
-            tx.execute_batch(STAGING)?;
+            let tx = conn.transaction()?;
+            lock_ident(&tx)?;
+            create_staging(&tx)?;
             tx.execute("DELETE FROM ident.snapshot_chunk", [])?;
             tx.execute(
                 "INSERT INTO ident.snapshot_progress (id, version, chunk_count, started_ms, last_activity_ms)
@@ -332,9 +439,30 @@ fn stage(conn: &mut Connection, chunk: &SnapshotChunk, now_ms: UnixMillis) -> ru
                    started_ms = excluded.started_ms, last_activity_ms = excluded.last_activity_ms",
                 params![chunk.version as i64, chunk.chunk_count, now_ms],
             )?;
+            tx.commit()?;
         }
     }
-    append_rows(&tx, chunk)?;
+    // The rows, `batch` people a transaction, before the chunk is recorded
+    // as received: a crash in between leaves rows of a chunk not recorded,
+    // which is received and staged again, and the build keeps one row per
+    // key.
+    for people in chunk.people.chunks(batch) {
+        let tx = conn.transaction()?;
+        append_people(&tx, people)?;
+        tx.commit()?;
+    }
+    for entries in chunk.watchlist.chunks(4 * batch) {
+        let tx = conn.transaction()?;
+        append_watchlist(&tx, entries)?;
+        tx.commit()?;
+    }
+    for passes in chunk.revoked_passes.chunks(4 * batch) {
+        let tx = conn.transaction()?;
+        append_revoked(&tx, passes)?;
+        tx.commit()?;
+    }
+    let tx = conn.transaction()?;
+    lock_ident(&tx)?;
     tx.execute(
         "INSERT INTO ident.snapshot_chunk (version, chunk_index) VALUES (?1, ?2)",
         params![chunk.version as i64, chunk.chunk_index],
@@ -352,15 +480,64 @@ fn stage(conn: &mut Connection, chunk: &SnapshotChunk, now_ms: UnixMillis) -> ru
     })
 }
 
-fn append_rows(tx: &Connection, chunk: &SnapshotChunk) -> rusqlite::Result<()> {
+fn plan_chunk(tx: &Connection, chunk: &SnapshotChunk) -> rusqlite::Result<ChunkPlan> {
+    let live: i64 = tx.query_row("SELECT version FROM ident.identity_state WHERE id = 1", [], |r| r.get(0))?;
+    let live = live as u64;
+    if chunk.version == live {
+        return Ok(ChunkPlan::Done(Staged::Outcome(SnapshotOutcome::Duplicate)));
+    }
+    if chunk.version < live {
+        return Ok(ChunkPlan::Done(Staged::Outcome(SnapshotOutcome::Stale)));
+    }
+    tx.execute_batch(BOOKKEEPING)?;
+    Ok(match progress(tx)? {
+        Some(p) if chunk.version < p.version => ChunkPlan::Done(Staged::Outcome(SnapshotOutcome::Stale)),
+        Some(p) if chunk.version == p.version && chunk.chunk_count == p.chunk_count => {
+            let seen = tx
+                .prepare_cached("SELECT 1 FROM ident.snapshot_chunk WHERE version = ?1 AND chunk_index = ?2")?
+                .exists(params![chunk.version as i64, chunk.chunk_index])?;
+            match seen {
+                true if p.received == p.chunk_count => ChunkPlan::Done(Staged::CompleteBefore),
+                true => ChunkPlan::Done(Staged::Outcome(SnapshotOutcome::Duplicate)),
+                false => ChunkPlan::Append,
+            }
+        }
+        // Nothing staging, a newer version, or the same version cut into a
+        // different number of chunks (the same content, so starting over is
+        // safe, and mixing two cuts could never complete).
+        _ => ChunkPlan::StartOver,
+    })
+}
+
+/// Creates the staging tables, empty.
+fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
+    for table in &TABLES {
+        let SnapshotTable { columns, key, .. } = table;
+        let staging = table.staging();
+        let create = match table.staged {
+            Some(_) => format!("CREATE TABLE ident.{staging} ({columns})"),
+            None => format!("CREATE TABLE ident.{staging} ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID"),
+        };
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS ident.{staging}; {create};"))?;
+    }
+    Ok(())
+}
+
+fn append_people(tx: &Connection, people: &[NewPerson]) -> rusqlite::Result<()> {
     let mut person = tx.prepare_cached(
-        "INSERT INTO ident.person_next (person_id, category, status, valid_from_ms, valid_to_ms, display_name,
-                                        tags, allowed_gates, time_windows)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO ident.person_built (person_id, category, status, valid_from_ms, valid_to_ms, display_name,
+                                         tags, allowed_gates, time_windows, credential_keys)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (person_id) DO UPDATE SET
+           category = excluded.category, status = excluded.status,
+           valid_from_ms = excluded.valid_from_ms, valid_to_ms = excluded.valid_to_ms,
+           display_name = excluded.display_name, tags = excluded.tags,
+           allowed_gates = excluded.allowed_gates, time_windows = excluded.time_windows,
+           credential_keys = excluded.credential_keys",
     )?;
     let mut credential =
         tx.prepare_cached("INSERT INTO ident.credential_next (kind, key, person_id) VALUES (?1, ?2, ?3)")?;
-    for new in &chunk.people {
+    for new in people {
         let p = &new.person;
         person.execute(params![
             p.person_id,
@@ -372,59 +549,105 @@ fn append_rows(tx: &Connection, chunk: &SnapshotChunk) -> rusqlite::Result<()> {
             encode_list(&p.tags),
             encode_gates(&p.allowed_gates),
             encode_windows(&p.time_windows),
+            encode_credentials(&new.credentials),
         ])?;
         for (kind, key) in &new.credentials {
             credential.execute(params![kind.as_str(), &key[..], p.person_id])?;
         }
     }
+    Ok(())
+}
+
+fn append_watchlist(tx: &Connection, entries: &[(CredentialKind, [u8; 32])]) -> rusqlite::Result<()> {
     let mut watch = tx.prepare_cached("INSERT INTO ident.watchlist_next (kind, key) VALUES (?1, ?2)")?;
-    for (kind, key) in &chunk.watchlist {
+    for (kind, key) in entries {
         watch.execute(params![kind.as_str(), &key[..]])?;
     }
+    Ok(())
+}
+
+fn append_revoked(tx: &Connection, passes: &[String]) -> rusqlite::Result<()> {
     let mut revoked = tx.prepare_cached("INSERT INTO ident.revoked_next (pass_id) VALUES (?1)")?;
-    for pass_id in &chunk.revoked_passes {
+    for pass_id in passes {
         revoked.execute([pass_id])?;
     }
     Ok(())
 }
 
-/// Builds the live indexes on the staged tables, each in its own
-/// transaction (only the identity database is locked; readers go on). A
-/// snapshot that names the same key twice keeps the last one, as a delta
-/// would: duplicates are removed only when the unique build fails, so the
-/// usual case pays nothing for them.
-fn build_indexes(conn: &Connection, version: u64) -> rusqlite::Result<()> {
-    for (table, stem, columns, unique) in INDEXES {
-        let create = format!(
-            "CREATE {} INDEX IF NOT EXISTS ident.{stem}_v{version} ON {table} ({columns})",
-            if unique { "UNIQUE" } else { "" }
-        );
-        match conn.execute(&create, []) {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if unique && e.code == ErrorCode::ConstraintViolation => {
-                conn.execute(
-                    &format!(
-                        "DELETE FROM ident.{table} WHERE rowid NOT IN
-                           (SELECT max(rowid) FROM ident.{table} GROUP BY {columns})"
-                    ),
-                    [],
-                )?;
-                conn.execute(&create, [])?;
-            }
-            other => {
-                other?;
-            }
+/// Copies each staged table into its built table in the order of its key:
+/// every row lands at the end of the built table's B-tree, `batch` rows per
+/// transaction. The order comes from a temporary table of the staged rows'
+/// rowids sorted by key (connection-private, never in the write-ahead log).
+/// A snapshot that names the same key twice keeps the last, as a delta
+/// would: the later row, sorted after the earlier one, overwrites it.
+fn build_in_key_order(conn: &mut Connection, batch: usize) -> rusqlite::Result<()> {
+    for table in &TABLES {
+        let SnapshotTable { built, key, columns, .. } = table;
+        let Some(staged) = table.staged else { continue };
+        let started = std::time::Instant::now();
+        conn.execute_batch(&format!(
+            "CREATE TABLE ident.{built} ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID;
+             DROP TABLE IF EXISTS temp.snapshot_order;
+             CREATE TEMP TABLE snapshot_order AS SELECT rowid AS source FROM ident.{staged} ORDER BY {key}, rowid;"
+        ))?;
+        let rows: i64 = conn.query_row("SELECT coalesce(max(rowid), 0) FROM temp.snapshot_order", [], |r| r.get(0))?;
+        let sorted = started.elapsed();
+        let names = table.column_names();
+        let key_columns: Vec<&str> = key.split(',').map(str::trim).collect();
+        let updates: Vec<String> =
+            names.iter().filter(|n| !key_columns.contains(n)).map(|n| format!("{n} = excluded.{n}")).collect();
+        let on_conflict =
+            if updates.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+        let staged_columns: Vec<String> = names.iter().map(|n| format!("s.{n}")).collect();
+        let mut copy = conn.prepare(&format!(
+            "INSERT INTO ident.{built} ({names})
+             SELECT {staged_columns} FROM temp.snapshot_order o JOIN ident.{staged} s ON s.rowid = o.source
+             WHERE o.rowid > ?1 AND o.rowid <= ?2 ORDER BY o.rowid
+             ON CONFLICT ({key}) {on_conflict}",
+            names = names.join(", "),
+            staged_columns = staged_columns.join(", "),
+        ))?;
+        // Each statement is its own transaction (autocommit).
+        let batch = table.batch(batch) as i64;
+        let mut done = 0;
+        while done < rows {
+            copy.execute([done, done + batch])?;
+            done += batch;
         }
+        drop(copy);
+        conn.execute_batch("DROP TABLE temp.snapshot_order")?;
+        tracing::debug!(
+            table = built,
+            rows,
+            sort_ms = sorted.as_millis() as u64,
+            copy_ms = (started.elapsed() - sorted).as_millis() as u64,
+            "snapshot table built"
+        );
     }
     Ok(())
 }
 
-fn drop_old(conn: &mut Connection) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    lock_ident(&tx)?;
-    for (_, live) in SWAP {
-        tx.execute(&format!("DROP TABLE IF EXISTS ident.{live}_old"), [])?;
-    }
-    tx.commit()
+/// Empties `table`, if it exists, `batch` rows per transaction (each
+/// batch's freed pages zeroed, `secure_delete`), then drops it: dropped
+/// whole, a two-million-row table would put its size through the log in
+/// one commit. `selector` picks the rows: `rowid`, or the key of a `WITHOUT
+/// ROWID` table (the first migration's and the built ones).
+fn empty_and_drop(conn: &mut Connection, table: &str, key: &str, batch: usize) -> rusqlite::Result<()> {
+    let without_rowid: Option<bool> = conn
+        .query_row(
+            "SELECT sql LIKE '%WITHOUT ROWID%' FROM ident.sqlite_schema WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(without_rowid) = without_rowid else { return Ok(()) };
+    let selector = if without_rowid { key } else { "rowid" };
+    let mut delete = conn.prepare(&format!(
+        "DELETE FROM ident.{table} WHERE ({selector}) IN (SELECT {selector} FROM ident.{table} LIMIT ?1)"
+    ))?;
+    while delete.execute([batch as i64])? == batch {}
+    drop(delete);
+    conn.execute_batch(&format!("DROP TABLE ident.{table}"))
 }
 
 #[cfg(test)]
@@ -596,6 +819,89 @@ mod tests {
         assert!(!store.is_pass_revoked("vp-x").expect("revoked"));
     }
 
+    fn scrambled_key(i: usize) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+        key
+    }
+
+    /// The identity database's write-ahead log never grows past what a few
+    /// batches and a checkpoint's worth of pages take: no commit of a
+    /// snapshot (staging a 10,000-person chunk, copying 20,000 credentials,
+    /// freeing them) puts more than a batch through the log at once. The log
+    /// file keeps its largest size, so its size at the end is the peak.
+    #[test]
+    fn a_big_snapshot_never_puts_more_than_a_batch_through_the_log_at_once() {
+        let (dir, mut store) = open();
+        let people = 20_000;
+        let everyone: Vec<NewPerson> = (0..people)
+            .map(|i| NewPerson {
+                credentials: vec![(CredentialKind::IdNumber, scrambled_key(i))],
+                ..person(&format!("p{i:05}"), 0)
+            })
+            .collect();
+        let chunk = |index: u32| SnapshotChunk {
+            version: 1,
+            chunk_index: index,
+            chunk_count: 2,
+            people: everyone[index as usize * people / 2..(index as usize + 1) * people / 2].to_vec(),
+            ..Default::default()
+        };
+        store.stage_snapshot_chunk(&chunk(0), 1).expect("stage");
+        assert_eq!(store.stage_snapshot_chunk(&chunk(1), 2).expect("stage"), SnapshotOutcome::Activated { version: 1 });
+        let leftovers = |store: &Store| -> i64 {
+            store
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM ident.sqlite_schema WHERE type = 'table'
+                     AND (name LIKE '%_next' OR name LIKE '%_built' OR name LIKE '%_old')",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("schema")
+        };
+        assert_eq!(leftovers(&store), 7, "the old and the staged tables wait for the clean-up");
+        store.free_replaced_identity_tables().expect("free");
+        assert_eq!(leftovers(&store), 0, "staged, built and old tables are all dropped after the clean-up");
+
+        let wal = std::fs::metadata(format!("{}-wal", crate::identity_path(&dir.path().join("g.db")).display()))
+            .expect("the identity log")
+            .len();
+        // Ten thousand people in one commit would be about 1.5 MB of log.
+        let bound = (SNAPSHOT_CHECKPOINT_PAGES as u64 + 64) * 4096;
+        assert!(wal <= bound, "the identity log reached {wal} bytes (bound {bound})");
+        assert_eq!(store.person_count().expect("count"), people as u64);
+        for i in [0, people / 2, people - 1] {
+            let found = store.find_person_by_credential(CredentialKind::IdNumber, &scrambled_key(i)).expect("lookup");
+            assert_eq!(found.map(|p| p.person_id), Some(format!("p{i:05}")));
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_across_batches_keep_the_last() {
+        let (_dir, mut store) = open();
+        let mut first = chunk(1, 0, 2, &[1, 2, 3]);
+        first.people.push(person("p1", 9));
+        first.watchlist.push((CredentialKind::IdNumber, [200; 32]));
+        let mut last = chunk(1, 1, 2, &[4]);
+        let mut renamed = person("p2", 1);
+        renamed.person.display_name = "李四".into();
+        last.people.push(renamed);
+        assert!(matches!(stage(&mut store.conn, &first, 1, 2).expect("stage"), Staged::Outcome(_)));
+        assert!(matches!(stage(&mut store.conn, &last, 2, 2).expect("stage"), Staged::Complete));
+        assert!(store.activate_in_batches(1, 3, 2).expect("activate"));
+        assert_eq!(store.person_count().expect("count"), 4, "p1 and p2 once each");
+        assert_eq!(found(&store, 1).as_deref(), Some("p2"), "key 1: the last person to name it");
+        assert_eq!(found(&store, 9).as_deref(), Some("p1"));
+        assert_eq!(store.find_person("p2").expect("find").map(|p| p.display_name).as_deref(), Some("李*"));
+        assert!(store.is_watchlisted(CredentialKind::IdNumber, &[200; 32]).expect("watch"));
+        // A delta deleting p1 takes the credential p1's last row lists.
+        let delta = IdentityDelta { from_version: 1, to_version: 2, deletes: vec!["p1".into()], ..Default::default() };
+        assert_eq!(store.apply_delta(&delta, 4).expect("delta"), crate::DeltaOutcome::Applied);
+        assert_eq!(found(&store, 9), None);
+        assert_eq!(found(&store, 1).as_deref(), Some("p2"), "a key moved to someone else stays theirs");
+    }
+
     #[test]
     fn a_second_connection_sees_the_old_table_until_the_switch() {
         let (dir, mut store) = open();
@@ -630,6 +936,8 @@ mod tests {
         store.note_snapshot_resync(5).expect("note without staging");
         store.stage_snapshot_chunk(&chunk(2, 1, 4, &[1]), 10).expect("stage");
         store.note_snapshot_resync(70).expect("note");
+        store.free_replaced_identity_tables().expect("nothing replaced");
+        assert!(table_exists(&store.conn, "credential_next").expect("schema"), "a staging is not a leftover");
         let p = store.snapshot_progress().expect("progress").expect("staging");
         assert_eq!((p.received, p.started_ms, p.last_activity_ms), (1, 10, 70));
         store.discard_snapshot().expect("discard");
@@ -685,6 +993,7 @@ mod tests {
         let chunk =
             SnapshotChunk { version: 1, chunk_index: 0, chunk_count: 1, people: vec![first], ..Default::default() };
         assert_eq!(store.stage_snapshot_chunk(&chunk, 5).expect("stage"), SnapshotOutcome::Activated { version: 1 });
+        store.free_replaced_identity_tables().expect("free");
         assert!(store.health_record("kept").expect("read").is_some());
         assert_eq!(store.health_record("gone").expect("read"), None);
     }

@@ -628,3 +628,114 @@ fn a_name_is_stored_masked_and_a_deleted_persons_row_is_overwritten() {
     // secure_delete: the deleted row's bytes are zeroed, not left in a free slot.
     assert!(!files_hold(&path, "p-tmp"), "the deleted person's row is gone from the files");
 }
+
+#[test]
+fn upgrading_lists_each_persons_credentials_on_their_row_and_drops_the_index_by_person() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    {
+        // The identity file as version 3 left it: two people with
+        // credentials, the index by person, a snapshot being staged.
+        let mut conn = Connection::open(&path).expect("open");
+        conn.execute("ATTACH DATABASE ?1 AS ident", [identity_path(&path).to_string_lossy()]).expect("attach");
+        for step in &crate::schema::IDENTITY_MIGRATIONS[..3] {
+            let tx = conn.transaction().expect("tx");
+            match step {
+                crate::schema::Step::Sql(sql) => tx.execute_batch(sql).expect("old step"),
+                crate::schema::Step::Rust(apply) => apply(&tx).expect("old step"),
+            }
+            tx.commit().expect("commit");
+        }
+        conn.pragma_update(Some("ident"), "user_version", 3).expect("version");
+        conn.execute_batch(
+            "INSERT INTO ident.person (person_id, category, status, valid_from_ms, valid_to_ms, display_name)
+                 VALUES ('p1', 'resident', 'active', 0, 9, '陈*国'), ('p2', 'worker', 'active', 0, 9, '李*光'),
+                        ('p3', 'visitor', 'active', 0, 9, '王*明');
+             INSERT INTO ident.credential (kind, key, person_id)
+                 VALUES ('id_number', zeroblob(32), 'p1'), ('qr_token', randomblob(32), 'p1'),
+                        ('id_number', x'0101010101010101010101010101010101010101010101010101010101010101', 'p2');
+             CREATE TABLE ident.person_next (person_id TEXT NOT NULL);
+             CREATE TABLE ident.snapshot_progress (id INTEGER PRIMARY KEY);",
+        )
+        .expect("rows");
+    }
+    let mut store = Store::open(&path).expect("migrated");
+    let by_person: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM ident.sqlite_schema WHERE type = 'index' AND name LIKE 'credential_person%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("schema");
+    assert_eq!(by_person, 0, "the index by person is dropped");
+    let staging: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM ident.sqlite_schema WHERE name IN ('person_next', 'snapshot_progress')",
+            [],
+            |r| r.get(0),
+        )
+        .expect("schema");
+    assert_eq!(staging, 0, "the staging of the old layout is discarded");
+    let listed = |store: &Store, id: &str| -> usize {
+        let raw: Vec<u8> = store
+            .conn
+            .query_row("SELECT credential_keys FROM ident.person WHERE person_id = ?1", [id], |r| r.get(0))
+            .expect("row");
+        crate::identity::listed_credentials(&raw).len()
+    };
+    assert_eq!((listed(&store, "p1"), listed(&store, "p2"), listed(&store, "p3")), (2, 1, 0));
+    // The lists are what deltas go by: p1 replaced with a new card, p2 deleted.
+    let replaced = NewPerson { person: person("p1"), credentials: vec![(CredentialKind::IdNumber, [7; 32])] };
+    let delta = IdentityDelta {
+        from_version: 0,
+        to_version: 1,
+        upserts: vec![replaced],
+        deletes: vec!["p2".into()],
+        ..Default::default()
+    };
+    assert_eq!(store.apply_delta(&delta, 1).expect("delta"), DeltaOutcome::Applied);
+    let credentials: i64 =
+        store.conn.query_row("SELECT count(*) FROM ident.credential", [], |r| r.get(0)).expect("count");
+    assert_eq!(credentials, 1, "p1's two old credentials and p2's are gone, p1's new one is there");
+    let found = store.find_person_by_credential(CredentialKind::IdNumber, &[7; 32]).expect("lookup");
+    assert_eq!(found.map(|p| p.person_id).as_deref(), Some("p1"));
+    assert_eq!(store.find_person_by_credential(CredentialKind::IdNumber, &[0; 32]).expect("lookup"), None);
+}
+
+#[test]
+fn a_person_a_snapshot_drops_leaves_no_trace_in_the_files() {
+    use crate::{SnapshotChunk, SnapshotOutcome};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let mut store = Store::open(&path).expect("open");
+    let chunk = |version: u64, ids: &[&str]| SnapshotChunk {
+        version,
+        chunk_index: 0,
+        chunk_count: 1,
+        people: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| NewPerson {
+                person: person(id),
+                credentials: vec![(CredentialKind::IdNumber, [i as u8; 32])],
+            })
+            .collect(),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.stage_snapshot_chunk(&chunk(1, &["p-kept", "p-dropped"]), 1).expect("stage"),
+        SnapshotOutcome::Activated { version: 1 }
+    );
+    store.free_replaced_identity_tables().expect("free");
+    assert_eq!(
+        store.stage_snapshot_chunk(&chunk(2, &["p-kept"]), 2).expect("stage"),
+        SnapshotOutcome::Activated { version: 2 }
+    );
+    store.free_replaced_identity_tables().expect("free");
+    assert!(store.find_person("p-dropped").expect("find").is_none());
+    drop(store);
+    assert!(files_hold(&path, "p-kept"), "the kept person is in the file (else this test proves nothing)");
+    assert!(!files_hold(&path, "p-dropped"), "the dropped person's rows are zeroed, in every copy");
+}

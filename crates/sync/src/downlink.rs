@@ -5,7 +5,7 @@
 
 use crate::convert;
 use crate::encode::{EventBody, encode_event};
-use crate::identity::{IdentityOutcome, handle_identity};
+use crate::identity::{IdentityOutcome, handle_identity, off_the_runtime};
 use crate::signed::{self, DownlinkTrust};
 use crate::watch::{Freshness, Held, PlatformWatch};
 use crate::{EVENT_STREAM, Topics, limits};
@@ -298,6 +298,13 @@ fn handle_identity_message(
         IdentityOutcome::Applied { version } => {
             counters.identity_applied.fetch_add(1, Ordering::Relaxed);
             info!(topic, version, "identity table updated");
+            // The new table is live; what it replaced is freed a batch at a
+            // time, behind it (a failure leaves it to the next snapshot).
+            let started = Instant::now();
+            match off_the_runtime(|| store.free_replaced_identity_tables()) {
+                Ok(()) => info!(took_ms = started.elapsed().as_millis() as u64, "replaced identity tables freed"),
+                Err(e) => warn!(error = %e, "cannot free the replaced identity tables yet"),
+            }
             Reply::None
         }
         IdentityOutcome::Staged { version, chunk_index, chunk_count } => {

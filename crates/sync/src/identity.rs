@@ -110,7 +110,7 @@ fn stage_snapshot(store: &mut Store, chunk: pb::IdentitySnapshotChunk, now_ms: i
 /// seconds at two million people: on a multi-thread runtime, let the other
 /// tasks of this worker (the decision loop among them) move to another
 /// thread meanwhile.
-fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

@@ -565,6 +565,11 @@ pub async fn run_sync(
         }
     };
     link.platform.raise_floor(floor);
+    // A stop during the clean-up behind a snapshot's switch leaves the
+    // tables it replaced, people it dropped among them: freed before going on.
+    if let Err(e) = store.call(|s| s.free_replaced_identity_tables()).await {
+        warn!(error = %e, "cannot free the identity tables the last snapshot replaced");
+    }
     let freshness =
         crate::watch::Freshness::new(settings.stale_after, settings.clock_ahead, std::time::Instant::now(), floor);
     let topics = Topics::new(&settings.topic_prefix, &settings.site, &settings.gate);
