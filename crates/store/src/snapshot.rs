@@ -8,7 +8,7 @@
 //! them so), and go straight into `person_built`; the other rows are
 //! appended to index-less staging tables (`credential_next`, ...) and
 //! copied into their built tables in key order once the last chunk is in,
-//! through a temporary table of their rowids sorted by key. The chunks
+//! through a temporary copy sorted by key. The chunks
 //! received so far are in `ident.snapshot_chunk`. Then one transaction
 //! renames the live tables away, renames the built ones into place and sets
 //! the synced version. Readers on other connections keep reading the old
@@ -413,9 +413,9 @@ enum ChunkPlan {
 }
 
 fn stage(conn: &mut Connection, chunk: &SnapshotChunk, now_ms: UnixMillis, batch: usize) -> rusqlite::Result<Staged> {
+    // Read only: no commit to flush.
     let plan = {
         let tx = conn.transaction()?;
-        lock_ident(&tx)?;
         let plan = plan_chunk(&tx, chunk)?;
         tx.commit()?;
         plan
@@ -430,6 +430,7 @@ fn stage(conn: &mut Connection, chunk: &SnapshotChunk, now_ms: UnixMillis, batch
             }
             let tx = conn.transaction()?;
             lock_ident(&tx)?;
+            tx.execute_batch(BOOKKEEPING)?;
             create_staging(&tx)?;
             tx.execute("DELETE FROM ident.snapshot_chunk", [])?;
             tx.execute(
@@ -442,42 +443,63 @@ fn stage(conn: &mut Connection, chunk: &SnapshotChunk, now_ms: UnixMillis, batch
             tx.commit()?;
         }
     }
-    // The rows, `batch` people a transaction, before the chunk is recorded
-    // as received: a crash in between leaves rows of a chunk not recorded,
-    // which is received and staged again, and the build keeps one row per
-    // key.
-    for people in chunk.people.chunks(batch) {
+    // The rows, `batch` people a transaction; the last one also records the
+    // chunk as received. A crash before it leaves rows of a chunk not
+    // recorded, which is received and staged again: the build keeps one row
+    // per key.
+    let pieces: Vec<Piece<'_>> = chunk
+        .people
+        .chunks(batch)
+        .map(Piece::People)
+        .chain(chunk.watchlist.chunks(4 * batch).map(Piece::Watchlist))
+        .chain(chunk.revoked_passes.chunks(4 * batch).map(Piece::Revoked))
+        .collect();
+    let last = pieces.len().saturating_sub(1);
+    for (index, piece) in pieces.iter().enumerate() {
         let tx = conn.transaction()?;
-        append_people(&tx, people)?;
+        match piece {
+            Piece::People(people) => append_people(&tx, people)?,
+            Piece::Watchlist(entries) => append_watchlist(&tx, entries)?,
+            Piece::Revoked(passes) => append_revoked(&tx, passes)?,
+        }
+        if index < last {
+            tx.commit()?;
+            continue;
+        }
+        let received = record_chunk(&tx, chunk, now_ms)?;
         tx.commit()?;
+        return Ok(staged(received, chunk));
     }
-    for entries in chunk.watchlist.chunks(4 * batch) {
-        let tx = conn.transaction()?;
-        append_watchlist(&tx, entries)?;
-        tx.commit()?;
-    }
-    for passes in chunk.revoked_passes.chunks(4 * batch) {
-        let tx = conn.transaction()?;
-        append_revoked(&tx, passes)?;
-        tx.commit()?;
-    }
+    // A chunk without rows.
     let tx = conn.transaction()?;
-    lock_ident(&tx)?;
+    let received = record_chunk(&tx, chunk, now_ms)?;
+    tx.commit()?;
+    Ok(staged(received, chunk))
+}
+
+/// A batch of one chunk's rows.
+enum Piece<'a> {
+    People(&'a [NewPerson]),
+    Watchlist(&'a [(CredentialKind, [u8; 32])]),
+    Revoked(&'a [String]),
+}
+
+/// Records the chunk as received; how many of its version are.
+fn record_chunk(tx: &Connection, chunk: &SnapshotChunk, now_ms: UnixMillis) -> rusqlite::Result<u32> {
     tx.execute(
         "INSERT INTO ident.snapshot_chunk (version, chunk_index) VALUES (?1, ?2)",
         params![chunk.version as i64, chunk.chunk_index],
     )?;
     tx.execute("UPDATE ident.snapshot_progress SET last_activity_ms = ?1 WHERE id = 1", [now_ms])?;
-    let received: u32 =
-        tx.query_row("SELECT count(*) FROM ident.snapshot_chunk WHERE version = ?1", [chunk.version as i64], |r| {
-            r.get(0)
-        })?;
-    tx.commit()?;
-    Ok(if received >= chunk.chunk_count {
+    tx.query_row("SELECT count(*) FROM ident.snapshot_chunk WHERE version = ?1", [chunk.version as i64], |r| r.get(0))
+}
+
+fn staged(received: u32, chunk: &SnapshotChunk) -> Staged {
+    if received >= chunk.chunk_count {
         Staged::Complete
     } else {
         Staged::Outcome(SnapshotOutcome::Staged { received, of: chunk.chunk_count })
-    })
+    }
 }
 
 fn plan_chunk(tx: &Connection, chunk: &SnapshotChunk) -> rusqlite::Result<ChunkPlan> {
@@ -489,7 +511,6 @@ fn plan_chunk(tx: &Connection, chunk: &SnapshotChunk) -> rusqlite::Result<ChunkP
     if chunk.version < live {
         return Ok(ChunkPlan::Done(Staged::Outcome(SnapshotOutcome::Stale)));
     }
-    tx.execute_batch(BOOKKEEPING)?;
     Ok(match progress(tx)? {
         Some(p) if chunk.version < p.version => ChunkPlan::Done(Staged::Outcome(SnapshotOutcome::Stale)),
         Some(p) if chunk.version == p.version && chunk.chunk_count == p.chunk_count => {
@@ -576,8 +597,8 @@ fn append_revoked(tx: &Connection, passes: &[String]) -> rusqlite::Result<()> {
 
 /// Copies each staged table into its built table in the order of its key:
 /// every row lands at the end of the built table's B-tree, `batch` rows per
-/// transaction. The order comes from a temporary table of the staged rows'
-/// rowids sorted by key (connection-private, never in the write-ahead log).
+/// transaction. The rows come from a temporary copy sorted by key
+/// (connection-private, never in the write-ahead log, gone with the copy).
 /// A snapshot that names the same key twice keeps the last, as a delta
 /// would: the later row, sorted after the earlier one, overwrites it.
 fn build_in_key_order(conn: &mut Connection, batch: usize) -> rusqlite::Result<()> {
@@ -585,27 +606,24 @@ fn build_in_key_order(conn: &mut Connection, batch: usize) -> rusqlite::Result<(
         let SnapshotTable { built, key, columns, .. } = table;
         let Some(staged) = table.staged else { continue };
         let started = std::time::Instant::now();
+        let names = table.column_names().join(", ");
         conn.execute_batch(&format!(
             "CREATE TABLE ident.{built} ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID;
-             DROP TABLE IF EXISTS temp.snapshot_order;
-             CREATE TEMP TABLE snapshot_order AS SELECT rowid AS source FROM ident.{staged} ORDER BY {key}, rowid;"
+             DROP TABLE IF EXISTS temp.snapshot_sorted;
+             CREATE TEMP TABLE snapshot_sorted AS SELECT {names} FROM ident.{staged} ORDER BY {key}, rowid;"
         ))?;
-        let rows: i64 = conn.query_row("SELECT coalesce(max(rowid), 0) FROM temp.snapshot_order", [], |r| r.get(0))?;
+        let rows: i64 = conn.query_row("SELECT coalesce(max(rowid), 0) FROM temp.snapshot_sorted", [], |r| r.get(0))?;
         let sorted = started.elapsed();
-        let names = table.column_names();
+        let names_list = table.column_names();
         let key_columns: Vec<&str> = key.split(',').map(str::trim).collect();
         let updates: Vec<String> =
-            names.iter().filter(|n| !key_columns.contains(n)).map(|n| format!("{n} = excluded.{n}")).collect();
+            names_list.iter().filter(|n| !key_columns.contains(n)).map(|n| format!("{n} = excluded.{n}")).collect();
         let on_conflict =
             if updates.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
-        let staged_columns: Vec<String> = names.iter().map(|n| format!("s.{n}")).collect();
         let mut copy = conn.prepare(&format!(
             "INSERT INTO ident.{built} ({names})
-             SELECT {staged_columns} FROM temp.snapshot_order o JOIN ident.{staged} s ON s.rowid = o.source
-             WHERE o.rowid > ?1 AND o.rowid <= ?2 ORDER BY o.rowid
-             ON CONFLICT ({key}) {on_conflict}",
-            names = names.join(", "),
-            staged_columns = staged_columns.join(", "),
+             SELECT {names} FROM temp.snapshot_sorted WHERE rowid > ?1 AND rowid <= ?2 ORDER BY rowid
+             ON CONFLICT ({key}) {on_conflict}"
         ))?;
         // Each statement is its own transaction (autocommit).
         let batch = table.batch(batch) as i64;
@@ -615,7 +633,7 @@ fn build_in_key_order(conn: &mut Connection, batch: usize) -> rusqlite::Result<(
             done += batch;
         }
         drop(copy);
-        conn.execute_batch("DROP TABLE temp.snapshot_order")?;
+        conn.execute_batch("DROP TABLE temp.snapshot_sorted")?;
         tracing::debug!(
             table = built,
             rows,
