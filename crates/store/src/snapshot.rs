@@ -879,6 +879,8 @@ mod tests {
                 .expect("schema")
         };
         assert_eq!(leftovers(&store), 7, "the old and the staged tables wait for the clean-up");
+        let temp_pages: i64 = store.conn.query_row("PRAGMA temp.page_count", [], |r| r.get(0)).expect("temp");
+        assert!(temp_pages <= 2, "the sorted copy's {temp_pages} pages are left in the temporary file");
         store.free_replaced_identity_tables().expect("free");
         assert_eq!(leftovers(&store), 0, "staged, built and old tables are all dropped after the clean-up");
 
