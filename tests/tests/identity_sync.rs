@@ -470,3 +470,65 @@ fn snapshot_chunk_fields_are_checked_before_anything_is_staged() -> Result<()> {
     );
     Ok(())
 }
+
+/// Whether any of the gate's database files (and their logs) holds `needle`.
+fn store_files_hold(fx: &GateFixture, needle: &str) -> bool {
+    let ident = gate_store::identity_path(&fx.store_path);
+    [fx.store_path.clone(), ident]
+        .iter()
+        .flat_map(|base| ["", "-wal"].map(|suffix| format!("{}{suffix}", base.display())))
+        .filter_map(|file| std::fs::read(file).ok())
+        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
+/// A stop between a snapshot's switch and the freeing of what it replaced
+/// leaves the old tables, with the people the snapshot dropped: the daemon
+/// frees them when it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_a_snapshot_replaced_are_freed_when_the_daemon_starts_again() -> Result<()> {
+    init_test_logging();
+    let broker = Mosquitto::start()?;
+    let fx = GateFixture::new(broker.port(), &[])?;
+    let chunk = |version: u64, ids: &[&str]| gate_store::SnapshotChunk {
+        version,
+        chunk_index: 0,
+        chunk_count: 1,
+        people: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| gate_store::NewPerson {
+                person: gate_core::PersonRecord::new(
+                    *id,
+                    gate_core::Category::Resident,
+                    gate_core::PersonStatus::Active,
+                    VALID.0,
+                    VALID.1,
+                ),
+                credentials: vec![(CredentialKind::IdNumber, [i as u8 + 1; 32])],
+            })
+            .collect(),
+        ..Default::default()
+    };
+    {
+        let mut store = store(&fx);
+        store.stage_snapshot_chunk(&chunk(1, &["p-kept", "p-dropped-0417"]), 1)?;
+        store.free_replaced_identity_tables()?;
+        // Switched in, and stopped before the clean-up.
+        assert_eq!(
+            store.stage_snapshot_chunk(&chunk(2, &["p-kept"]), 2)?,
+            gate_store::SnapshotOutcome::Activated { version: 2 }
+        );
+    }
+    assert!(store_files_hold(&fx, "p-dropped-0417"), "the replaced table still holds the dropped person");
+    let daemon = RunningDaemon::start(fx.config());
+    daemon.wait_connected().await?;
+    daemon.stop().await?;
+    assert_eq!(version(&fx), 2);
+    assert_eq!(lookup_key(&fx, [1; 32]).as_deref(), Some("p-kept"));
+    assert!(!store_files_hold(&fx, "p-dropped-0417"), "the dropped person's rows are freed and zeroed");
+    Ok(())
+}
+
+fn lookup_key(fx: &GateFixture, key: [u8; 32]) -> Option<String> {
+    store(fx).find_person_by_credential(CredentialKind::IdNumber, &key).expect("lookup").map(|p| p.person_id)
+}
