@@ -308,19 +308,44 @@ impl Store {
     }
 }
 
-pub(crate) fn upsert_people(tx: &Transaction<'_>, people: &[NewPerson]) -> rusqlite::Result<ImportSummary> {
-    let mut summary = ImportSummary::default();
-    let mut upsert = tx.prepare_cached(
-        "INSERT INTO ident.person (person_id, category, status, valid_from_ms, valid_to_ms, display_name,
-                                   tags, allowed_gates, time_windows, credential_keys)
+/// Inserts or replaces a person row in `ident.{table}` (the live table, or
+/// a snapshot's `person_built`), bound by `upsert_person_row`.
+pub(crate) fn person_upsert_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO ident.{table} (person_id, category, status, valid_from_ms, valid_to_ms, display_name,
+                                    tags, allowed_gates, time_windows, credential_keys)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (person_id) DO UPDATE SET
            category = excluded.category, status = excluded.status,
            valid_from_ms = excluded.valid_from_ms, valid_to_ms = excluded.valid_to_ms,
            display_name = excluded.display_name, tags = excluded.tags,
            allowed_gates = excluded.allowed_gates, time_windows = excluded.time_windows,
-           credential_keys = excluded.credential_keys",
-    )?;
+           credential_keys = excluded.credential_keys"
+    )
+}
+
+/// Runs a `person_upsert_sql` statement for one person.
+pub(crate) fn upsert_person_row(upsert: &mut rusqlite::CachedStatement<'_>, new: &NewPerson) -> rusqlite::Result<()> {
+    let p = &new.person;
+    upsert.execute(params![
+        p.person_id,
+        p.category.as_str(),
+        p.status.as_str(),
+        p.valid_from_ms,
+        p.valid_to_ms,
+        // Never the name itself: the masked form is all a screen needs.
+        gate_core::mask_name(&p.display_name),
+        encode_list(&p.tags),
+        encode_gates(&p.allowed_gates),
+        encode_windows(&p.time_windows),
+        encode_credentials(&new.credentials),
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn upsert_people(tx: &Transaction<'_>, people: &[NewPerson]) -> rusqlite::Result<ImportSummary> {
+    let mut summary = ImportSummary::default();
+    let mut upsert = tx.prepare_cached(&person_upsert_sql("person"))?;
     let mut bind = tx.prepare_cached(
         "INSERT INTO ident.credential (kind, key, person_id) VALUES (?1, ?2, ?3)
          ON CONFLICT (kind, key) DO UPDATE SET person_id = excluded.person_id",
@@ -328,19 +353,7 @@ pub(crate) fn upsert_people(tx: &Transaction<'_>, people: &[NewPerson]) -> rusql
     for new in people {
         let p = &new.person;
         unbind_credentials(tx, &p.person_id)?;
-        upsert.execute(params![
-            p.person_id,
-            p.category.as_str(),
-            p.status.as_str(),
-            p.valid_from_ms,
-            p.valid_to_ms,
-            // Never the name itself: the masked form is all a screen needs.
-            gate_core::mask_name(&p.display_name),
-            encode_list(&p.tags),
-            encode_gates(&p.allowed_gates),
-            encode_windows(&p.time_windows),
-            encode_credentials(&new.credentials),
-        ])?;
+        upsert_person_row(&mut upsert, new)?;
         for (kind, key) in &new.credentials {
             bind.execute(params![kind.as_str(), &key[..], p.person_id])?;
             summary.credentials += 1;

@@ -23,7 +23,7 @@
 //! path's commit waits on the same disk, and a flush waits for whatever was
 //! written before it: an index built by one `CREATE INDEX` over two million
 //! rows put a hundred megabytes through the log in one commit, and a card
-//! that came while its checkpoint flushed waited up to 150 ms. Paced, a
+//! that came while its checkpoint flushed waited 35-156 ms. Paced, a
 //! snapshot takes about twice as long as a bare bulk insert of its rows
 //! (it took about as long), and a card meets at most a batch on the disk.
 //! The clean-up, which nothing waits for, pauses between its batches.
@@ -34,7 +34,7 @@
 //! `person`, the index by person, dropped by migration 4) work the same
 //! with every query and upsert.
 
-use crate::identity::{encode_credentials, encode_gates, encode_list, encode_windows};
+use crate::identity::{person_upsert_sql, upsert_person_row};
 use crate::{NewPerson, Result, Store, StoreError};
 use gate_core::{CredentialKind, UnixMillis};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -546,33 +546,12 @@ fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 fn append_people(tx: &Connection, people: &[NewPerson]) -> rusqlite::Result<()> {
-    let mut person = tx.prepare_cached(
-        "INSERT INTO ident.person_built (person_id, category, status, valid_from_ms, valid_to_ms, display_name,
-                                         tags, allowed_gates, time_windows, credential_keys)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (person_id) DO UPDATE SET
-           category = excluded.category, status = excluded.status,
-           valid_from_ms = excluded.valid_from_ms, valid_to_ms = excluded.valid_to_ms,
-           display_name = excluded.display_name, tags = excluded.tags,
-           allowed_gates = excluded.allowed_gates, time_windows = excluded.time_windows,
-           credential_keys = excluded.credential_keys",
-    )?;
+    let mut person = tx.prepare_cached(&person_upsert_sql("person_built"))?;
     let mut credential =
         tx.prepare_cached("INSERT INTO ident.credential_next (kind, key, person_id) VALUES (?1, ?2, ?3)")?;
     for new in people {
         let p = &new.person;
-        person.execute(params![
-            p.person_id,
-            p.category.as_str(),
-            p.status.as_str(),
-            p.valid_from_ms,
-            p.valid_to_ms,
-            gate_core::mask_name(&p.display_name),
-            encode_list(&p.tags),
-            encode_gates(&p.allowed_gates),
-            encode_windows(&p.time_windows),
-            encode_credentials(&new.credentials),
-        ])?;
+        upsert_person_row(&mut person, new)?;
         for (kind, key) in &new.credentials {
             credential.execute(params![kind.as_str(), &key[..], p.person_id])?;
         }

@@ -660,24 +660,16 @@ fn upgrading_lists_each_persons_credentials_on_their_row_and_drops_the_index_by_
         .expect("rows");
     }
     let mut store = Store::open(&path).expect("migrated");
-    let by_person: i64 = store
-        .conn
-        .query_row(
-            "SELECT count(*) FROM ident.sqlite_schema WHERE type = 'index' AND name LIKE 'credential_person%'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("schema");
-    assert_eq!(by_person, 0, "the index by person is dropped");
-    let staging: i64 = store
-        .conn
-        .query_row(
-            "SELECT count(*) FROM ident.sqlite_schema WHERE name IN ('person_next', 'snapshot_progress')",
-            [],
-            |r| r.get(0),
-        )
-        .expect("schema");
-    assert_eq!(staging, 0, "the staging of the old layout is discarded");
+    let schema_count = |condition: &str| -> i64 {
+        let sql = format!("SELECT count(*) FROM ident.sqlite_schema WHERE {condition}");
+        store.conn.query_row(&sql, [], |r| r.get(0)).expect("schema")
+    };
+    assert_eq!(schema_count("type = 'index' AND name LIKE 'credential_person%'"), 0, "the index by person is dropped");
+    assert_eq!(
+        schema_count("name IN ('person_next', 'snapshot_progress')"),
+        0,
+        "the staging of the old layout is discarded"
+    );
     let listed = |store: &Store, id: &str| -> usize {
         let raw: Vec<u8> = store
             .conn
